@@ -1,0 +1,260 @@
+// HTTP routes of the registry read API, and the one place errors are rendered. No I/O happens
+// at import; createApp gets everything it uses. Manifests and small answers go through Hono;
+// blob bodies are written straight to Node's response (c.env.outgoing), the one path where the
+// cost of converting to web streams shows in throughput (shared/reference/performance.md).
+
+import { createReadStream } from 'node:fs'
+import type { ServerResponse } from 'node:http'
+import { pipeline } from 'node:stream'
+import type { HttpBindings } from '@hono/node-server'
+import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
+import { type Context, Hono } from 'hono'
+import { RegistryError } from './errors.js'
+import {
+  type ByteRange,
+  parseDigest,
+  parseName,
+  parseRange,
+  parseReference,
+  type RepoName,
+} from './http/reference.js'
+import type { Logger } from './log.js'
+import type { Fill } from './mirror/blob-fill.js'
+import { acceptedTypes } from './mirror/manifest.js'
+import type { BlobAnswer, Mirror } from './mirror/mirror.js'
+
+export const CACHE_HEADER = 'X-Pullcache-Cache'
+
+/** What the access log needs to know about a response that Hono did not write itself. */
+export interface ResponseNote {
+  cache?: string
+  bytes?: () => number
+}
+export const responseNotes = new WeakMap<ServerResponse, ResponseNote>()
+
+export interface AppDeps {
+  mirror: Mirror
+  log: Logger
+}
+
+type Env = { Bindings: HttpBindings }
+
+const READ_CHUNK = 1024 * 1024
+/** Manifests, blobs and tags/list: the last path segments after the repository name. */
+const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
+
+export function createApp({ mirror, log }: AppDeps): Hono<Env> {
+  const app = new Hono<Env>()
+  const dockerHub = mirror.upstream.isDockerHub
+
+  app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => c.json({}))
+
+  app.all('/v2/*', async (c) => {
+    // The raw path: percent-escapes stay escaped, so they fail the name grammar instead of
+    // turning into '/' or '..' after we looked.
+    const path = rawPath(c.req.url)
+    const m = ROUTE.exec(path)
+    if (!m) throw new RegistryError('UNSUPPORTED', { path }, { status: 404, message: 'no such endpoint' })
+    const method = c.req.method
+    if (method !== 'GET' && method !== 'HEAD') {
+      throw new RegistryError(
+        'UNSUPPORTED',
+        { method, reason: 'pullcache is a read-only mirror' },
+        { headers: { Allow: 'GET, HEAD' } },
+      )
+    }
+    if (m[4] !== undefined) {
+      return tagList(c, mirror, parseName(m[4], dockerHub), method)
+    }
+    const name = parseName(m[1]!, dockerHub)
+    if (m[2] === 'manifests') return manifest(c, mirror, name, m[3]!, method)
+    return blob(c, mirror, name, m[3]!, method)
+  })
+
+  app.notFound((c) => {
+    const err = new RegistryError(
+      'UNSUPPORTED',
+      { path: rawPath(c.req.url) },
+      { status: 404, message: 'no such endpoint' },
+    )
+    return render(c, err)
+  })
+
+  app.onError((err, c) => {
+    if (err instanceof RegistryError) return render(c, err)
+    log.error('request.failed', { method: c.req.method, path: rawPath(c.req.url), error: err })
+    return render(c, new RegistryError('UNKNOWN', null, { message: 'internal error' }))
+  })
+
+  return app
+}
+
+function render(c: Context, err: RegistryError): Response {
+  const body = err.body()
+  const headers: Record<string, string> = {
+    'Content-Type': 'application/json',
+    'Content-Length': String(Buffer.byteLength(body)),
+    ...err.headers,
+  }
+  return new Response(c.req.method === 'HEAD' ? null : body, { status: err.status, headers })
+}
+
+function rawPath(url: string): string {
+  const start = url.indexOf('/', url.indexOf('//') + 2)
+  const end = url.indexOf('?', start)
+  return url.slice(start, end === -1 ? undefined : end)
+}
+
+async function manifest(
+  c: Context<Env>,
+  mirror: Mirror,
+  name: RepoName,
+  raw: string,
+  method: 'GET' | 'HEAD',
+) {
+  const ref = parseReference(raw)
+  let found: Awaited<ReturnType<Mirror['manifestByDigest']>>
+  try {
+    found =
+      ref.kind === 'digest'
+        ? await mirror.manifestByDigest(name, ref.digest, method)
+        : await mirror.manifestByTag(name, ref.tag, method, acceptedTypes(c.req.header('accept')))
+  } catch (err) {
+    mirror.record('manifest', name, method, 'error', 0)
+    throw err
+  }
+  const headers: Record<string, string> = {
+    'Content-Type': found.mediaType,
+    'Content-Length': String(found.size),
+    'Docker-Content-Digest': found.digest,
+    ETag: `"${found.digest}"`,
+    [CACHE_HEADER]: found.cache,
+  }
+  if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
+  const notModified = matchesEtag(c.req.header('if-none-match'), found.digest)
+  const sendBody = method === 'GET' && !notModified && found.bytes !== undefined
+  mirror.record('manifest', name, method, found.cache, sendBody ? found.size : 0, found.digest)
+  if (notModified)
+    return new Response(null, { status: 304, headers: { ETag: headers.ETag!, [CACHE_HEADER]: found.cache } })
+  return new Response(sendBody ? found.bytes! : null, { status: 200, headers })
+}
+
+async function tagList(c: Context<Env>, mirror: Mirror, name: RepoName, method: 'GET' | 'HEAD') {
+  const url = new URL(c.req.url)
+  const n = url.searchParams.get('n')
+  if (n !== null && !/^\d{1,9}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', { n })
+  const last = url.searchParams.get('last')
+  // Only the parameters that change the answer go upstream, in a stable order (also the key
+  // under which the answer is kept for when upstream is down).
+  const query = new URLSearchParams()
+  if (n !== null) query.set('n', n)
+  if (last !== null) query.set('last', last)
+  let found: Awaited<ReturnType<Mirror['tagList']>>
+  try {
+    found = await mirror.tagList(name, query.toString())
+  } catch (err) {
+    mirror.record('tags', name, method, 'error', 0)
+    throw err
+  }
+  const headers: Record<string, string> = {
+    'Content-Type': 'application/json',
+    'Content-Length': String(found.bytes.length),
+    [CACHE_HEADER]: found.cache,
+  }
+  if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
+  const next = found.link ? nextLink(found.link, name.client) : undefined
+  if (next) headers.Link = next
+  mirror.record('tags', name, method, found.cache, method === 'GET' ? found.bytes.length : 0)
+  return new Response(method === 'GET' ? found.bytes : null, { status: 200, headers })
+}
+
+/** Upstream's Link names upstream's path; the client must get ours, with its own repo name. */
+function nextLink(link: string, clientName: string): string | undefined {
+  const m = /<([^>]*)>\s*;\s*rel="?next"?/i.exec(link)
+  if (!m) return undefined
+  const q = m[1]!.indexOf('?')
+  if (q === -1) return undefined
+  const params = new URLSearchParams(m[1]!.slice(q + 1))
+  const out = new URLSearchParams()
+  for (const key of ['n', 'last']) {
+    const v = params.get(key)
+    if (v !== null) out.set(key, v)
+  }
+  return `</v2/${clientName}/tags/list?${out.toString()}>; rel="next"`
+}
+
+function matchesEtag(header: string | undefined, digest: string): boolean {
+  if (!header) return false
+  return header.split(',').some((t) => t.trim().replace(/^W\//, '').replace(/"/g, '') === digest)
+}
+
+async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string, method: 'GET' | 'HEAD') {
+  const digest = parseDigest(raw, 'BLOB_UNKNOWN')
+  let found: BlobAnswer
+  try {
+    found = await mirror.blob(name, digest, method)
+  } catch (err) {
+    mirror.record('blob', name, method, 'error', 0)
+    throw err
+  }
+  const res = c.env.outgoing
+  const note: ResponseNote = { cache: found.cache }
+  responseNotes.set(res, note)
+  let sent = () => 0
+  note.bytes = () => sent()
+  res.once('close', () => mirror.record('blob', name, method, found.cache, sent(), digest))
+
+  if (found.kind === 'fill' && found.fill.size === undefined) {
+    // An upstream that sent no Content-Length: the size is known only once the fill is done.
+    found = {
+      kind: 'file',
+      path: mirror.blobPath(digest),
+      size: await sizeWhenDone(found.fill),
+      cache: found.cache,
+    }
+  }
+  const size = found.kind === 'fill' ? found.fill.size! : found.size
+  const headers: Record<string, string | number> = {
+    'Content-Type': 'application/octet-stream',
+    'Docker-Content-Digest': digest,
+    ETag: `"${digest}"`,
+    'Accept-Ranges': 'bytes',
+    // Content-addressed: the bytes behind this URL can never change.
+    'Cache-Control': 'max-age=31536000',
+    [CACHE_HEADER]: found.cache,
+  }
+  if (matchesEtag(c.req.header('if-none-match'), digest)) {
+    res.writeHead(304, { ETag: headers.ETag!, [CACHE_HEADER]: found.cache })
+    res.end()
+    return RESPONSE_ALREADY_SENT
+  }
+  const range: ByteRange | undefined = parseRange(c.req.header('range'), size)
+  const start = range?.start ?? 0
+  const end = range?.end ?? size - 1
+  headers['Content-Length'] = size === 0 ? 0 : end - start + 1
+  if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`
+  res.writeHead(range ? 206 : 200, headers)
+  if (method === 'HEAD' || found.kind === 'remote' || size === 0) {
+    res.end()
+    return RESPONSE_ALREADY_SENT
+  }
+
+  const body =
+    found.kind === 'file'
+      ? createReadStream(found.path, { start, end, highWaterMark: READ_CHUNK })
+      : found.fill.reader(start, end)
+  sent = () => ('bytesRead' in body ? body.bytesRead : body.sent)
+  // On error (a failed fill, a vanished file) pipeline destroys the response: the client sees a
+  // cut connection, never a clean end of an unverified body.
+  pipeline(body, res, () => {})
+  return RESPONSE_ALREADY_SENT
+}
+
+async function sizeWhenDone(fill: Fill): Promise<number> {
+  try {
+    await fill.done
+  } catch (err) {
+    throw new RegistryError('UNAVAILABLE', { reason: (err as Error).message })
+  }
+  return fill.size!
+}

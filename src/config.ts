@@ -1,0 +1,267 @@
+// Configuration: embedded defaults, then an optional JSON file, then PULLCACHE_* environment
+// variables, then command-line flags. Everything is validated in one pass so an operator sees
+// every problem at once, each with its path; unknown keys are errors, not silently ignored.
+// Secrets never live in the file: the upstream password comes from the environment or a file
+// (systemd's LoadCredential= puts one under $CREDENTIALS_DIRECTORY).
+
+import { readFileSync } from 'node:fs'
+import { z } from 'zod'
+
+export const DOCKER_HUB = 'https://registry-1.docker.io'
+
+const UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+const UNITS_BYTES: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+}
+
+/** "500ms", "60s", "5m", "24h", "7d" -> milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/i.exec(text)
+  if (!m) return undefined
+  return Math.round(Number(m[1]) * UNITS_MS[m[2]!.toLowerCase()]!)
+}
+
+/** "64MiB", "50GiB", "1.5GB", "1024" -> bytes. */
+export function parseSize(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$/i.exec(text)
+  if (!m) return undefined
+  return Math.floor(Number(m[1]) * UNITS_BYTES[(m[2] ?? 'b').toLowerCase()]!)
+}
+
+const duration = z.string().transform((text, ctx) => {
+  const ms = parseDuration(text)
+  if (ms === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `not a duration like "60s", "5m" or "500ms": ${JSON.stringify(text)}`,
+    })
+    return z.NEVER
+  }
+  return ms
+})
+
+const size = z.string().transform((text, ctx) => {
+  const bytes = parseSize(text)
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `not a size like "64MiB" or "50GiB": ${JSON.stringify(text)}` })
+    return z.NEVER
+  }
+  return bytes
+})
+
+/** "host:port", ":port" or "[::1]:port". */
+const listen = z.string().transform((text, ctx) => {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text)
+  const port = m ? Number(m[3]) : Number.NaN
+  if (!m || port > 65535) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `not a listen address like ":5000" or "127.0.0.1:5000": ${text}`,
+    })
+    return z.NEVER
+  }
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port }
+})
+
+const upstreamUrl = z.string().transform((text, ctx) => {
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `not a URL: ${text}` })
+    return z.NEVER
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    ctx.addIssue({ code: 'custom', message: `upstream must be http or https: ${text}` })
+    return z.NEVER
+  }
+  if (url.username || url.password) {
+    // A password in a URL ends up in logs and process listings; make the operator move it.
+    ctx.addIssue({
+      code: 'custom',
+      message: 'put credentials in upstream.username and a password file, not the URL',
+    })
+    return z.NEVER
+  }
+  if (url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
+    ctx.addIssue({ code: 'custom', message: `upstream must be a registry root like ${DOCKER_HUB}: ${text}` })
+    return z.NEVER
+  }
+  return url.origin
+})
+
+const schema = z.strictObject({
+  listen: listen.prefault(':5000'),
+  data_dir: z.string().min(1).default('./data'),
+  upstream: z
+    .strictObject({
+      url: upstreamUrl.prefault(DOCKER_HUB),
+      username: z.string().min(1).nullable().default(null),
+      password_file: z.string().min(1).nullable().default(null),
+      connect_timeout: duration.prefault('10s'),
+      header_timeout: duration.prefault('30s'),
+      idle_timeout: duration.prefault('30s'),
+      max_concurrent_fetches: z.number().int().min(1).max(1024).default(16),
+      connections: z.number().int().min(1).max(1024).default(32),
+    })
+    .prefault({}),
+  cache: z
+    .strictObject({
+      tag_freshness: duration.prefault('60s'),
+      manifest_memory: size.prefault('64MiB'),
+    })
+    .prefault({}),
+  index: z
+    .strictObject({
+      flush_interval: duration.prefault('1s'),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+      access: z.boolean().default(true),
+    })
+    .prefault({}),
+})
+
+type Parsed = z.output<typeof schema>
+
+export interface Config extends Omit<Parsed, 'upstream'> {
+  upstream: Parsed['upstream'] & { password: string | null }
+}
+
+export class ConfigError extends Error {
+  readonly problems: string[]
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`)
+    this.name = 'ConfigError'
+    this.problems = problems
+  }
+}
+
+export interface ConfigSources {
+  /** Path of a JSON config file, or undefined for embedded defaults. */
+  file?: string | undefined
+  env?: NodeJS.ProcessEnv
+  /** Dotted keys from command-line flags, e.g. { 'upstream.url': '...' }. */
+  flags?: Record<string, string | undefined>
+}
+
+/** Environment variable -> config key. Each takes the same text form as the file. */
+const ENV_KEYS: Record<string, string> = {
+  PULLCACHE_LISTEN: 'listen',
+  PULLCACHE_DATA_DIR: 'data_dir',
+  PULLCACHE_UPSTREAM: 'upstream.url',
+  PULLCACHE_UPSTREAM_USERNAME: 'upstream.username',
+  PULLCACHE_UPSTREAM_PASSWORD_FILE: 'upstream.password_file',
+  PULLCACHE_UPSTREAM_MAX_CONCURRENT_FETCHES: 'upstream.max_concurrent_fetches',
+  PULLCACHE_TAG_FRESHNESS: 'cache.tag_freshness',
+  PULLCACHE_LOG_LEVEL: 'log.level',
+  PULLCACHE_ACCESS_LOG: 'log.access',
+}
+
+const NUMERIC_KEYS = new Set(['upstream.max_concurrent_fetches', 'upstream.connections'])
+const BOOLEAN_KEYS = new Set(['log.access'])
+
+function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {
+  const parts = dotted.split('.')
+  let node = target
+  for (const part of parts.slice(0, -1)) {
+    const next = node[part]
+    if (typeof next !== 'object' || next === null) node[part] = {}
+    node = node[part] as Record<string, unknown>
+  }
+  let value: unknown = text
+  if (NUMERIC_KEYS.has(dotted)) value = /^\d+$/.test(text) ? Number(text) : text
+  if (BOOLEAN_KEYS.has(dotted)) {
+    if (/^(1|true|yes|on)$/i.test(text)) value = true
+    else if (/^(0|false|no|off)$/i.test(text)) value = false
+    else problems.push(`${dotted}: expected true or false, got ${JSON.stringify(text)}`)
+  }
+  node[parts.at(-1)!] = value
+}
+
+export function loadConfig(sources: ConfigSources = {}): Config {
+  const env = sources.env ?? process.env
+  const problems: string[] = []
+  let raw: Record<string, unknown> = {}
+  const file = sources.file ?? env.PULLCACHE_CONFIG
+  if (file) {
+    try {
+      const parsed: unknown = JSON.parse(readFileSync(file, 'utf8'))
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+        problems.push(`${file}: the config must be a JSON object`)
+      } else {
+        raw = parsed as Record<string, unknown>
+      }
+    } catch (err) {
+      problems.push(`${file}: ${(err as Error).message}`)
+    }
+  }
+  for (const [name, key] of Object.entries(ENV_KEYS)) {
+    const value = env[name]
+    if (value !== undefined && value !== '') setPath(raw, key, value, problems)
+  }
+  for (const [key, value] of Object.entries(sources.flags ?? {})) {
+    if (value !== undefined) setPath(raw, key, value, problems)
+  }
+
+  const result = schema.safeParse(raw)
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      const where = issue.path.length > 0 ? issue.path.join('.') : '(top level)'
+      problems.push(`${where}: ${issue.message}`)
+    }
+  }
+
+  const password = readPassword(result.success ? result.data.upstream.password_file : null, env, problems)
+  if (problems.length > 0 || !result.success) throw new ConfigError(problems)
+  const parsed = result.data
+  if (password !== null && parsed.upstream.username === null) {
+    throw new ConfigError(['upstream.username: a password is set but no username'])
+  }
+  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password } }
+  return deepFreeze(config)
+}
+
+function readPassword(file: string | null, env: NodeJS.ProcessEnv, problems: string[]): string | null {
+  const fromEnv = env.PULLCACHE_UPSTREAM_PASSWORD
+  if (fromEnv !== undefined && fromEnv !== '') {
+    if (file !== null) problems.push('upstream: set the password by environment or by file, not both')
+    return fromEnv
+  }
+  if (file === null) return null
+  try {
+    // A trailing newline is what editors and `echo` leave; it is never part of a password.
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '')
+  } catch (err) {
+    problems.push(
+      `upstream.password_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`,
+    )
+    return null
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const child of Object.values(value)) deepFreeze(child)
+    Object.freeze(value)
+  }
+  return value
+}
+
+/** The config as JSON with secrets masked, for `config check` and the startup log. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  return {
+    ...config,
+    upstream: { ...config.upstream, password: config.upstream.password === null ? null : '********' },
+  }
+}

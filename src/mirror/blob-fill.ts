@@ -1,0 +1,282 @@
+// A fill downloads one blob from upstream into a temp file, hashing as it writes, and commits it
+// to the store only when size and sha256 match. It owns the upstream body: clients are
+// passengers that read the growing temp file with positional reads (FillReader), so
+//  - a client that disconnects does not abort the fill,
+//  - a slow client does not slow the fill (the file is the buffer, memory stays flat),
+//  - any number of clients, arriving at any time, share one upstream GET, and Range works
+//    for them as soon as the bytes they want are on disk.
+// A reader never sends the last byte of its range before the fill has verified and committed
+// the blob. If verification fails, every reader is destroyed mid-body, so no client ever sees
+// a clean end of bytes pullcache did not verify.
+
+import { createHash } from 'node:crypto'
+import type { FileHandle } from 'node:fs/promises'
+import { Readable } from 'node:stream'
+import { UpstreamError } from '../errors.js'
+import type { BlobStore } from '../store/blob-store.js'
+import type { BlobBody } from '../upstream/client.js'
+
+/** Reads from the temp file in chunks this big: chunk size dominates throughput (performance.md). */
+const READ_CHUNK = 1024 * 1024
+/** Upstream chunks are gathered up to this size before one write, to keep syscalls few. */
+const WRITE_BATCH = 1024 * 1024
+
+type State = 'starting' | 'streaming' | 'committed' | 'failed'
+
+export interface FillSource {
+  /** Resolves with the upstream body once upstream has answered 200. */
+  open(): Promise<BlobBody>
+  /** Called once the blob is on disk, verified and renamed into place. */
+  onCommit(size: number): void
+  /**
+   * Called when the fill has committed or failed, before it lets go of its temp file: the owner
+   * stops handing the fill to new readers here, so none can arrive after the file is closed.
+   */
+  onSettled(): void
+}
+
+export class Fill {
+  readonly digest: string
+  state: State = 'starting'
+  /** Total size once known: from Content-Length, or at the end for a chunked body. */
+  size: number | undefined
+  /** Bytes on disk so far; readers may read [0, written). */
+  written = 0
+  error: Error | undefined
+  /** Resolves when upstream has answered and the temp file exists; rejects if it did not. */
+  readonly ready: Promise<void>
+  /** Settles when the fill has committed (resolves) or failed (rejects). */
+  readonly done: Promise<void>
+  private handle: FileHandle | undefined
+  private refs = 1 // the fill's own reference to the temp file handle
+  private readonly waiters = new Set<() => void>()
+  private readonly store: BlobStore
+  private tempPath: string | undefined
+  private body: Readable | undefined
+  private aborted: Error | undefined
+
+  constructor(digest: string, store: BlobStore) {
+    this.digest = digest
+    this.store = store
+    let readyResolve!: () => void
+    let readyReject!: (err: Error) => void
+    this.ready = new Promise((resolve, reject) => {
+      readyResolve = resolve
+      readyReject = reject
+    })
+    let doneResolve!: () => void
+    let doneReject!: (err: Error) => void
+    this.done = new Promise((resolve, reject) => {
+      doneResolve = resolve
+      doneReject = reject
+    })
+    // Callers may only await one of the two; neither rejection is unhandled.
+    this.ready.catch(() => {})
+    this.done.catch(() => {})
+    this.settle = { readyResolve, readyReject, doneResolve, doneReject }
+  }
+
+  private readonly settle: {
+    readyResolve: () => void
+    readyReject: (err: Error) => void
+    doneResolve: () => void
+    doneReject: (err: Error) => void
+  }
+
+  /** Runs the whole fill. Never throws: the outcome is in `state`, `ready` and `done`. */
+  async run(source: FillSource): Promise<void> {
+    let upstream: BlobBody | undefined
+    try {
+      if (this.aborted) throw this.aborted
+      upstream = await source.open()
+      this.body = upstream.body
+      if (this.aborted) throw this.aborted
+      this.size = upstream.size
+      const temp = await this.store.createTemp(this.digest)
+      this.tempPath = temp.path
+      this.handle = temp.handle
+      this.state = 'streaming'
+      this.settle.readyResolve()
+
+      const hash = createHash('sha256')
+      let batch: Buffer[] = []
+      let batched = 0
+      const writeBatch = async () => {
+        const data = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched)
+        batch = []
+        batched = 0
+        await writeFully(this.handle!, data, this.written)
+        this.written += data.length
+        this.wake()
+      }
+      for await (const chunk of upstream.body) {
+        const buf = chunk as Buffer
+        hash.update(buf)
+        batch.push(buf)
+        batched += buf.length
+        if (this.size !== undefined && this.written + batched > this.size) {
+          throw new UpstreamError(
+            'INVALID',
+            `blob ${this.digest}: upstream sent more than ${this.size} bytes`,
+          )
+        }
+        if (batched >= WRITE_BATCH) await writeBatch()
+      }
+      if (batched > 0) await writeBatch()
+
+      if (this.size !== undefined && this.written !== this.size) {
+        throw new UpstreamError('INVALID', `blob ${this.digest}: got ${this.written} of ${this.size} bytes`)
+      }
+      const actual = `sha256:${hash.digest('hex')}`
+      if (actual !== this.digest) {
+        throw new UpstreamError('INVALID', `blob ${this.digest}: upstream bytes hash to ${actual}`)
+      }
+      await this.handle.sync()
+      await this.store.commit(this.tempPath, this.digest)
+      this.size = this.written
+      this.state = 'committed'
+      source.onCommit(this.written)
+      this.settle.doneResolve()
+    } catch (err) {
+      const error = err instanceof UpstreamError ? err : networkOrDisk(err)
+      this.error = error
+      this.state = 'failed'
+      upstream?.body.destroy()
+      if (this.tempPath !== undefined) await this.store.discardTemp(this.tempPath).catch(() => {})
+      this.settle.readyReject(error)
+      this.settle.doneReject(error)
+    } finally {
+      source.onSettled()
+      this.wake()
+      await this.release()
+    }
+  }
+
+  /** Stops the download (shutdown): the fill fails, its temp file goes, readers are cut. */
+  async abort(): Promise<void> {
+    this.aborted ??= new Error('pullcache is shutting down')
+    this.body?.destroy(this.aborted)
+    await this.done.catch(() => {})
+  }
+
+  /** A reader of bytes [start, end] (end inclusive; undefined: to the end of the blob). */
+  reader(start: number, end: number | undefined): FillReader {
+    this.refs++
+    return new FillReader(this, start, end)
+  }
+
+  /** Resolves at the next progress or state change. */
+  changed(): Promise<void> {
+    return new Promise((resolve) => this.waiters.add(resolve))
+  }
+
+  async read(buffer: Buffer, length: number, position: number): Promise<number> {
+    const { bytesRead } = await this.handle!.read(buffer, 0, length, position)
+    return bytesRead
+  }
+
+  async release(): Promise<void> {
+    if (--this.refs === 0 && this.handle) await this.handle.close().catch(() => {})
+  }
+
+  private wake(): void {
+    const waiters = [...this.waiters]
+    this.waiters.clear()
+    for (const w of waiters) w()
+  }
+}
+
+/** Streams a range of a fill's temp file to one client, following the fill as it grows. */
+export class FillReader extends Readable {
+  private readonly fill: Fill
+  private position: number
+  private readonly end: number | undefined
+  private pumping = false
+  private released = false
+  /** Bytes pushed to the client; the access log and accounting read it. */
+  sent = 0
+
+  constructor(fill: Fill, start: number, end: number | undefined) {
+    super({ highWaterMark: READ_CHUNK })
+    this.fill = fill
+    this.position = start
+    this.end = end
+  }
+
+  override _read(): void {
+    if (!this.pumping) void this.pump()
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.releaseOnce()
+    callback(err)
+  }
+
+  private releaseOnce(): void {
+    if (this.released) return
+    this.released = true
+    void this.fill.release()
+  }
+
+  private async pump(): Promise<void> {
+    this.pumping = true
+    try {
+      for (;;) {
+        if (this.destroyed) return
+        const fill = this.fill
+        if (fill.state === 'failed') {
+          this.destroy(fill.error ?? new Error('fill failed'))
+          return
+        }
+        const committed = fill.state === 'committed'
+        const target =
+          this.end !== undefined ? this.end + 1 : committed ? fill.size! : Number.POSITIVE_INFINITY
+        // Until the blob is verified, hold back the last byte of the range: a client must not
+        // see a clean end of bytes that may yet prove wrong.
+        const limit = committed ? target : Math.min(fill.written - 1, target - 1)
+        if (this.position >= target) {
+          this.push(null)
+          this.releaseOnce()
+          return
+        }
+        if (this.position < limit) {
+          const length = Math.min(limit - this.position, READ_CHUNK)
+          const buffer = Buffer.allocUnsafe(length)
+          const n = await fill.read(buffer, length, this.position)
+          if (n <= 0) throw new Error(`short read of ${fill.digest} at ${this.position}`)
+          this.position += n
+          this.sent += n
+          if (!this.push(n === length ? buffer : buffer.subarray(0, n))) return
+          continue
+        }
+        await fill.changed()
+      }
+    } catch (err) {
+      this.destroy(err as Error)
+    } finally {
+      this.pumping = false
+    }
+  }
+}
+
+async function writeFully(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  let offset = 0
+  while (offset < data.length) {
+    const { bytesWritten } = await handle.write(data, offset, data.length - offset, position + offset)
+    offset += bytesWritten
+  }
+}
+
+function networkOrDisk(err: unknown): Error {
+  const code = (err as { code?: string }).code ?? ''
+  if (code.startsWith('UND_ERR') || code === 'ECONNRESET' || code === 'EPIPE') {
+    return new UpstreamError(
+      code === 'UND_ERR_BODY_TIMEOUT' ? 'TIMEOUT' : 'NETWORK',
+      `upstream body: ${code}`,
+      {
+        cause: err,
+      },
+    )
+  }
+  return err instanceof Error ? err : new Error(String(err))
+}

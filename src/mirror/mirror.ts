@@ -1,0 +1,397 @@
+// The mirror's policy, one request at a time:
+//   lookup -> hit, or upstream -> tee -> verify -> commit -> index.
+// Digests are immutable: a cached digest is served with no upstream request at all. Tags are
+// revalidated with an upstream HEAD (free on Docker Hub) at most once per freshness window; a
+// manifest GET upstream (the request Docker Hub counts as a pull) happens only for a digest we
+// do not have. When revalidation fails for any reason but "not found", the cached manifest is
+// served and marked stale. Concurrent requests for one blob, manifest or tag share one
+// upstream exchange (single flight).
+
+import { LRUCache } from 'lru-cache'
+import { RegistryError, UpstreamError } from '../errors.js'
+import type { RepoName } from '../http/reference.js'
+import type { Logger } from '../log.js'
+import type { BlobStore } from '../store/blob-store.js'
+import type { CacheResult, IndexDb, ManifestRow } from '../store/index-db.js'
+import type { Upstream } from '../upstream/client.js'
+import { Fill } from './blob-fill.js'
+import { accepts, INDEX_TYPES, manifestRefs, sha256 } from './manifest.js'
+
+export type Outcome = Exclude<CacheResult, 'error'>
+
+export interface ManifestAnswer {
+  digest: string
+  mediaType: string
+  size: number
+  /** Absent only for a HEAD that upstream answered and we did not download. */
+  bytes: Buffer | undefined
+  cache: Outcome
+}
+
+export type BlobAnswer =
+  | { kind: 'file'; path: string; size: number; cache: Outcome }
+  | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
+  | { kind: 'remote'; size: number; cache: 'miss' }
+
+export interface TagListAnswer {
+  bytes: Buffer
+  link: string | null
+  cache: Outcome
+}
+
+export interface MirrorOptions {
+  upstream: Upstream
+  store: BlobStore
+  index: IndexDb
+  log: Logger
+  tagFreshnessMs: number
+  manifestMemoryBytes: number
+}
+
+/** The platform an old client gets when it cannot read an index, as Docker Hub does it. */
+const DEFAULT_PLATFORM = 'linux/amd64'
+
+export class Mirror {
+  readonly upstream: Upstream
+  private readonly store: BlobStore
+  private readonly index: IndexDb
+  private readonly log: Logger
+  private tagFreshnessMs: number
+  private readonly fills = new Map<string, Fill>()
+  private readonly flights = new Map<string, Promise<unknown>>()
+  private readonly manifests: LRUCache<string, ManifestRow>
+
+  constructor(opts: MirrorOptions) {
+    this.upstream = opts.upstream
+    this.store = opts.store
+    this.index = opts.index
+    this.log = opts.log
+    this.tagFreshnessMs = opts.tagFreshnessMs
+    this.manifests = new LRUCache<string, ManifestRow>({
+      maxSize: Math.max(1, opts.manifestMemoryBytes),
+      sizeCalculation: (row) => Math.max(1, row.body.length),
+    })
+  }
+
+  get registry(): string {
+    return this.upstream.registry
+  }
+
+  setTagFreshness(ms: number): void {
+    this.tagFreshnessMs = ms
+  }
+
+  blobPath(digest: string): string {
+    return this.store.path(digest)
+  }
+
+  /** Fills in progress, for draining on shutdown and for metrics. */
+  inflight(): Fill[] {
+    return [...this.fills.values()]
+  }
+
+  // --- blobs -------------------------------------------------------------------------------
+
+  async blob(name: RepoName, digest: string, method: 'GET' | 'HEAD'): Promise<BlobAnswer> {
+    if (this.index.getBlob(digest)) {
+      const size = await this.store.size(digest)
+      if (size !== undefined) return { kind: 'file', path: this.store.path(digest), size, cache: 'hit' }
+      // The file went away behind our back (a disk repair, an operator): forget it, fetch again.
+      this.log.warn('store.blob_missing', { digest })
+      this.index.deleteBlob(digest)
+    }
+
+    const running = this.fills.get(digest)
+    if (running) {
+      await this.settledReady(running)
+      return { kind: 'fill', fill: running, cache: 'coalesced' }
+    }
+
+    if (method === 'HEAD') {
+      // Answer HEAD from upstream's HEAD: no download for a client that only asked about it.
+      try {
+        const { size } = await this.upstream.headBlob(name.upstream, digest)
+        return { kind: 'remote', size, cache: 'miss' }
+      } catch (err) {
+        throw asRegistryError(err, 'BLOB_UNKNOWN')
+      }
+    }
+
+    const fill = new Fill(digest, this.store)
+    this.fills.set(digest, fill)
+    void this.upstream.fetchLimit(() =>
+      fill.run({
+        open: () => this.upstream.getBlob(name.upstream, digest),
+        onCommit: (size) => {
+          this.index.addBlob(digest, size)
+          this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
+        },
+        onSettled: () => {
+          if (this.fills.get(digest) === fill) this.fills.delete(digest)
+          if (
+            fill.state === 'failed' &&
+            !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')
+          ) {
+            this.log.warn('store.blob_fill_failed', { digest, repo: name.upstream, error: fill.error })
+          }
+        },
+      }),
+    )
+    await this.settledReady(fill)
+    return { kind: 'fill', fill, cache: 'miss' }
+  }
+
+  private async settledReady(fill: Fill): Promise<void> {
+    try {
+      await fill.ready
+    } catch (err) {
+      throw asRegistryError(err, 'BLOB_UNKNOWN')
+    }
+  }
+
+  // --- manifests ---------------------------------------------------------------------------
+
+  async manifestByDigest(name: RepoName, digest: string, method: 'GET' | 'HEAD'): Promise<ManifestAnswer> {
+    const cached = this.cachedManifest(digest)
+    if (cached) return answer(cached, 'hit')
+    try {
+      if (method === 'HEAD') {
+        const head = await this.upstream.headManifest(name.upstream, digest)
+        if (head.size === undefined)
+          throw new UpstreamError('SERVER', `HEAD manifest ${digest}: no Content-Length`)
+        return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
+      }
+      return answer(await this.fetchManifest(name, digest), 'miss')
+    } catch (err) {
+      throw asRegistryError(err, 'MANIFEST_UNKNOWN')
+    }
+  }
+
+  async manifestByTag(
+    name: RepoName,
+    tag: string,
+    method: 'GET' | 'HEAD',
+    accepted: string[],
+  ): Promise<ManifestAnswer> {
+    const registry = this.registry
+    const known = this.index.getTag(registry, name.upstream, tag)
+    const cached = known ? this.cachedManifest(known.digest) : undefined
+    let found: ManifestAnswer
+
+    if (known && cached && Date.now() - known.last_checked < this.tagFreshnessMs) {
+      found = answer(cached, 'hit')
+    } else if (known && cached && this.upstream.isUnwell()) {
+      // Upstream failed moments ago: do not make every client wait on it to fail again.
+      found = answer(cached, 'stale')
+    } else {
+      try {
+        found = await this.revalidate(name, tag, method, known?.digest)
+      } catch (err) {
+        if (err instanceof UpstreamError && err.kind === 'NOT_FOUND') {
+          // Upstream says the tag is gone; so is our mapping. Not a failure to hide.
+          if (known) this.index.deleteTag(registry, name.upstream, tag)
+          throw asRegistryError(err, 'MANIFEST_UNKNOWN')
+        }
+        if (known && cached && (err instanceof UpstreamError || isUpstreamRegistryError(err))) {
+          this.log.warn('mirror.stale_tag', { repo: name.upstream, tag, error: err })
+          found = answer(cached, 'stale')
+        } else {
+          throw asRegistryError(err, 'MANIFEST_UNKNOWN')
+        }
+      }
+    }
+    return this.negotiate(name, found, accepted, method)
+  }
+
+  /** Asks upstream (HEAD) what the tag points at, fetching the manifest only if it is new to us. */
+  private async revalidate(
+    name: RepoName,
+    tag: string,
+    method: 'GET' | 'HEAD',
+    knownDigest: string | undefined,
+  ): Promise<ManifestAnswer> {
+    const registry = this.registry
+    const head = await this.flight(`tag\0${name.upstream}\0${tag}`, () =>
+      this.upstream.headManifest(name.upstream, tag),
+    )
+    if (head.digest !== undefined) {
+      const digest = head.digest
+      const cached = this.cachedManifest(digest)
+      if (cached) {
+        this.index.setTag(registry, name.upstream, tag, digest, cached.media_type)
+        if (knownDigest !== undefined && knownDigest !== digest) {
+          this.log.info('mirror.tag_moved', { repo: name.upstream, tag, from: knownDigest, to: digest })
+        }
+        return answer(cached, 'hit')
+      }
+      if (method === 'HEAD' && head.size !== undefined) {
+        return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
+      }
+      const row = await this.fetchManifest(name, digest)
+      this.index.setTag(registry, name.upstream, tag, digest, row.media_type)
+      return answer(row, 'miss')
+    }
+    // An upstream that does not say the digest on HEAD: GET by tag and hash the bytes ourselves.
+    const row = await this.flight(`manifest-tag\0${name.upstream}\0${tag}`, async () => {
+      const got = await this.upstream.getManifest(name.upstream, tag)
+      return this.storeManifest(name, sha256(got.bytes), got.bytes, got.mediaType, got.digest)
+    })
+    this.index.setTag(registry, name.upstream, tag, row.digest, row.media_type)
+    return answer(row, 'miss')
+  }
+
+  /** GET by digest from upstream, verify, store. One upstream GET per digest at a time. */
+  private fetchManifest(name: RepoName, digest: string): Promise<ManifestRow> {
+    return this.flight(`manifest\0${digest}`, async () => {
+      const got = await this.upstream.getManifest(name.upstream, digest)
+      return this.storeManifest(name, digest, got.bytes, got.mediaType, got.digest)
+    })
+  }
+
+  private storeManifest(
+    name: RepoName,
+    digest: string,
+    bytes: Buffer,
+    contentType: string,
+    upstreamDigest: string | undefined,
+  ): ManifestRow {
+    const actual = sha256(bytes)
+    if (actual !== digest || (upstreamDigest !== undefined && upstreamDigest !== actual)) {
+      throw new RegistryError(
+        'MANIFEST_INVALID',
+        { expected: digest, upstream_digest: upstreamDigest ?? null, actual },
+        { message: 'upstream sent a manifest whose bytes do not match its digest' },
+      )
+    }
+    const mediaType = manifestMediaType(bytes, contentType)
+    this.index.addManifest(digest, mediaType, bytes, manifestRefs(bytes))
+    this.index.link(this.registry, name.upstream, digest, 'manifest')
+    const row: ManifestRow = { digest, media_type: mediaType, size: bytes.length, body: bytes }
+    this.manifests.set(digest, row)
+    this.log.info('store.manifest_committed', { digest, media_type: mediaType, repo: name.upstream })
+    return row
+  }
+
+  /**
+   * A client whose Accept does not list an index type gets the default platform's manifest
+   * from the index, as Docker Hub does for old clients; any other mismatch is "unknown".
+   */
+  private async negotiate(
+    name: RepoName,
+    found: ManifestAnswer,
+    accepted: string[],
+    method: 'GET' | 'HEAD',
+  ): Promise<ManifestAnswer> {
+    if (accepts(accepted, found.mediaType)) return found
+    if (INDEX_TYPES.has(found.mediaType)) {
+      const child = this.index
+        .manifestRefs(found.digest)
+        .find(
+          (ref) =>
+            ref.platform === DEFAULT_PLATFORM && ref.mediaType !== null && accepts(accepted, ref.mediaType),
+        )
+      if (child) {
+        const resolved = await this.manifestByDigest(name, child.child, method)
+        return { ...resolved, cache: found.cache === 'stale' ? 'stale' : resolved.cache }
+      }
+    }
+    throw new RegistryError('MANIFEST_UNKNOWN', {
+      media_type: found.mediaType,
+      reason: 'the manifest has a media type that the Accept header does not list',
+    })
+  }
+
+  private cachedManifest(digest: string): ManifestRow | undefined {
+    const hot = this.manifests.get(digest)
+    if (hot) return hot
+    const row = this.index.getManifest(digest)
+    if (row) this.manifests.set(digest, row)
+    return row
+  }
+
+  // --- tags/list ---------------------------------------------------------------------------
+
+  async tagList(name: RepoName, query: string): Promise<TagListAnswer> {
+    const registry = this.registry
+    try {
+      const got = await this.upstream.getTags(name.upstream, query)
+      this.index.setTagList(registry, name.upstream, query, got.bytes, got.link ?? null)
+      return { bytes: got.bytes, link: got.link ?? null, cache: 'miss' }
+    } catch (err) {
+      const kept = this.index.getTagList(registry, name.upstream, query)
+      if (kept && err instanceof UpstreamError && err.kind !== 'NOT_FOUND') {
+        this.log.warn('mirror.stale_tag_list', { repo: name.upstream, error: err })
+        return { bytes: kept.body, link: kept.link, cache: 'stale' }
+      }
+      throw asRegistryError(err, 'NAME_UNKNOWN')
+    }
+  }
+
+  // --- bookkeeping -------------------------------------------------------------------------
+
+  /** Records one finished request: hit counters, repo links and accounting, all buffered. */
+  record(
+    kind: 'blob' | 'manifest' | 'tags',
+    name: RepoName,
+    method: string,
+    result: CacheResult,
+    bytesSent: number,
+    digest?: string,
+  ): void {
+    const registry = this.registry
+    if (digest !== undefined && result !== 'error') {
+      if (kind === 'blob') {
+        this.index.touchBlob(digest, result !== 'miss')
+        this.index.link(registry, name.upstream, digest, 'blob')
+      } else if (kind === 'manifest') {
+        this.index.touchManifest(digest, result !== 'miss')
+      }
+    }
+    const fromUpstream = result === 'miss'
+    this.index.account({
+      registry,
+      repo: name.upstream,
+      kind,
+      method,
+      result,
+      bytesCache: fromUpstream ? 0 : bytesSent,
+      bytesUpstream: fromUpstream ? bytesSent : 0,
+    })
+  }
+
+  private flight<T>(key: string, run: () => Promise<T>): Promise<T> {
+    const existing = this.flights.get(key)
+    if (existing) return existing as Promise<T>
+    const started = run().finally(() => this.flights.delete(key))
+    this.flights.set(key, started)
+    return started
+  }
+}
+
+function answer(row: ManifestRow, cache: Outcome): ManifestAnswer {
+  return { digest: row.digest, mediaType: row.media_type, size: row.size, bytes: row.body, cache }
+}
+
+/** The Content-Type upstream sent, or the body's own mediaType when the header says nothing useful. */
+function manifestMediaType(bytes: Buffer, contentType: string): string {
+  if (contentType && contentType !== 'application/json' && contentType !== 'text/plain') return contentType
+  try {
+    const declared = (JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown }).mediaType
+    if (typeof declared === 'string' && declared) return declared
+  } catch {
+    // fall through
+  }
+  return contentType || 'application/vnd.oci.image.manifest.v1+json'
+}
+
+function isUpstreamRegistryError(err: unknown): boolean {
+  return err instanceof RegistryError && err.code === 'MANIFEST_INVALID'
+}
+
+function asRegistryError(
+  err: unknown,
+  notFound: 'BLOB_UNKNOWN' | 'MANIFEST_UNKNOWN' | 'NAME_UNKNOWN',
+): Error {
+  if (err instanceof UpstreamError) return err.toRegistryError(notFound)
+  return err as Error
+}

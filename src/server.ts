@@ -1,0 +1,165 @@
+// Wires one running pullcache: store and index opened and reconciled, upstream client, mirror,
+// routes, and the HTTP server with its access log. main.ts and the tests both start it here.
+
+import { mkdir } from 'node:fs/promises'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { join, resolve } from 'node:path'
+import { getRequestListener } from '@hono/node-server'
+import { CACHE_HEADER, createApp, responseNotes } from './app.js'
+import type { Config } from './config.js'
+import type { Logger } from './log.js'
+import { Mirror } from './mirror/mirror.js'
+import { BlobStore } from './store/blob-store.js'
+import { IndexDb } from './store/index-db.js'
+import { Upstream } from './upstream/client.js'
+
+export interface RunningServer {
+  /** http://host:port, with a loopback host when listening on every address. */
+  url: string
+  mirror: Mirror
+  index: IndexDb
+  /** Stops accepting, lets responses finish for up to graceMs, then closes everything. */
+  close(graceMs?: number): Promise<void>
+}
+
+export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
+  const root = resolve(config.data_dir)
+  await mkdir(root, { recursive: true })
+  const store = new BlobStore(root)
+  const { removedTemp } = await store.open()
+  const index = new IndexDb(join(root, 'index.db'))
+  const reconciled = await reconcile(store, index)
+  log.info('store.opened', {
+    data_dir: root,
+    removed_temp_files: removedTemp,
+    schema: index.schemaVersion,
+    ...reconciled,
+  })
+
+  const upstream = new Upstream({
+    url: config.upstream.url,
+    credentials:
+      config.upstream.username !== null && config.upstream.password !== null
+        ? { username: config.upstream.username, password: config.upstream.password }
+        : null,
+    connectTimeoutMs: config.upstream.connect_timeout,
+    headerTimeoutMs: config.upstream.header_timeout,
+    idleTimeoutMs: config.upstream.idle_timeout,
+    connections: config.upstream.connections,
+    maxConcurrentFetches: config.upstream.max_concurrent_fetches,
+    log,
+  })
+  const mirror = new Mirror({
+    upstream,
+    store,
+    index,
+    log,
+    tagFreshnessMs: config.cache.tag_freshness,
+    manifestMemoryBytes: config.cache.manifest_memory,
+  })
+  const app = createApp({ mirror, log })
+  const listener = getRequestListener(app.fetch)
+
+  const server = createServer((req, res) => {
+    res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
+    if (config.log.access) accessLog(req, res, log)
+    void listener(req, res)
+  })
+  // Blob downloads may take long; only the request head has a deadline.
+  server.requestTimeout = 0
+  server.headersTimeout = 60_000
+  server.keepAliveTimeout = 65_000
+
+  await new Promise<void>((resolveListen, reject) => {
+    server.once('error', reject)
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject)
+      resolveListen()
+    })
+  })
+  const address = server.address() as AddressInfo
+  const host = address.address === '0.0.0.0' || address.address === '::' ? '127.0.0.1' : address.address
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${address.port}`
+  log.info('listening', {
+    url,
+    address: `${address.address}:${address.port}`,
+    upstream: upstream.origin.origin,
+    account: config.upstream.username !== null,
+  })
+
+  const flushTimer = setInterval(() => {
+    try {
+      index.flush()
+    } catch (err) {
+      log.error('index.flush_failed', { error: err })
+    }
+  }, config.index.flush_interval)
+  flushTimer.unref()
+
+  let closing: Promise<void> | undefined
+  const close = (graceMs = 10_000) => {
+    closing ??= (async () => {
+      const closed = new Promise<void>((r) => server.close(() => r()))
+      server.closeIdleConnections()
+      const timer = setTimeout(() => server.closeAllConnections(), graceMs)
+      await closed
+      clearTimeout(timer)
+      // Fills nobody waits for any more are abandoned; their temp files are discarded and the
+      // store holds only what was verified and renamed into place.
+      await Promise.allSettled(mirror.inflight().map((f) => f.abort()))
+      clearInterval(flushTimer)
+      await upstream.close().catch(() => {})
+      index.close()
+      log.info('stopped', {})
+    })()
+    return closing
+  }
+  return { url, mirror, index, close }
+}
+
+/** Makes the index and the files agree: rows without files go, files without rows are added. */
+async function reconcile(
+  store: BlobStore,
+  index: IndexDb,
+): Promise<{ dropped_rows: number; adopted_files: number }> {
+  const onDisk = new Map<string, number>()
+  for await (const { digest, size } of store.list()) onDisk.set(digest, size)
+  let dropped = 0
+  for (const row of index.allBlobs()) {
+    const size = onDisk.get(row.digest)
+    if (size === row.size) {
+      onDisk.delete(row.digest)
+      continue
+    }
+    if (size !== undefined) {
+      // Not the size it was committed with: the file is not what its name says.
+      await store.remove(row.digest)
+      onDisk.delete(row.digest)
+    }
+    index.deleteBlob(row.digest)
+    dropped++
+  }
+  // A file reaches blobs/ only after verification, so one without a row is a commit whose
+  // index write was cut short: adopt it.
+  for (const [digest, size] of onDisk) index.addBlob(digest, size)
+  return { dropped_rows: dropped, adopted_files: onDisk.size }
+}
+
+function accessLog(req: IncomingMessage, res: ServerResponse, log: Logger): void {
+  const started = performance.now()
+  res.once('close', () => {
+    const note = responseNotes.get(res)
+    const declared = Number(res.getHeader('content-length') ?? 0)
+    const bytes = note?.bytes ? note.bytes() : req.method === 'HEAD' || !res.writableFinished ? 0 : declared
+    log.info('request', {
+      method: req.method,
+      path: (req.url ?? '').split('?')[0],
+      status: res.statusCode,
+      bytes,
+      duration_ms: Math.round((performance.now() - started) * 10) / 10,
+      cache: note?.cache ?? res.getHeader(CACHE_HEADER) ?? null,
+      complete: res.writableFinished,
+    })
+  })
+}

@@ -1,0 +1,405 @@
+// The SQLite index: what is cached, where it came from, how it is used. All SQL of pullcache
+// lives in this module. Reads are synchronous and cheap (better-sqlite3, prepared statements);
+// writes that happen on every request (hit counters, last access, accounting) are buffered in
+// memory and flushed in one transaction every flush interval, so the hot path never waits on
+// a disk write. Writes that record new content (a committed blob, a stored manifest, a moved
+// tag) are rare, and go straight to the database.
+//
+// Repositories and tags are keyed by (registry, repo): serving a second upstream later needs no
+// migration. Blobs and manifests are keyed by digest alone: content is shared across repos.
+
+import Database from 'better-sqlite3'
+
+/** Each entry migrates the schema from version i to i + 1. Never edit one that has shipped. */
+const MIGRATIONS: string[] = [
+  `
+  CREATE TABLE blobs (
+    digest       TEXT PRIMARY KEY,
+    size         INTEGER NOT NULL,
+    media_type   TEXT,
+    first_cached INTEGER NOT NULL,   -- ms since epoch
+    last_access  INTEGER NOT NULL,
+    hits         INTEGER NOT NULL DEFAULT 0
+  ) WITHOUT ROWID;
+  CREATE INDEX blobs_last_access ON blobs (last_access);
+
+  -- Manifests are small; their exact bytes live here, so a manifest and its row can never
+  -- disagree.
+  CREATE TABLE manifests (
+    digest       TEXT PRIMARY KEY,
+    media_type   TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    body         BLOB NOT NULL,
+    first_cached INTEGER NOT NULL,
+    last_access  INTEGER NOT NULL,
+    hits         INTEGER NOT NULL DEFAULT 0
+  ) WITHOUT ROWID;
+  CREATE INDEX manifests_last_access ON manifests (last_access);
+
+  -- What each manifest references (config, layers, or child manifests of an index), so that
+  -- eviction and pins can follow an image from its tag down to its blobs.
+  CREATE TABLE manifest_refs (
+    manifest   TEXT NOT NULL,
+    child      TEXT NOT NULL,
+    media_type TEXT,
+    size       INTEGER,
+    platform   TEXT,
+    PRIMARY KEY (manifest, child)
+  );                                 -- rowid kept: it remembers the order of an index's entries
+  CREATE INDEX manifest_refs_child ON manifest_refs (child);
+
+  CREATE TABLE tags (
+    registry     TEXT NOT NULL,
+    repo         TEXT NOT NULL,
+    tag          TEXT NOT NULL,
+    digest       TEXT NOT NULL,
+    media_type   TEXT NOT NULL,
+    last_checked INTEGER NOT NULL,
+    PRIMARY KEY (registry, repo, tag)
+  ) WITHOUT ROWID;
+  CREATE INDEX tags_digest ON tags (digest);
+
+  CREATE TABLE repo_links (
+    registry TEXT NOT NULL,
+    repo     TEXT NOT NULL,
+    digest   TEXT NOT NULL,
+    kind     TEXT NOT NULL,          -- 'blob' | 'manifest'
+    PRIMARY KEY (registry, repo, digest)
+  ) WITHOUT ROWID;
+  CREATE INDEX repo_links_digest ON repo_links (digest);
+
+  -- The last upstream answer to each tags/list query, served when upstream is down.
+  CREATE TABLE tag_lists (
+    registry   TEXT NOT NULL,
+    repo       TEXT NOT NULL,
+    query      TEXT NOT NULL,
+    body       BLOB NOT NULL,
+    link       TEXT,
+    fetched_at INTEGER NOT NULL,
+    PRIMARY KEY (registry, repo, query)
+  ) WITHOUT ROWID;
+
+  -- Per-request accounting, summed per hour: the raw material for hit rates.
+  CREATE TABLE accounting (
+    hour           INTEGER NOT NULL, -- ms since epoch, floored to the hour
+    registry       TEXT NOT NULL,
+    repo           TEXT NOT NULL,
+    kind           TEXT NOT NULL,    -- 'blob' | 'manifest' | 'tags'
+    method         TEXT NOT NULL,
+    result         TEXT NOT NULL,    -- 'hit' | 'miss' | 'coalesced' | 'stale' | 'error'
+    requests       INTEGER NOT NULL,
+    bytes_cache    INTEGER NOT NULL,
+    bytes_upstream INTEGER NOT NULL,
+    PRIMARY KEY (hour, registry, repo, kind, method, result)
+  ) WITHOUT ROWID;
+  `,
+]
+
+export interface BlobRow {
+  digest: string
+  size: number
+  media_type: string | null
+  first_cached: number
+  last_access: number
+  hits: number
+}
+
+export interface ManifestRow {
+  digest: string
+  media_type: string
+  size: number
+  body: Buffer
+}
+
+export interface TagRow {
+  digest: string
+  media_type: string
+  last_checked: number
+}
+
+export interface ManifestRef {
+  child: string
+  mediaType: string | null
+  size: number | null
+  platform: string | null
+}
+
+export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'stale' | 'error'
+
+export interface Accounted {
+  registry: string
+  repo: string
+  kind: 'blob' | 'manifest' | 'tags'
+  method: string
+  result: CacheResult
+  bytesCache: number
+  bytesUpstream: number
+}
+
+interface Pending {
+  blobs: Map<string, { hits: number; at: number }>
+  manifests: Map<string, { hits: number; at: number }>
+  links: Map<string, { registry: string; repo: string; digest: string; kind: 'blob' | 'manifest' }>
+  accounting: Map<string, Accounted & { hour: number; requests: number }>
+}
+
+const HOUR = 3_600_000
+
+export class IndexDb {
+  private readonly db: Database.Database
+  private pending: Pending = emptyPending()
+  private readonly stmt: ReturnType<typeof prepare>
+
+  constructor(path: string) {
+    this.db = new Database(path)
+    // WAL lets readers go on while a flush writes; NORMAL sync is durable across process crashes
+    // and the store can always be reconciled from the files after a power loss.
+    this.db.pragma('journal_mode = WAL')
+    this.db.pragma('synchronous = NORMAL')
+    this.db.pragma('busy_timeout = 5000')
+    migrate(this.db)
+    this.stmt = prepare(this.db)
+  }
+
+  get schemaVersion(): number {
+    return this.db.pragma('user_version', { simple: true }) as number
+  }
+
+  // --- blobs -------------------------------------------------------------------------------
+
+  getBlob(digest: string): BlobRow | undefined {
+    return this.stmt.getBlob.get(digest) as BlobRow | undefined
+  }
+
+  addBlob(digest: string, size: number, now = Date.now()): void {
+    this.stmt.addBlob.run(digest, size, this.stmt.refMediaType.pluck().get(digest) ?? null, now, now)
+  }
+
+  deleteBlob(digest: string): void {
+    this.stmt.deleteBlob.run(digest)
+  }
+
+  allBlobs(): { digest: string; size: number }[] {
+    return this.stmt.allBlobs.all() as { digest: string; size: number }[]
+  }
+
+  // --- manifests ---------------------------------------------------------------------------
+
+  getManifest(digest: string): ManifestRow | undefined {
+    return this.stmt.getManifest.get(digest) as ManifestRow | undefined
+  }
+
+  /** Stores a verified manifest and what it references, in one transaction. */
+  addManifest(digest: string, mediaType: string, body: Buffer, refs: ManifestRef[], now = Date.now()): void {
+    this.db.transaction(() => {
+      this.stmt.addManifest.run(digest, mediaType, body.length, body, now, now)
+      for (const ref of refs) {
+        this.stmt.addRef.run(digest, ref.child, ref.mediaType, ref.size, ref.platform)
+        if (ref.mediaType !== null) this.stmt.setBlobMediaType.run(ref.mediaType, ref.child)
+      }
+    })()
+  }
+
+  manifestRefs(digest: string): ManifestRef[] {
+    return this.stmt.refs.all(digest) as ManifestRef[]
+  }
+
+  // --- tags --------------------------------------------------------------------------------
+
+  getTag(registry: string, repo: string, tag: string): TagRow | undefined {
+    return this.stmt.getTag.get(registry, repo, tag) as TagRow | undefined
+  }
+
+  setTag(
+    registry: string,
+    repo: string,
+    tag: string,
+    digest: string,
+    mediaType: string,
+    now = Date.now(),
+  ): void {
+    this.stmt.setTag.run(registry, repo, tag, digest, mediaType, now)
+  }
+
+  deleteTag(registry: string, repo: string, tag: string): void {
+    this.stmt.deleteTag.run(registry, repo, tag)
+  }
+
+  getTagList(
+    registry: string,
+    repo: string,
+    query: string,
+  ): { body: Buffer; link: string | null } | undefined {
+    return this.stmt.getTagList.get(registry, repo, query) as
+      | { body: Buffer; link: string | null }
+      | undefined
+  }
+
+  setTagList(registry: string, repo: string, query: string, body: Buffer, link: string | null): void {
+    this.stmt.setTagList.run(registry, repo, query, body, link, Date.now())
+  }
+
+  // --- buffered, per-request writes --------------------------------------------------------
+
+  touchBlob(digest: string, hit: boolean, now = Date.now()): void {
+    bump(this.pending.blobs, digest, hit, now)
+  }
+
+  touchManifest(digest: string, hit: boolean, now = Date.now()): void {
+    bump(this.pending.manifests, digest, hit, now)
+  }
+
+  link(registry: string, repo: string, digest: string, kind: 'blob' | 'manifest'): void {
+    this.pending.links.set(`${registry}\0${repo}\0${digest}`, { registry, repo, digest, kind })
+  }
+
+  account(entry: Accounted, now = Date.now()): void {
+    const hour = now - (now % HOUR)
+    const key = [hour, entry.registry, entry.repo, entry.kind, entry.method, entry.result].join('\0')
+    const row = this.pending.accounting.get(key)
+    if (row) {
+      row.requests += 1
+      row.bytesCache += entry.bytesCache
+      row.bytesUpstream += entry.bytesUpstream
+    } else {
+      this.pending.accounting.set(key, { ...entry, hour, requests: 1 })
+    }
+  }
+
+  /** Writes everything buffered in one transaction. */
+  flush(): void {
+    const batch = this.pending
+    if (batch.blobs.size + batch.manifests.size + batch.links.size + batch.accounting.size === 0) {
+      return
+    }
+    this.pending = emptyPending()
+    this.db.transaction(() => {
+      for (const [digest, t] of batch.blobs) this.stmt.touchBlob.run(t.hits, t.at, digest)
+      for (const [digest, t] of batch.manifests) this.stmt.touchManifest.run(t.hits, t.at, digest)
+      for (const l of batch.links.values()) this.stmt.link.run(l.registry, l.repo, l.digest, l.kind)
+      for (const a of batch.accounting.values()) {
+        this.stmt.account.run(
+          a.hour,
+          a.registry,
+          a.repo,
+          a.kind,
+          a.method,
+          a.result,
+          a.requests,
+          a.bytesCache,
+          a.bytesUpstream,
+        )
+      }
+    })()
+  }
+
+  /** Totals per cache result, for tests and (later) the stats command. */
+  accountingTotals(): {
+    kind: string
+    method: string
+    result: string
+    requests: number
+    bytes_cache: number
+    bytes_upstream: number
+  }[] {
+    return this.stmt.totals.all() as ReturnType<IndexDb['accountingTotals']>
+  }
+
+  close(): void {
+    this.flush()
+    this.db.close()
+  }
+}
+
+function emptyPending(): Pending {
+  return { blobs: new Map(), manifests: new Map(), links: new Map(), accounting: new Map() }
+}
+
+function bump(map: Map<string, { hits: number; at: number }>, digest: string, hit: boolean, now: number) {
+  const t = map.get(digest)
+  if (t) {
+    t.hits += hit ? 1 : 0
+    t.at = Math.max(t.at, now)
+  } else {
+    map.set(digest, { hits: hit ? 1 : 0, at: now })
+  }
+}
+
+function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number
+  if (current > MIGRATIONS.length) {
+    throw new Error(
+      `index schema version ${current} is newer than this pullcache knows (${MIGRATIONS.length})`,
+    )
+  }
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!)
+      db.pragma(`user_version = ${v + 1}`)
+    })()
+  }
+}
+
+function prepare(db: Database.Database) {
+  return {
+    getBlob: db.prepare('SELECT * FROM blobs WHERE digest = ?'),
+    addBlob: db.prepare(
+      `INSERT INTO blobs (digest, size, media_type, first_cached, last_access) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (digest) DO UPDATE SET size = excluded.size, last_access = excluded.last_access`,
+    ),
+    deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+    allBlobs: db.prepare('SELECT digest, size FROM blobs'),
+    refMediaType: db.prepare(
+      'SELECT media_type FROM manifest_refs WHERE child = ? AND media_type IS NOT NULL LIMIT 1',
+    ),
+    setBlobMediaType: db.prepare('UPDATE blobs SET media_type = ? WHERE digest = ? AND media_type IS NULL'),
+    touchBlob: db.prepare(
+      'UPDATE blobs SET hits = hits + ?, last_access = max(last_access, ?) WHERE digest = ?',
+    ),
+    getManifest: db.prepare('SELECT digest, media_type, size, body FROM manifests WHERE digest = ?'),
+    addManifest: db.prepare(
+      `INSERT INTO manifests (digest, media_type, size, body, first_cached, last_access) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (digest) DO NOTHING`,
+    ),
+    addRef: db.prepare(
+      `INSERT INTO manifest_refs (manifest, child, media_type, size, platform) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT DO NOTHING`,
+    ),
+    refs: db.prepare(
+      'SELECT child, media_type AS mediaType, size, platform FROM manifest_refs WHERE manifest = ? ORDER BY rowid',
+    ),
+    touchManifest: db.prepare(
+      'UPDATE manifests SET hits = hits + ?, last_access = max(last_access, ?) WHERE digest = ?',
+    ),
+    getTag: db.prepare(
+      'SELECT digest, media_type, last_checked FROM tags WHERE registry = ? AND repo = ? AND tag = ?',
+    ),
+    setTag: db.prepare(
+      `INSERT INTO tags (registry, repo, tag, digest, media_type, last_checked) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (registry, repo, tag) DO UPDATE SET digest = excluded.digest,
+         media_type = excluded.media_type, last_checked = excluded.last_checked`,
+    ),
+    deleteTag: db.prepare('DELETE FROM tags WHERE registry = ? AND repo = ? AND tag = ?'),
+    getTagList: db.prepare('SELECT body, link FROM tag_lists WHERE registry = ? AND repo = ? AND query = ?'),
+    setTagList: db.prepare(
+      `INSERT INTO tag_lists (registry, repo, query, body, link, fetched_at) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (registry, repo, query) DO UPDATE SET body = excluded.body, link = excluded.link,
+         fetched_at = excluded.fetched_at`,
+    ),
+    link: db.prepare(
+      'INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+    ),
+    account: db.prepare(
+      `INSERT INTO accounting (hour, registry, repo, kind, method, result, requests, bytes_cache, bytes_upstream)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (hour, registry, repo, kind, method, result) DO UPDATE SET
+         requests = requests + excluded.requests,
+         bytes_cache = bytes_cache + excluded.bytes_cache,
+         bytes_upstream = bytes_upstream + excluded.bytes_upstream`,
+    ),
+    totals: db.prepare(
+      `SELECT kind, method, result, sum(requests) AS requests, sum(bytes_cache) AS bytes_cache,
+         sum(bytes_upstream) AS bytes_upstream FROM accounting GROUP BY kind, method, result`,
+    ),
+  }
+}

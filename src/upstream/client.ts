@@ -1,0 +1,457 @@
+// The one choke point for everything pullcache sends upstream. One undici Agent (keep-alive
+// pools per origin, connect/header/idle timeouts) carries registry, token and CDN requests.
+// Every response either goes back to the caller with its body unread, or has its body read or
+// dumped here: undici keeps a connection busy until its body settles. Network errors and
+// statuses become UpstreamError with a stable kind; the bearer token is sent to the upstream
+// origin only, never along a redirect to another host (Docker Hub's blob CDN).
+
+import type { IncomingHttpHeaders } from 'node:http'
+import type { Readable } from 'node:stream'
+import pLimit, { type LimitFunction } from 'p-limit'
+import { Agent, type Dispatcher } from 'undici'
+import { UpstreamError, type UpstreamFailure } from '../errors.js'
+import type { Logger } from '../log.js'
+import {
+  type Challenge,
+  type Credentials,
+  parseChallenge,
+  parseTokenResponse,
+  realmMayReceiveCredentials,
+  TokenCache,
+} from './auth.js'
+
+/** Every manifest type pullcache stores, in the order we ask for them. Schema 1 is left out: its
+ * digest is not the hash of its bytes, so it cannot be verified like the others. */
+export const MANIFEST_TYPES = [
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v2+json',
+] as const
+
+const DOCKER_HUB_HOSTS = new Set([
+  'registry-1.docker.io',
+  'index.docker.io',
+  'docker.io',
+  'registry.hub.docker.com',
+])
+const USER_AGENT = 'pullcache/0.1'
+/** Error bodies we read to report upstream's message; anything longer is cut. */
+const MAX_ERROR_BODY = 16 * 1024
+/** Manifests are small; Docker Hub caps them at 4 MiB, so do we, against a runaway upstream. */
+export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+const MAX_REDIRECTS = 5
+
+export interface UpstreamOptions {
+  url: string
+  credentials: Credentials | null
+  connectTimeoutMs: number
+  headerTimeoutMs: number
+  idleTimeoutMs: number
+  connections: number
+  maxConcurrentFetches: number
+  log: Logger
+}
+
+export interface RateLimit {
+  limit: number
+  remaining: number
+  windowSeconds: number | undefined
+  at: number
+}
+
+export interface ManifestHead {
+  digest: string | undefined
+  mediaType: string
+  size: number | undefined
+}
+
+export interface ManifestBody {
+  bytes: Buffer
+  mediaType: string
+  digest: string | undefined
+}
+
+export interface BlobBody {
+  status: number
+  size: number | undefined
+  body: Readable
+}
+
+type Response = Dispatcher.ResponseData
+
+export class Upstream {
+  readonly origin: URL
+  /** Key for this upstream in the index: its host (and port when not the default). */
+  readonly registry: string
+  readonly isDockerHub: boolean
+  /** Caps concurrent blob downloads; each fill holds a slot until its body has settled. */
+  readonly fetchLimit: LimitFunction
+  rateLimit: RateLimit | undefined
+  private readonly agent: Agent
+  private readonly tokens = new TokenCache()
+  private challenge: Challenge | undefined
+  private credentials: Credentials | null
+  private readonly log: Logger
+  private unwellUntil = 0
+
+  constructor(opts: UpstreamOptions) {
+    this.origin = new URL(opts.url)
+    this.registry = this.origin.host
+    this.isDockerHub = DOCKER_HUB_HOSTS.has(this.origin.hostname)
+    this.credentials = opts.credentials
+    this.log = opts.log
+    this.fetchLimit = pLimit(opts.maxConcurrentFetches)
+    this.agent = new Agent({
+      connect: { timeout: opts.connectTimeoutMs },
+      headersTimeout: opts.headerTimeoutMs,
+      bodyTimeout: opts.idleTimeoutMs,
+      keepAliveTimeout: 30_000,
+      connections: opts.connections,
+    })
+  }
+
+  /** New credentials (e.g. on reload) make every cached token stale. */
+  setCredentials(credentials: Credentials | null): void {
+    this.credentials = credentials
+    this.tokens.clear()
+  }
+
+  /**
+   * True for a few seconds after upstream failed to answer; callers that have a cached copy serve
+   * it at once instead of waiting on a timeout for every request while upstream is down.
+   */
+  isUnwell(now = Date.now()): boolean {
+    return now < this.unwellUntil
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close()
+  }
+
+  // --- the registry API --------------------------------------------------------------------
+
+  /** HEAD a manifest: free on Docker Hub (it does not count against the pull limit). */
+  async headManifest(repo: string, reference: string): Promise<ManifestHead> {
+    const res = await this.send(repo, 'HEAD', `/v2/${repo}/manifests/${reference}`, {
+      accept: MANIFEST_TYPES.join(', '),
+    })
+    this.noteRateLimit(res.headers)
+    if (res.statusCode !== 200) throw await this.failure(res, `HEAD manifest ${repo}:${reference}`)
+    await res.body.dump()
+    const length = header(res.headers, 'content-length')
+    return {
+      digest: header(res.headers, 'docker-content-digest'),
+      mediaType: mediaTypeOf(res.headers),
+      size: length === undefined ? undefined : Number(length),
+    }
+  }
+
+  /** GET a manifest's exact bytes. On Docker Hub this is the request that counts as a pull. */
+  async getManifest(repo: string, reference: string): Promise<ManifestBody> {
+    const res = await this.send(repo, 'GET', `/v2/${repo}/manifests/${reference}`, {
+      accept: MANIFEST_TYPES.join(', '),
+    })
+    this.noteRateLimit(res.headers)
+    if (res.statusCode !== 200) throw await this.failure(res, `GET manifest ${repo}:${reference}`)
+    const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
+    if (bytes === undefined)
+      throw new UpstreamError('INVALID', `manifest ${repo}:${reference} is larger than 4 MiB`)
+    return {
+      bytes,
+      mediaType: mediaTypeOf(res.headers),
+      digest: header(res.headers, 'docker-content-digest'),
+    }
+  }
+
+  async headBlob(repo: string, digest: string): Promise<{ size: number }> {
+    const res = await this.send(repo, 'HEAD', `/v2/${repo}/blobs/${digest}`)
+    // Some registries redirect HEAD to storage too; the size is what we need, so follow.
+    const final = await this.followRedirects(repo, res, 'HEAD', {})
+    if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`)
+    await final.body.dump()
+    const size = Number(header(final.headers, 'content-length'))
+    if (!Number.isSafeInteger(size) || size < 0)
+      throw new UpstreamError('SERVER', `HEAD blob ${digest}: no Content-Length`)
+    return { size }
+  }
+
+  /** GET a blob, following the redirect to a CDN without our token. The body is the caller's. */
+  async getBlob(repo: string, digest: string): Promise<BlobBody> {
+    const res = await this.send(repo, 'GET', `/v2/${repo}/blobs/${digest}`)
+    const final = await this.followRedirects(repo, res, 'GET', {})
+    if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`)
+    const length = header(final.headers, 'content-length')
+    return {
+      status: final.statusCode,
+      size: length === undefined ? undefined : Number(length),
+      body: final.body,
+    }
+  }
+
+  async getTags(repo: string, query: string): Promise<{ bytes: Buffer; link: string | undefined }> {
+    const res = await this.send(repo, 'GET', `/v2/${repo}/tags/list${query ? `?${query}` : ''}`, {
+      accept: 'application/json',
+    })
+    if (res.statusCode !== 200) throw await this.failure(res, `GET tags ${repo}`)
+    const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
+    if (bytes === undefined) throw new UpstreamError('INVALID', `tag list of ${repo} is larger than 4 MiB`)
+    return { bytes, link: header(res.headers, 'link') }
+  }
+
+  // --- transport ---------------------------------------------------------------------------
+
+  /**
+   * One request to the upstream origin with bearer auth: a cached token when we have one, else
+   * whatever the 401 challenge asks for, then one retry. A 401 on a cached token means it was
+   * revoked or expired early: drop it, fetch a fresh one, retry once.
+   */
+  private async send(
+    repo: string,
+    method: 'GET' | 'HEAD',
+    path: string,
+    headers: Record<string, string> = {},
+  ): Promise<Response> {
+    const scope = `repository:${repo}:pull`
+    let token = this.challenge ? await this.token(this.challenge, scope) : undefined
+    let res = await this.raw(method, new URL(path, this.origin), authorize(headers, token))
+    if (res.statusCode !== 401) return res
+
+    const challenge = parseChallenge(res.headers['www-authenticate'])
+    if (challenge?.scheme === 'bearer' && challenge.realm) {
+      await res.body.dump()
+      if (token !== undefined && this.challenge)
+        this.tokens.invalidate(tokenKey(this.challenge, scope), token)
+      this.challenge = challenge
+      token = await this.token(challenge, scope)
+      res = await this.raw(method, new URL(path, this.origin), authorize(headers, token))
+    } else if (challenge?.scheme === 'basic' && this.credentials) {
+      await res.body.dump()
+      res = await this.raw(method, new URL(path, this.origin), {
+        ...headers,
+        authorization: basic(this.credentials),
+      })
+    }
+    return res
+  }
+
+  private async token(challenge: Challenge, scope: string): Promise<string> {
+    return this.tokens.obtain(tokenKey(challenge, scope), async () => {
+      let realm: URL
+      try {
+        realm = new URL(challenge.realm)
+      } catch (err) {
+        throw new UpstreamError('AUTH_SERVER', `token realm is not a URL: ${challenge.realm}`, { cause: err })
+      }
+      if (realm.protocol !== 'https:' && realm.protocol !== 'http:') {
+        throw new UpstreamError('AUTH_SERVER', `token realm must be http(s): ${realm.origin}`)
+      }
+      if (challenge.service) realm.searchParams.set('service', challenge.service)
+      realm.searchParams.append('scope', scope)
+      const headers: Record<string, string> = {}
+      if (this.credentials) {
+        if (realmMayReceiveCredentials(realm, this.origin)) {
+          headers.authorization = basic(this.credentials)
+          realm.searchParams.set('account', this.credentials.username)
+        } else {
+          this.log.warn('upstream.realm_untrusted', { realm: realm.origin, upstream: this.origin.origin })
+        }
+      }
+      let res: Response
+      try {
+        res = await this.raw('GET', realm, headers)
+      } catch (err) {
+        throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin}: ${(err as Error).message}`, {
+          cause: err,
+        })
+      }
+      const bytes = await readLimited(res, MAX_ERROR_BODY)
+      if (res.statusCode === 401 || res.statusCode === 403) {
+        throw new UpstreamError('UNAUTHORIZED', `token endpoint ${realm.origin} refused: ${res.statusCode}`)
+      }
+      if (res.statusCode === 429) {
+        throw new UpstreamError('RATE_LIMITED', `token endpoint ${realm.origin} answered 429`, {
+          retryAfter: header(res.headers, 'retry-after'),
+        })
+      }
+      let parsed: ReturnType<typeof parseTokenResponse>
+      try {
+        parsed =
+          res.statusCode === 200 && bytes ? parseTokenResponse(JSON.parse(bytes.toString('utf8'))) : undefined
+      } catch {
+        parsed = undefined
+      }
+      if (!parsed)
+        throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin} answered ${res.statusCode}`)
+      this.log.debug('upstream.token', { realm: realm.origin, scope, expires_in: parsed.expiresIn })
+      return parsed
+    })
+  }
+
+  private async followRedirects(
+    repo: string,
+    first: Response,
+    method: 'GET' | 'HEAD',
+    headers: Record<string, string>,
+  ): Promise<Response> {
+    let res = first
+    let url = new URL(this.origin)
+    for (let hops = 0; isRedirect(res.statusCode); hops++) {
+      const location = header(res.headers, 'location')
+      await res.body.dump()
+      if (location === undefined || hops >= MAX_REDIRECTS) {
+        throw new UpstreamError('SERVER', `redirect without Location or more than ${MAX_REDIRECTS} redirects`)
+      }
+      try {
+        url = new URL(location, url)
+      } catch (err) {
+        throw new UpstreamError('SERVER', `redirect to a bad Location: ${location}`, { cause: err })
+      }
+      if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+        throw new UpstreamError('SERVER', `redirect to a non-http URL: ${url.protocol}`)
+      }
+      // Our token belongs to the upstream origin; a CDN URL carries its own signature.
+      res =
+        url.origin === this.origin.origin
+          ? await this.send(repo, method, url.pathname + url.search, headers)
+          : await this.raw(method, url, headers)
+    }
+    return res
+  }
+
+  private async raw(method: string, url: URL, headers: Record<string, string>): Promise<Response> {
+    try {
+      return await this.agent.request({
+        origin: url.origin,
+        path: url.pathname + url.search,
+        method,
+        headers: { 'user-agent': USER_AGENT, ...headers },
+      })
+    } catch (err) {
+      const failure = networkFailure(err)
+      this.markUnwell(failure.kind)
+      throw failure
+    }
+  }
+
+  /** Turns a non-success response into an UpstreamError, reading upstream's message. */
+  private async failure(res: Response, what: string): Promise<UpstreamError> {
+    const bytes = await readLimited(res, MAX_ERROR_BODY).catch(() => undefined)
+    const detail = bytes ? upstreamMessage(bytes) : undefined
+    const message = `${what}: upstream answered ${res.statusCode}${detail ? ` (${detail})` : ''}`
+    const kind = kindOfStatus(res.statusCode)
+    const retryAfter = header(res.headers, 'retry-after')
+    this.markUnwell(kind, retryAfter)
+    return new UpstreamError(kind, message, { status: res.statusCode, retryAfter })
+  }
+
+  private markUnwell(kind: UpstreamFailure, retryAfter?: string): void {
+    const now = Date.now()
+    if (kind === 'NETWORK' || kind === 'TIMEOUT' || kind === 'SERVER' || kind === 'AUTH_SERVER') {
+      this.unwellUntil = now + 5_000
+    } else if (kind === 'RATE_LIMITED') {
+      const seconds = Number(retryAfter)
+      this.unwellUntil =
+        now + (Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 300) * 1000 : 30_000)
+    }
+  }
+
+  /** Docker Hub reports the pull budget on manifest responses: "100;w=21600". */
+  private noteRateLimit(headers: IncomingHttpHeaders): void {
+    const limit = header(headers, 'ratelimit-limit') ?? header(headers, 'x-ratelimit-limit')
+    const remaining = header(headers, 'ratelimit-remaining') ?? header(headers, 'x-ratelimit-remaining')
+    if (limit === undefined || remaining === undefined) return
+    const l = /^\s*(\d+)(?:\s*;\s*w=(\d+))?/.exec(limit)
+    const r = /^\s*(\d+)/.exec(remaining)
+    if (!l || !r) return
+    this.rateLimit = {
+      limit: Number(l[1]),
+      remaining: Number(r[1]),
+      windowSeconds: l[2] === undefined ? undefined : Number(l[2]),
+      at: Date.now(),
+    }
+  }
+}
+
+function tokenKey(challenge: Challenge, scope: string): string {
+  return `${challenge.realm}\0${challenge.service ?? ''}\0${scope}`
+}
+
+function authorize(headers: Record<string, string>, token: string | undefined): Record<string, string> {
+  return token === undefined ? headers : { ...headers, authorization: `Bearer ${token}` }
+}
+
+function basic(c: Credentials): string {
+  return `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`
+}
+
+function isRedirect(status: number): boolean {
+  return status === 301 || status === 302 || status === 303 || status === 307 || status === 308
+}
+
+export function header(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const v = headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+function mediaTypeOf(headers: IncomingHttpHeaders): string {
+  // Parameters such as "; charset=utf-8" are not part of a manifest media type.
+  return (header(headers, 'content-type') ?? '').split(';')[0]!.trim()
+}
+
+function kindOfStatus(status: number): UpstreamFailure {
+  if (status === 404) return 'NOT_FOUND'
+  if (status === 401 || status === 403) return 'UNAUTHORIZED'
+  if (status === 429) return 'RATE_LIMITED'
+  return 'SERVER'
+}
+
+const TIMEOUT_CODES = new Set([
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'ETIMEDOUT',
+])
+
+export function networkFailure(err: unknown): UpstreamError {
+  if (err instanceof UpstreamError) return err
+  const code = (err as { code?: string }).code ?? ''
+  const kind: UpstreamFailure = TIMEOUT_CODES.has(code) ? 'TIMEOUT' : 'NETWORK'
+  return new UpstreamError(
+    kind,
+    `upstream ${kind === 'TIMEOUT' ? 'timed out' : 'unreachable'}: ${code || (err as Error).message}`,
+    {
+      cause: err,
+    },
+  )
+}
+
+/** Reads a whole body, or returns undefined (and drops the rest) past `limit` bytes. */
+async function readLimited(res: Response, limit: number): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = []
+  let total = 0
+  try {
+    for await (const chunk of res.body) {
+      total += (chunk as Buffer).length
+      if (total > limit) {
+        res.body.destroy()
+        return undefined
+      }
+      chunks.push(chunk as Buffer)
+    }
+  } catch (err) {
+    throw networkFailure(err)
+  }
+  return Buffer.concat(chunks)
+}
+
+function upstreamMessage(bytes: Buffer): string | undefined {
+  try {
+    const parsed = JSON.parse(bytes.toString('utf8')) as { errors?: { code?: string; message?: string }[] }
+    const first = parsed.errors?.[0]
+    if (first) return [first.code, first.message].filter(Boolean).join(': ')
+  } catch {
+    // not JSON: say nothing rather than echo arbitrary upstream text
+  }
+  return undefined
+}
