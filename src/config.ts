@@ -116,6 +116,9 @@ const schema = z.strictObject({
   cache: z
     .strictObject({
       tag_freshness: duration.prefault('60s'),
+      // How long a client with a cached copy waits on a tag revalidation before it gets the
+      // cached copy, marked stale; the revalidation goes on and updates the tag when it ends.
+      revalidate_timeout: duration.prefault('5s'),
       manifest_memory: size.prefault('64MiB'),
     })
     .prefault({}),

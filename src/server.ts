@@ -56,6 +56,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     index,
     log,
     tagFreshnessMs: config.cache.tag_freshness,
+    revalidateTimeoutMs: config.cache.revalidate_timeout,
     manifestMemoryBytes: config.cache.manifest_memory,
   })
   const app = createApp({ mirror, log })

@@ -45,6 +45,7 @@ export interface MirrorOptions {
   index: IndexDb
   log: Logger
   tagFreshnessMs: number
+  revalidateTimeoutMs: number
   manifestMemoryBytes: number
 }
 
@@ -57,6 +58,7 @@ export class Mirror {
   private readonly index: IndexDb
   private readonly log: Logger
   private tagFreshnessMs: number
+  private readonly revalidateTimeoutMs: number
   private readonly fills = new Map<string, Fill>()
   private readonly flights = new Map<string, Promise<unknown>>()
   private readonly manifests: LRUCache<string, ManifestRow>
@@ -67,6 +69,7 @@ export class Mirror {
     this.index = opts.index
     this.log = opts.log
     this.tagFreshnessMs = opts.tagFreshnessMs
+    this.revalidateTimeoutMs = opts.revalidateTimeoutMs
     this.manifests = new LRUCache<string, ManifestRow>({
       maxSize: Math.max(1, opts.manifestMemoryBytes),
       sizeCalculation: (row) => Math.max(1, row.body.length),
@@ -185,7 +188,12 @@ export class Mirror {
       found = answer(cached, 'stale')
     } else {
       try {
-        found = await this.revalidate(name, tag, method, known?.digest)
+        // One revalidation per tag at a time: its HEAD, and its GET when the digest is new.
+        const revalidation = this.flight(`tag\0${name.upstream}\0${tag}\0${method}`, () =>
+          this.revalidate(name, tag, method, known?.digest),
+        )
+        // With a cached copy in hand, do not wait on a slow upstream for long.
+        found = known && cached ? await deadline(revalidation, this.revalidateTimeoutMs) : await revalidation
       } catch (err) {
         if (err instanceof UpstreamError && err.kind === 'NOT_FOUND') {
           // Upstream says the tag is gone; so is our mapping. Not a failure to hide.
@@ -211,9 +219,7 @@ export class Mirror {
     knownDigest: string | undefined,
   ): Promise<ManifestAnswer> {
     const registry = this.registry
-    const head = await this.flight(`tag\0${name.upstream}\0${tag}`, () =>
-      this.upstream.headManifest(name.upstream, tag),
-    )
+    const head = await this.upstream.headManifest(name.upstream, tag)
     if (head.digest !== undefined) {
       const digest = head.digest
       const cached = this.cachedManifest(digest)
@@ -366,6 +372,19 @@ export class Mirror {
     this.flights.set(key, started)
     return started
   }
+}
+
+/** Rejects with a TIMEOUT UpstreamError if `work` has not settled in `ms`; work goes on. */
+function deadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new UpstreamError('TIMEOUT', `upstream did not answer the revalidation within ${ms} ms`)),
+      ms,
+    )
+  })
+  work.catch(() => {}) // a late failure of abandoned work is not unhandled
+  return Promise.race([work, expired]).finally(() => clearTimeout(timer))
 }
 
 function answer(row: ManifestRow, cache: Outcome): ManifestAnswer {

@@ -125,8 +125,9 @@ export class Upstream {
     return now < this.unwellUntil
   }
 
+  /** Ends every upstream connection, including requests still waiting on a slow upstream. */
   async close(): Promise<void> {
-    await this.agent.close()
+    await this.agent.destroy()
   }
 
   // --- the registry API --------------------------------------------------------------------
