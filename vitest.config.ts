@@ -9,6 +9,6 @@ export default defineConfig({
     hookTimeout: 180_000,
     // Two cores: run files one at a time so timing-sensitive pulls do not starve each other.
     fileParallelism: false,
-    reporters: ['default'],
+    reporters: ['default', ['json', { outputFile: 'test-results/vitest.json' }]],
   },
 })

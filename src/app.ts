@@ -53,16 +53,17 @@ export function createApp({ mirror, log }: AppDeps): Hono<Env> {
     // The raw path: percent-escapes stay escaped, so they fail the name grammar instead of
     // turning into '/' or '..' after we looked.
     const path = rawPath(c.req.url)
-    const m = ROUTE.exec(path)
-    if (!m) throw new RegistryError('UNSUPPORTED', { path }, { status: 404, message: 'no such endpoint' })
     const method = c.req.method
     if (method !== 'GET' && method !== 'HEAD') {
+      // Push, delete and uploads: a mirror never forwards them, whatever the path.
       throw new RegistryError(
         'UNSUPPORTED',
         { method, reason: 'pullcache is a read-only mirror' },
         { headers: { Allow: 'GET, HEAD' } },
       )
     }
+    const m = ROUTE.exec(path)
+    if (!m) throw new RegistryError('UNSUPPORTED', { path }, { status: 404, message: 'no such endpoint' })
     if (m[4] !== undefined) {
       return tagList(c, mirror, parseName(m[4], dockerHub), method)
     }

@@ -1,0 +1,140 @@
+import { connect } from 'node:net'
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.js'
+import { startMirror, type TestMirror } from '../support/start-mirror.js'
+
+/** Sends a request line as it is, without a client normalising the path on the way. */
+function rawGet(url: string, path: string): Promise<{ status: number; body: string }> {
+  const { hostname, port } = new URL(url)
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => {
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${hostname}\r\nConnection: close\r\n\r\n`)
+    })
+    let data = ''
+    socket.on('data', (d) => {
+      data += d.toString('latin1')
+    })
+    socket.on('end', () => {
+      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(data)?.[1])
+      resolve({ status, body: data.slice(data.indexOf('\r\n\r\n') + 4) })
+    })
+    socket.on('error', reject)
+  })
+}
+
+describe('the HTTP surface', () => {
+  let up: FakeUpstream
+  let mirror: TestMirror
+
+  beforeAll(async () => {
+    up = await startFakeUpstream()
+    mirror = await startMirror({ upstream: up.url })
+  })
+  afterAll(async () => {
+    await mirror.close()
+    await up.close()
+  })
+
+  test('GET and HEAD /v2/ answer 200 with the API version header, without asking upstream', async () => {
+    up.reset()
+    for (const call of [mirror.get('/v2/'), mirror.head('/v2/'), mirror.get('/v2')]) {
+      const res = await call
+      expect(res.status).toBe(200)
+      expect(res.headers['docker-distribution-api-version']).toBe('registry/2.0')
+    }
+    expect(up.requests).toHaveLength(0)
+  })
+
+  test('every error is OCI JSON with the right status and the API version header', async () => {
+    const digest = `sha256:${'a'.repeat(64)}`
+    const cases: [string, number, string][] = [
+      ['/v2/UPPER/manifests/latest', 400, 'NAME_INVALID'],
+      ['/v2/a//b/manifests/latest', 400, 'NAME_INVALID'],
+      ['/v2/library/x/manifests/bad:tag:here', 400, 'DIGEST_INVALID'],
+      [`/v2/library/x/manifests/${'t'.repeat(129)}`, 400, 'TAG_INVALID'],
+      ['/v2/library/x/blobs/sha256:1234', 400, 'DIGEST_INVALID'],
+      ['/v2/library/x/blobs/latest', 400, 'DIGEST_INVALID'],
+      [`/v2/library/x/blobs/sha512:${'b'.repeat(128)}`, 404, 'BLOB_UNKNOWN'],
+      [`/v2/library/x/blobs/${digest}`, 404, 'BLOB_UNKNOWN'],
+      ['/v2/library/x/nonsense', 404, 'UNSUPPORTED'],
+      ['/v2/_catalog', 404, 'UNSUPPORTED'],
+      ['/elsewhere', 404, 'UNSUPPORTED'],
+      [`/v2/library/x/blobs/uploads/`, 404, 'UNSUPPORTED'],
+    ]
+    for (const [path, status, code] of cases) {
+      const res = await mirror.get(path)
+      expect(res.status, path).toBe(status)
+      expect(res.headers['content-type'], path).toBe('application/json')
+      expect(res.headers['docker-distribution-api-version']).toBe('registry/2.0')
+      const body = JSON.parse(res.body.toString())
+      expect(body.errors[0].code, path).toBe(code)
+      expect(typeof body.errors[0].message).toBe('string')
+    }
+  })
+
+  test('push and delete are 405 UNSUPPORTED and never reach upstream', async () => {
+    up.reset()
+    const { request } = await import('undici')
+    for (const [method, path] of [
+      ['PUT', '/v2/library/x/manifests/latest'],
+      ['DELETE', '/v2/library/x/manifests/latest'],
+      ['POST', '/v2/library/x/blobs/uploads/'],
+      ['PATCH', '/v2/library/x/blobs/uploads/abc'],
+      ['DELETE', `/v2/library/x/blobs/sha256:${'c'.repeat(64)}`],
+    ] as const) {
+      const res = await request(`${mirror.url}${path}`, { method, body: method === 'DELETE' ? null : 'x' })
+      expect(res.statusCode, `${method} ${path}`).toBe(405)
+      const body = (await res.body.json()) as { errors: { code: string }[] }
+      expect(body.errors[0]!.code).toBe('UNSUPPORTED')
+    }
+    expect(up.requests).toHaveLength(0)
+  })
+
+  test('no path, however encoded, escapes the name grammar or reaches upstream', async () => {
+    up.reset()
+    const paths = [
+      '/v2/../../etc/passwd/manifests/latest',
+      '/v2/library/%2e%2e/%2e%2e/manifests/latest',
+      '/v2/library%2Fx/manifests/latest',
+      '/v2/library/x%00/manifests/latest',
+      `/v2/library/x/blobs/sha256:${'a'.repeat(63)}%2F`,
+      `/v2/library/x/blobs/sha256%3A${'a'.repeat(64)}`,
+      `/v2/library/x/blobs/..%2F..%2F${'a'.repeat(64)}`,
+    ]
+    for (const path of paths) {
+      const res = await rawGet(mirror.url, path)
+      expect(res.status, path).toBeGreaterThanOrEqual(400)
+      expect(res.status, path).toBeLessThan(500)
+      expect(JSON.parse(res.body).errors[0].code, path).toBeTypeOf('string')
+    }
+    expect(up.requests).toHaveLength(0)
+  })
+
+  test('a malformed Range is 416 with Content-Range', async () => {
+    const bytes = Buffer.from('range me please')
+    const digest = up.addBlob('library/x', bytes)
+    await mirror.get(`/v2/library/x/blobs/${digest}`)
+    for (const range of ['bytes=10-5', 'bytes=-0', 'bytes=100-', 'bytes=-']) {
+      const res = await mirror.get(`/v2/library/x/blobs/${digest}`, { range })
+      expect(res.status, range).toBe(416)
+      expect(res.headers['content-range']).toBe(`bytes */${bytes.length}`)
+    }
+  })
+
+  test('one JSON access line per request with method, path, status, bytes, duration and cache result', async () => {
+    const before = mirror.logs.length
+    const digest = up.addBlob('library/x', Buffer.from('logged'))
+    await mirror.get(`/v2/library/x/blobs/${digest}`)
+    await new Promise((r) => setTimeout(r, 20))
+    const lines = mirror.logs.slice(before).filter((l) => l.event === 'request')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatchObject({
+      method: 'GET',
+      path: `/v2/library/x/blobs/${digest}`,
+      status: 200,
+      bytes: 6,
+      cache: 'miss',
+    })
+    expect(lines[0]!.duration_ms).toBeTypeOf('number')
+  })
+})

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what pullcache's tests need on Debian or Ubuntu: a real upstream registry
+# (distribution, Debian package docker-registry), real clients (skopeo, dockerd from docker.io,
+# containerd's ctr), and the build tools for better-sqlite3's native addon.
+# Packages already present are not installed again; nothing is downloaded from outside the
+# distribution's archive.
+set -euo pipefail
+
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v containerd >/dev/null || need+=(containerd)
+command -v openssl >/dev/null || need+=(openssl)
+command -v make >/dev/null || need+=(make)
+command -v g++ >/dev/null || need+=(g++)
+command -v python3 >/dev/null || need+=(python3)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "prereqs: installing ${need[*]}"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+node -e '
+  const [major, minor] = process.versions.node.split(".").map(Number)
+  if (major < 20 || (major === 20 && minor < 19)) {
+    console.error(`prereqs: Node.js >= 20.19 is needed, this is ${process.version}`)
+    process.exit(1)
+  }'
+echo "prereqs: ok (node $(node --version), $(docker-registry --version 2>/dev/null | head -1), skopeo $(skopeo --version | awk "{print \$3}"))"

@@ -1,0 +1,107 @@
+import { mkdtemp, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, test } from 'vitest'
+import { ConfigError, describeConfig, loadConfig, parseDuration, parseSize } from '../../src/config.js'
+
+async function file(content: unknown): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'pullcache-conf-'))
+  const path = join(dir, 'pullcache.json')
+  await writeFile(path, typeof content === 'string' ? content : JSON.stringify(content))
+  return path
+}
+
+function problems(fn: () => unknown): string[] {
+  try {
+    fn()
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems
+    throw err
+  }
+  throw new Error('expected a ConfigError')
+}
+
+describe('config', () => {
+  test('embedded defaults: Docker Hub, ./data, :5000, 60 s tag freshness', () => {
+    const c = loadConfig({ env: {} })
+    expect(c.upstream.url).toBe('https://registry-1.docker.io')
+    expect(c.data_dir).toBe('./data')
+    expect(c.listen).toEqual({ host: '0.0.0.0', port: 5000 })
+    expect(c.cache.tag_freshness).toBe(60_000)
+    expect(c.upstream.password).toBeNull()
+    expect(Object.isFrozen(c.upstream)).toBe(true)
+  })
+
+  test('the shipped conf/pullcache.json holds every key at its default', async () => {
+    const shipped = loadConfig({ file: join(import.meta.dirname, '../../conf/pullcache.json'), env: {} })
+    expect(shipped).toEqual(loadConfig({ env: {} }))
+  })
+
+  test('file < environment < flags', async () => {
+    const path = await file({
+      listen: '127.0.0.1:6000',
+      data_dir: '/from/file',
+      cache: { tag_freshness: '5m' },
+    })
+    const c = loadConfig({
+      file: path,
+      env: { PULLCACHE_DATA_DIR: '/from/env', PULLCACHE_UPSTREAM: 'http://127.0.0.1:9999' },
+      flags: { data_dir: '/from/flag' },
+    })
+    expect(c.listen).toEqual({ host: '127.0.0.1', port: 6000 })
+    expect(c.data_dir).toBe('/from/flag')
+    expect(c.upstream.url).toBe('http://127.0.0.1:9999')
+    expect(c.cache.tag_freshness).toBe(300_000)
+  })
+
+  test('every problem is reported at once, with its path; unknown keys are rejected', async () => {
+    const path = await file({
+      listen: 'nowhere',
+      bogus: 1,
+      upstream: { url: 'ftp://x', connect_timeout: 'soon', password: 'secret-in-file' },
+      cache: { manifest_memory: 'lots' },
+    })
+    const found = problems(() => loadConfig({ file: path, env: {} }))
+    const text = found.join('\n')
+    expect(text).toContain('listen')
+    expect(text).toContain('bogus')
+    expect(text).toContain('upstream.url')
+    expect(text).toContain('upstream.connect_timeout')
+    expect(text).toContain('upstream')
+    expect(text).toContain('password')
+    expect(text).toContain('cache.manifest_memory')
+    expect(found.length).toBeGreaterThanOrEqual(6)
+  })
+
+  test('a broken JSON file is a clear problem, not a crash', async () => {
+    const path = await file('{ "listen": ')
+    expect(problems(() => loadConfig({ file: path, env: {} }))[0]).toContain(path)
+  })
+
+  test('credentials never come from the URL and the password is masked when described', () => {
+    expect(
+      problems(() => loadConfig({ env: { PULLCACHE_UPSTREAM: 'https://u:p@registry.example' } }))[0],
+    ).toContain('credentials')
+    const c = loadConfig({
+      env: { PULLCACHE_UPSTREAM_USERNAME: 'me', PULLCACHE_UPSTREAM_PASSWORD: 'hunter2' },
+    })
+    expect(c.upstream.password).toBe('hunter2')
+    expect(JSON.stringify(describeConfig(c))).not.toContain('hunter2')
+  })
+
+  test('a password without a username is refused', () => {
+    expect(problems(() => loadConfig({ env: { PULLCACHE_UPSTREAM_PASSWORD: 'x' } }))[0]).toContain('username')
+  })
+
+  test('durations and sizes', () => {
+    expect(parseDuration('500ms')).toBe(500)
+    expect(parseDuration('1.5h')).toBe(5_400_000)
+    expect(parseDuration('7d')).toBe(604_800_000)
+    expect(parseDuration('10')).toBeUndefined()
+    expect(parseSize('64MiB')).toBe(64 * 2 ** 20)
+    expect(parseSize('50GiB')).toBe(50 * 2 ** 30)
+    expect(parseSize('1.5GB')).toBe(1.5e9)
+    expect(parseSize('1024')).toBe(1024)
+    expect(parseSize('many')).toBeUndefined()
+  })
+})

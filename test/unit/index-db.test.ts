@@ -1,0 +1,94 @@
+import { mkdtemp } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import Database from 'better-sqlite3'
+import { describe, expect, test } from 'vitest'
+import { IndexDb } from '../../src/store/index-db.js'
+
+async function dbPath(): Promise<string> {
+  return join(await mkdtemp(join(tmpdir(), 'pullcache-index-')), 'index.db')
+}
+
+describe('index', () => {
+  test('migrates a new database to the current schema, in WAL mode, and reopens without migrating again', async () => {
+    const path = await dbPath()
+    const index = new IndexDb(path)
+    expect(index.schemaVersion).toBeGreaterThanOrEqual(1)
+    const version = index.schemaVersion
+    index.close()
+    const raw = new Database(path)
+    expect(raw.pragma('journal_mode', { simple: true })).toBe('wal')
+    raw.close()
+    const again = new IndexDb(path)
+    expect(again.schemaVersion).toBe(version)
+    again.close()
+  })
+
+  test('refuses a database from a newer pullcache instead of damaging it', async () => {
+    const path = await dbPath()
+    const raw = new Database(path)
+    raw.pragma('user_version = 999')
+    raw.close()
+    expect(() => new IndexDb(path)).toThrow(/newer/)
+  })
+
+  test('per-request writes are buffered until flush, then land in one go', async () => {
+    const path = await dbPath()
+    const index = new IndexDb(path)
+    const digest = `sha256:${'1'.repeat(64)}`
+    index.addBlob(digest, 10, 1000)
+    for (let i = 0; i < 5; i++) index.touchBlob(digest, true, 2000 + i)
+    index.account({
+      registry: 'r',
+      repo: 'library/a',
+      kind: 'blob',
+      method: 'GET',
+      result: 'hit',
+      bytesCache: 10,
+      bytesUpstream: 0,
+    })
+    index.account({
+      registry: 'r',
+      repo: 'library/a',
+      kind: 'blob',
+      method: 'GET',
+      result: 'hit',
+      bytesCache: 10,
+      bytesUpstream: 0,
+    })
+    index.account({
+      registry: 'r',
+      repo: 'library/a',
+      kind: 'blob',
+      method: 'GET',
+      result: 'miss',
+      bytesCache: 0,
+      bytesUpstream: 10,
+    })
+    expect(index.getBlob(digest)?.hits).toBe(0)
+    expect(index.accountingTotals()).toEqual([])
+    index.flush()
+    expect(index.getBlob(digest)).toMatchObject({ hits: 5, last_access: 2004, first_cached: 1000 })
+    const totals = index.accountingTotals()
+    expect(totals.find((t) => t.result === 'hit')).toMatchObject({
+      requests: 2,
+      bytes_cache: 20,
+      bytes_upstream: 0,
+    })
+    expect(totals.find((t) => t.result === 'miss')).toMatchObject({
+      requests: 1,
+      bytes_cache: 0,
+      bytes_upstream: 10,
+    })
+    index.close()
+  })
+
+  test('tags are keyed by registry, so two upstreams never mix', async () => {
+    const index = new IndexDb(await dbPath())
+    index.setTag('one.example', 'library/a', 'latest', `sha256:${'a'.repeat(64)}`, 'x')
+    index.setTag('two.example', 'library/a', 'latest', `sha256:${'b'.repeat(64)}`, 'y')
+    expect(index.getTag('one.example', 'library/a', 'latest')?.digest).toBe(`sha256:${'a'.repeat(64)}`)
+    expect(index.getTag('two.example', 'library/a', 'latest')?.digest).toBe(`sha256:${'b'.repeat(64)}`)
+    index.close()
+  })
+})
