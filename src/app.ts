@@ -19,7 +19,7 @@ import {
   type RepoName,
 } from './http/reference.js'
 import type { Logger } from './log.js'
-import type { Fill } from './mirror/blob-fill.js'
+import { type Fill, STREAM_CHUNK } from './mirror/blob-fill.js'
 import { acceptedTypes } from './mirror/manifest.js'
 import type { BlobAnswer, Mirror } from './mirror/mirror.js'
 
@@ -39,7 +39,6 @@ export interface AppDeps {
 
 type Env = { Bindings: HttpBindings }
 
-const READ_CHUNK = 1024 * 1024
 /** Manifests, blobs and tags/list: the last path segments after the repository name. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
 
@@ -242,7 +241,7 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
 
   const body =
     found.kind === 'file'
-      ? createReadStream(found.path, { start, end, highWaterMark: READ_CHUNK })
+      ? createReadStream(found.path, { start, end, highWaterMark: STREAM_CHUNK })
       : found.fill.reader(start, end)
   sent = () => ('bytesRead' in body ? body.bytesRead : body.sent)
   // On error (a failed fill, a vanished file) pipeline destroys the response: the client sees a

@@ -209,7 +209,11 @@ describe('blobs', () => {
       ac.abort()
       break
     }
-    await waitFor(async () => (await storedFiles(mirror.dataDir)).length === 1, 10_000)
+    await waitFor(
+      () => mirror.logs.some((l) => l.event === 'store.blob_committed' && l.digest === digest),
+      10_000,
+    )
+    expect(await storedFiles(mirror.dataDir)).toEqual([digest.slice(7)])
     up.reset()
     const hit = await mirror.get(blobPath(digest))
     expect(hit.headers['x-pullcache-cache']).toBe('hit')
