@@ -231,6 +231,9 @@ export class Mirror {
         return answer(cached, 'hit')
       }
       if (method === 'HEAD' && head.size !== undefined) {
+        // Remember where the tag points even without the bytes: dockerd and containerd HEAD the
+        // tag and then GET the manifest by digest, and that pair must work offline next time.
+        this.index.setTag(registry, name.upstream, tag, digest, head.mediaType)
         return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
       }
       const row = await this.fetchManifest(name, digest)

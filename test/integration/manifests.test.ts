@@ -198,6 +198,20 @@ describe('manifests and tags', () => {
     expect(up.requests.filter((r) => r.method === 'GET' && r.host === 'registry')).toHaveLength(0)
   })
 
+  test('HEAD tag then GET by digest, as dockerd pulls: the next pull works with upstream down', async () => {
+    const lonely = await startFakeUpstream()
+    mirror = await startMirror({ upstream: lonely.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    const image = lonely.addImage(REPO, 'dockerd')
+    expect((await mirror.head(`/v2/${REPO}/manifests/dockerd`, { accept: ALL_TYPES })).status).toBe(200)
+    expect((await mirror.get(`/v2/${REPO}/manifests/${image.manifestDigest}`)).status).toBe(200)
+    await lonely.close()
+    await new Promise((r) => setTimeout(r, 60))
+    const head = await mirror.head(`/v2/${REPO}/manifests/dockerd`, { accept: ALL_TYPES })
+    expect(head.status).toBe(200)
+    expect(head.headers['docker-content-digest']).toBe(image.manifestDigest)
+    expect(head.headers['x-pullcache-cache']).toBe('stale')
+  })
+
   test('Accept is honoured: an OCI index goes to clients that accept it; older clients get the amd64 image', async () => {
     mirror = await startMirror({ upstream: up.url })
     const amd = up.addImage(REPO, 'amd-only')
