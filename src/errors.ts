@@ -61,6 +61,7 @@ export type UpstreamFailure =
   | 'NETWORK' // refused, reset, DNS, TLS
   | 'TIMEOUT' // connect, header or idle timeout
   | 'AUTH_SERVER' // the token endpoint failed
+  | 'CREDENTIALS' // the token endpoint refused pullcache's configured account
   | 'INVALID' // bytes that do not match their digest or size
 
 export class UpstreamError extends Error {
@@ -89,6 +90,9 @@ export class UpstreamError extends Error {
         // Docker Hub answers 401 for repositories that do not exist; to a mirror client that is
         // "not here", and dockerd then falls back to the upstream on its own terms.
         return new RegistryError(notFound, `upstream refused access: ${this.message}`)
+      case 'CREDENTIALS':
+        // An operator problem, not the client's: say so, and let dockerd fall back meanwhile.
+        return new RegistryError('UNAVAILABLE', this.message)
       case 'RATE_LIMITED':
         return new RegistryError('TOOMANYREQUESTS', this.message, {
           headers: this.retryAfter === undefined ? {} : { 'Retry-After': this.retryAfter },

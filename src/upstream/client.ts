@@ -268,6 +268,18 @@ export class Upstream {
       }
       const bytes = await readLimited(res, MAX_ERROR_BODY)
       if (res.statusCode === 401 || res.statusCode === 403) {
+        if (headers.authorization !== undefined) {
+          // Wrong password, revoked access token, locked account: nothing a client can fix.
+          this.log.error('upstream.credentials_refused', {
+            realm: realm.origin,
+            username: this.credentials?.username,
+            status: res.statusCode,
+          })
+          throw new UpstreamError(
+            'CREDENTIALS',
+            `token endpoint ${realm.origin} refused the configured account`,
+          )
+        }
         throw new UpstreamError('UNAUTHORIZED', `token endpoint ${realm.origin} refused: ${res.statusCode}`)
       }
       if (res.statusCode === 429) {

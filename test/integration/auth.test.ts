@@ -42,7 +42,7 @@ describe('upstream authentication', () => {
     expect(logged).not.toContain(Buffer.from(`puller:${PASSWORD}`).toString('base64'))
   })
 
-  test('a password from a file works; a wrong password is an error, not a crash', async () => {
+  test('a password from a file works; a refused account is a logged 503, not a crash or a 404', async () => {
     up = await startFakeUpstream({ users: { puller: PASSWORD } })
     const { mkdtemp, writeFile } = await import('node:fs/promises')
     const { join } = await import('node:path')
@@ -63,8 +63,14 @@ describe('upstream authentication', () => {
       env: { PULLCACHE_UPSTREAM_USERNAME: 'puller', PULLCACHE_UPSTREAM_PASSWORD_FILE: join(dir, 'password') },
     })
     const refused = await mirror.get(`/v2/${REPO}/manifests/v1`)
-    expect(refused.status).toBe(404)
-    expect(JSON.parse(refused.body.toString()).errors[0].code).toBe('MANIFEST_UNKNOWN')
+    expect(refused.status).toBe(503)
+    const error = JSON.parse(refused.body.toString()).errors[0]
+    expect(error.code).toBe('UNAVAILABLE')
+    expect(error.detail).toContain('refused the configured account')
+    expect(
+      mirror.logs.some((l) => l.event === 'upstream.credentials_refused' && l.username === 'puller'),
+    ).toBe(true)
+    expect(JSON.stringify(mirror.logs)).not.toContain('wrong')
   })
 
   test('tokens are cached per scope and a revoked token is refreshed once', async () => {

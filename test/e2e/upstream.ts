@@ -1,0 +1,98 @@
+// The fake Docker Hub that pullcache mirrors:
+//
+//   pullcache ──> counting proxy ──> docker-registry (token auth) ── realm ──> token server
+//                 (upstream.url)     (upstream.registry.url)                   (upstream.tokens)
+//
+// Pullcache is pointed at the proxy, so every request it makes upstream is counted; images are pushed
+// straight to the registry so that pushing does not show up in those counts. The token realm is a
+// separate origin, as auth.docker.io is separate from registry-1.docker.io.
+import { type CountingProxy, startCountingProxy } from './counting-proxy.js'
+import { makeTempDir, removeDir, requireBinary } from './processes.js'
+import { type Registry, startRegistry } from './registry.js'
+import { createSigningMaterial, startTokenServer, type TokenServer, type TokenUser } from './token-server.js'
+
+/** Hub's service name, so pullcache sees the same challenge it will see in production. */
+export const SERVICE = 'registry.docker.io'
+export const ISSUER = 'pullcache-e2e-auth'
+
+/** Can push; used by the harness to upload test images. */
+export const PUSHER: TokenUser = {
+  username: 'e2e-pusher',
+  password: 'push-secret-1f6b2c',
+  actions: ['pull', 'push'],
+}
+/** A pull-only account, the kind of account pullcache is configured with in production. */
+export const PULLER: TokenUser = {
+  username: 'e2e-puller',
+  password: 'pull-secret-9c41d7e2a8',
+  actions: ['pull'],
+}
+
+export type Upstream = {
+  /** What pullcache uses as PULLCACHE_UPSTREAM. */
+  readonly url: string
+  readonly proxy: CountingProxy
+  readonly registry: Registry
+  readonly tokens: TokenServer
+  readonly pusher: TokenUser
+  readonly puller: TokenUser
+  /** Upstream down: proxy, registry and token server stop listening (connection refused). */
+  stop(): Promise<void>
+  /** Back on the same ports with the same data. */
+  start(): Promise<void>
+  close(): Promise<void>
+}
+
+export type UpstreamOptions = { tokenExpiresInSeconds?: number }
+
+export async function startUpstream(options: UpstreamOptions = {}): Promise<Upstream> {
+  const openssl = requireBinary('openssl')
+  const dir = await makeTempDir('upstream')
+  const closers: (() => Promise<void>)[] = [() => removeDir(dir)]
+  const close = async () => {
+    for (const closer of closers.reverse()) await closer().catch(() => {})
+    closers.length = 0
+  }
+  try {
+    const signing = await createSigningMaterial(dir, openssl)
+    const tokens = await startTokenServer({
+      signing,
+      issuer: ISSUER,
+      service: SERVICE,
+      users: [PUSHER, PULLER],
+      ...(options.tokenExpiresInSeconds === undefined
+        ? {}
+        : { expiresInSeconds: options.tokenExpiresInSeconds }),
+    })
+    closers.push(() => tokens.close())
+    const registry = await startRegistry(dir, {
+      realm: tokens.realm,
+      service: SERVICE,
+      issuer: ISSUER,
+      rootCertBundle: signing.certPath,
+    })
+    closers.push(() => registry.close())
+    const proxy = await startCountingProxy(registry.url)
+    closers.push(() => proxy.close())
+    return {
+      url: proxy.url,
+      proxy,
+      registry,
+      tokens,
+      pusher: PUSHER,
+      puller: PULLER,
+      async stop() {
+        await proxy.stop()
+        await Promise.all([registry.stop(), tokens.stop()])
+      },
+      async start() {
+        await Promise.all([registry.start(), tokens.start()])
+        await proxy.start()
+      },
+      close,
+    }
+  } catch (error) {
+    await close()
+    throw error
+  }
+}
