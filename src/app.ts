@@ -19,6 +19,7 @@ import {
   type RepoName,
 } from './http/reference.js'
 import type { Logger } from './log.js'
+import type { Metrics } from './metrics.js'
 import { type Fill, STREAM_CHUNK } from './mirror/blob-fill.js'
 import { acceptedTypes } from './mirror/manifest.js'
 import type { BlobAnswer, Mirror } from './mirror/mirror.js'
@@ -35,6 +36,7 @@ export const responseNotes = new WeakMap<ServerResponse, ResponseNote>()
 export interface AppDeps {
   mirror: Mirror
   log: Logger
+  metrics: Metrics
 }
 
 type Env = { Bindings: HttpBindings }
@@ -42,9 +44,14 @@ type Env = { Bindings: HttpBindings }
 /** Manifests, blobs and tags/list: the last path segments after the repository name. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
 
-export function createApp({ mirror, log }: AppDeps): Hono<Env> {
+export function createApp({ mirror, log, metrics }: AppDeps): Hono<Env> {
   const app = new Hono<Env>()
   const dockerHub = mirror.upstream.isDockerHub
+
+  app.get('/metrics', async () => {
+    const body = await metrics.registry.metrics()
+    return new Response(body, { headers: { 'Content-Type': metrics.registry.contentType } })
+  })
 
   app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => c.json({}))
 

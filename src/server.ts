@@ -9,6 +9,7 @@ import { getRequestListener } from '@hono/node-server'
 import { CACHE_HEADER, createApp, responseNotes } from './app.js'
 import type { Config } from './config.js'
 import type { Logger } from './log.js'
+import { createMetrics, type Metrics } from './metrics.js'
 import { Mirror } from './mirror/mirror.js'
 import { BlobStore } from './store/blob-store.js'
 import { IndexDb } from './store/index-db.js'
@@ -19,6 +20,7 @@ export interface RunningServer {
   url: string
   mirror: Mirror
   index: IndexDb
+  metrics: Metrics
   /** Stops accepting, lets responses finish for up to graceMs, then closes everything. */
   close(graceMs?: number): Promise<void>
 }
@@ -37,6 +39,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     ...reconciled,
   })
 
+  const metrics = createMetrics()
   const upstream = new Upstream({
     url: config.upstream.url,
     credentials:
@@ -49,17 +52,20 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     connections: config.upstream.connections,
     maxConcurrentFetches: config.upstream.max_concurrent_fetches,
     log,
+    metrics,
   })
   const mirror = new Mirror({
     upstream,
     store,
     index,
     log,
+    metrics,
     tagFreshnessMs: config.cache.tag_freshness,
     revalidateTimeoutMs: config.cache.revalidate_timeout,
     manifestMemoryBytes: config.cache.manifest_memory,
   })
-  const app = createApp({ mirror, log })
+  watchGauges(metrics, mirror, index)
+  const app = createApp({ mirror, log, metrics })
   const listener = getRequestListener(app.fetch)
 
   const server = createServer((req, res) => {
@@ -116,7 +122,15 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     })()
     return closing
   }
-  return { url, mirror, index, close }
+  return { url, mirror, index, metrics, close }
+}
+
+/** Gauges whose values live in the mirror and the index are read when Prometheus scrapes. */
+function watchGauges(metrics: Metrics, mirror: Mirror, index: IndexDb): void {
+  metrics.sources.inflightFills = () => mirror.inflight().length
+  metrics.sources.inflightFollowers = () =>
+    mirror.inflight().reduce((n, f) => n + Math.max(0, f.readers - 1), 0)
+  metrics.sources.storeTotals = () => index.storeTotals()
 }
 
 /** Makes the index and the files agree: rows without files go, files without rows are added. */

@@ -46,6 +46,10 @@ export class Fill {
   size: number | undefined
   /** Bytes on disk so far; readers may read [0, written). */
   written = 0
+  /** Bytes received from upstream so far. */
+  received = 0
+  /** Client responses reading this fill right now. */
+  readers = 0
   error: Error | undefined
   /** Resolves when upstream has answered and the temp file exists; rejects if it did not. */
   readonly ready: Promise<void>
@@ -105,7 +109,6 @@ export class Fill {
       const hash = createHash('sha256')
       let batch: Buffer[] = []
       let batched = 0
-      let received = 0
       // One write in flight while the next batch arrives: the network and the disk overlap,
       // and upstream is still paused (backpressure) if the disk falls behind.
       let writing: Promise<void> = Promise.resolve()
@@ -114,7 +117,7 @@ export class Fill {
         batch = []
         batched = 0
         await writing
-        const at = received - data.length
+        const at = this.received - data.length
         writing = writeFully(this.handle!, data, at).then(() => {
           this.written = at + data.length
           this.wake()
@@ -126,8 +129,8 @@ export class Fill {
         hash.update(buf)
         batch.push(buf)
         batched += buf.length
-        received += buf.length
-        if (this.size !== undefined && received > this.size) {
+        this.received += buf.length
+        if (this.size !== undefined && this.received > this.size) {
           throw new UpstreamError(
             'INVALID',
             `blob ${this.digest}: upstream sent more than ${this.size} bytes`,
@@ -176,6 +179,7 @@ export class Fill {
   /** A reader of bytes [start, end] (end inclusive; undefined: to the end of the blob). */
   reader(start: number, end: number | undefined): FillReader {
     this.refs++
+    this.readers++
     return new FillReader(this, start, end)
   }
 
@@ -229,6 +233,7 @@ export class FillReader extends Readable {
   private releaseOnce(): void {
     if (this.released) return
     this.released = true
+    this.fill.readers--
     void this.fill.release()
   }
 

@@ -11,6 +11,7 @@ import { LRUCache } from 'lru-cache'
 import { RegistryError, UpstreamError } from '../errors.js'
 import type { RepoName } from '../http/reference.js'
 import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { CacheResult, IndexDb, ManifestRow } from '../store/index-db.js'
 import type { Upstream } from '../upstream/client.js'
@@ -44,6 +45,7 @@ export interface MirrorOptions {
   store: BlobStore
   index: IndexDb
   log: Logger
+  metrics: Metrics
   tagFreshnessMs: number
   revalidateTimeoutMs: number
   manifestMemoryBytes: number
@@ -57,6 +59,7 @@ export class Mirror {
   private readonly store: BlobStore
   private readonly index: IndexDb
   private readonly log: Logger
+  private readonly metrics: Metrics
   private tagFreshnessMs: number
   private readonly revalidateTimeoutMs: number
   private readonly fills = new Map<string, Fill>()
@@ -68,6 +71,7 @@ export class Mirror {
     this.store = opts.store
     this.index = opts.index
     this.log = opts.log
+    this.metrics = opts.metrics
     this.tagFreshnessMs = opts.tagFreshnessMs
     this.revalidateTimeoutMs = opts.revalidateTimeoutMs
     this.manifests = new LRUCache<string, ManifestRow>({
@@ -127,10 +131,13 @@ export class Mirror {
         open: () => this.upstream.getBlob(name.upstream, digest),
         onCommit: (size) => {
           this.index.addBlob(digest, size)
+          this.metrics.fills.inc({ outcome: 'committed' })
           this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
         },
         onSettled: () => {
           if (this.fills.get(digest) === fill) this.fills.delete(digest)
+          this.metrics.upstreamBytes.inc(fill.received)
+          if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
           if (
             fill.state === 'failed' &&
             !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')
@@ -357,6 +364,12 @@ export class Mirror {
       }
     }
     const fromUpstream = result === 'miss'
+    this.metrics.requests.inc({ kind, method, result })
+    if (bytesSent > 0)
+      this.metrics.servedBytes.inc({ source: fromUpstream ? 'upstream' : 'cache' }, bytesSent)
+    if (kind === 'manifest' && method === 'GET' && result !== 'miss' && result !== 'error') {
+      this.metrics.hubPullsAvoided.inc()
+    }
     this.index.account({
       registry,
       repo: name.upstream,

@@ -179,6 +179,11 @@ export class IndexDb {
     this.stmt.deleteBlob.run(digest)
   }
 
+  /** Blob count and bytes, for metrics and the budget. */
+  storeTotals(): { blobs: number; bytes: number } {
+    return this.stmt.storeTotals.get() as { blobs: number; bytes: number }
+  }
+
   allBlobs(): { digest: string; size: number }[] {
     return this.stmt.allBlobs.all() as { digest: string; size: number }[]
   }
@@ -349,6 +354,7 @@ function prepare(db: Database.Database) {
     ),
     deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
     allBlobs: db.prepare('SELECT digest, size FROM blobs'),
+    storeTotals: db.prepare('SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM blobs'),
     refMediaType: db.prepare(
       'SELECT media_type FROM manifest_refs WHERE child = ? AND media_type IS NOT NULL LIMIT 1',
     ),

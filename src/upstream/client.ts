@@ -11,6 +11,7 @@ import pLimit, { type LimitFunction } from 'p-limit'
 import { Agent, type Dispatcher } from 'undici'
 import { UpstreamError, type UpstreamFailure } from '../errors.js'
 import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
 import {
   type Challenge,
   type Credentials,
@@ -18,6 +19,7 @@ import {
   parseTokenResponse,
   realmMayReceiveCredentials,
   TokenCache,
+  type TokenResponse,
 } from './auth.js'
 
 /** Every manifest type pullcache stores, in the order we ask for them. Schema 1 is left out: its
@@ -51,7 +53,11 @@ export interface UpstreamOptions {
   connections: number
   maxConcurrentFetches: number
   log: Logger
+  metrics: Metrics
 }
+
+/** What a request upstream is for, as the metrics label it. */
+type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn'
 
 export interface RateLimit {
   limit: number
@@ -93,6 +99,7 @@ export class Upstream {
   private challenge: Challenge | undefined
   private credentials: Credentials | null
   private readonly log: Logger
+  private readonly metrics: Metrics
   private unwellUntil = 0
 
   constructor(opts: UpstreamOptions) {
@@ -101,6 +108,7 @@ export class Upstream {
     this.isDockerHub = DOCKER_HUB_HOSTS.has(this.origin.hostname)
     this.credentials = opts.credentials
     this.log = opts.log
+    this.metrics = opts.metrics
     this.fetchLimit = pLimit(opts.maxConcurrentFetches)
     this.agent = new Agent({
       connect: { timeout: opts.connectTimeoutMs },
@@ -134,7 +142,7 @@ export class Upstream {
 
   /** HEAD a manifest: free on Docker Hub (it does not count against the pull limit). */
   async headManifest(repo: string, reference: string): Promise<ManifestHead> {
-    const res = await this.send(repo, 'HEAD', `/v2/${repo}/manifests/${reference}`, {
+    const res = await this.send('manifest', repo, 'HEAD', `/v2/${repo}/manifests/${reference}`, {
       accept: MANIFEST_TYPES.join(', '),
     })
     this.noteRateLimit(res.headers)
@@ -150,7 +158,7 @@ export class Upstream {
 
   /** GET a manifest's exact bytes. On Docker Hub this is the request that counts as a pull. */
   async getManifest(repo: string, reference: string): Promise<ManifestBody> {
-    const res = await this.send(repo, 'GET', `/v2/${repo}/manifests/${reference}`, {
+    const res = await this.send('manifest', repo, 'GET', `/v2/${repo}/manifests/${reference}`, {
       accept: MANIFEST_TYPES.join(', '),
     })
     this.noteRateLimit(res.headers)
@@ -166,7 +174,7 @@ export class Upstream {
   }
 
   async headBlob(repo: string, digest: string): Promise<{ size: number }> {
-    const res = await this.send(repo, 'HEAD', `/v2/${repo}/blobs/${digest}`)
+    const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`)
     // Some registries redirect HEAD to storage too; the size is what we need, so follow.
     const final = await this.followRedirects(repo, res, 'HEAD', {})
     if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`)
@@ -179,7 +187,7 @@ export class Upstream {
 
   /** GET a blob, following the redirect to a CDN without our token. The body is the caller's. */
   async getBlob(repo: string, digest: string): Promise<BlobBody> {
-    const res = await this.send(repo, 'GET', `/v2/${repo}/blobs/${digest}`)
+    const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`)
     const final = await this.followRedirects(repo, res, 'GET', {})
     if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`)
     const length = header(final.headers, 'content-length')
@@ -191,7 +199,7 @@ export class Upstream {
   }
 
   async getTags(repo: string, query: string): Promise<{ bytes: Buffer; link: string | undefined }> {
-    const res = await this.send(repo, 'GET', `/v2/${repo}/tags/list${query ? `?${query}` : ''}`, {
+    const res = await this.send('tags', repo, 'GET', `/v2/${repo}/tags/list${query ? `?${query}` : ''}`, {
       accept: 'application/json',
     })
     if (res.statusCode !== 200) throw await this.failure(res, `GET tags ${repo}`)
@@ -208,6 +216,7 @@ export class Upstream {
    * revoked or expired early: drop it, fetch a fresh one, retry once.
    */
   private async send(
+    kind: RequestKind,
     repo: string,
     method: 'GET' | 'HEAD',
     path: string,
@@ -215,7 +224,7 @@ export class Upstream {
   ): Promise<Response> {
     const scope = `repository:${repo}:pull`
     let token = this.challenge ? await this.token(this.challenge, scope) : undefined
-    let res = await this.raw(method, new URL(path, this.origin), authorize(headers, token))
+    let res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token))
     if (res.statusCode !== 401) return res
 
     const challenge = parseChallenge(res.headers['www-authenticate'])
@@ -225,10 +234,10 @@ export class Upstream {
         this.tokens.invalidate(tokenKey(this.challenge, scope), token)
       this.challenge = challenge
       token = await this.token(challenge, scope)
-      res = await this.raw(method, new URL(path, this.origin), authorize(headers, token))
+      res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token))
     } else if (challenge?.scheme === 'basic' && this.credentials) {
       await res.body.dump()
-      res = await this.raw(method, new URL(path, this.origin), {
+      res = await this.raw(kind, method, new URL(path, this.origin), {
         ...headers,
         authorization: basic(this.credentials),
       })
@@ -237,68 +246,81 @@ export class Upstream {
   }
 
   private async token(challenge: Challenge, scope: string): Promise<string> {
-    return this.tokens.obtain(tokenKey(challenge, scope), async () => {
-      let realm: URL
-      try {
-        realm = new URL(challenge.realm)
-      } catch (err) {
-        throw new UpstreamError('AUTH_SERVER', `token realm is not a URL: ${challenge.realm}`, { cause: err })
+    return this.tokens.obtain(tokenKey(challenge, scope), () =>
+      this.fetchToken(challenge, scope).then(
+        (token) => {
+          this.metrics.tokenFetches.inc({ result: 'ok' })
+          return token
+        },
+        (err: unknown) => {
+          this.metrics.tokenFetches.inc({ result: 'error' })
+          throw err
+        },
+      ),
+    )
+  }
+
+  private async fetchToken(challenge: Challenge, scope: string): Promise<TokenResponse> {
+    let realm: URL
+    try {
+      realm = new URL(challenge.realm)
+    } catch (err) {
+      throw new UpstreamError('AUTH_SERVER', `token realm is not a URL: ${challenge.realm}`, { cause: err })
+    }
+    if (realm.protocol !== 'https:' && realm.protocol !== 'http:') {
+      throw new UpstreamError('AUTH_SERVER', `token realm must be http(s): ${realm.origin}`)
+    }
+    if (challenge.service) realm.searchParams.set('service', challenge.service)
+    realm.searchParams.append('scope', scope)
+    const headers: Record<string, string> = {}
+    if (this.credentials) {
+      if (realmMayReceiveCredentials(realm, this.origin)) {
+        headers.authorization = basic(this.credentials)
+        realm.searchParams.set('account', this.credentials.username)
+      } else {
+        this.log.warn('upstream.realm_untrusted', { realm: realm.origin, upstream: this.origin.origin })
       }
-      if (realm.protocol !== 'https:' && realm.protocol !== 'http:') {
-        throw new UpstreamError('AUTH_SERVER', `token realm must be http(s): ${realm.origin}`)
-      }
-      if (challenge.service) realm.searchParams.set('service', challenge.service)
-      realm.searchParams.append('scope', scope)
-      const headers: Record<string, string> = {}
-      if (this.credentials) {
-        if (realmMayReceiveCredentials(realm, this.origin)) {
-          headers.authorization = basic(this.credentials)
-          realm.searchParams.set('account', this.credentials.username)
-        } else {
-          this.log.warn('upstream.realm_untrusted', { realm: realm.origin, upstream: this.origin.origin })
-        }
-      }
-      let res: Response
-      try {
-        res = await this.raw('GET', realm, headers)
-      } catch (err) {
-        throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin}: ${(err as Error).message}`, {
-          cause: err,
+    }
+    let res: Response
+    try {
+      res = await this.raw('token', 'GET', realm, headers)
+    } catch (err) {
+      throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin}: ${(err as Error).message}`, {
+        cause: err,
+      })
+    }
+    const bytes = await readLimited(res, MAX_ERROR_BODY)
+    if (res.statusCode === 401 || res.statusCode === 403) {
+      if (headers.authorization !== undefined) {
+        // Wrong password, revoked access token, locked account: nothing a client can fix.
+        this.log.error('upstream.credentials_refused', {
+          realm: realm.origin,
+          username: this.credentials?.username,
+          status: res.statusCode,
         })
+        throw new UpstreamError(
+          'CREDENTIALS',
+          `token endpoint ${realm.origin} refused the configured account`,
+        )
       }
-      const bytes = await readLimited(res, MAX_ERROR_BODY)
-      if (res.statusCode === 401 || res.statusCode === 403) {
-        if (headers.authorization !== undefined) {
-          // Wrong password, revoked access token, locked account: nothing a client can fix.
-          this.log.error('upstream.credentials_refused', {
-            realm: realm.origin,
-            username: this.credentials?.username,
-            status: res.statusCode,
-          })
-          throw new UpstreamError(
-            'CREDENTIALS',
-            `token endpoint ${realm.origin} refused the configured account`,
-          )
-        }
-        throw new UpstreamError('UNAUTHORIZED', `token endpoint ${realm.origin} refused: ${res.statusCode}`)
-      }
-      if (res.statusCode === 429) {
-        throw new UpstreamError('RATE_LIMITED', `token endpoint ${realm.origin} answered 429`, {
-          retryAfter: header(res.headers, 'retry-after'),
-        })
-      }
-      let parsed: ReturnType<typeof parseTokenResponse>
-      try {
-        parsed =
-          res.statusCode === 200 && bytes ? parseTokenResponse(JSON.parse(bytes.toString('utf8'))) : undefined
-      } catch {
-        parsed = undefined
-      }
-      if (!parsed)
-        throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin} answered ${res.statusCode}`)
-      this.log.debug('upstream.token', { realm: realm.origin, scope, expires_in: parsed.expiresIn })
-      return parsed
-    })
+      throw new UpstreamError('UNAUTHORIZED', `token endpoint ${realm.origin} refused: ${res.statusCode}`)
+    }
+    if (res.statusCode === 429) {
+      throw new UpstreamError('RATE_LIMITED', `token endpoint ${realm.origin} answered 429`, {
+        retryAfter: header(res.headers, 'retry-after'),
+      })
+    }
+    let parsed: ReturnType<typeof parseTokenResponse>
+    try {
+      parsed =
+        res.statusCode === 200 && bytes ? parseTokenResponse(JSON.parse(bytes.toString('utf8'))) : undefined
+    } catch {
+      parsed = undefined
+    }
+    if (!parsed)
+      throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin} answered ${res.statusCode}`)
+    this.log.debug('upstream.token', { realm: realm.origin, scope, expires_in: parsed.expiresIn })
+    return parsed
   }
 
   private async followRedirects(
@@ -326,21 +348,29 @@ export class Upstream {
       // Our token belongs to the upstream origin; a CDN URL carries its own signature.
       res =
         url.origin === this.origin.origin
-          ? await this.send(repo, method, url.pathname + url.search, headers)
-          : await this.raw(method, url, headers)
+          ? await this.send('blob', repo, method, url.pathname + url.search, headers)
+          : await this.raw('cdn', method, url, headers)
     }
     return res
   }
 
-  private async raw(method: string, url: URL, headers: Record<string, string>): Promise<Response> {
+  private async raw(
+    kind: RequestKind,
+    method: string,
+    url: URL,
+    headers: Record<string, string>,
+  ): Promise<Response> {
     try {
-      return await this.agent.request({
+      const res = await this.agent.request({
         origin: url.origin,
         path: url.pathname + url.search,
         method,
         headers: { 'user-agent': USER_AGENT, ...headers },
       })
+      this.metrics.upstreamRequests.inc({ kind, method, status: String(res.statusCode) })
+      return res
     } catch (err) {
+      this.metrics.upstreamRequests.inc({ kind, method, status: 'error' })
       const failure = networkFailure(err)
       this.markUnwell(failure.kind)
       throw failure
@@ -377,6 +407,8 @@ export class Upstream {
     const l = /^\s*(\d+)(?:\s*;\s*w=(\d+))?/.exec(limit)
     const r = /^\s*(\d+)/.exec(remaining)
     if (!l || !r) return
+    this.metrics.rateLimitLimit.set(Number(l[1]))
+    this.metrics.rateLimitRemaining.set(Number(r[1]))
     this.rateLimit = {
       limit: Number(l[1]),
       remaining: Number(r[1]),

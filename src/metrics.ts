@@ -1,0 +1,140 @@
+// Prometheus metrics, one registry per running server (no global default registry, so tests
+// and a reload never collide). Names follow the conventions: pullcache_ prefix, _total for
+// counters, _bytes and _seconds units. Values that already live elsewhere (in-flight fills,
+// the rate-limit budget, store size) are read when scraped rather than copied on every change.
+
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+
+export type Metrics = ReturnType<typeof createMetrics>
+
+/** Where scrape-time gauges read their values; the server points these at the live objects. */
+export interface MetricSources {
+  inflightFills: () => number
+  inflightFollowers: () => number
+  storeTotals: () => { blobs: number; bytes: number }
+  storeBudget: () => number
+}
+
+export function createMetrics() {
+  const sources: MetricSources = {
+    inflightFills: () => 0,
+    inflightFollowers: () => 0,
+    storeTotals: () => ({ blobs: 0, bytes: 0 }),
+    storeBudget: () => 0,
+  }
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'pullcache_' })
+  const registers = [registry]
+  return {
+    registry,
+    sources,
+    requests: new Counter({
+      name: 'pullcache_requests_total',
+      help: 'Registry API requests answered, by kind (manifest, blob, tags), method and cache result.',
+      labelNames: ['kind', 'method', 'result'] as const,
+      registers,
+    }),
+    servedBytes: new Counter({
+      name: 'pullcache_served_bytes_total',
+      help: 'Body bytes sent to clients, by where they came from (cache or upstream).',
+      labelNames: ['source'] as const,
+      registers,
+    }),
+    hubPullsAvoided: new Counter({
+      name: 'pullcache_upstream_pulls_avoided_total',
+      help: 'Manifest GETs answered without a manifest GET upstream (each would count as a Docker Hub pull).',
+      registers,
+    }),
+    requestDuration: new Histogram({
+      name: 'pullcache_request_duration_seconds',
+      help: 'Time to answer a registry API request, headers and body.',
+      labelNames: ['kind'] as const,
+      buckets: [0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120],
+      registers,
+    }),
+    upstreamRequests: new Counter({
+      name: 'pullcache_upstream_requests_total',
+      help: 'Requests sent upstream, by kind (manifest, blob, tags, token, cdn, ping), method and status ("error" when none came).',
+      labelNames: ['kind', 'method', 'status'] as const,
+      registers,
+    }),
+    upstreamBytes: new Counter({
+      name: 'pullcache_upstream_blob_bytes_total',
+      help: 'Blob bytes downloaded from upstream.',
+      registers,
+    }),
+    tokenFetches: new Counter({
+      name: 'pullcache_upstream_token_fetches_total',
+      help: 'Bearer tokens fetched from the upstream token realm, by result.',
+      labelNames: ['result'] as const,
+      registers,
+    }),
+    rateLimitLimit: new Gauge({
+      name: 'pullcache_upstream_ratelimit_limit',
+      help: 'Pull budget upstream reported in its last ratelimit-limit header.',
+      registers,
+    }),
+    rateLimitRemaining: new Gauge({
+      name: 'pullcache_upstream_ratelimit_remaining',
+      help: 'Pulls left upstream reported in its last ratelimit-remaining header.',
+      registers,
+    }),
+    fills: new Counter({
+      name: 'pullcache_fills_total',
+      help: 'Blob downloads into the store, by outcome (committed, failed).',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    inflightFills: new Gauge({
+      name: 'pullcache_inflight_fetches',
+      help: 'Blob downloads from upstream in progress.',
+      registers,
+      collect() {
+        this.set(sources.inflightFills())
+      },
+    }),
+    inflightFollowers: new Gauge({
+      name: 'pullcache_inflight_followers',
+      help: 'Client responses streaming from a download another request started.',
+      registers,
+      collect() {
+        this.set(sources.inflightFollowers())
+      },
+    }),
+    storeBytes: new Gauge({
+      name: 'pullcache_store_bytes',
+      help: 'Bytes of blobs in the store.',
+      registers,
+      collect() {
+        this.set(sources.storeTotals().bytes)
+      },
+    }),
+    storeBlobs: new Gauge({
+      name: 'pullcache_store_blobs',
+      help: 'Blobs in the store.',
+      registers,
+      collect() {
+        this.set(sources.storeTotals().blobs)
+      },
+    }),
+    storeBudget: new Gauge({
+      name: 'pullcache_store_budget_bytes',
+      help: 'The configured store budget (max_size); 0 when unlimited.',
+      registers,
+      collect() {
+        this.set(sources.storeBudget())
+      },
+    }),
+    evictions: new Counter({
+      name: 'pullcache_evictions_total',
+      help: 'Entries removed from the store, by kind (blob, manifest) and reason (size, age, missing).',
+      labelNames: ['kind', 'reason'] as const,
+      registers,
+    }),
+    evictedBytes: new Counter({
+      name: 'pullcache_evicted_bytes_total',
+      help: 'Blob bytes removed from the store by eviction.',
+      registers,
+    }),
+  }
+}
