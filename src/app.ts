@@ -16,6 +16,7 @@ import {
   parseName,
   parseRange,
   parseReference,
+  type Reference,
   type RepoName,
 } from './http/reference.js'
 import type { Logger } from './log.js'
@@ -127,7 +128,7 @@ async function manifest(
         ? await mirror.manifestByDigest(name, ref.digest, method)
         : await mirror.manifestByTag(name, ref.tag, method, acceptedTypes(c.req.header('accept')))
   } catch (err) {
-    mirror.record('manifest', name, method, 'error', 0)
+    mirror.record({ kind: 'manifest', name, method, result: 'error', bytes: 0, ...tagOf(ref) })
     throw err
   }
   const headers: Record<string, string> = {
@@ -140,7 +141,15 @@ async function manifest(
   if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
   const notModified = matchesEtag(c.req.header('if-none-match'), found.digest)
   const sendBody = method === 'GET' && !notModified && found.bytes !== undefined
-  mirror.record('manifest', name, method, found.cache, sendBody ? found.size : 0, found.digest)
+  mirror.record({
+    kind: 'manifest',
+    name,
+    method,
+    result: found.cache,
+    bytes: sendBody ? found.size : 0,
+    digest: found.digest,
+    ...tagOf(ref),
+  })
   if (notModified)
     return new Response(null, { status: 304, headers: { ETag: headers.ETag!, [CACHE_HEADER]: found.cache } })
   return new Response(sendBody ? found.bytes! : null, { status: 200, headers })
@@ -160,7 +169,7 @@ async function tagList(c: Context<Env>, mirror: Mirror, name: RepoName, method: 
   try {
     found = await mirror.tagList(name, query.toString())
   } catch (err) {
-    mirror.record('tags', name, method, 'error', 0)
+    mirror.record({ kind: 'tags', name, method, result: 'error', bytes: 0 })
     throw err
   }
   const headers: Record<string, string> = {
@@ -171,7 +180,13 @@ async function tagList(c: Context<Env>, mirror: Mirror, name: RepoName, method: 
   if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
   const next = found.link ? nextLink(found.link, name.client) : undefined
   if (next) headers.Link = next
-  mirror.record('tags', name, method, found.cache, method === 'GET' ? found.bytes.length : 0)
+  mirror.record({
+    kind: 'tags',
+    name,
+    method,
+    result: found.cache,
+    bytes: method === 'GET' ? found.bytes.length : 0,
+  })
   return new Response(method === 'GET' ? found.bytes : null, { status: 200, headers })
 }
 
@@ -190,6 +205,10 @@ function nextLink(link: string, clientName: string): string | undefined {
   return `</v2/${clientName}/tags/list?${out.toString()}>; rel="next"`
 }
 
+function tagOf(ref: Reference): { tag?: string } {
+  return ref.kind === 'tag' ? { tag: ref.tag } : {}
+}
+
 function matchesEtag(header: string | undefined, digest: string): boolean {
   if (!header) return false
   return header.split(',').some((t) => t.trim().replace(/^W\//, '').replace(/"/g, '') === digest)
@@ -201,7 +220,7 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   try {
     found = await mirror.blob(name, digest, method)
   } catch (err) {
-    mirror.record('blob', name, method, 'error', 0)
+    mirror.record({ kind: 'blob', name, method, result: 'error', bytes: 0 })
     throw err
   }
   const res = c.env.outgoing
@@ -209,7 +228,9 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   responseNotes.set(res, note)
   let sent = () => 0
   note.bytes = () => sent()
-  res.once('close', () => mirror.record('blob', name, method, found.cache, sent(), digest))
+  res.once('close', () =>
+    mirror.record({ kind: 'blob', name, method, result: found.cache, bytes: sent(), digest }),
+  )
 
   if (found.kind === 'fill' && found.fill.size === undefined) {
     // An upstream that sent no Content-Length: the size is known only once the fill is done.

@@ -345,39 +345,43 @@ export class Mirror {
 
   // --- bookkeeping -------------------------------------------------------------------------
 
-  /** Records one finished request: hit counters, repo links and accounting, all buffered. */
-  record(
-    kind: 'blob' | 'manifest' | 'tags',
-    name: RepoName,
-    method: string,
-    result: CacheResult,
-    bytesSent: number,
-    digest?: string,
-  ): void {
+  /** Records one finished request: counters, repo links, accounting; all buffered, no I/O. */
+  record(r: {
+    kind: 'blob' | 'manifest' | 'tags'
+    name: RepoName
+    method: string
+    result: CacheResult
+    bytes: number
+    digest?: string
+    tag?: string
+  }): void {
     const registry = this.registry
-    if (digest !== undefined && result !== 'error') {
-      if (kind === 'blob') {
-        this.index.touchBlob(digest, result !== 'miss')
-        this.index.link(registry, name.upstream, digest, 'blob')
-      } else if (kind === 'manifest') {
-        this.index.touchManifest(digest, result !== 'miss')
+    const fromUpstream = r.result === 'miss'
+    // A manifest GET answered without a manifest GET upstream: a Docker Hub pull not spent.
+    const pullAvoided = r.kind === 'manifest' && r.method === 'GET' && !fromUpstream && r.result !== 'error'
+    if (r.digest !== undefined && r.result !== 'error') {
+      if (r.kind === 'blob') {
+        this.index.touchBlob(r.digest, r.result, r.bytes)
+        this.index.link(registry, r.name.upstream, r.digest, 'blob')
+      } else if (r.kind === 'manifest') {
+        this.index.touchManifest(r.digest, !fromUpstream)
       }
     }
-    const fromUpstream = result === 'miss'
-    this.metrics.requests.inc({ kind, method, result })
-    if (bytesSent > 0)
-      this.metrics.servedBytes.inc({ source: fromUpstream ? 'upstream' : 'cache' }, bytesSent)
-    if (kind === 'manifest' && method === 'GET' && result !== 'miss' && result !== 'error') {
-      this.metrics.hubPullsAvoided.inc()
+    if (r.tag !== undefined) {
+      this.index.touchTag(registry, r.name.upstream, r.tag, r.result, r.bytes, pullAvoided)
     }
+    this.metrics.requests.inc({ kind: r.kind, method: r.method, result: r.result })
+    if (r.bytes > 0) this.metrics.servedBytes.inc({ source: fromUpstream ? 'upstream' : 'cache' }, r.bytes)
+    if (pullAvoided) this.metrics.hubPullsAvoided.inc()
     this.index.account({
       registry,
-      repo: name.upstream,
-      kind,
-      method,
-      result,
-      bytesCache: fromUpstream ? 0 : bytesSent,
-      bytesUpstream: fromUpstream ? bytesSent : 0,
+      repo: r.name.upstream,
+      kind: r.kind,
+      method: r.method,
+      result: r.result,
+      bytesCache: fromUpstream ? 0 : r.bytes,
+      bytesUpstream: fromUpstream ? r.bytes : 0,
+      pullsAvoided: pullAvoided ? 1 : 0,
     })
   }
 

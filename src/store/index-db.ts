@@ -19,7 +19,11 @@ const MIGRATIONS: string[] = [
     media_type   TEXT,
     first_cached INTEGER NOT NULL,   -- ms since epoch
     last_access  INTEGER NOT NULL,
-    hits         INTEGER NOT NULL DEFAULT 0
+    hits         INTEGER NOT NULL DEFAULT 0,  -- served from the store
+    coalesced    INTEGER NOT NULL DEFAULT 0,  -- served from another request's download
+    misses       INTEGER NOT NULL DEFAULT 0,  -- served while downloading it for this request
+    bytes_cache    INTEGER NOT NULL DEFAULT 0,
+    bytes_upstream INTEGER NOT NULL DEFAULT 0
   ) WITHOUT ROWID;
   CREATE INDEX blobs_last_access ON blobs (last_access);
 
@@ -59,6 +63,23 @@ const MIGRATIONS: string[] = [
   ) WITHOUT ROWID;
   CREATE INDEX tags_digest ON tags (digest);
 
+  -- Requests by tag, kept apart from tags so that a tag deleted upstream keeps its history.
+  CREATE TABLE tag_stats (
+    registry       TEXT NOT NULL,
+    repo           TEXT NOT NULL,
+    tag            TEXT NOT NULL,
+    requests       INTEGER NOT NULL DEFAULT 0,
+    hits           INTEGER NOT NULL DEFAULT 0,
+    misses         INTEGER NOT NULL DEFAULT 0,
+    stale          INTEGER NOT NULL DEFAULT 0,
+    errors         INTEGER NOT NULL DEFAULT 0,
+    pulls_avoided  INTEGER NOT NULL DEFAULT 0,
+    bytes_cache    INTEGER NOT NULL DEFAULT 0,
+    bytes_upstream INTEGER NOT NULL DEFAULT 0,
+    last_request   INTEGER NOT NULL,
+    PRIMARY KEY (registry, repo, tag)
+  ) WITHOUT ROWID;
+
   CREATE TABLE repo_links (
     registry TEXT NOT NULL,
     repo     TEXT NOT NULL,
@@ -90,6 +111,7 @@ const MIGRATIONS: string[] = [
     requests       INTEGER NOT NULL,
     bytes_cache    INTEGER NOT NULL,
     bytes_upstream INTEGER NOT NULL,
+    pulls_avoided  INTEGER NOT NULL, -- manifest GETs that did not become a GET upstream
     PRIMARY KEY (hour, registry, repo, kind, method, result)
   ) WITHOUT ROWID;
   `,
@@ -134,11 +156,37 @@ export interface Accounted {
   result: CacheResult
   bytesCache: number
   bytesUpstream: number
+  pullsAvoided: number
+}
+
+interface BlobUse {
+  hits: number
+  coalesced: number
+  misses: number
+  bytesCache: number
+  bytesUpstream: number
+  at: number
+}
+
+interface TagUse {
+  registry: string
+  repo: string
+  tag: string
+  requests: number
+  hits: number
+  misses: number
+  stale: number
+  errors: number
+  pullsAvoided: number
+  bytesCache: number
+  bytesUpstream: number
+  at: number
 }
 
 interface Pending {
-  blobs: Map<string, { hits: number; at: number }>
+  blobs: Map<string, BlobUse>
   manifests: Map<string, { hits: number; at: number }>
+  tags: Map<string, TagUse>
   links: Map<string, { registry: string; repo: string; digest: string; kind: 'blob' | 'manifest' }>
   accounting: Map<string, Accounted & { hour: number; requests: number }>
 }
@@ -246,12 +294,67 @@ export class IndexDb {
 
   // --- buffered, per-request writes --------------------------------------------------------
 
-  touchBlob(digest: string, hit: boolean, now = Date.now()): void {
-    bump(this.pending.blobs, digest, hit, now)
+  touchBlob(digest: string, result: CacheResult, bytesSent: number, now = Date.now()): void {
+    let use = this.pending.blobs.get(digest)
+    if (!use) {
+      use = { hits: 0, coalesced: 0, misses: 0, bytesCache: 0, bytesUpstream: 0, at: now }
+      this.pending.blobs.set(digest, use)
+    }
+    if (result === 'hit') use.hits++
+    else if (result === 'coalesced') use.coalesced++
+    else if (result === 'miss') use.misses++
+    if (result === 'miss') use.bytesUpstream += bytesSent
+    else use.bytesCache += bytesSent
+    use.at = Math.max(use.at, now)
   }
 
   touchManifest(digest: string, hit: boolean, now = Date.now()): void {
-    bump(this.pending.manifests, digest, hit, now)
+    const use = this.pending.manifests.get(digest)
+    if (use) {
+      use.hits += hit ? 1 : 0
+      use.at = Math.max(use.at, now)
+    } else {
+      this.pending.manifests.set(digest, { hits: hit ? 1 : 0, at: now })
+    }
+  }
+
+  touchTag(
+    registry: string,
+    repo: string,
+    tag: string,
+    result: CacheResult,
+    bytesSent: number,
+    pullAvoided: boolean,
+    now = Date.now(),
+  ): void {
+    const key = `${registry}\0${repo}\0${tag}`
+    let use = this.pending.tags.get(key)
+    if (!use) {
+      use = {
+        registry,
+        repo,
+        tag,
+        requests: 0,
+        hits: 0,
+        misses: 0,
+        stale: 0,
+        errors: 0,
+        pullsAvoided: 0,
+        bytesCache: 0,
+        bytesUpstream: 0,
+        at: now,
+      }
+      this.pending.tags.set(key, use)
+    }
+    use.requests++
+    if (result === 'hit' || result === 'coalesced') use.hits++
+    else if (result === 'miss') use.misses++
+    else if (result === 'stale') use.stale++
+    else use.errors++
+    if (pullAvoided) use.pullsAvoided++
+    if (result === 'miss') use.bytesUpstream += bytesSent
+    else use.bytesCache += bytesSent
+    use.at = Math.max(use.at, now)
   }
 
   link(registry: string, repo: string, digest: string, kind: 'blob' | 'manifest'): void {
@@ -266,6 +369,7 @@ export class IndexDb {
       row.requests += 1
       row.bytesCache += entry.bytesCache
       row.bytesUpstream += entry.bytesUpstream
+      row.pullsAvoided += entry.pullsAvoided
     } else {
       this.pending.accounting.set(key, { ...entry, hour, requests: 1 })
     }
@@ -274,13 +378,34 @@ export class IndexDb {
   /** Writes everything buffered in one transaction. */
   flush(): void {
     const batch = this.pending
-    if (batch.blobs.size + batch.manifests.size + batch.links.size + batch.accounting.size === 0) {
+    if (
+      batch.blobs.size + batch.manifests.size + batch.tags.size + batch.links.size + batch.accounting.size ===
+      0
+    ) {
       return
     }
     this.pending = emptyPending()
     this.db.transaction(() => {
-      for (const [digest, t] of batch.blobs) this.stmt.touchBlob.run(t.hits, t.at, digest)
+      for (const [digest, u] of batch.blobs) {
+        this.stmt.touchBlob.run(u.hits, u.coalesced, u.misses, u.bytesCache, u.bytesUpstream, u.at, digest)
+      }
       for (const [digest, t] of batch.manifests) this.stmt.touchManifest.run(t.hits, t.at, digest)
+      for (const t of batch.tags.values()) {
+        this.stmt.touchTag.run(
+          t.registry,
+          t.repo,
+          t.tag,
+          t.requests,
+          t.hits,
+          t.misses,
+          t.stale,
+          t.errors,
+          t.pullsAvoided,
+          t.bytesCache,
+          t.bytesUpstream,
+          t.at,
+        )
+      }
       for (const l of batch.links.values()) this.stmt.link.run(l.registry, l.repo, l.digest, l.kind)
       for (const a of batch.accounting.values()) {
         this.stmt.account.run(
@@ -293,9 +418,15 @@ export class IndexDb {
           a.requests,
           a.bytesCache,
           a.bytesUpstream,
+          a.pullsAvoided,
         )
       }
     })()
+  }
+
+  /** The database, for the other store modules' read-only queries (stats, eviction). */
+  get database(): Database.Database {
+    return this.db
   }
 
   /** Totals per cache result, for tests and (later) the stats command. */
@@ -317,17 +448,7 @@ export class IndexDb {
 }
 
 function emptyPending(): Pending {
-  return { blobs: new Map(), manifests: new Map(), links: new Map(), accounting: new Map() }
-}
-
-function bump(map: Map<string, { hits: number; at: number }>, digest: string, hit: boolean, now: number) {
-  const t = map.get(digest)
-  if (t) {
-    t.hits += hit ? 1 : 0
-    t.at = Math.max(t.at, now)
-  } else {
-    map.set(digest, { hits: hit ? 1 : 0, at: now })
-  }
+  return { blobs: new Map(), manifests: new Map(), tags: new Map(), links: new Map(), accounting: new Map() }
 }
 
 function migrate(db: Database.Database): void {
@@ -360,7 +481,18 @@ function prepare(db: Database.Database) {
     ),
     setBlobMediaType: db.prepare('UPDATE blobs SET media_type = ? WHERE digest = ? AND media_type IS NULL'),
     touchBlob: db.prepare(
-      'UPDATE blobs SET hits = hits + ?, last_access = max(last_access, ?) WHERE digest = ?',
+      `UPDATE blobs SET hits = hits + ?, coalesced = coalesced + ?, misses = misses + ?,
+         bytes_cache = bytes_cache + ?, bytes_upstream = bytes_upstream + ?, last_access = max(last_access, ?)
+       WHERE digest = ?`,
+    ),
+    touchTag: db.prepare(
+      `INSERT INTO tag_stats (registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
+         bytes_cache, bytes_upstream, last_request) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (registry, repo, tag) DO UPDATE SET requests = requests + excluded.requests,
+         hits = hits + excluded.hits, misses = misses + excluded.misses, stale = stale + excluded.stale,
+         errors = errors + excluded.errors, pulls_avoided = pulls_avoided + excluded.pulls_avoided,
+         bytes_cache = bytes_cache + excluded.bytes_cache, bytes_upstream = bytes_upstream + excluded.bytes_upstream,
+         last_request = max(last_request, excluded.last_request)`,
     ),
     getManifest: db.prepare('SELECT digest, media_type, size, body FROM manifests WHERE digest = ?'),
     addManifest: db.prepare(
@@ -396,12 +528,13 @@ function prepare(db: Database.Database) {
       'INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
     ),
     account: db.prepare(
-      `INSERT INTO accounting (hour, registry, repo, kind, method, result, requests, bytes_cache, bytes_upstream)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+      `INSERT INTO accounting (hour, registry, repo, kind, method, result, requests, bytes_cache, bytes_upstream,
+         pulls_avoided) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (hour, registry, repo, kind, method, result) DO UPDATE SET
          requests = requests + excluded.requests,
          bytes_cache = bytes_cache + excluded.bytes_cache,
-         bytes_upstream = bytes_upstream + excluded.bytes_upstream`,
+         bytes_upstream = bytes_upstream + excluded.bytes_upstream,
+         pulls_avoided = pulls_avoided + excluded.pulls_avoided`,
     ),
     totals: db.prepare(
       `SELECT kind, method, result, sum(requests) AS requests, sum(bytes_cache) AS bytes_cache,

@@ -37,7 +37,7 @@ describe('index', () => {
     const index = new IndexDb(path)
     const digest = `sha256:${'1'.repeat(64)}`
     index.addBlob(digest, 10, 1000)
-    for (let i = 0; i < 5; i++) index.touchBlob(digest, true, 2000 + i)
+    for (let i = 0; i < 5; i++) index.touchBlob(digest, 'hit', 10, 2000 + i)
     index.account({
       registry: 'r',
       repo: 'library/a',
@@ -46,6 +46,7 @@ describe('index', () => {
       result: 'hit',
       bytesCache: 10,
       bytesUpstream: 0,
+      pullsAvoided: 0,
     })
     index.account({
       registry: 'r',
@@ -55,6 +56,7 @@ describe('index', () => {
       result: 'hit',
       bytesCache: 10,
       bytesUpstream: 0,
+      pullsAvoided: 0,
     })
     index.account({
       registry: 'r',
@@ -64,11 +66,17 @@ describe('index', () => {
       result: 'miss',
       bytesCache: 0,
       bytesUpstream: 10,
+      pullsAvoided: 0,
     })
     expect(index.getBlob(digest)?.hits).toBe(0)
     expect(index.accountingTotals()).toEqual([])
     index.flush()
-    expect(index.getBlob(digest)).toMatchObject({ hits: 5, last_access: 2004, first_cached: 1000 })
+    expect(index.getBlob(digest)).toMatchObject({
+      hits: 5,
+      bytes_cache: 50,
+      last_access: 2004,
+      first_cached: 1000,
+    })
     const totals = index.accountingTotals()
     expect(totals.find((t) => t.result === 'hit')).toMatchObject({
       requests: 2,
