@@ -62,6 +62,8 @@ export class Mirror {
   private readonly metrics: Metrics
   private tagFreshnessMs: number
   private readonly revalidateTimeoutMs: number
+  /** Offline on purpose: upstream is never contacted (set by config or at run time). */
+  offline = false
   private readonly fills = new Map<string, Fill>()
   private readonly flights = new Map<string, Promise<unknown>>()
   private readonly manifests: LRUCache<string, ManifestRow>

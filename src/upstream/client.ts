@@ -56,6 +56,17 @@ export interface UpstreamOptions {
   metrics: Metrics
 }
 
+/** One recent upstream failure, for the status page and the stats API. */
+export interface UpstreamErrorNote {
+  at: number
+  kind: UpstreamFailure
+  status: number | undefined
+  message: string
+}
+
+/** How many recent failures are kept. */
+const RECENT_ERRORS = 20
+
 /** What a request upstream is for, as the metrics label it. */
 type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn'
 
@@ -101,6 +112,7 @@ export class Upstream {
   private readonly log: Logger
   private readonly metrics: Metrics
   private unwellUntil = 0
+  private readonly errors: UpstreamErrorNote[] = []
 
   constructor(opts: UpstreamOptions) {
     this.origin = new URL(opts.url)
@@ -254,6 +266,15 @@ export class Upstream {
         },
         (err: unknown) => {
           this.metrics.tokenFetches.inc({ result: 'error' })
+          // Network failures were noted where they happened; note what the realm answered.
+          if (err instanceof UpstreamError && err.kind !== 'NETWORK' && err.kind !== 'TIMEOUT') {
+            this.markUnwell(
+              err.kind === 'UNAUTHORIZED' ? 'AUTH_SERVER' : err.kind,
+              err.retryAfter,
+              err.status,
+              err.message,
+            )
+          }
           throw err
         },
       ),
@@ -372,7 +393,12 @@ export class Upstream {
     } catch (err) {
       this.metrics.upstreamRequests.inc({ kind, method, status: 'error' })
       const failure = networkFailure(err)
-      this.markUnwell(failure.kind)
+      this.markUnwell(
+        failure.kind,
+        undefined,
+        undefined,
+        `${kind} ${method} ${url.origin}: ${failure.message}`,
+      )
       throw failure
     }
   }
@@ -384,12 +410,21 @@ export class Upstream {
     const message = `${what}: upstream answered ${res.statusCode}${detail ? ` (${detail})` : ''}`
     const kind = kindOfStatus(res.statusCode)
     const retryAfter = header(res.headers, 'retry-after')
-    this.markUnwell(kind, retryAfter)
+    this.markUnwell(kind, retryAfter, res.statusCode, message)
     return new UpstreamError(kind, message, { status: res.statusCode, retryAfter })
   }
 
-  private markUnwell(kind: UpstreamFailure, retryAfter?: string): void {
+  /** The last failures upstream, newest first. */
+  recentErrors(): UpstreamErrorNote[] {
+    return [...this.errors].reverse()
+  }
+
+  private markUnwell(kind: UpstreamFailure, retryAfter?: string, status?: number, message?: string): void {
     const now = Date.now()
+    if (kind !== 'NOT_FOUND') {
+      this.errors.push({ at: now, kind, status, message: message ?? kind })
+      if (this.errors.length > RECENT_ERRORS) this.errors.shift()
+    }
     if (kind === 'NETWORK' || kind === 'TIMEOUT' || kind === 'SERVER' || kind === 'AUTH_SERVER') {
       this.unwellUntil = now + 5_000
     } else if (kind === 'RATE_LIMITED') {
