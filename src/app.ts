@@ -3,13 +3,13 @@
 // blob bodies are written straight to Node's response (c.env.outgoing), the one path where the
 // cost of converting to web streams shows in throughput (shared/reference/performance.md).
 
-import { createReadStream } from 'node:fs'
 import type { ServerResponse } from 'node:http'
 import { pipeline } from 'node:stream'
 import type { HttpBindings } from '@hono/node-server'
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import { type Context, Hono } from 'hono'
 import { RegistryError } from './errors.js'
+import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
 import {
   type ByteRange,
   parseDigest,
@@ -38,6 +38,8 @@ export interface AppDeps {
   mirror: Mirror
   log: Logger
   metrics: Metrics
+  /** What the /_pullcache/ routes read: the index and the config. */
+  admin: AdminDeps
 }
 
 type Env = { Bindings: HttpBindings }
@@ -45,7 +47,7 @@ type Env = { Bindings: HttpBindings }
 /** Manifests, blobs and tags/list: the last path segments after the repository name. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
 
-export function createApp({ mirror, log, metrics }: AppDeps): Hono<Env> {
+export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
   const app = new Hono<Env>()
   const dockerHub = mirror.upstream.isDockerHub
 
@@ -53,6 +55,8 @@ export function createApp({ mirror, log, metrics }: AppDeps): Hono<Env> {
     const body = await metrics.registry.metrics()
     return new Response(body, { headers: { 'Content-Type': metrics.registry.contentType } })
   })
+
+  app.route(ADMIN_PREFIX, adminRoutes(mirror, admin))
 
   app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => c.json({}))
 
@@ -219,29 +223,36 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   let found: BlobAnswer
   try {
     found = await mirror.blob(name, digest, method)
+    if (found.kind === 'fill' && found.fill.size === undefined) {
+      // An upstream that sent no Content-Length: the size is known only once the fill is done.
+      const cache = found.cache
+      await sizeWhenDone(found.fill)
+      const stored = await mirror.openStored(digest)
+      if (!stored)
+        throw new RegistryError('BLOB_UNKNOWN', { digest, reason: 'evicted as soon as it was stored' })
+      found = { ...stored, cache }
+    }
   } catch (err) {
     mirror.record({ kind: 'blob', name, method, result: 'error', bytes: 0 })
     throw err
   }
+  const answer = found
   const res = c.env.outgoing
-  const note: ResponseNote = { cache: found.cache }
+  const note: ResponseNote = { cache: answer.cache }
   responseNotes.set(res, note)
   let sent = () => 0
   note.bytes = () => sent()
-  res.once('close', () =>
-    mirror.record({ kind: 'blob', name, method, result: found.cache, bytes: sent(), digest }),
-  )
-
-  if (found.kind === 'fill' && found.fill.size === undefined) {
-    // An upstream that sent no Content-Length: the size is known only once the fill is done.
-    found = {
-      kind: 'file',
-      path: mirror.blobPath(digest),
-      size: await sizeWhenDone(found.fill),
-      cache: found.cache,
+  let streaming = false
+  res.once('close', () => {
+    if (answer.kind === 'file') {
+      // The read stream closes the handle itself once it has been handed one.
+      if (!streaming) void answer.handle.close().catch(() => {})
+      answer.release()
     }
-  }
-  const size = found.kind === 'fill' ? found.fill.size! : found.size
+    mirror.record({ kind: 'blob', name, method, result: answer.cache, bytes: sent(), digest })
+  })
+
+  const size = answer.kind === 'fill' ? answer.fill.size! : answer.size
   const headers: Record<string, string | number> = {
     'Content-Type': 'application/octet-stream',
     'Docker-Content-Digest': digest,
@@ -249,10 +260,10 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
     'Accept-Ranges': 'bytes',
     // Content-addressed: the bytes behind this URL can never change.
     'Cache-Control': 'max-age=31536000',
-    [CACHE_HEADER]: found.cache,
+    [CACHE_HEADER]: answer.cache,
   }
   if (matchesEtag(c.req.header('if-none-match'), digest)) {
-    res.writeHead(304, { ETag: headers.ETag!, [CACHE_HEADER]: found.cache })
+    res.writeHead(304, { ETag: headers.ETag!, [CACHE_HEADER]: answer.cache })
     res.end()
     return RESPONSE_ALREADY_SENT
   }
@@ -262,15 +273,16 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   headers['Content-Length'] = size === 0 ? 0 : end - start + 1
   if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`
   res.writeHead(range ? 206 : 200, headers)
-  if (method === 'HEAD' || found.kind === 'remote' || size === 0) {
+  if (method === 'HEAD' || answer.kind === 'remote' || size === 0) {
     res.end()
     return RESPONSE_ALREADY_SENT
   }
 
+  streaming = true
   const body =
-    found.kind === 'file'
-      ? createReadStream(found.path, { start, end, highWaterMark: STREAM_CHUNK })
-      : found.fill.reader(start, end)
+    answer.kind === 'file'
+      ? answer.handle.createReadStream({ start, end, highWaterMark: STREAM_CHUNK })
+      : answer.fill.reader(start, end)
   sent = () => ('bytesRead' in body ? body.bytesRead : body.sent)
   // On error (a failed fill, a vanished file) pipeline destroys the response: the client sees a
   // cut connection, never a clean end of an unverified body.

@@ -98,9 +98,51 @@ const upstreamUrl = z.string().transform((text, ctx) => {
   return url.origin
 })
 
+/**
+ * A tag pattern: a glob over "repo:tag" ("*:latest", "library/*:*"), a glob over the tag alone
+ * when it has no ':' ("latest", "v*"), or a regular expression over the tag in slashes
+ * ("/^v?\\d+\\.\\d+\\.\\d+$/"). `*` matches within one path component; `**` across '/'.
+ */
+const tagPattern = z.string().transform((text, ctx) => {
+  const compiled = compileTagPattern(text)
+  if (compiled === undefined) {
+    ctx.addIssue({ code: 'custom', message: `not a valid pattern: ${text}` })
+    return z.NEVER
+  }
+  return { text, test: compiled }
+})
+
+const nullableSize = z
+  .string()
+  .nullable()
+  .transform((text, ctx) => {
+    if (text === null) return null
+    const bytes = parseSize(text)
+    if (bytes === undefined || bytes <= 0) {
+      ctx.addIssue({ code: 'custom', message: `not a size like "50GiB": ${JSON.stringify(text)}` })
+      return z.NEVER
+    }
+    return bytes
+  })
+
+const nullableDuration = z
+  .string()
+  .nullable()
+  .transform((text, ctx) => {
+    if (text === null) return null
+    const ms = parseDuration(text)
+    if (ms === undefined || ms <= 0) {
+      ctx.addIssue({ code: 'custom', message: `not a duration like "30d": ${JSON.stringify(text)}` })
+      return z.NEVER
+    }
+    return ms
+  })
+
 const schema = z.strictObject({
   listen: listen.prefault(':5000'),
   data_dir: z.string().min(1).default('./data'),
+  // Never contact upstream; uncached requests fail at once. Switchable at run time (SIGHUP).
+  offline: z.boolean().default(false),
   upstream: z
     .strictObject({
       url: upstreamUrl.prefault(DOCKER_HUB),
@@ -111,6 +153,9 @@ const schema = z.strictObject({
       idle_timeout: duration.prefault('30s'),
       max_concurrent_fetches: z.number().int().min(1).max(1024).default(16),
       connections: z.number().int().min(1).max(1024).default(32),
+      // Below this many pulls left (Docker Hub's ratelimit-remaining), cached tags are served
+      // without revalidation until the rate-limit window has passed.
+      rate_limit_reserve: z.number().int().min(0).default(10),
     })
     .prefault({}),
   cache: z
@@ -120,7 +165,20 @@ const schema = z.strictObject({
       // cached copy, marked stale; the revalidation goes on and updates the tag when it ends.
       revalidate_timeout: duration.prefault('5s'),
       manifest_memory: size.prefault('64MiB'),
+      // Per-pattern freshness, first match wins; tags matching none get tag_freshness.
+      tag_freshness_rules: z.array(z.strictObject({ match: tagPattern, freshness: duration })).prefault([]),
+      // The store's byte budget (null: unlimited). Above high_water * max_size, the least
+      // recently used blobs go until the store is under low_water * max_size.
+      max_size: nullableSize.prefault(null),
+      high_water: z.number().gt(0).max(1).default(0.95),
+      low_water: z.number().gt(0).max(1).default(0.85),
+      // Blobs and manifests unused this long are removed whatever the budget (null: never).
+      max_unused_age: nullableDuration.prefault(null),
+      // Never evicted, with everything their manifests reference: "repo:tag" patterns as above.
+      pins: z.array(tagPattern).prefault([]),
+      eviction_interval: duration.prefault('1m'),
     })
+    .refine((c) => c.low_water < c.high_water, { message: 'low_water must be below high_water' })
     .prefault({}),
   index: z
     .strictObject({
@@ -167,12 +225,14 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_UPSTREAM_PASSWORD_FILE: 'upstream.password_file',
   PULLCACHE_UPSTREAM_MAX_CONCURRENT_FETCHES: 'upstream.max_concurrent_fetches',
   PULLCACHE_TAG_FRESHNESS: 'cache.tag_freshness',
+  PULLCACHE_MAX_SIZE: 'cache.max_size',
+  PULLCACHE_OFFLINE: 'offline',
   PULLCACHE_LOG_LEVEL: 'log.level',
   PULLCACHE_ACCESS_LOG: 'log.access',
 }
 
 const NUMERIC_KEYS = new Set(['upstream.max_concurrent_fetches', 'upstream.connections'])
-const BOOLEAN_KEYS = new Set(['log.access'])
+const BOOLEAN_KEYS = new Set(['log.access', 'offline'])
 
 function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {
   const parts = dotted.split('.')
@@ -253,6 +313,42 @@ function readPassword(file: string | null, env: NodeJS.ProcessEnv, problems: str
   }
 }
 
+export type TagPattern = { text: string; test: (repo: string, tag: string) => boolean }
+
+export function compileTagPattern(text: string): ((repo: string, tag: string) => boolean) | undefined {
+  if (text.length > 1 && text.startsWith('/') && text.endsWith('/')) {
+    try {
+      const re = new RegExp(text.slice(1, -1))
+      return (_repo, tag) => re.test(tag)
+    } catch {
+      return undefined
+    }
+  }
+  if (text.length === 0) return undefined
+  const colon = text.lastIndexOf(':')
+  if (colon === -1) {
+    const tagRe = globToRegExp(text)
+    return (_repo, tag) => tagRe.test(tag)
+  }
+  const repoRe = globToRegExp(text.slice(0, colon))
+  const tagRe = globToRegExp(text.slice(colon + 1))
+  return (repo, tag) => repoRe.test(repo) && tagRe.test(tag)
+}
+
+function globToRegExp(glob: string): RegExp {
+  let re = ''
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]!
+    if (c === '*' && glob[i + 1] === '*') {
+      re += '.*'
+      i++
+    } else if (c === '*') re += '[^/]*'
+    else if (c === '?') re += '[^/]'
+    else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&')
+  }
+  return new RegExp(`^${re}$`)
+}
+
 function deepFreeze<T>(value: T): T {
   if (typeof value === 'object' && value !== null) {
     for (const child of Object.values(value)) deepFreeze(child)
@@ -266,5 +362,13 @@ export function describeConfig(config: Config): Record<string, unknown> {
   return {
     ...config,
     upstream: { ...config.upstream, password: config.upstream.password === null ? null : '********' },
+    cache: {
+      ...config.cache,
+      tag_freshness_rules: config.cache.tag_freshness_rules.map((r) => ({
+        match: r.match.text,
+        freshness: r.freshness,
+      })),
+      pins: config.cache.pins.map((p) => p.text),
+    },
   }
 }

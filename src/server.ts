@@ -12,6 +12,7 @@ import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { Mirror } from './mirror/mirror.js'
 import { BlobStore } from './store/blob-store.js'
+import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
 import { Upstream } from './upstream/client.js'
 
@@ -21,6 +22,7 @@ export interface RunningServer {
   mirror: Mirror
   index: IndexDb
   metrics: Metrics
+  evictor: Evictor
   /** Stops accepting, lets responses finish for up to graceMs, then closes everything. */
   close(graceMs?: number): Promise<void>
 }
@@ -54,6 +56,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     log,
     metrics,
   })
+  let evictor: Evictor | undefined
   const mirror = new Mirror({
     upstream,
     store,
@@ -63,9 +66,21 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     tagFreshnessMs: config.cache.tag_freshness,
     revalidateTimeoutMs: config.cache.revalidate_timeout,
     manifestMemoryBytes: config.cache.manifest_memory,
+    onBlobCommitted: () => {
+      if (evictor?.overBudget()) void evictor.run()
+    },
   })
+  evictor = new Evictor({
+    store,
+    index,
+    log,
+    metrics,
+    policy: policyFrom(config.cache),
+    inUse: (digest) => mirror.isInUse(digest),
+  })
+  metrics.sources.storeBudget = () => evictor?.budget ?? 0
   watchGauges(metrics, mirror, index)
-  const app = createApp({ mirror, log, metrics })
+  const app = createApp({ mirror, log, metrics, admin: { index, config } })
   const listener = getRequestListener(app.fetch)
 
   const server = createServer((req, res) => {
@@ -103,6 +118,12 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }
   }, config.index.flush_interval)
   flushTimer.unref()
+  const evictionTimer = setInterval(() => {
+    evictor.run().catch((err: unknown) => log.error('store.eviction_failed', { error: err }))
+  }, config.cache.eviction_interval)
+  evictionTimer.unref()
+  // A store over budget at start (budget lowered, or files adopted) shrinks right away.
+  void evictor.run().catch((err: unknown) => log.error('store.eviction_failed', { error: err }))
 
   let closing: Promise<void> | undefined
   const close = (graceMs = 10_000) => {
@@ -116,13 +137,15 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       // store holds only what was verified and renamed into place.
       await Promise.allSettled(mirror.inflight().map((f) => f.abort()))
       clearInterval(flushTimer)
+      clearInterval(evictionTimer)
+      await evictor.idle()
       await upstream.close().catch(() => {})
       index.close()
       log.info('stopped', {})
     })()
     return closing
   }
-  return { url, mirror, index, metrics, close }
+  return { url, mirror, index, metrics, evictor, close }
 }
 
 /** Gauges whose values live in the mirror and the index are read when Prometheus scrapes. */

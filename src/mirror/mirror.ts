@@ -7,6 +7,7 @@
 // served and marked stale. Concurrent requests for one blob, manifest or tag share one
 // upstream exchange (single flight).
 
+import type { FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import { RegistryError, UpstreamError } from '../errors.js'
 import type { RepoName } from '../http/reference.js'
@@ -30,7 +31,7 @@ export interface ManifestAnswer {
 }
 
 export type BlobAnswer =
-  | { kind: 'file'; path: string; size: number; cache: Outcome }
+  | { kind: 'file'; handle: FileHandle; size: number; cache: Outcome; release: () => void }
   | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
   | { kind: 'remote'; size: number; cache: 'miss' }
 
@@ -49,6 +50,8 @@ export interface MirrorOptions {
   tagFreshnessMs: number
   revalidateTimeoutMs: number
   manifestMemoryBytes: number
+  /** Called after each blob is committed, e.g. to let eviction check the budget. */
+  onBlobCommitted?: () => void
 }
 
 /** The platform an old client gets when it cannot read an index, as Docker Hub does it. */
@@ -65,8 +68,10 @@ export class Mirror {
   /** Offline on purpose: upstream is never contacted (set by config or at run time). */
   offline = false
   private readonly fills = new Map<string, Fill>()
+  private readonly inUse = new Map<string, number>()
   private readonly flights = new Map<string, Promise<unknown>>()
   private readonly manifests: LRUCache<string, ManifestRow>
+  private readonly onBlobCommitted: () => void
 
   constructor(opts: MirrorOptions) {
     this.upstream = opts.upstream
@@ -76,6 +81,7 @@ export class Mirror {
     this.metrics = opts.metrics
     this.tagFreshnessMs = opts.tagFreshnessMs
     this.revalidateTimeoutMs = opts.revalidateTimeoutMs
+    this.onBlobCommitted = opts.onBlobCommitted ?? (() => {})
     this.manifests = new LRUCache<string, ManifestRow>({
       maxSize: Math.max(1, opts.manifestMemoryBytes),
       sizeCalculation: (row) => Math.max(1, row.body.length),
@@ -90,8 +96,34 @@ export class Mirror {
     this.tagFreshnessMs = ms
   }
 
-  blobPath(digest: string): string {
-    return this.store.path(digest)
+  /**
+   * A committed blob, opened: once open it stays readable even if eviction unlinks it. The
+   * digest counts as in use until release(), and eviction leaves blobs in use alone.
+   */
+  async openStored(digest: string): Promise<Extract<BlobAnswer, { kind: 'file' }> | undefined> {
+    this.inUse.set(digest, (this.inUse.get(digest) ?? 0) + 1)
+    let released = false
+    const release = () => {
+      if (released) return
+      released = true
+      const n = (this.inUse.get(digest) ?? 1) - 1
+      if (n === 0) this.inUse.delete(digest)
+      else this.inUse.set(digest, n)
+    }
+    const opened = await this.store.openBlob(digest).catch((err: unknown) => {
+      release()
+      throw err
+    })
+    if (!opened) {
+      release()
+      return undefined
+    }
+    return { kind: 'file', handle: opened.handle, size: opened.size, cache: 'hit', release }
+  }
+
+  /** Whether a response is streaming this blob from the store right now. */
+  isInUse(digest: string): boolean {
+    return this.inUse.has(digest)
   }
 
   /** Fills in progress, for draining on shutdown and for metrics. */
@@ -103,8 +135,8 @@ export class Mirror {
 
   async blob(name: RepoName, digest: string, method: 'GET' | 'HEAD'): Promise<BlobAnswer> {
     if (this.index.getBlob(digest)) {
-      const size = await this.store.size(digest)
-      if (size !== undefined) return { kind: 'file', path: this.store.path(digest), size, cache: 'hit' }
+      const stored = await this.openStored(digest)
+      if (stored) return stored
       // The file went away behind our back (a disk repair, an operator): forget it, fetch again.
       this.log.warn('store.blob_missing', { digest })
       this.index.deleteBlob(digest)
@@ -134,6 +166,7 @@ export class Mirror {
         onCommit: (size) => {
           this.index.addBlob(digest, size)
           this.metrics.fills.inc({ outcome: 'committed' })
+          this.onBlobCommitted()
           this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
         },
         onSettled: () => {

@@ -50,6 +50,23 @@ export class BlobStore {
     }
   }
 
+  /** Opens a committed blob for reading, or undefined when it is not on disk. */
+  async openBlob(digest: string): Promise<{ handle: FileHandle; size: number } | undefined> {
+    let handle: FileHandle
+    try {
+      handle = await open(this.path(digest), constants.O_RDONLY)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+    try {
+      return { handle, size: (await handle.stat()).size }
+    } catch (err) {
+      await handle.close()
+      throw err
+    }
+  }
+
   /** A new temp file for a fill, open for writing and for positional reads by followers. */
   async createTemp(digest: string): Promise<{ path: string; handle: FileHandle }> {
     const path = join(this.tmpDir, `${hexOf(digest)}.${randomBytes(6).toString('hex')}.part`)

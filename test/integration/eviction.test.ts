@@ -1,0 +1,156 @@
+import { execFile } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { request } from 'undici'
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { startMirror, type TestMirror } from '../support/start-mirror.js'
+
+const run = promisify(execFile)
+const CLI = join(import.meta.dirname, '../../dist/main.js')
+const REPO = 'library/evict'
+
+async function storedDigests(dataDir: string): Promise<string[]> {
+  const root = join(dataDir, 'blobs', 'sha256')
+  const out: string[] = []
+  for (const prefix of await readdir(root)) for (const f of await readdir(join(root, prefix))) out.push(`sha256:${f}`)
+  return out.sort()
+}
+
+describe('eviction', () => {
+  let up: FakeUpstream
+  let mirror: TestMirror | undefined
+
+  beforeAll(async () => {
+    up = await startFakeUpstream()
+  })
+  afterAll(async () => {
+    await up.close()
+  })
+  afterEach(async () => {
+    await mirror?.close()
+    mirror = undefined
+    up.clearFaults()
+    up.reset()
+  })
+
+  test('under a tiny budget while pulls run, every pull is correct and the store shrinks to the low mark', async () => {
+    mirror = await startMirror({ upstream: up.url, config: { cache: { max_size: '1MiB' } } })
+    const blobs = Array.from({ length: 12 }, () => randomBytes(300 * 1024))
+    const digests = blobs.map((b) => up.addBlob(REPO, b))
+    // Three waves of four concurrent pulls, each wave pushing the store over budget again.
+    for (let wave = 0; wave < 3; wave++) {
+      const batch = digests.slice(wave * 4, wave * 4 + 4)
+      const bodies = await Promise.all(batch.map((d) => mirror!.get(`/v2/${REPO}/blobs/${d}`)))
+      bodies.forEach((b, i) => expect(sha256(b.body)).toBe(batch[i]))
+    }
+    await mirror.server.evictor.idle()
+    await mirror.server.evictor.run()
+    const stored = await storedDigests(mirror.dataDir)
+    const bytes = mirror.server.index.storeTotals().bytes
+    expect(bytes).toBeLessThanOrEqual(1024 * 1024 * 0.95)
+    expect(stored.length).toBe(mirror.server.index.storeTotals().blobs)
+    // The most recently used blobs are the ones kept: all from the last wave.
+    expect(stored.length).toBeGreaterThan(0)
+    for (const d of stored) expect(digests.slice(8)).toContain(d)
+    expect(mirror.logs.some((l) => l.event === 'store.evicted' && (l.blobs as number) > 0)).toBe(true)
+    // An evicted blob is simply fetched again: a miss, correct bytes.
+    const evicted = digests[0]!
+    expect(stored).not.toContain(evicted)
+    const again = await mirror.get(`/v2/${REPO}/blobs/${evicted}`)
+    expect(again.headers['x-pullcache-cache']).toBe('miss')
+    expect(sha256(again.body)).toBe(evicted)
+  })
+
+  test('pinned images and everything they reference survive any budget', async () => {
+    mirror = await startMirror({
+      upstream: up.url,
+      config: { cache: { max_size: '64KiB', pins: ['library/evict:keep*'] } },
+    })
+    const image = up.addImage(REPO, 'keep-1', { layers: 2, layerBytes: 200_000 })
+    expect((await mirror.get(`/v2/${REPO}/manifests/keep-1`)).status).toBe(200)
+    for (const l of image.layers) await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)
+    await mirror.get(`/v2/${REPO}/blobs/${image.configDigest}`)
+    const other = up.addBlob(REPO, randomBytes(200_000))
+    await mirror.get(`/v2/${REPO}/blobs/${other}`)
+    await mirror.server.evictor.idle()
+    await mirror.server.evictor.run()
+    const stored = await storedDigests(mirror.dataDir)
+    for (const l of image.layers) expect(stored).toContain(l.digest)
+    expect(stored).toContain(image.configDigest)
+    expect(stored).not.toContain(other)
+  })
+
+  test('a blob a client is streaming is never deleted under it', async () => {
+    mirror = await startMirror({ upstream: up.url })
+    const big = randomBytes(4 * 1024 * 1024)
+    const digest = up.addBlob(REPO, big)
+    await mirror.get(`/v2/${REPO}/blobs/${digest}`)
+    // A slow reader holds the blob open while eviction runs with the store 4x over budget.
+    const res = await request(`${mirror.url}/v2/${REPO}/blobs/${digest}`, { highWaterMark: 1024 })
+    expect(res.headers['x-pullcache-cache']).toBe('hit')
+    const iterator = res.body[Symbol.asyncIterator]()
+    const first = await iterator.next()
+    mirror.server.evictor.setPolicy({ maxSize: 1024 * 1024, highWater: 0.95, lowWater: 0.85, maxUnusedAgeMs: null, pins: [] })
+    const result = await mirror.server.evictor.run()
+    expect(result.skippedInUse).toBe(1)
+    const chunks: Buffer[] = [first.value as Buffer]
+    for (let next = await iterator.next(); !next.done; next = await iterator.next()) chunks.push(next.value as Buffer)
+    expect(sha256(Buffer.concat(chunks))).toBe(digest)
+    // Once nobody reads it, the next run takes it.
+    await new Promise((r) => setTimeout(r, 50))
+    const later = await mirror.server.evictor.run()
+    expect(later.blobs).toBe(1)
+    expect(await storedDigests(mirror.dataDir)).toEqual([])
+  })
+
+  test('gc --dry-run lists exactly what gc then removes; manifests and tags go by age, consistently', async () => {
+    mirror = await startMirror({ upstream: up.url })
+    const image = up.addImage(REPO, 'old', { layers: 3, layerBytes: 50_000 })
+    await mirror.get(`/v2/${REPO}/manifests/old`)
+    for (const l of image.layers) await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)
+    const dataDir = mirror.dataDir
+    await mirror.close({ wipe: false })
+    mirror = undefined
+    await new Promise((r) => setTimeout(r, 20))
+
+    const dry = JSON.parse(
+      (await run('node', [CLI, 'gc', '--dry-run', '--json', '--data-dir', dataDir, '--max-unused-age', '10ms'])).stdout,
+    )
+    expect(dry.dry_run).toBe(true)
+    const planned = dry.plan.blobs.map((b: { digest: string }) => b.digest).sort()
+    expect(planned).toEqual(image.layers.map((l) => l.digest).sort())
+    expect(dry.plan.manifests.map((m: { digest: string }) => m.digest)).toEqual([image.manifestDigest])
+    expect(dry.plan.tags).toEqual([{ registry: new URL(up.url).host, repo: REPO, tag: 'old' }])
+    expect(await storedDigests(dataDir)).toHaveLength(3)
+
+    const real = JSON.parse(
+      (await run('node', [CLI, 'gc', '--json', '--data-dir', dataDir, '--max-unused-age', '10ms'])).stdout,
+    )
+    expect(real.result).toMatchObject({ blobs: 3, manifests: 1, tags: 1, bytes: dry.plan.bytes })
+    expect(await storedDigests(dataDir)).toEqual([])
+
+    // Nothing is served as a hit whose bytes are gone: the next pull fetches everything again.
+    mirror = await startMirror({ upstream: up.url, dataDir })
+    up.reset()
+    const tag = await mirror.get(`/v2/${REPO}/manifests/old`)
+    expect(tag.headers['x-pullcache-cache']).toBe('miss')
+    for (const l of image.layers) {
+      const b = await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)
+      expect(b.headers['x-pullcache-cache']).toBe('miss')
+      expect(sha256(b.body)).toBe(l.digest)
+    }
+  })
+
+  test('gc with nothing to do says so and exits 0; a missing store is exit 1', async () => {
+    mirror = await startMirror({ upstream: up.url })
+    const dataDir = mirror.dataDir
+    await mirror.close({ wipe: false })
+    mirror = undefined
+    const { stdout } = await run('node', [CLI, 'gc', '--data-dir', dataDir])
+    expect(stdout).toContain('freed 0 B')
+    await expect(run('node', [CLI, 'gc', '--data-dir', join(dataDir, 'nope')])).rejects.toMatchObject({ code: 1 })
+  })
+})
