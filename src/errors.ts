@@ -62,6 +62,7 @@ export type UpstreamFailure =
   | 'TIMEOUT' // connect, header or idle timeout
   | 'AUTH_SERVER' // the token endpoint failed
   | 'CREDENTIALS' // the token endpoint refused pullcache's configured account
+  | 'OFFLINE' // pullcache is offline on purpose and did not ask
   | 'INVALID' // bytes that do not match their digest or size
 
 export class UpstreamError extends Error {
@@ -90,6 +91,10 @@ export class UpstreamError extends Error {
         // Docker Hub answers 401 for repositories that do not exist; to a mirror client that is
         // "not here", and dockerd then falls back to the upstream on its own terms.
         return new RegistryError(notFound, `upstream refused access: ${this.message}`)
+      case 'OFFLINE':
+        return new RegistryError('UNAVAILABLE', 'pullcache is offline and this is not cached', {
+          message: 'pullcache is offline',
+        })
       case 'CREDENTIALS':
         // An operator problem, not the client's: say so, and let dockerd fall back meanwhile.
         return new RegistryError('UNAVAILABLE', this.message)

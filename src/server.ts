@@ -23,6 +23,12 @@ export interface RunningServer {
   index: IndexDb
   metrics: Metrics
   evictor: Evictor
+  /**
+   * Applies what can change without a restart (credentials, freshness, budget, pins, offline,
+   * rate-limit reserve) and returns the keys that changed; keys that need a restart are listed
+   * apart and left as they were.
+   */
+  reload(next: Config): { changed: string[]; needRestart: string[] }
   /** Stops accepting, lets responses finish for up to graceMs, then closes everything. */
   close(graceMs?: number): Promise<void>
 }
@@ -53,6 +59,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     idleTimeoutMs: config.upstream.idle_timeout,
     connections: config.upstream.connections,
     maxConcurrentFetches: config.upstream.max_concurrent_fetches,
+    rateLimitReserve: config.upstream.rate_limit_reserve,
+    offline: config.offline,
     log,
     metrics,
   })
@@ -64,6 +72,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     log,
     metrics,
     tagFreshnessMs: config.cache.tag_freshness,
+    tagFreshnessRules: config.cache.tag_freshness_rules,
     revalidateTimeoutMs: config.cache.revalidate_timeout,
     manifestMemoryBytes: config.cache.manifest_memory,
     onBlobCommitted: () => {
@@ -125,6 +134,57 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   // A store over budget at start (budget lowered, or files adopted) shrinks right away.
   void evictor.run().catch((err: unknown) => log.error('store.eviction_failed', { error: err }))
 
+  let current = config
+  const reload = (next: Config) => {
+    const changed: string[] = []
+    const needRestart: string[] = []
+    const differs = (a: unknown, b: unknown) => JSON.stringify(a) !== JSON.stringify(b)
+    for (const key of [
+      'listen',
+      'data_dir',
+      'upstream.url',
+      'upstream.connections',
+      'log.level',
+      'log.access',
+    ]) {
+      const [a, b] = [pick(current, key), pick(next, key)]
+      if (differs(a, b)) needRestart.push(key)
+    }
+    if (
+      next.upstream.username !== current.upstream.username ||
+      next.upstream.password !== current.upstream.password
+    ) {
+      upstream.setCredentials(
+        next.upstream.username !== null && next.upstream.password !== null
+          ? { username: next.upstream.username, password: next.upstream.password }
+          : null,
+      )
+      changed.push('upstream.credentials')
+    }
+    const rules = (c: Config) => c.cache.tag_freshness_rules.map((r) => [r.match.text, r.freshness])
+    if (next.cache.tag_freshness !== current.cache.tag_freshness || differs(rules(next), rules(current))) {
+      mirror.setTagFreshness(next.cache.tag_freshness, next.cache.tag_freshness_rules)
+      changed.push('cache.tag_freshness')
+    }
+    const policy = (c: Config) => ({ ...policyFrom(c.cache), pins: c.cache.pins.map((p) => p.text) })
+    if (differs(policy(next), policy(current))) {
+      evictor.setPolicy(policyFrom(next.cache))
+      changed.push('cache.eviction')
+    }
+    if (next.offline !== current.offline) {
+      mirror.offline = next.offline
+      changed.push('offline')
+    }
+    if (next.upstream.rate_limit_reserve !== current.upstream.rate_limit_reserve) {
+      upstream.rateLimitReserve = next.upstream.rate_limit_reserve
+      changed.push('upstream.rate_limit_reserve')
+    }
+    current = next
+    log.info('config.reloaded', { changed, need_restart: needRestart })
+    if (changed.includes('cache.eviction')) void evictor.run().catch(() => undefined)
+    return { changed, needRestart }
+  }
+
   let closing: Promise<void> | undefined
   const close = (graceMs = 10_000) => {
     closing ??= (async () => {
@@ -145,7 +205,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     })()
     return closing
   }
-  return { url, mirror, index, metrics, evictor, close }
+  return { url, mirror, index, metrics, evictor, reload, close }
+}
+
+function pick(config: Config, dotted: string): unknown {
+  let node: unknown = config
+  for (const part of dotted.split('.')) node = (node as Record<string, unknown>)[part]
+  return node
 }
 
 /** Gauges whose values live in the mirror and the index are read when Prometheus scrapes. */

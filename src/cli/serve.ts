@@ -19,6 +19,14 @@ The upstream account comes from PULLCACHE_UPSTREAM_USERNAME with PULLCACHE_UPSTR
 or PULLCACHE_UPSTREAM_PASSWORD_FILE; a password is never read from the config file.
 `
 
+function flagsFrom(values: Record<string, unknown>): Record<string, string | undefined> {
+  return {
+    listen: values.listen as string | undefined,
+    'cache.tag_freshness': values['tag-freshness'] as string | undefined,
+    'log.level': values['log-level'] as string | undefined,
+  }
+}
+
 export async function serve(args: string[]): Promise<number> {
   const { values } = parseCommand(
     args,
@@ -34,11 +42,7 @@ export async function serve(args: string[]): Promise<number> {
     process.stdout.write(SERVE_USAGE)
     return EXIT_OK
   }
-  const config = configFrom(values, {
-    listen: values.listen as string | undefined,
-    'cache.tag_freshness': values['tag-freshness'] as string | undefined,
-    'log.level': values['log-level'] as string | undefined,
-  })
+  const config = configFrom(values, flagsFrom(values))
   const log = createLogger(config.log.level)
   let server: Awaited<ReturnType<typeof startServer>>
   try {
@@ -68,5 +72,13 @@ export async function serve(args: string[]): Promise<number> {
     }
     process.on('SIGTERM', () => stop('SIGTERM'))
     process.on('SIGINT', () => stop('SIGINT'))
+    // SIGHUP: read the config file and environment again and apply what can change live.
+    process.on('SIGHUP', () => {
+      try {
+        server.reload(configFrom(values, flagsFrom(values)))
+      } catch (err) {
+        log.error('config.reload_failed', { error: err instanceof CliExit ? err.message : err })
+      }
+    })
   })
 }

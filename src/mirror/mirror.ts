@@ -9,6 +9,7 @@
 
 import type { FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
+import type { TagPattern } from '../config.js'
 import { RegistryError, UpstreamError } from '../errors.js'
 import type { RepoName } from '../http/reference.js'
 import type { Logger } from '../log.js'
@@ -41,6 +42,11 @@ export interface TagListAnswer {
   cache: Outcome
 }
 
+export interface FreshnessRule {
+  match: TagPattern
+  freshness: number
+}
+
 export interface MirrorOptions {
   upstream: Upstream
   store: BlobStore
@@ -48,6 +54,8 @@ export interface MirrorOptions {
   log: Logger
   metrics: Metrics
   tagFreshnessMs: number
+  /** Per-pattern freshness, first match wins; tags matching none get tagFreshnessMs. */
+  tagFreshnessRules?: readonly FreshnessRule[]
   revalidateTimeoutMs: number
   manifestMemoryBytes: number
   /** Called after each blob is committed, e.g. to let eviction check the budget. */
@@ -64,9 +72,8 @@ export class Mirror {
   private readonly log: Logger
   private readonly metrics: Metrics
   private tagFreshnessMs: number
+  private tagFreshnessRules: readonly FreshnessRule[]
   private readonly revalidateTimeoutMs: number
-  /** Offline on purpose: upstream is never contacted (set by config or at run time). */
-  offline = false
   private readonly fills = new Map<string, Fill>()
   private readonly inUse = new Map<string, number>()
   private readonly flights = new Map<string, Promise<unknown>>()
@@ -80,6 +87,7 @@ export class Mirror {
     this.log = opts.log
     this.metrics = opts.metrics
     this.tagFreshnessMs = opts.tagFreshnessMs
+    this.tagFreshnessRules = opts.tagFreshnessRules ?? []
     this.revalidateTimeoutMs = opts.revalidateTimeoutMs
     this.onBlobCommitted = opts.onBlobCommitted ?? (() => {})
     this.manifests = new LRUCache<string, ManifestRow>({
@@ -92,8 +100,24 @@ export class Mirror {
     return this.upstream.registry
   }
 
-  setTagFreshness(ms: number): void {
+  setTagFreshness(ms: number, rules: readonly FreshnessRule[] = []): void {
     this.tagFreshnessMs = ms
+    this.tagFreshnessRules = rules
+  }
+
+  /** How long this tag is served from the index without asking upstream. */
+  freshnessFor(repo: string, tag: string): number {
+    return this.tagFreshnessRules.find((r) => r.match.test(repo, tag))?.freshness ?? this.tagFreshnessMs
+  }
+
+  /** Offline on purpose: upstream is never contacted (config `offline`, switchable at run time). */
+  get offline(): boolean {
+    return this.upstream.offline
+  }
+
+  set offline(value: boolean) {
+    if (value !== this.upstream.offline) this.log.warn(value ? 'mirror.offline' : 'mirror.online', {})
+    this.upstream.offline = value
   }
 
   /**
@@ -223,9 +247,13 @@ export class Mirror {
     const cached = known ? this.cachedManifest(known.digest) : undefined
     let found: ManifestAnswer
 
-    if (known && cached && Date.now() - known.last_checked < this.tagFreshnessMs) {
+    if (known && cached && Date.now() - known.last_checked < this.freshnessFor(name.upstream, tag)) {
       found = answer(cached, 'hit')
-    } else if (known && cached && this.upstream.isUnwell()) {
+    } else if (known && cached && this.upstream.pullBudgetLow()) {
+      // Few Docker Hub pulls left: every revalidation risks a counted GET for a moved tag, so
+      // the cached tags stand until the rate-limit window has passed.
+      found = answer(cached, 'hit')
+    } else if (known && cached && (this.upstream.isUnwell() || this.upstream.offline)) {
       // Upstream failed moments ago: do not make every client wait on it to fail again.
       found = answer(cached, 'stale')
     } else {

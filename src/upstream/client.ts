@@ -52,6 +52,10 @@ export interface UpstreamOptions {
   idleTimeoutMs: number
   connections: number
   maxConcurrentFetches: number
+  /** Pulls left (ratelimit-remaining) under which the budget counts as low. */
+  rateLimitReserve: number
+  /** Never contact upstream: every request fails at once with kind OFFLINE. */
+  offline: boolean
   log: Logger
   metrics: Metrics
 }
@@ -105,6 +109,9 @@ export class Upstream {
   /** Caps concurrent blob downloads; each fill holds a slot until its body has settled. */
   readonly fetchLimit: LimitFunction
   rateLimit: RateLimit | undefined
+  rateLimitReserve: number
+  offline: boolean
+  private budgetLowLogged = false
   private readonly agent: Agent
   private readonly tokens = new TokenCache()
   private challenge: Challenge | undefined
@@ -121,6 +128,8 @@ export class Upstream {
     this.credentials = opts.credentials
     this.log = opts.log
     this.metrics = opts.metrics
+    this.rateLimitReserve = opts.rateLimitReserve
+    this.offline = opts.offline
     this.fetchLimit = pLimit(opts.maxConcurrentFetches)
     this.agent = new Agent({
       connect: { timeout: opts.connectTimeoutMs },
@@ -143,6 +152,26 @@ export class Upstream {
    */
   isUnwell(now = Date.now()): boolean {
     return now < this.unwellUntil
+  }
+
+  /**
+   * True while upstream's last reported pull budget is under the reserve, until its window
+   * (the w= of ratelimit-limit; an hour when not given) has passed since that report.
+   */
+  pullBudgetLow(now = Date.now()): boolean {
+    const rl = this.rateLimit
+    const until = rl === undefined ? 0 : rl.at + (rl.windowSeconds ?? 3600) * 1000
+    const low = rl !== undefined && rl.remaining < this.rateLimitReserve && now < until
+    if (low && !this.budgetLowLogged) {
+      this.log.warn('upstream.rate_limit_low', {
+        remaining: rl.remaining,
+        limit: rl.limit,
+        reserve: this.rateLimitReserve,
+        serving_cached_tags_until: new Date(until).toISOString(),
+      })
+    }
+    this.budgetLowLogged = low
+    return low
   }
 
   /** Ends every upstream connection, including requests still waiting on a slow upstream. */
@@ -381,6 +410,7 @@ export class Upstream {
     url: URL,
     headers: Record<string, string>,
   ): Promise<Response> {
+    if (this.offline) throw new UpstreamError('OFFLINE', 'pullcache is offline and does not contact upstream')
     try {
       const res = await this.agent.request({
         origin: url.origin,

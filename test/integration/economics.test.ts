@@ -1,0 +1,243 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { request } from 'undici'
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { networkFailure } from '../../src/upstream/client.js'
+import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { startMirror, type TestMirror, tmpRoot } from '../support/start-mirror.js'
+
+const REPO = 'library/budget'
+const ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json'
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('rate limits, freshness and offline', () => {
+  let up: FakeUpstream
+  let mirror: TestMirror | undefined
+
+  beforeAll(async () => {
+    up = await startFakeUpstream()
+  })
+  afterAll(async () => {
+    await up.close()
+  })
+  afterEach(async () => {
+    await mirror?.close()
+    mirror = undefined
+    up.clearFaults()
+    up.setRateLimit(undefined)
+    up.reset()
+  })
+
+  const registryRequests = () => up.requests.filter((r) => r.host === 'registry' && r.authorization)
+
+  test('with few Docker Hub pulls left, cached tags are served without revalidation, and that is logged once', async () => {
+    up.setRateLimit({ limit: 100, remaining: 5, window: 3600 })
+    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    up.addImage(REPO, 'low')
+    expect((await mirror.get(`/v2/${REPO}/manifests/low`, { accept: ACCEPT })).status).toBe(200)
+    await sleep(80)
+    up.reset()
+    for (let i = 0; i < 3; i++) {
+      const res = await mirror.get(`/v2/${REPO}/manifests/low`, { accept: ACCEPT })
+      expect(res.headers['x-pullcache-cache']).toBe('hit')
+    }
+    expect(registryRequests()).toHaveLength(0)
+    expect(mirror.logs.filter((l) => l.event === 'upstream.rate_limit_low')).toHaveLength(1)
+    const metrics = (await mirror.get('/metrics')).body.toString()
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_remaining 4$/m)
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_limit 100$/m)
+  })
+
+  test('with pulls to spare, tags are revalidated with HEAD only', async () => {
+    up.setRateLimit({ limit: 100, remaining: 80, window: 3600 })
+    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    up.addImage(REPO, 'plenty')
+    await mirror.get(`/v2/${REPO}/manifests/plenty`, { accept: ACCEPT })
+    await sleep(80)
+    up.reset()
+    await mirror.get(`/v2/${REPO}/manifests/plenty`, { accept: ACCEPT })
+    expect(registryRequests().map((r) => r.method)).toEqual(['HEAD'])
+  })
+
+  test('x-ratelimit-* headers are read too', async () => {
+    mirror = await startMirror({ upstream: up.url })
+    const image = up.addImage(REPO, 'xheaders')
+    up.fault(
+      { method: 'HEAD', path: `/v2/${REPO}/manifests/xheaders` },
+      {
+        kind: 'status',
+        status: 200,
+        headers: {
+          'docker-content-digest': image.manifestDigest,
+          'content-type': image.mediaType,
+          'content-length': String(image.manifest.length),
+          'x-ratelimit-limit': '40;w=3600',
+          'x-ratelimit-remaining': '39;w=3600',
+        },
+      },
+    )
+    expect((await mirror.get(`/v2/${REPO}/manifests/xheaders`, { accept: ACCEPT })).status).toBe(200)
+    const metrics = (await mirror.get('/metrics')).body.toString()
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_limit 40$/m)
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_remaining 39$/m)
+  })
+
+  test('freshness per pattern: latest stays fresh for its own window, other tags use the default', async () => {
+    mirror = await startMirror({
+      upstream: up.url,
+      config: {
+        cache: { tag_freshness: '50ms', tag_freshness_rules: [{ match: 'latest', freshness: '1h' }] },
+      },
+    })
+    up.addImage(REPO, 'latest')
+    up.addImage(REPO, '1.0')
+    await mirror.get(`/v2/${REPO}/manifests/latest`, { accept: ACCEPT })
+    await mirror.get(`/v2/${REPO}/manifests/1.0`, { accept: ACCEPT })
+    await sleep(80)
+    up.reset()
+    await mirror.get(`/v2/${REPO}/manifests/latest`, { accept: ACCEPT })
+    expect(registryRequests()).toHaveLength(0)
+    await mirror.get(`/v2/${REPO}/manifests/1.0`, { accept: ACCEPT })
+    expect(registryRequests().map((r) => `${r.method} ${r.path}`)).toEqual([`HEAD /v2/${REPO}/manifests/1.0`])
+  })
+
+  test('offline mode never contacts upstream: cached content is served, the rest fails at once', async () => {
+    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    const image = up.addImage(REPO, 'kept')
+    up.addImage(REPO, 'never')
+    await mirror.get(`/v2/${REPO}/manifests/kept`, { accept: ACCEPT })
+    for (const l of image.layers) await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)
+    await sleep(80)
+
+    const { reload } = mirror.server
+    const { loadConfig } = await import('../../src/config.js')
+    const base = {
+      PULLCACHE_LISTEN: '127.0.0.1:0',
+      PULLCACHE_DATA_DIR: mirror.dataDir,
+      PULLCACHE_UPSTREAM: up.url,
+    }
+    expect(
+      reload(loadConfig({ env: { ...base, PULLCACHE_TAG_FRESHNESS: '50ms', PULLCACHE_OFFLINE: 'true' } }))
+        .changed,
+    ).toEqual(['offline'])
+    up.reset()
+
+    const tag = await mirror.get(`/v2/${REPO}/manifests/kept`, { accept: ACCEPT })
+    expect(tag.status).toBe(200)
+    expect(tag.headers['x-pullcache-cache']).toBe('stale')
+    const head = await mirror.head(`/v2/${REPO}/manifests/kept`, { accept: ACCEPT })
+    expect(head.headers['x-pullcache-cache']).toBe('stale')
+    for (const l of image.layers) {
+      expect(sha256((await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)).body)).toBe(l.digest)
+    }
+    const started = Date.now()
+    const cold = await mirror.get(`/v2/${REPO}/manifests/never`, { accept: ACCEPT })
+    expect(cold.status).toBe(503)
+    expect(JSON.parse(cold.body.toString()).errors[0]).toMatchObject({
+      code: 'UNAVAILABLE',
+      message: 'pullcache is offline',
+    })
+    const coldBlob = await mirror.get(`/v2/${REPO}/blobs/${sha256(Buffer.from('x'))}`)
+    expect(coldBlob.status).toBe(503)
+    expect(Date.now() - started).toBeLessThan(1000)
+    expect(up.requests).toHaveLength(0)
+
+    // And back online without a restart.
+    reload(loadConfig({ env: { ...base, PULLCACHE_TAG_FRESHNESS: '50ms' } }))
+    expect((await mirror.get(`/v2/${REPO}/manifests/never`, { accept: ACCEPT })).status).toBe(200)
+  })
+
+  test('HEAD and tags/list are served stale too, and stale answers are counted', async () => {
+    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    up.addImage(REPO, 'counted')
+    await mirror.get(`/v2/${REPO}/manifests/counted`, { accept: ACCEPT })
+    await mirror.get(`/v2/${REPO}/tags/list`)
+    await sleep(80)
+    up.fault({ path: /./ }, { kind: 'status', status: 503 })
+    const head = await mirror.head(`/v2/${REPO}/manifests/counted`, { accept: ACCEPT })
+    expect(head.status).toBe(200)
+    expect(head.headers['x-pullcache-cache']).toBe('stale')
+    const list = await mirror.get(`/v2/${REPO}/tags/list`)
+    expect(list.status).toBe(200)
+    expect(list.headers['x-pullcache-cache']).toBe('stale')
+    const metrics = (await mirror.get('/metrics')).body.toString()
+    expect(metrics).toMatch(/pullcache_requests_total\{kind="manifest",method="HEAD",result="stale"\} 1/)
+    expect(metrics).toMatch(/pullcache_requests_total\{kind="tags",method="GET",result="stale"\} 1/)
+  })
+
+  test('DNS failures and timeouts are network failures (stale-if-error applies to them)', () => {
+    expect(networkFailure(Object.assign(new Error('getaddrinfo'), { code: 'ENOTFOUND' })).kind).toBe(
+      'NETWORK',
+    )
+    expect(networkFailure(Object.assign(new Error('x'), { code: 'EAI_AGAIN' })).kind).toBe('NETWORK')
+    expect(networkFailure(Object.assign(new Error('x'), { code: 'UND_ERR_HEADERS_TIMEOUT' })).kind).toBe(
+      'TIMEOUT',
+    )
+    expect(networkFailure(Object.assign(new Error('x'), { code: 'UND_ERR_CONNECT_TIMEOUT' })).kind).toBe(
+      'TIMEOUT',
+    )
+  })
+})
+
+describe('SIGHUP', () => {
+  let child: ChildProcess | undefined
+  afterEach(() => {
+    child?.kill('SIGKILL')
+  })
+
+  test('reloads the config file and applies the offline switch without a restart', async () => {
+    const up = await startFakeUpstream()
+    try {
+      const dir = await tmpRoot()
+      const file = join(dir, 'pullcache.json')
+      const write = (offline: boolean) =>
+        writeFile(
+          file,
+          JSON.stringify({
+            listen: '127.0.0.1:0',
+            data_dir: join(dir, 'data'),
+            offline,
+            upstream: { url: up.url },
+          }),
+        )
+      await write(false)
+      child = spawn('node', [join(import.meta.dirname, '../../dist/main.js'), 'serve', '--config', file], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      })
+      const lines: Record<string, unknown>[] = []
+      child.stdout!.setEncoding('utf8')
+      let buffer = ''
+      child.stdout!.on('data', (d: string) => {
+        buffer += d
+        let nl = buffer.indexOf('\n')
+        while (nl !== -1) {
+          lines.push(JSON.parse(buffer.slice(0, nl)) as Record<string, unknown>)
+          buffer = buffer.slice(nl + 1)
+          nl = buffer.indexOf('\n')
+        }
+      })
+      const waitFor = async (pred: () => boolean) => {
+        for (let i = 0; i < 200 && !pred(); i++) await sleep(25)
+        expect(pred()).toBe(true)
+      }
+      await waitFor(() => lines.some((l) => l.event === 'listening'))
+      const url = lines.find((l) => l.event === 'listening')!.url as string
+      up.addImage(REPO, 'hup')
+      await write(true)
+      child.kill('SIGHUP')
+      await waitFor(() => lines.some((l) => l.event === 'config.reloaded'))
+      expect(lines.find((l) => l.event === 'config.reloaded')).toMatchObject({ changed: ['offline'] })
+      up.reset()
+      const res = await request(`${url}/v2/${REPO}/manifests/hup`, { headers: { accept: ACCEPT } })
+      expect(res.statusCode).toBe(503)
+      await res.body.dump()
+      expect(up.requests).toHaveLength(0)
+      child.kill('SIGTERM')
+      const code = await new Promise((r) => child!.once('exit', r))
+      expect(code).toBe(0)
+    } finally {
+      await up.close()
+    }
+  })
+})
