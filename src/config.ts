@@ -36,26 +36,20 @@ export function parseSize(text: string): number | undefined {
   return Math.floor(Number(m[1]) * UNITS_BYTES[(m[2] ?? 'b').toLowerCase()]!)
 }
 
-const duration = z.string().transform((text, ctx) => {
-  const ms = parseDuration(text)
-  if (ms === undefined) {
-    ctx.addIssue({
-      code: 'custom',
-      message: `not a duration like "60s", "5m" or "500ms": ${JSON.stringify(text)}`,
-    })
-    return z.NEVER
-  }
-  return ms
-})
+/** A string in units, parsed by `parse`; `positive` refuses zero (a budget of 0 bytes is a typo). */
+function unitString(parse: (text: string) => number | undefined, example: string, positive = false) {
+  return z.string().transform((text, ctx) => {
+    const value = parse(text)
+    if (value === undefined || (positive && value <= 0)) {
+      ctx.addIssue({ code: 'custom', message: `not ${example}: ${JSON.stringify(text)}` })
+      return z.NEVER
+    }
+    return value
+  })
+}
 
-const size = z.string().transform((text, ctx) => {
-  const bytes = parseSize(text)
-  if (bytes === undefined) {
-    ctx.addIssue({ code: 'custom', message: `not a size like "64MiB" or "50GiB": ${JSON.stringify(text)}` })
-    return z.NEVER
-  }
-  return bytes
-})
+const duration = unitString(parseDuration, 'a duration like "60s", "5m" or "500ms"')
+const size = unitString(parseSize, 'a size like "64MiB" or "50GiB"')
 
 /** "host:port", ":port" or "[::1]:port". */
 const listen = z.string().transform((text, ctx) => {
@@ -112,31 +106,8 @@ const tagPattern = z.string().transform((text, ctx) => {
   return { text, test: compiled }
 })
 
-const nullableSize = z
-  .string()
-  .nullable()
-  .transform((text, ctx) => {
-    if (text === null) return null
-    const bytes = parseSize(text)
-    if (bytes === undefined || bytes <= 0) {
-      ctx.addIssue({ code: 'custom', message: `not a size like "50GiB": ${JSON.stringify(text)}` })
-      return z.NEVER
-    }
-    return bytes
-  })
-
-const nullableDuration = z
-  .string()
-  .nullable()
-  .transform((text, ctx) => {
-    if (text === null) return null
-    const ms = parseDuration(text)
-    if (ms === undefined || ms <= 0) {
-      ctx.addIssue({ code: 'custom', message: `not a duration like "30d": ${JSON.stringify(text)}` })
-      return z.NEVER
-    }
-    return ms
-  })
+const nullableSize = unitString(parseSize, 'a size like "50GiB"', true).nullable()
+const nullableDuration = unitString(parseDuration, 'a duration like "30d"', true).nullable()
 
 const schema = z.strictObject({
   listen: listen.prefault(':5000'),
@@ -178,7 +149,15 @@ const schema = z.strictObject({
       pins: z.array(tagPattern).prefault([]),
       eviction_interval: duration.prefault('1m'),
     })
-    .refine((c) => c.low_water < c.high_water, { message: 'low_water must be below high_water' })
+    .refine((c) => c.low_water < c.high_water, {
+      message: 'low_water must be below high_water',
+      path: ['low_water'],
+      // Checked even when other cache keys are wrong, so every problem is reported at once.
+      when: ({ value }) => {
+        const v = value as { low_water?: unknown; high_water?: unknown } | undefined
+        return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
+      },
+    })
     .prefault({}),
   index: z
     .strictObject({

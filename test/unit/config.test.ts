@@ -2,7 +2,14 @@ import { mkdtemp, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
-import { ConfigError, describeConfig, loadConfig, parseDuration, parseSize } from '../../src/config.js'
+import {
+  ConfigError,
+  compileTagPattern,
+  describeConfig,
+  loadConfig,
+  parseDuration,
+  parseSize,
+} from '../../src/config.js'
 
 async function file(content: unknown): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'pullcache-conf-'))
@@ -103,5 +110,44 @@ describe('config', () => {
     expect(parseSize('1.5GB')).toBe(1.5e9)
     expect(parseSize('1024')).toBe(1024)
     expect(parseSize('many')).toBeUndefined()
+  })
+
+  test('cache policy keys are checked: budgets, water marks, patterns', async () => {
+    const path = await file({
+      cache: {
+        max_size: '0',
+        high_water: 0.5,
+        low_water: 0.9,
+        pins: ['/[/'],
+        tag_freshness_rules: [{ match: 'x' }],
+      },
+    })
+    const text = problems(() => loadConfig({ file: path, env: {} })).join('\n')
+    expect(text).toContain('cache.max_size')
+    expect(text).toContain('low_water must be below high_water')
+    expect(text).toContain('cache.pins.0')
+    expect(text).toContain('cache.tag_freshness_rules.0.freshness')
+    const ok = loadConfig({
+      file: await file({
+        cache: { max_size: '50GiB', pins: ['library/postgres:16*'], max_unused_age: '30d' },
+      }),
+      env: {},
+    })
+    expect(ok.cache.max_size).toBe(50 * 2 ** 30)
+    expect(ok.cache.max_unused_age).toBe(30 * 86_400_000)
+    expect(describeConfig(ok)).toMatchObject({ cache: { pins: ['library/postgres:16*'] } })
+  })
+
+  test('tag patterns: tag globs, repo:tag globs, regular expressions', () => {
+    const t = (p: string, repo: string, tag: string) => compileTagPattern(p)!(repo, tag)
+    expect(t('latest', 'library/a', 'latest')).toBe(true)
+    expect(t('latest', 'library/a', 'latest2')).toBe(false)
+    expect(t('v*', 'x', 'v1.2')).toBe(true)
+    expect(t('library/*:*', 'library/alpine', '3.20')).toBe(true)
+    expect(t('library/*:*', 'bitnami/redis', '7')).toBe(false)
+    expect(t('**:latest', 'a/b/c', 'latest')).toBe(true)
+    expect(t('/^v?\\d+\\.\\d+\\.\\d+$/', 'x', 'v1.2.3')).toBe(true)
+    expect(t('/^v?\\d+\\.\\d+\\.\\d+$/', 'x', 'latest')).toBe(false)
+    expect(compileTagPattern('/[/')).toBeUndefined()
   })
 })
