@@ -10,6 +10,7 @@ import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import { type Context, Hono } from 'hono'
 import { RegistryError } from './errors.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
+import { healthRoutes } from './http/health.js'
 import {
   type ByteRange,
   parseDigest,
@@ -19,6 +20,7 @@ import {
   type Reference,
   type RepoName,
 } from './http/reference.js'
+import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import { type Fill, STREAM_CHUNK } from './mirror/blob-fill.js'
@@ -49,7 +51,7 @@ const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$
 
 export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
   const app = new Hono<Env>()
-  const dockerHub = mirror.upstream.isDockerHub
+  const libraryPrefix = mirror.upstream.libraryPrefix
 
   app.get('/metrics', async () => {
     const body = await metrics.registry.metrics()
@@ -57,6 +59,8 @@ export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
   })
 
   app.route(ADMIN_PREFIX, adminRoutes(mirror, admin))
+  app.route(ADMIN_PREFIX, healthRoutes(mirror, admin))
+  app.route('/', statusPageRoutes(mirror, admin))
 
   app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => c.json({}))
 
@@ -76,9 +80,9 @@ export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
     const m = ROUTE.exec(path)
     if (!m) throw new RegistryError('UNSUPPORTED', { path }, { status: 404, message: 'no such endpoint' })
     if (m[4] !== undefined) {
-      return tagList(c, mirror, parseName(m[4], dockerHub), method)
+      return tagList(c, mirror, parseName(m[4], libraryPrefix), method)
     }
-    const name = parseName(m[1]!, dockerHub)
+    const name = parseName(m[1]!, libraryPrefix)
     if (m[2] === 'manifests') return manifest(c, mirror, name, m[3]!, method)
     return blob(c, mirror, name, m[3]!, method)
   })

@@ -127,6 +127,9 @@ const schema = z.strictObject({
       // Below this many pulls left (Docker Hub's ratelimit-remaining), cached tags are served
       // without revalidation until the rate-limit window has passed.
       rate_limit_reserve: z.number().int().min(0).default(10),
+      // Docker Hub keeps official images under library/: a one-component name ("alpine") is
+      // asked for upstream as "library/alpine". Turn off for a registry with one-component names.
+      library_prefix: z.boolean().default(true),
     })
     .prefault({}),
   cache: z
@@ -211,7 +214,7 @@ const ENV_KEYS: Record<string, string> = {
 }
 
 const NUMERIC_KEYS = new Set(['upstream.max_concurrent_fetches', 'upstream.connections'])
-const BOOLEAN_KEYS = new Set(['log.access', 'offline'])
+const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix'])
 
 function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {
   const parts = dotted.split('.')

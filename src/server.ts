@@ -61,6 +61,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     maxConcurrentFetches: config.upstream.max_concurrent_fetches,
     rateLimitReserve: config.upstream.rate_limit_reserve,
     offline: config.offline,
+    libraryPrefix: config.upstream.library_prefix,
     log,
     metrics,
   })

@@ -21,7 +21,7 @@ export interface RepoName {
   readonly upstream: string
 }
 
-export function parseName(raw: string, dockerHub: boolean): RepoName {
+export function parseName(raw: string, libraryPrefix: boolean): RepoName {
   if (raw.length === 0 || raw.length > MAX_NAME) {
     throw new RegistryError('NAME_INVALID', { name: raw, reason: 'length must be 1 to 255' })
   }
@@ -35,7 +35,7 @@ export function parseName(raw: string, dockerHub: boolean): RepoName {
     }
   }
   // Docker Hub keeps official images under library/; "alpine" and "library/alpine" are one repo.
-  const upstream = dockerHub && parts.length === 1 ? `library/${raw}` : raw
+  const upstream = libraryPrefix && parts.length === 1 ? `library/${raw}` : raw
   return { client: raw, upstream }
 }
 

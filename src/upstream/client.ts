@@ -31,12 +31,6 @@ export const MANIFEST_TYPES = [
   'application/vnd.docker.distribution.manifest.v2+json',
 ] as const
 
-const DOCKER_HUB_HOSTS = new Set([
-  'registry-1.docker.io',
-  'index.docker.io',
-  'docker.io',
-  'registry.hub.docker.com',
-])
 const USER_AGENT = 'pullcache/0.1'
 /** Error bodies we read to report upstream's message; anything longer is cut. */
 const MAX_ERROR_BODY = 16 * 1024
@@ -56,6 +50,8 @@ export interface UpstreamOptions {
   rateLimitReserve: number
   /** Never contact upstream: every request fails at once with kind OFFLINE. */
   offline: boolean
+  /** One-component repository names get Docker Hub's library/ prefix upstream. */
+  libraryPrefix: boolean
   log: Logger
   metrics: Metrics
 }
@@ -72,7 +68,20 @@ export interface UpstreamErrorNote {
 const RECENT_ERRORS = 20
 
 /** What a request upstream is for, as the metrics label it. */
-type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn'
+type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn' | 'ping'
+
+/** How long a ping's answer is reused: readiness probes every few seconds must not reach Hub. */
+const PING_CACHE_MS = 10_000
+
+/** Whether upstream's API root answered, as the readiness check reports it. */
+export interface PingResult {
+  reachable: boolean
+  /** The status upstream answered, undefined when none came. */
+  status: number | undefined
+  detail: string
+  /** When the request that gave this answer finished, ms since epoch. */
+  at: number
+}
 
 export interface RateLimit {
   limit: number
@@ -105,7 +114,8 @@ export class Upstream {
   readonly origin: URL
   /** Key for this upstream in the index: its host (and port when not the default). */
   readonly registry: string
-  readonly isDockerHub: boolean
+  /** One-component repository names get Docker Hub's library/ prefix upstream. */
+  readonly libraryPrefix: boolean
   /** Caps concurrent blob downloads; each fill holds a slot until its body has settled. */
   readonly fetchLimit: LimitFunction
   rateLimit: RateLimit | undefined
@@ -120,11 +130,12 @@ export class Upstream {
   private readonly metrics: Metrics
   private unwellUntil = 0
   private readonly errors: UpstreamErrorNote[] = []
+  private lastPing: { result: Promise<PingResult>; until: number } | undefined
 
   constructor(opts: UpstreamOptions) {
     this.origin = new URL(opts.url)
     this.registry = this.origin.host
-    this.isDockerHub = DOCKER_HUB_HOSTS.has(this.origin.hostname)
+    this.libraryPrefix = opts.libraryPrefix
     this.credentials = opts.credentials
     this.log = opts.log
     this.metrics = opts.metrics
@@ -177,6 +188,41 @@ export class Upstream {
   /** Ends every upstream connection, including requests still waiting on a slow upstream. */
   async close(): Promise<void> {
     await this.agent.destroy()
+  }
+
+  /**
+   * GET /v2/ without credentials: 200 or 401 (a registry asking for a token) means upstream
+   * answers. One request at a time, and its answer is reused for PING_CACHE_MS after it came.
+   * Never throws; offline on purpose is reported as unreachable without asking.
+   */
+  ping(now = Date.now()): Promise<PingResult> {
+    if (this.offline) {
+      return Promise.resolve({ reachable: false, status: undefined, detail: 'offline', at: now })
+    }
+    // While a ping is in flight `until` is infinite, so every caller shares it.
+    if (this.lastPing && now < this.lastPing.until) return this.lastPing.result
+    const entry = { result: this.sendPing(), until: Number.POSITIVE_INFINITY }
+    this.lastPing = entry
+    void entry.result.then((r) => {
+      entry.until = r.at + PING_CACHE_MS
+    })
+    return entry.result
+  }
+
+  private async sendPing(): Promise<PingResult> {
+    const url = new URL('/v2/', this.origin)
+    try {
+      // raw(): counted in metrics, and a network failure is noted like any other.
+      const res = await this.raw('ping', 'GET', url, {})
+      await res.body.dump()
+      const reachable = res.statusCode === 200 || res.statusCode === 401
+      const detail = reachable
+        ? `${url.href} answered ${res.statusCode}`
+        : `${url.href} answered ${res.statusCode}, expected 200 or 401`
+      return { reachable, status: res.statusCode, detail, at: Date.now() }
+    } catch (err) {
+      return { reachable: false, status: undefined, detail: `${url.href}: ${(err as Error).message}`, at: Date.now() }
+    }
   }
 
   // --- the registry API --------------------------------------------------------------------

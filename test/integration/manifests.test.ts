@@ -63,7 +63,7 @@ describe('manifests and tags', () => {
     expect(up.requests).toHaveLength(0)
   })
 
-  test('by digest: served from the store with zero upstream requests; short names normalise only for Docker Hub', async () => {
+  test('by digest: served from the store with zero upstream requests', async () => {
     mirror = await startMirror({ upstream: up.url })
     const image = up.addImage(REPO, 'v2')
     const first = await mirror.get(`/v2/${REPO}/manifests/${image.manifestDigest}`)
@@ -157,6 +157,19 @@ describe('manifests and tags', () => {
     const res = await mirror.get(`/v2/${REPO}/manifests/doomed`, { accept: ALL_TYPES })
     expect(res.status).toBe(404)
     expect(JSON.parse(res.body.toString()).errors[0].code).toBe('MANIFEST_UNKNOWN')
+  })
+
+  test('a one-component name is library/<name> upstream, unless upstream.library_prefix is off', async () => {
+    mirror = await startMirror({ upstream: up.url })
+    const image = up.addImage(REPO, 'short')
+    const res = await mirror.get('/v2/app/manifests/short', { accept: ALL_TYPES })
+    expect(res.status).toBe(200)
+    expect(res.headers['docker-content-digest']).toBe(image.manifestDigest)
+    await mirror.close()
+    mirror = await startMirror({ upstream: up.url, config: { upstream: { library_prefix: false } } })
+    up.reset()
+    expect((await mirror.get('/v2/app/manifests/short', { accept: ALL_TYPES })).status).toBe(404)
+    expect(up.requests.some((r) => r.path === '/v2/app/manifests/short')).toBe(true)
   })
 
   test('a manifest whose bytes do not hash to the digest is refused, never stored or served', async () => {
