@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs'
 import { CliExit, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './cli/args.js'
 import { gc } from './cli/gc.js'
 import { serve } from './cli/serve.js'
+import { stats } from './cli/stats.js'
 
 const VERSION = (
   JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -13,6 +14,7 @@ const VERSION = (
 
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<number>; summary: string }> = {
   serve: { run: serve, summary: 'run the mirror' },
+  stats: { run: stats, summary: 'hit rates, bytes saved and pulls avoided, from the index' },
   gc: { run: gc, summary: 'remove what the eviction policy says should go (--dry-run to list it)' },
 }
 

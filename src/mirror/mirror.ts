@@ -230,7 +230,10 @@ export class Mirror {
           throw new UpstreamError('SERVER', `HEAD manifest ${digest}: no Content-Length`)
         return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
       }
-      return answer(await this.fetchManifest(name, digest), 'miss')
+      // Joining another request's GET: served from its download, like a coalesced blob, and
+      // not a Docker Hub pull of its own (stats count pulls avoided from this).
+      const joined = this.flights.has(`manifest\0${digest}`)
+      return answer(await this.fetchManifest(name, digest), joined ? 'coalesced' : 'miss')
     } catch (err) {
       throw asRegistryError(err, 'MANIFEST_UNKNOWN')
     }
@@ -259,11 +262,13 @@ export class Mirror {
     } else {
       try {
         // One revalidation per tag at a time: its HEAD, and its GET when the digest is new.
-        const revalidation = this.flight(`tag\0${name.upstream}\0${tag}\0${method}`, () =>
-          this.revalidate(name, tag, method, known?.digest),
-        )
+        const key = `tag\0${name.upstream}\0${tag}\0${method}`
+        const joined = this.flights.has(key)
+        const revalidation = this.flight(key, () => this.revalidate(name, tag, method, known?.digest))
         // With a cached copy in hand, do not wait on a slow upstream for long.
         found = known && cached ? await deadline(revalidation, this.revalidateTimeoutMs) : await revalidation
+        // The leader's download served this request too (see manifestByDigest).
+        if (joined && found.cache === 'miss') found = { ...found, cache: 'coalesced' }
       } catch (err) {
         if (err instanceof UpstreamError && err.kind === 'NOT_FOUND') {
           // Upstream says the tag is gone; so is our mapping. Not a failure to hide.

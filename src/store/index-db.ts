@@ -198,14 +198,24 @@ export class IndexDb {
   private pending: Pending = emptyPending()
   private readonly stmt: ReturnType<typeof prepare>
 
-  constructor(path: string) {
-    this.db = new Database(path)
-    // WAL lets readers go on while a flush writes; NORMAL sync is durable across process crashes
-    // and the store can always be reconciled from the files after a power loss.
-    this.db.pragma('journal_mode = WAL')
-    this.db.pragma('synchronous = NORMAL')
-    this.db.pragma('busy_timeout = 5000')
-    migrate(this.db)
+  /**
+   * `readonly` is for commands that only look (stats) while a server may be writing: the file
+   * must exist, it is never created or migrated, and the buffered writes must not be used.
+   */
+  constructor(path: string, opts: { readonly?: boolean } = {}) {
+    if (opts.readonly) {
+      this.db = new Database(path, { readonly: true, fileMustExist: true })
+      this.db.pragma('busy_timeout = 5000')
+      checkVersion(this.db)
+    } else {
+      this.db = new Database(path)
+      // WAL lets readers go on while a flush writes; NORMAL sync is durable across process crashes
+      // and the store can always be reconciled from the files after a power loss.
+      this.db.pragma('journal_mode = WAL')
+      this.db.pragma('synchronous = NORMAL')
+      this.db.pragma('busy_timeout = 5000')
+      migrate(this.db)
+    }
     this.stmt = prepare(this.db)
   }
 
@@ -290,6 +300,29 @@ export class IndexDb {
 
   setTagList(registry: string, repo: string, query: string, body: Buffer, link: string | null): void {
     this.stmt.setTagList.run(registry, repo, query, body, link, Date.now())
+  }
+
+  // --- whole-store passes (verify, export) ------------------------------------------------
+
+  /** Every stored manifest's digest; callers read the bodies one at a time with getManifest. */
+  manifestDigests(): string[] {
+    return this.stmt.manifestDigests.pluck().all() as string[]
+  }
+
+  /**
+   * Forgets a manifest whose stored bytes are bad, with the references recorded from it. Tags
+   * pointing at it stay, as for a tag seen only by HEAD: the next pull fetches it again.
+   */
+  deleteManifest(digest: string): void {
+    this.db.transaction(() => {
+      this.stmt.deleteManifestRefs.run(digest)
+      this.stmt.deleteManifest.run(digest)
+    })()
+  }
+
+  /** Every tag recorded for one upstream registry. */
+  tagsOf(registry: string): { repo: string; tag: string; digest: string; media_type: string }[] {
+    return this.stmt.tagsOf.all(registry) as ReturnType<IndexDb['tagsOf']>
   }
 
   // --- buffered, per-request writes --------------------------------------------------------
@@ -451,6 +484,18 @@ function emptyPending(): Pending {
   return { blobs: new Map(), manifests: new Map(), tags: new Map(), links: new Map(), accounting: new Map() }
 }
 
+/** A read-only connection cannot migrate, so it only accepts the schema this pullcache writes. */
+function checkVersion(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number
+  if (current !== MIGRATIONS.length) {
+    throw new Error(
+      current > MIGRATIONS.length
+        ? `index schema version ${current} is newer than this pullcache knows (${MIGRATIONS.length})`
+        : `index schema version ${current} is older than this pullcache's (${MIGRATIONS.length}); start pullcache serve once to migrate it`,
+    )
+  }
+}
+
 function migrate(db: Database.Database): void {
   const current = db.pragma('user_version', { simple: true }) as number
   if (current > MIGRATIONS.length) {
@@ -535,6 +580,12 @@ function prepare(db: Database.Database) {
          bytes_cache = bytes_cache + excluded.bytes_cache,
          bytes_upstream = bytes_upstream + excluded.bytes_upstream,
          pulls_avoided = pulls_avoided + excluded.pulls_avoided`,
+    ),
+    manifestDigests: db.prepare('SELECT digest FROM manifests ORDER BY digest'),
+    deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
+    deleteManifestRefs: db.prepare('DELETE FROM manifest_refs WHERE manifest = ?'),
+    tagsOf: db.prepare(
+      'SELECT repo, tag, digest, media_type FROM tags WHERE registry = ? ORDER BY repo, tag',
     ),
     totals: db.prepare(
       `SELECT kind, method, result, sum(requests) AS requests, sum(bytes_cache) AS bytes_cache,

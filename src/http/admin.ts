@@ -1,0 +1,61 @@
+// pullcache's own endpoints under /_pullcache/, apart from the registry API: a name outside /v2/
+// can never collide with a repository. Errors are thrown as RegistryError and rendered by the
+// parent app, so they are OCI JSON like every other error.
+
+import { Hono } from 'hono'
+import type { Config } from '../config.js'
+import { parseDuration } from '../config.js'
+import { RegistryError } from '../errors.js'
+import type { Mirror } from '../mirror/mirror.js'
+import { budgetBytes, liveUpstream, type StatsReport, statsReport } from '../mirror/stats-report.js'
+import type { IndexDb } from '../store/index-db.js'
+
+export const ADMIN_PREFIX = '/_pullcache'
+
+export interface AdminDeps {
+  index: IndexDb
+  config: Config
+}
+
+/** The stats document of the running server; `since` in ms since epoch. */
+export function serverStats(mirror: Mirror, deps: AdminDeps, startedAt: number, since?: number): StatsReport {
+  const now = Date.now()
+  return statsReport({
+    index: deps.index,
+    since,
+    budgetBytes: budgetBytes(deps.config),
+    upstream: liveUpstream(mirror),
+    uptimeSeconds: Math.floor((now - startedAt) / 1000),
+    now,
+  })
+}
+
+/** Routes to mount at ADMIN_PREFIX. */
+export function adminRoutes(mirror: Mirror, deps: AdminDeps): Hono {
+  // The app is made once per server, as it starts.
+  const startedAt = Date.now()
+  const admin = new Hono()
+
+  admin.get('/stats', (c) => {
+    const since = sinceParam(c.req.query('since'))
+    const report = serverStats(mirror, deps, startedAt, since === undefined ? undefined : Date.now() - since)
+    // Numbers of this moment: no cache between here and whoever polls them.
+    return c.json(report, 200, { 'Cache-Control': 'no-store' })
+  })
+
+  return admin
+}
+
+/** `since=24h`: a duration back from now, in ms; undefined when absent. */
+function sinceParam(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined
+  const ms = parseDuration(value)
+  if (ms === undefined) {
+    throw new RegistryError(
+      'UNSUPPORTED',
+      { parameter: 'since', value, expected: 'a duration like "30m", "24h" or "7d"' },
+      { status: 400, message: 'invalid query parameter: since' },
+    )
+  }
+  return ms
+}
