@@ -10,6 +10,7 @@ import { BlobStore } from '../store/blob-store.js'
 import { type EvictionPlan, Evictor, policyFrom } from '../store/eviction.js'
 import { IndexDb } from '../store/index-db.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, parseCommand } from './args.js'
+import { humanBytes } from './human-bytes.js'
 
 export const GC_USAGE = `Usage: pullcache gc [options]
 
@@ -81,7 +82,7 @@ function print(
   const lines: string[] = []
   for (const b of plan.blobs) {
     lines.push(
-      `blob      ${b.digest}  ${human(b.size).padStart(10)}  ${b.reason}  last used ${iso(b.lastAccess)}`,
+      `blob      ${b.digest}  ${humanBytes(b.size).padStart(10)}  ${b.reason}  last used ${iso(b.lastAccess)}`,
     )
   }
   for (const m of plan.manifests) lines.push(`manifest  ${m.digest}  last used ${iso(m.lastAccess)}`)
@@ -94,23 +95,12 @@ function print(
     tags: plan.tags.length,
   }
   lines.push(
-    `${verb} ${human(count.bytes)} (${count.bytes} bytes): ${count.blobs} blobs, ${count.manifests} manifests, ${count.tags} tags; ` +
-      `store ${human(plan.storeBytes)} -> ${human(plan.storeBytes - count.bytes)}; ${plan.pinned} pinned digests kept`,
+    `${verb} ${humanBytes(count.bytes)} (${count.bytes} bytes): ${count.blobs} blobs, ${count.manifests} manifests, ${count.tags} tags; ` +
+      `store ${humanBytes(plan.storeBytes)} -> ${humanBytes(plan.storeBytes - count.bytes)}; ${plan.pinned} pinned digests kept`,
   )
   process.stdout.write(`${lines.join('\n')}\n`)
 }
 
 function iso(ms: number): string {
   return new Date(ms).toISOString()
-}
-
-export function human(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let value = bytes
-  let unit = 0
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024
-    unit++
-  }
-  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`
 }
