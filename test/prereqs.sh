@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pullcache's tests need on Debian or Ubuntu: a real upstream registry
 # (distribution, Debian package docker-registry), real clients (skopeo, dockerd from docker.io,
-# containerd's ctr), and the build tools for better-sqlite3's native addon.
+# containerd's ctr), a browser for the status page's test (chromium), and the build tools for
+# better-sqlite3's native addon.
 # Packages already present are not installed again; nothing is downloaded from outside the
 # distribution's archive.
 set -euo pipefail
@@ -11,6 +12,8 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v containerd >/dev/null || need+=(containerd)
+# The status page's browser test (test/e2e/status-page.test.ts) drives Debian's chromium.
+command -v chromium >/dev/null || need+=(chromium)
 command -v openssl >/dev/null || need+=(openssl)
 command -v make >/dev/null || need+=(make)
 command -v g++ >/dev/null || need+=(g++)

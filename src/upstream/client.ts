@@ -221,7 +221,12 @@ export class Upstream {
         : `${url.href} answered ${res.statusCode}, expected 200 or 401`
       return { reachable, status: res.statusCode, detail, at: Date.now() }
     } catch (err) {
-      return { reachable: false, status: undefined, detail: `${url.href}: ${(err as Error).message}`, at: Date.now() }
+      return {
+        reachable: false,
+        status: undefined,
+        detail: `${url.href}: ${(err as Error).message}`,
+        at: Date.now(),
+      }
     }
   }
 

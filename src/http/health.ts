@@ -1,0 +1,98 @@
+// Liveness and readiness for process supervisors and load balancers. healthz says only that the
+// process answers HTTP; readyz says whether a pull can succeed now: the store takes writes, the
+// index answers, and upstream answers (or is not meant to be asked: offline on purpose, when the
+// cache alone serves). No check may hang a probe, so each has a deadline.
+
+import { randomBytes } from 'node:crypto'
+import { rm, writeFile } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
+import { Hono } from 'hono'
+import type { Mirror } from '../mirror/mirror.js'
+import { VERSION } from '../version.js'
+import type { AdminDeps } from './admin.js'
+
+/** Longest a readiness check may take before it counts as failed. */
+export const CHECK_DEADLINE_MS = 3_000
+
+export interface Check {
+  ok: boolean
+  detail: string
+}
+
+export interface Readiness {
+  ready: boolean
+  checks: { store: Check; index: Check; upstream: Check }
+}
+
+/** Routes to mount at ADMIN_PREFIX. */
+export function healthRoutes(mirror: Mirror, deps: AdminDeps): Hono {
+  // The app is made once per server, as it starts.
+  const startedAt = Date.now()
+  // BlobStore's tmp/: where fills are written, so the directory whose writability matters.
+  const tmpDir = join(resolve(deps.config.data_dir), 'tmp')
+  const health = new Hono()
+
+  health.get('/healthz', (c) =>
+    c.json(
+      { status: 'ok', version: VERSION, uptime_seconds: Math.floor((Date.now() - startedAt) / 1000) },
+      200,
+      { 'Cache-Control': 'no-store' },
+    ),
+  )
+
+  health.get('/readyz', async (c) => {
+    const [store, index, upstream] = await Promise.all([
+      deadline(checkStore(tmpDir)),
+      deadline(checkIndex(deps)),
+      deadline(checkUpstream(mirror)),
+    ])
+    const ready = store.ok && index.ok && upstream.ok
+    const body: Readiness = { ready, checks: { store, index, upstream } }
+    return c.json(body, ready ? 200 : 503, { 'Cache-Control': 'no-store' })
+  })
+
+  return health
+}
+
+/** Creates, writes and removes a small file where blobs are written; no fsync, it is a probe. */
+async function checkStore(tmpDir: string): Promise<Check> {
+  // Not a fill's name (<hex>.<random>.part), and tmp/ is emptied at start should one be left.
+  const probe = join(tmpDir, `readyz.${randomBytes(6).toString('hex')}.probe`)
+  try {
+    await writeFile(probe, 'pullcache readiness probe\n', { flag: 'wx' })
+    await rm(probe)
+    return { ok: true, detail: `${tmpDir} is writable` }
+  } catch (err) {
+    await rm(probe, { force: true }).catch(() => {})
+    return { ok: false, detail: `${tmpDir} is not writable: ${(err as Error).message}` }
+  }
+}
+
+/** Reads the schema version: a query that reaches the database file, yet costs nothing. */
+async function checkIndex(deps: AdminDeps): Promise<Check> {
+  try {
+    return { ok: true, detail: `open, schema version ${deps.index.schemaVersion}` }
+  } catch (err) {
+    return { ok: false, detail: `index query failed: ${(err as Error).message}` }
+  }
+}
+
+async function checkUpstream(mirror: Mirror): Promise<Check> {
+  // Offline on purpose means the cache alone serves: ready, since that is what was asked for.
+  if (mirror.offline) return { ok: true, detail: 'offline on purpose' }
+  const ping = await mirror.upstream.ping()
+  // Offline may have been switched on while the ping was out.
+  if (mirror.offline) return { ok: true, detail: 'offline on purpose' }
+  return { ok: ping.reachable, detail: ping.detail }
+}
+
+function deadline(check: Promise<Check>): Promise<Check> {
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<Check>((r) => {
+    timer = setTimeout(
+      () => r({ ok: false, detail: `no answer within ${CHECK_DEADLINE_MS / 1000} s` }),
+      CHECK_DEADLINE_MS,
+    )
+  })
+  return Promise.race([check, late]).finally(() => clearTimeout(timer))
+}
