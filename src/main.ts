@@ -4,9 +4,14 @@
 
 import { readFileSync } from 'node:fs'
 import { CliExit, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './cli/args.js'
+import { configCommand } from './cli/config-check.js'
+import { exportArchive } from './cli/export.js'
 import { gc } from './cli/gc.js'
+import { importArchiveCommand } from './cli/import.js'
+import { prefetch } from './cli/prefetch.js'
 import { serve } from './cli/serve.js'
 import { stats } from './cli/stats.js'
+import { verify } from './cli/verify.js'
 
 const VERSION = (
   JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
@@ -16,6 +21,14 @@ const COMMANDS: Record<string, { run: (args: string[]) => Promise<number>; summa
   serve: { run: serve, summary: 'run the mirror' },
   stats: { run: stats, summary: 'hit rates, bytes saved and pulls avoided, from the index' },
   gc: { run: gc, summary: 'remove what the eviction policy says should go (--dry-run to list it)' },
+  config: {
+    run: configCommand,
+    summary: 'config check: validate the configuration and print it, secrets masked',
+  },
+  verify: { run: verify, summary: 're-hash the store and compare it with the index (--repair to fix)' },
+  prefetch: { run: prefetch, summary: 'warm the cache from image references, Compose or Kubernetes files' },
+  export: { run: exportArchive, summary: 'write cached images to an archive for an air-gapped pullcache' },
+  import: { run: importArchiveCommand, summary: 'load an archive written by export, verifying every digest' },
 }
 
 function usage(): string {

@@ -1,0 +1,54 @@
+// `pullcache config check`: load the config exactly as serve would (embedded defaults, the file,
+// PULLCACHE_* environment variables, flags) and print the result with secrets masked, or every
+// problem at once with its path. Meant for deploy scripts and for "why does serve not start".
+
+import { ConfigError, describeConfig, loadConfig } from '../config.js'
+import { CliExit, CONFIG_FLAGS, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
+
+export const CONFIG_USAGE = `Usage: pullcache config check [options]
+
+Validates the configuration the way pullcache serve loads it: the embedded defaults, the JSON
+file, then PULLCACHE_* environment variables, then these flags. Prints the effective
+configuration as JSON (durations in milliseconds, sizes in bytes, the password masked), or
+every problem with its path.
+
+  --config FILE          JSON config file (default: embedded defaults; env PULLCACHE_CONFIG)
+  --data-dir DIR         as serve --data-dir
+  --upstream URL         as serve --upstream
+
+Exit status: 0 valid; 2 invalid (every problem is printed) or bad usage.
+`
+
+export async function configCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, CONFIG_FLAGS, CONFIG_USAGE)
+  if (values.help) {
+    process.stdout.write(CONFIG_USAGE)
+    return EXIT_OK
+  }
+  const [sub, ...extra] = positionals
+  if (sub !== 'check') {
+    const what = sub === undefined ? 'missing subcommand' : `unknown subcommand ${JSON.stringify(sub)}`
+    throw new CliExit(EXIT_USAGE, `config: ${what}\n\n${CONFIG_USAGE}`)
+  }
+  if (extra.length > 0) {
+    throw new CliExit(EXIT_USAGE, `config check: unexpected argument ${JSON.stringify(extra[0])}`)
+  }
+  const flags: Record<string, string | undefined> = {
+    data_dir: values['data-dir'] as string | undefined,
+    'upstream.url': values.upstream as string | undefined,
+  }
+  const file = (values.config as string | undefined) ?? process.env.PULLCACHE_CONFIG
+  try {
+    const config = loadConfig({ file, flags })
+    process.stdout.write(`${JSON.stringify(describeConfig(config), null, 2)}\n`)
+    return EXIT_OK
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    const from = file === undefined || file === '' ? 'the environment' : `${file} with the environment`
+    const count = `${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}`
+    throw new CliExit(
+      EXIT_USAGE,
+      `invalid configuration (${from}), ${count}:\n  ${err.problems.join('\n  ')}`,
+    )
+  }
+}
