@@ -15,7 +15,8 @@ const REPO = 'library/evict'
 async function storedDigests(dataDir: string): Promise<string[]> {
   const root = join(dataDir, 'blobs', 'sha256')
   const out: string[] = []
-  for (const prefix of await readdir(root)) for (const f of await readdir(join(root, prefix))) out.push(`sha256:${f}`)
+  for (const prefix of await readdir(root))
+    for (const f of await readdir(join(root, prefix))) out.push(`sha256:${f}`)
   return out.sort()
 }
 
@@ -44,7 +45,7 @@ describe('eviction', () => {
     for (let wave = 0; wave < 3; wave++) {
       const batch = digests.slice(wave * 4, wave * 4 + 4)
       const bodies = await Promise.all(batch.map((d) => mirror!.get(`/v2/${REPO}/blobs/${d}`)))
-      bodies.forEach((b, i) => expect(sha256(b.body)).toBe(batch[i]))
+      for (const [i, b] of bodies.entries()) expect(sha256(b.body)).toBe(batch[i])
     }
     await mirror.server.evictor.idle()
     await mirror.server.evictor.run()
@@ -93,11 +94,18 @@ describe('eviction', () => {
     expect(res.headers['x-pullcache-cache']).toBe('hit')
     const iterator = res.body[Symbol.asyncIterator]()
     const first = await iterator.next()
-    mirror.server.evictor.setPolicy({ maxSize: 1024 * 1024, highWater: 0.95, lowWater: 0.85, maxUnusedAgeMs: null, pins: [] })
+    mirror.server.evictor.setPolicy({
+      maxSize: 1024 * 1024,
+      highWater: 0.95,
+      lowWater: 0.85,
+      maxUnusedAgeMs: null,
+      pins: [],
+    })
     const result = await mirror.server.evictor.run()
     expect(result.skippedInUse).toBe(1)
     const chunks: Buffer[] = [first.value as Buffer]
-    for (let next = await iterator.next(); !next.done; next = await iterator.next()) chunks.push(next.value as Buffer)
+    for (let next = await iterator.next(); !next.done; next = await iterator.next())
+      chunks.push(next.value as Buffer)
     expect(sha256(Buffer.concat(chunks))).toBe(digest)
     // Once nobody reads it, the next run takes it.
     await new Promise((r) => setTimeout(r, 50))
@@ -117,7 +125,18 @@ describe('eviction', () => {
     await new Promise((r) => setTimeout(r, 20))
 
     const dry = JSON.parse(
-      (await run('node', [CLI, 'gc', '--dry-run', '--json', '--data-dir', dataDir, '--max-unused-age', '10ms'])).stdout,
+      (
+        await run('node', [
+          CLI,
+          'gc',
+          '--dry-run',
+          '--json',
+          '--data-dir',
+          dataDir,
+          '--max-unused-age',
+          '10ms',
+        ])
+      ).stdout,
     )
     expect(dry.dry_run).toBe(true)
     const planned = dry.plan.blobs.map((b: { digest: string }) => b.digest).sort()
@@ -151,6 +170,8 @@ describe('eviction', () => {
     mirror = undefined
     const { stdout } = await run('node', [CLI, 'gc', '--data-dir', dataDir])
     expect(stdout).toContain('freed 0 B')
-    await expect(run('node', [CLI, 'gc', '--data-dir', join(dataDir, 'nope')])).rejects.toMatchObject({ code: 1 })
+    await expect(run('node', [CLI, 'gc', '--data-dir', join(dataDir, 'nope')])).rejects.toMatchObject({
+      code: 1,
+    })
   })
 })
