@@ -37,7 +37,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const root = resolve(config.data_dir)
   await mkdir(root, { recursive: true })
   const store = new BlobStore(root)
-  const { removedTemp } = await store.open()
+  const unlock = store.lock()
+  const { removedTemp } = await store.open().catch((err: unknown) => {
+    unlock()
+    throw err
+  })
   const index = new IndexDb(join(root, 'index.db'))
   const reconciled = await reconcile(store, index)
   log.info('store.opened', {
@@ -202,6 +206,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await evictor.idle()
       await upstream.close().catch(() => {})
       index.close()
+      unlock()
       log.info('stopped', {})
     })()
     return closing
