@@ -94,7 +94,12 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   })
   metrics.sources.storeBudget = () => evictor?.budget ?? 0
   watchGauges(metrics, mirror, index)
-  const app = createApp({ mirror, log, metrics, admin: { index, config } })
+  const app = createApp({
+    mirror,
+    log,
+    metrics,
+    admin: { index, config, budget: () => evictor?.budget ?? null },
+  })
   const listener = getRequestListener(app.fetch)
 
   const server = createServer((req, res) => {

@@ -15,6 +15,8 @@ export const ADMIN_PREFIX = '/_pullcache'
 export interface AdminDeps {
   index: IndexDb
   config: Config
+  /** The budget in force now: a SIGHUP may have changed it since the server started. */
+  budget?: () => number | null
 }
 
 /** The stats document of the running server; `since` in ms since epoch. */
@@ -23,7 +25,7 @@ export function serverStats(mirror: Mirror, deps: AdminDeps, startedAt: number, 
   return statsReport({
     index: deps.index,
     since,
-    budgetBytes: budgetBytes(deps.config),
+    budgetBytes: deps.budget ? deps.budget() : budgetBytes(deps.config),
     upstream: liveUpstream(mirror),
     uptimeSeconds: Math.floor((now - startedAt) / 1000),
     now,
