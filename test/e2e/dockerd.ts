@@ -156,7 +156,10 @@ export async function startDockerd(options: DockerdOptions): Promise<Dockerd> {
   }
 }
 
-async function startContainerd(binary: string, dir: string): Promise<{ socket: string; daemon: Daemon }> {
+export async function startContainerd(
+  binary: string,
+  dir: string,
+): Promise<{ socket: string; daemon: Daemon }> {
   await mkdir(dir, { recursive: true })
   const socket = join(dir, 'containerd.sock')
   const config = join(dir, 'config.toml')
@@ -208,7 +211,7 @@ function ping(socketPath: string): Promise<boolean> {
 }
 
 /** dockerd and its containerd may leave mounts (shm, netns) under their dirs; rm -rf cannot cross them. */
-async function unmountUnder(dir: string): Promise<void> {
+export async function unmountUnder(dir: string): Promise<void> {
   const mounts = await readFile('/proc/self/mounts', 'utf8').catch(() => '')
   const points = mounts
     .split('\n')
