@@ -79,6 +79,15 @@ export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
     }
     const m = ROUTE.exec(path)
     if (!m) throw new RegistryError('UNSUPPORTED', { path }, { status: 404, message: 'no such endpoint' })
+    // containerd names the registry it means in ?ns=. Answering for another registry would
+    // serve Docker Hub's image of the same name; a 404 sends containerd to its next host.
+    const ns = new URL(c.req.url).searchParams.get('ns')
+    if (ns !== null && !servesNamespace(ns, mirror)) {
+      throw new RegistryError('NAME_UNKNOWN', {
+        ns,
+        reason: `pullcache mirrors ${mirror.upstream.libraryPrefix ? 'docker.io' : mirror.registry} only`,
+      })
+    }
     if (m[4] !== undefined) {
       return tagList(c, mirror, parseName(m[4], libraryPrefix), method)
     }
@@ -103,6 +112,24 @@ export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
   })
 
   return app
+}
+
+const DOCKER_HUB_NAMES = new Set([
+  'docker.io',
+  'index.docker.io',
+  'registry-1.docker.io',
+  'registry.hub.docker.com',
+])
+
+function servesNamespace(ns: string, mirror: Mirror): boolean {
+  const name = ns.toLowerCase()
+  const upstream = mirror.upstream.origin
+  return (
+    name === upstream.host ||
+    name === upstream.hostname ||
+    // A Docker Hub mirror (library/ names) answers for docker.io whatever host it pulls from.
+    (mirror.upstream.libraryPrefix && DOCKER_HUB_NAMES.has(name))
+  )
 }
 
 function render(c: Context, err: RegistryError): Response {

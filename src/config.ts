@@ -114,6 +114,8 @@ const schema = z.strictObject({
   data_dir: z.string().min(1).default('./data'),
   // Never contact upstream; uncached requests fail at once. Switchable at run time (SIGHUP).
   offline: z.boolean().default(false),
+  // On SIGTERM: how long responses in flight may take to finish before connections are cut.
+  shutdown_grace: duration.prefault('10s'),
   upstream: z
     .strictObject({
       url: upstreamUrl.prefault(DOCKER_HUB),

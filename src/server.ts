@@ -149,14 +149,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     const changed: string[] = []
     const needRestart: string[] = []
     const differs = (a: unknown, b: unknown) => JSON.stringify(a) !== JSON.stringify(b)
-    for (const key of [
-      'listen',
-      'data_dir',
-      'upstream.url',
-      'upstream.connections',
-      'log.level',
-      'log.access',
-    ]) {
+    for (const key of RESTART_KEYS) {
       const [a, b] = [pick(current, key), pick(next, key)]
       if (differs(a, b)) needRestart.push(key)
     }
@@ -196,12 +189,16 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   }
 
   let closing: Promise<void> | undefined
-  const close = (graceMs = 10_000) => {
+  const close = (graceMs = config.shutdown_grace) => {
     closing ??= (async () => {
       const closed = new Promise<void>((r) => server.close(() => r()))
+      // Keep-alive clients (dockerd, containerd) hold their connection open after a response;
+      // close each as soon as it falls idle, not only those idle at the start.
       server.closeIdleConnections()
+      const sweeper = setInterval(() => server.closeIdleConnections(), 50)
       const timer = setTimeout(() => server.closeAllConnections(), graceMs)
       await closed
+      clearInterval(sweeper)
       clearTimeout(timer)
       // Fills nobody waits for any more are abandoned; their temp files are discarded and the
       // store holds only what was verified and renamed into place.
@@ -218,6 +215,26 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   }
   return { url, mirror, index, metrics, evictor, reload, close }
 }
+
+/** Settings that are read once, at start: a reload reports them as needing a restart. */
+const RESTART_KEYS = [
+  'listen',
+  'data_dir',
+  'shutdown_grace',
+  'upstream.url',
+  'upstream.library_prefix',
+  'upstream.connections',
+  'upstream.connect_timeout',
+  'upstream.header_timeout',
+  'upstream.idle_timeout',
+  'upstream.max_concurrent_fetches',
+  'cache.revalidate_timeout',
+  'cache.manifest_memory',
+  'cache.eviction_interval',
+  'index.flush_interval',
+  'log.level',
+  'log.access',
+]
 
 function pick(config: Config, dotted: string): unknown {
   let node: unknown = config

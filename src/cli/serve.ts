@@ -62,7 +62,7 @@ export async function serve(args: string[]): Promise<number> {
       }
       stopping = true
       log.info('stopping', { signal })
-      server.close(10_000).then(
+      server.close().then(
         () => resolve(EXIT_OK),
         (err: Error) => {
           log.error('stop.failed', { error: err })

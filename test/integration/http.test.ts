@@ -137,4 +137,16 @@ describe('the HTTP surface', () => {
     })
     expect(lines[0]!.duration_ms).toBeTypeOf('number')
   })
+
+  test('?ns= for Docker Hub or the upstream is served; another registry is 404 so containerd moves on', async () => {
+    const digest = up.addBlob('library/x', Buffer.from('namespaced'))
+    const ok = await mirror.get(`/v2/library/x/blobs/${digest}?ns=docker.io`)
+    expect(ok.status).toBe(200)
+    expect((await mirror.get(`/v2/library/x/blobs/${digest}?ns=${new URL(up.url).host}`)).status).toBe(200)
+    up.reset()
+    const other = await mirror.get(`/v2/library/x/blobs/${digest}?ns=ghcr.io`)
+    expect(other.status).toBe(404)
+    expect(JSON.parse(other.body.toString()).errors[0].code).toBe('NAME_UNKNOWN')
+    expect(up.requests).toHaveLength(0)
+  })
 })
