@@ -13,6 +13,7 @@ import {
   type RepoTotals,
   repositoryStats,
   storeCounts,
+  type TagTotals,
   type Totals,
   tagStats,
 } from '../store/stats.js'
@@ -38,20 +39,8 @@ export interface StatsReport {
   overall: Totals
   by_kind: Record<Kind, Totals>
   top_repositories: RepoTotals[]
-  top_tags: {
-    registry: string
-    repo: string
-    tag: string
-    requests: number
-    hits: number
-    misses: number
-    stale: number
-    errors: number
-    pulls_avoided: number
-    bytes_from_cache: number
-    bytes_from_upstream: number
-    last_request: string
-  }[]
+  /** As the index keeps them, with last_request as an ISO time. */
+  top_tags: (Omit<TagTotals, 'last_request'> & { last_request: string })[]
   hourly: (Totals & { hour: string })[]
   store: { blobs: number; bytes: number; manifests: number; tags: number; budget_bytes: number | null }
   upstream: UpstreamReport
