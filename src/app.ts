@@ -4,7 +4,6 @@
 // cost of converting to web streams shows in throughput (shared/reference/performance.md).
 
 import type { ServerResponse } from 'node:http'
-import { pipeline } from 'node:stream'
 import type { HttpBindings } from '@hono/node-server'
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import { type Context, Hono } from 'hono'
@@ -20,10 +19,11 @@ import {
   type Reference,
   type RepoName,
 } from './http/reference.js'
+import { sendBytes } from './http/send-bytes.js'
 import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
-import { type Fill, STREAM_CHUNK } from './mirror/blob-fill.js'
+import type { Fill } from './mirror/blob-fill.js'
 import { acceptedTypes } from './mirror/manifest.js'
 import type { BlobAnswer, Mirror } from './mirror/mirror.js'
 
@@ -276,7 +276,7 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   let streaming = false
   res.once('close', () => {
     if (answer.kind === 'file') {
-      // The read stream closes the handle itself once it has been handed one.
+      // Once streaming, the sender closes the handle when it is done with it.
       if (!streaming) void answer.handle.close().catch(() => {})
       answer.release()
     }
@@ -310,14 +310,26 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   }
 
   streaming = true
-  const body =
-    answer.kind === 'file'
-      ? answer.handle.createReadStream({ start, end, highWaterMark: STREAM_CHUNK })
-      : answer.fill.reader(start, end)
-  sent = () => ('bytesRead' in body ? body.bytesRead : body.sent)
-  // On error (a failed fill, a vanished file) pipeline destroys the response: the client sees a
-  // cut connection, never a clean end of an unverified body.
-  pipeline(body, res, () => {})
+  let bytes = 0
+  sent = () => bytes
+  const count = (n: number) => {
+    bytes += n
+  }
+  if (answer.kind === 'file') {
+    const handle = answer.handle
+    void sendBytes(
+      res,
+      {
+        read: async (buffer, length, position) => (await handle.read(buffer, 0, length, position)).bytesRead,
+      },
+      start,
+      end,
+      count,
+    ).finally(() => handle.close().catch(() => {}))
+  } else {
+    const reader = answer.fill.reader(start, end)
+    void sendBytes(res, reader, start, end, count).finally(reader.release)
+  }
   return RESPONSE_ALREADY_SENT
 }
 

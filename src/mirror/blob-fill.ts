@@ -11,7 +11,7 @@
 
 import { createHash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
-import { Readable } from 'node:stream'
+import type { Readable } from 'node:stream'
 import { UpstreamError } from '../errors.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { BlobBody } from '../upstream/client.js'
@@ -26,6 +26,8 @@ export const STREAM_CHUNK = 512 * 1024
 const WRITE_BATCH = 1024 * 1024
 
 type State = 'starting' | 'streaming' | 'committed' | 'failed'
+
+type FillRead = (buffer: Buffer, length: number, position: number) => Promise<number>
 
 export interface FillSource {
   /** Resolves with the upstream body once upstream has answered 200. */
@@ -113,13 +115,15 @@ export class Fill {
       // and upstream is still paused (backpressure) if the disk falls behind.
       let writing: Promise<void> = Promise.resolve()
       const flush = async () => {
-        const data = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched)
+        const chunks = batch
+        const length = batched
         batch = []
         batched = 0
         await writing
-        const at = this.received - data.length
-        writing = writeFully(this.handle!, data, at).then(() => {
-          this.written = at + data.length
+        const at = this.received - length
+        // writev: the upstream chunks go to disk as they are, without a copy into one buffer.
+        writing = writeAll(this.handle!, chunks, length, at).then(() => {
+          this.written = at + length
           this.wake()
         })
         writing.catch(() => {}) // awaited below; a failure mid-body must not go unhandled meanwhile
@@ -176,11 +180,45 @@ export class Fill {
     await this.done.catch(() => {})
   }
 
-  /** A reader of bytes [start, end] (end inclusive; undefined: to the end of the blob). */
-  reader(start: number, end: number | undefined): FillReader {
+  /**
+   * A reader of bytes [start, end] (inclusive) for one client, following the fill as it grows.
+   * Until the blob is verified it holds back the last byte of the range, so a client never sees
+   * a clean end of bytes that may yet prove wrong; if the fill fails, its reads throw.
+   * release() must be called once the client is done.
+   */
+  reader(start: number, end: number): { read: FillRead; release: () => void } {
     this.refs++
     this.readers++
-    return new FillReader(this, start, end)
+    let released = false
+    return {
+      read: (buffer, length, position) => this.readWhenReady(buffer, length, position, end),
+      release: () => {
+        if (released) return
+        released = true
+        this.readers--
+        void this.release()
+      },
+    }
+  }
+
+  private async readWhenReady(
+    buffer: Buffer,
+    length: number,
+    position: number,
+    end: number,
+  ): Promise<number> {
+    if (position > end) return 0
+    for (;;) {
+      if (this.state === 'failed') throw this.error ?? new Error('fill failed')
+      const committed = this.state === 'committed'
+      const limit = committed ? end + 1 : Math.min(this.written - 1, end)
+      if (position < limit) {
+        const n = await this.read(buffer, Math.min(length, limit - position), position)
+        if (n <= 0) throw new Error(`short read of ${this.digest} at ${position}`)
+        return n
+      }
+      await this.changed()
+    }
   }
 
   /** Resolves at the next progress or state change. */
@@ -204,85 +242,25 @@ export class Fill {
   }
 }
 
-/** Streams a range of a fill's temp file to one client, following the fill as it grows. */
-export class FillReader extends Readable {
-  private readonly fill: Fill
-  private position: number
-  private readonly end: number | undefined
-  private pumping = false
-  private released = false
-  /** Bytes pushed to the client; the access log and accounting read it. */
-  sent = 0
-
-  constructor(fill: Fill, start: number, end: number | undefined) {
-    super({ highWaterMark: STREAM_CHUNK })
-    this.fill = fill
-    this.position = start
-    this.end = end
-  }
-
-  override _read(): void {
-    if (!this.pumping) void this.pump()
-  }
-
-  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
-    this.releaseOnce()
-    callback(err)
-  }
-
-  private releaseOnce(): void {
-    if (this.released) return
-    this.released = true
-    this.fill.readers--
-    void this.fill.release()
-  }
-
-  private async pump(): Promise<void> {
-    this.pumping = true
-    try {
-      for (;;) {
-        if (this.destroyed) return
-        const fill = this.fill
-        if (fill.state === 'failed') {
-          this.destroy(fill.error ?? new Error('fill failed'))
-          return
-        }
-        const committed = fill.state === 'committed'
-        const target =
-          this.end !== undefined ? this.end + 1 : committed ? fill.size! : Number.POSITIVE_INFINITY
-        // Until the blob is verified, hold back the last byte of the range: a client must not
-        // see a clean end of bytes that may yet prove wrong.
-        const limit = committed ? target : Math.min(fill.written - 1, target - 1)
-        if (this.position >= target) {
-          this.push(null)
-          this.releaseOnce()
-          return
-        }
-        if (this.position < limit) {
-          const length = Math.min(limit - this.position, STREAM_CHUNK)
-          const buffer = Buffer.allocUnsafe(length)
-          const n = await fill.read(buffer, length, this.position)
-          if (n <= 0) throw new Error(`short read of ${fill.digest} at ${this.position}`)
-          this.position += n
-          this.sent += n
-          if (!this.push(n === length ? buffer : buffer.subarray(0, n))) return
-          continue
-        }
-        await fill.changed()
-      }
-    } catch (err) {
-      this.destroy(err as Error)
-    } finally {
-      this.pumping = false
-    }
-  }
-}
-
-async function writeFully(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+async function writeAll(
+  handle: FileHandle,
+  chunks: Buffer[],
+  length: number,
+  position: number,
+): Promise<void> {
+  const { bytesWritten } = await handle.writev(chunks, position)
+  if (bytesWritten === length) return
+  // A short write (rare on regular files): finish the rest from one buffer.
+  const rest = Buffer.concat(chunks, length).subarray(bytesWritten)
   let offset = 0
-  while (offset < data.length) {
-    const { bytesWritten } = await handle.write(data, offset, data.length - offset, position + offset)
-    offset += bytesWritten
+  while (offset < rest.length) {
+    const { bytesWritten: n } = await handle.write(
+      rest,
+      offset,
+      rest.length - offset,
+      position + bytesWritten + offset,
+    )
+    offset += n
   }
 }
 
