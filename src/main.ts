@@ -2,7 +2,6 @@
 // pullcache's command line: one module per command under cli/, each returning its exit code.
 // Exit codes scripts can rely on: 0 done, 1 failed, 2 bad usage or configuration.
 
-import { readFileSync } from 'node:fs'
 import { CliExit, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './cli/args.js'
 import { configCommand } from './cli/config-check.js'
 import { exportArchive } from './cli/export.js'
@@ -12,10 +11,7 @@ import { prefetch } from './cli/prefetch.js'
 import { serve } from './cli/serve.js'
 import { stats } from './cli/stats.js'
 import { verify } from './cli/verify.js'
-
-const VERSION = (
-  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
-).version
+import { VERSION } from './version.js'
 
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<number>; summary: string }> = {
   serve: { run: serve, summary: 'run the mirror' },
