@@ -38,36 +38,16 @@ describe('index', () => {
     const digest = `sha256:${'1'.repeat(64)}`
     index.addBlob(digest, 10, 1000)
     for (let i = 0; i < 5; i++) index.touchBlob(digest, 'hit', 10, 2000 + i)
-    index.account({
+    const request = {
       registry: 'r',
       repo: 'library/a',
       kind: 'blob',
       method: 'GET',
-      result: 'hit',
-      bytesCache: 10,
-      bytesUpstream: 0,
       pullsAvoided: 0,
-    })
-    index.account({
-      registry: 'r',
-      repo: 'library/a',
-      kind: 'blob',
-      method: 'GET',
-      result: 'hit',
-      bytesCache: 10,
-      bytesUpstream: 0,
-      pullsAvoided: 0,
-    })
-    index.account({
-      registry: 'r',
-      repo: 'library/a',
-      kind: 'blob',
-      method: 'GET',
-      result: 'miss',
-      bytesCache: 0,
-      bytesUpstream: 10,
-      pullsAvoided: 0,
-    })
+    } as const
+    index.account({ ...request, result: 'hit', bytesCache: 10, bytesUpstream: 0 })
+    index.account({ ...request, result: 'hit', bytesCache: 10, bytesUpstream: 0 })
+    index.account({ ...request, result: 'miss', bytesCache: 0, bytesUpstream: 10 })
     expect(index.getBlob(digest)?.hits).toBe(0)
     expect(index.accountingTotals()).toEqual([])
     index.flush()
