@@ -327,7 +327,7 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
       count,
     ).finally(() => handle.close().catch(() => {}))
   } else {
-    const reader = answer.fill.reader(start, end)
+    const reader = answer.fill.reader(end)
     void sendBytes(res, reader, start, end, count).finally(reader.release)
   }
   return RESPONSE_ALREADY_SENT

@@ -181,12 +181,12 @@ export class Fill {
   }
 
   /**
-   * A reader of bytes [start, end] (inclusive) for one client, following the fill as it grows.
+   * A reader for one client of bytes up to `end` (inclusive; the caller says where each read starts), following the fill as it grows.
    * Until the blob is verified it holds back the last byte of the range, so a client never sees
    * a clean end of bytes that may yet prove wrong; if the fill fails, its reads throw.
    * release() must be called once the client is done.
    */
-  reader(start: number, end: number): { read: FillRead; release: () => void } {
+  reader(end: number): { read: FillRead; release: () => void } {
     this.refs++
     this.readers++
     let released = false
