@@ -2,35 +2,24 @@ import { randomBytes } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
-import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { describe, expect, test } from 'vitest'
+import { sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { startMirror, type TestMirror } from '../support/start-mirror.js'
 
 const REPO = 'library/blobby'
 
 describe('blobs', () => {
-  let up: FakeUpstream
+  const fake = useFakeUpstream()
   let mirror: TestMirror
 
-  beforeAll(async () => {
-    up = await startFakeUpstream()
-  })
-  afterAll(async () => {
-    await up.close()
-  })
-  afterEach(async () => {
-    up.clearFaults()
-    up.reset()
-    await mirror?.close()
-  })
-
   const blobPath = (digest: string) => `/v2/${REPO}/blobs/${digest}`
-  const cdnGets = (digest: string) => up.count('GET', `/blobs/${digest}`, 'cdn')
+  const cdnGets = (digest: string) => fake.up.count('GET', `/blobs/${digest}`, 'cdn')
 
   test('a cold GET streams from upstream, is stored, and a second GET is a hit with no upstream call', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(3 * 1024 * 1024 + 17)
-    const digest = up.addBlob(REPO, bytes)
+    const digest = fake.up.addBlob(REPO, bytes)
 
     const first = await mirror.get(blobPath(digest))
     expect(first.status).toBe(200)
@@ -39,25 +28,28 @@ describe('blobs', () => {
     expect(first.headers['content-length']).toBe(String(bytes.length))
     expect(first.headers['x-pullcache-cache']).toBe('miss')
     expect(cdnGets(digest)).toBe(1)
-    expect(up.cdnAuthorizationLeaks).toBe(0)
+    expect(fake.up.cdnAuthorizationLeaks).toBe(0)
 
     const hex = digest.slice(7)
     const stored = await readFile(join(mirror.dataDir, 'blobs', 'sha256', hex.slice(0, 2), hex))
     expect(sha256(stored)).toBe(digest)
 
-    up.reset()
+    fake.up.reset()
     const second = await mirror.get(blobPath(digest))
     expect(second.headers['x-pullcache-cache']).toBe('hit')
     expect(sha256(second.body)).toBe(digest)
-    expect(up.requests.length).toBe(0)
+    expect(fake.up.requests.length).toBe(0)
   })
 
   test('ten concurrent cold GETs of one blob cause one upstream GET, all correct', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(8 * 1024 * 1024)
-    const digest = up.addBlob(REPO, bytes)
+    const digest = fake.up.addBlob(REPO, bytes)
     // Slow the body so the followers really arrive while the fill is running.
-    up.fault({ path: `/blobs/${digest}`, host: 'cdn' }, { kind: 'slow', chunkBytes: 512 * 1024, delayMs: 20 })
+    fake.up.fault(
+      { path: `/blobs/${digest}`, host: 'cdn' },
+      { kind: 'slow', chunkBytes: 512 * 1024, delayMs: 20 },
+    )
 
     const bodies = await Promise.all(Array.from({ length: 10 }, () => mirror.get(blobPath(digest))))
     for (const b of bodies) {
@@ -71,10 +63,10 @@ describe('blobs', () => {
   })
 
   test('a follower arriving mid-download streams what is already written without waiting for the end', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(4 * 1024 * 1024)
-    const digest = up.addBlob(REPO, bytes)
-    up.fault(
+    const digest = fake.up.addBlob(REPO, bytes)
+    fake.up.fault(
       { path: `/blobs/${digest}`, host: 'cdn' },
       { kind: 'slow', chunkBytes: 256 * 1024, delayMs: 100 },
     )
@@ -101,9 +93,9 @@ describe('blobs', () => {
   })
 
   test('Range on a cached blob answers 206 with Content-Range; unsatisfiable is 416', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(100_000)
-    const digest = up.addBlob(REPO, bytes)
+    const digest = fake.up.addBlob(REPO, bytes)
     await mirror.get(blobPath(digest))
 
     const mid = await mirror.get(blobPath(digest), { range: 'bytes=1000-1999' })
@@ -130,10 +122,13 @@ describe('blobs', () => {
   })
 
   test('Range on a cold blob and on an in-flight blob: 206 with the right bytes, one upstream GET', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(2 * 1024 * 1024)
-    const digest = up.addBlob(REPO, bytes)
-    up.fault({ path: `/blobs/${digest}`, host: 'cdn' }, { kind: 'slow', chunkBytes: 128 * 1024, delayMs: 10 })
+    const digest = fake.up.addBlob(REPO, bytes)
+    fake.up.fault(
+      { path: `/blobs/${digest}`, host: 'cdn' },
+      { kind: 'slow', chunkBytes: 128 * 1024, delayMs: 10 },
+    )
 
     const [cold, follower] = await Promise.all([
       mirror.get(blobPath(digest), { range: 'bytes=1048576-' }),
@@ -148,27 +143,27 @@ describe('blobs', () => {
   })
 
   test('HEAD on a cold blob asks upstream with HEAD and downloads nothing', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(50_000)
-    const digest = up.addBlob(REPO, bytes)
+    const digest = fake.up.addBlob(REPO, bytes)
     const res = await mirror.head(blobPath(digest))
     expect(res.status).toBe(200)
     expect(res.headers['content-length']).toBe(String(bytes.length))
     expect(res.headers['docker-content-digest']).toBe(digest)
     // One HEAD, repeated once with a token after the 401 challenge.
     expect(
-      up.requests.filter((r) => r.method === 'HEAD' && r.authorization?.startsWith('Bearer')),
+      fake.up.requests.filter((r) => r.method === 'HEAD' && r.authorization?.startsWith('Bearer')),
     ).toHaveLength(1)
-    expect(up.count('GET', `/v2/${REPO}/blobs/${digest}`)).toBe(0)
+    expect(fake.up.count('GET', `/v2/${REPO}/blobs/${digest}`)).toBe(0)
     expect(cdnGets(digest)).toBe(0)
     expect(await readdir(join(mirror.dataDir, 'blobs', 'sha256'))).toEqual([])
   })
 
   test('a corrupt body is not committed and every client connection is cut, not ended', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(1024 * 1024)
-    const digest = up.addBlob(REPO, bytes)
-    up.fault({ path: `/blobs/${digest}`, host: 'cdn' }, { kind: 'corrupt' }, 1)
+    const digest = fake.up.addBlob(REPO, bytes)
+    fake.up.fault({ path: `/blobs/${digest}`, host: 'cdn' }, { kind: 'corrupt' }, 1)
 
     const outcomes = await Promise.all(
       Array.from({ length: 3 }, () => fetchOutcome(`${mirror.url}${blobPath(digest)}`)),
@@ -187,10 +182,10 @@ describe('blobs', () => {
   })
 
   test('a cut upstream stream is not committed and the client sees the failure', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(2 * 1024 * 1024)
-    const digest = up.addBlob(REPO, bytes)
-    up.fault({ path: `/blobs/${digest}`, host: 'cdn' }, { kind: 'cut', afterBytes: 700_000 }, 1)
+    const digest = fake.up.addBlob(REPO, bytes)
+    fake.up.fault({ path: `/blobs/${digest}`, host: 'cdn' }, { kind: 'cut', afterBytes: 700_000 }, 1)
     const o = await fetchOutcome(`${mirror.url}${blobPath(digest)}`)
     expect(o.error).toBeDefined()
     expect(await storedFiles(mirror.dataDir)).toEqual([])
@@ -199,10 +194,13 @@ describe('blobs', () => {
   })
 
   test('a client that disconnects does not abort the fill', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(4 * 1024 * 1024)
-    const digest = up.addBlob(REPO, bytes)
-    up.fault({ path: `/blobs/${digest}`, host: 'cdn' }, { kind: 'slow', chunkBytes: 256 * 1024, delayMs: 20 })
+    const digest = fake.up.addBlob(REPO, bytes)
+    fake.up.fault(
+      { path: `/blobs/${digest}`, host: 'cdn' },
+      { kind: 'slow', chunkBytes: 256 * 1024, delayMs: 20 },
+    )
     const ac = new AbortController()
     const res = await request(`${mirror.url}${blobPath(digest)}`, { signal: ac.signal })
     for await (const _ of res.body) {
@@ -214,22 +212,22 @@ describe('blobs', () => {
       10_000,
     )
     expect(await storedFiles(mirror.dataDir)).toEqual([digest.slice(7)])
-    up.reset()
+    fake.up.reset()
     const hit = await mirror.get(blobPath(digest))
     expect(hit.headers['x-pullcache-cache']).toBe('hit')
     expect(sha256(hit.body)).toBe(digest)
-    expect(up.requests.length).toBe(0)
+    expect(fake.up.requests.length).toBe(0)
   })
 
   test('upstream 404 is BLOB_UNKNOWN, 429 passes Retry-After, 5xx and refused connections are 503', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const missing = sha256(Buffer.from('nothing here'))
     const r404 = await mirror.get(blobPath(missing))
     expect(r404.status).toBe(404)
     expect(JSON.parse(r404.body.toString()).errors[0].code).toBe('BLOB_UNKNOWN')
 
-    const d429 = up.addBlob(REPO, randomBytes(100))
-    up.fault(
+    const d429 = fake.up.addBlob(REPO, randomBytes(100))
+    fake.up.fault(
       { path: `/v2/${REPO}/blobs/${d429}` },
       { kind: 'status', status: 429, headers: { 'retry-after': '42' } },
       1,
@@ -239,8 +237,8 @@ describe('blobs', () => {
     expect(r429.headers['retry-after']).toBe('42')
     expect(JSON.parse(r429.body.toString()).errors[0].code).toBe('TOOMANYREQUESTS')
 
-    const d500 = up.addBlob(REPO, randomBytes(100))
-    up.fault({ path: `/v2/${REPO}/blobs/${d500}` }, { kind: 'status', status: 500 }, 1)
+    const d500 = fake.up.addBlob(REPO, randomBytes(100))
+    fake.up.fault({ path: `/v2/${REPO}/blobs/${d500}` }, { kind: 'status', status: 500 }, 1)
     const r500 = await mirror.get(blobPath(d500))
     expect(r500.status).toBe(503)
     expect(JSON.parse(r500.body.toString()).errors[0].code).toBe('UNAVAILABLE')
@@ -256,27 +254,27 @@ describe('blobs', () => {
   })
 
   test('a restart keeps committed blobs and removes leftover temp files', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(200_000)
-    const digest = up.addBlob(REPO, bytes)
+    const digest = fake.up.addBlob(REPO, bytes)
     await mirror.get(blobPath(digest))
     const dataDir = mirror.dataDir
     await mirror.close({ wipe: false })
     const { writeFile } = await import('node:fs/promises')
     await writeFile(join(dataDir, 'tmp', 'deadbeef.part'), 'leftover')
 
-    mirror = await startMirror({ upstream: up.url, dataDir })
+    mirror = await fake.mirror({ dataDir })
     expect(await readdir(join(dataDir, 'tmp'))).toEqual([])
-    up.reset()
+    fake.up.reset()
     const hit = await mirror.get(blobPath(digest))
     expect(hit.headers['x-pullcache-cache']).toBe('hit')
-    expect(up.requests.length).toBe(0)
+    expect(fake.up.requests.length).toBe(0)
   })
 
   test('the index forgets a blob whose file was deleted, and the next GET fetches it again', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const bytes = randomBytes(10_000)
-    const digest = up.addBlob(REPO, bytes)
+    const digest = fake.up.addBlob(REPO, bytes)
     await mirror.get(blobPath(digest))
     const hex = digest.slice(7)
     const { unlink } = await import('node:fs/promises')

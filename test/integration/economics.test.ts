@@ -2,42 +2,29 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
+import { afterEach, describe, expect, test } from 'vitest'
 import { networkFailure } from '../../src/upstream/client.js'
-import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror, tmpRoot } from '../support/start-mirror.js'
+import { sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { type TestMirror, tmpRoot } from '../support/start-mirror.js'
 
 const REPO = 'library/budget'
 const ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json'
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describe('rate limits, freshness and offline', () => {
-  let up: FakeUpstream
-  let mirror: TestMirror | undefined
+  const fake = useFakeUpstream()
+  let mirror: TestMirror
 
-  beforeAll(async () => {
-    up = await startFakeUpstream()
-  })
-  afterAll(async () => {
-    await up.close()
-  })
-  afterEach(async () => {
-    await mirror?.close()
-    mirror = undefined
-    up.clearFaults()
-    up.setRateLimit(undefined)
-    up.reset()
-  })
-
-  const registryRequests = () => up.requests.filter((r) => r.host === 'registry' && r.authorization)
+  const registryRequests = () => fake.up.requests.filter((r) => r.host === 'registry' && r.authorization)
 
   test('with few Docker Hub pulls left, cached tags are served without revalidation, and that is logged once', async () => {
-    up.setRateLimit({ limit: 100, remaining: 5, window: 3600 })
-    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
-    up.addImage(REPO, 'low')
+    fake.up.setRateLimit({ limit: 100, remaining: 5, window: 3600 })
+    mirror = await fake.mirror({ env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    fake.up.addImage(REPO, 'low')
     expect((await mirror.get(`/v2/${REPO}/manifests/low`, { accept: ACCEPT })).status).toBe(200)
     await sleep(80)
-    up.reset()
+    fake.up.reset()
     for (let i = 0; i < 3; i++) {
       const res = await mirror.get(`/v2/${REPO}/manifests/low`, { accept: ACCEPT })
       expect(res.headers['x-pullcache-cache']).toBe('hit')
@@ -50,20 +37,20 @@ describe('rate limits, freshness and offline', () => {
   })
 
   test('with pulls to spare, tags are revalidated with HEAD only', async () => {
-    up.setRateLimit({ limit: 100, remaining: 80, window: 3600 })
-    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
-    up.addImage(REPO, 'plenty')
+    fake.up.setRateLimit({ limit: 100, remaining: 80, window: 3600 })
+    mirror = await fake.mirror({ env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    fake.up.addImage(REPO, 'plenty')
     await mirror.get(`/v2/${REPO}/manifests/plenty`, { accept: ACCEPT })
     await sleep(80)
-    up.reset()
+    fake.up.reset()
     await mirror.get(`/v2/${REPO}/manifests/plenty`, { accept: ACCEPT })
     expect(registryRequests().map((r) => r.method)).toEqual(['HEAD'])
   })
 
   test('x-ratelimit-* headers are read too', async () => {
-    mirror = await startMirror({ upstream: up.url })
-    const image = up.addImage(REPO, 'xheaders')
-    up.fault(
+    mirror = await fake.mirror()
+    const image = fake.up.addImage(REPO, 'xheaders')
+    fake.up.fault(
       { method: 'HEAD', path: `/v2/${REPO}/manifests/xheaders` },
       {
         kind: 'status',
@@ -84,18 +71,17 @@ describe('rate limits, freshness and offline', () => {
   })
 
   test('freshness per pattern: latest stays fresh for its own window, other tags use the default', async () => {
-    mirror = await startMirror({
-      upstream: up.url,
+    mirror = await fake.mirror({
       config: {
         cache: { tag_freshness: '50ms', tag_freshness_rules: [{ match: 'latest', freshness: '1h' }] },
       },
     })
-    up.addImage(REPO, 'latest')
-    up.addImage(REPO, '1.0')
+    fake.up.addImage(REPO, 'latest')
+    fake.up.addImage(REPO, '1.0')
     await mirror.get(`/v2/${REPO}/manifests/latest`, { accept: ACCEPT })
     await mirror.get(`/v2/${REPO}/manifests/1.0`, { accept: ACCEPT })
     await sleep(80)
-    up.reset()
+    fake.up.reset()
     await mirror.get(`/v2/${REPO}/manifests/latest`, { accept: ACCEPT })
     expect(registryRequests()).toHaveLength(0)
     await mirror.get(`/v2/${REPO}/manifests/1.0`, { accept: ACCEPT })
@@ -103,9 +89,9 @@ describe('rate limits, freshness and offline', () => {
   })
 
   test('offline mode never contacts upstream: cached content is served, the rest fails at once', async () => {
-    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
-    const image = up.addImage(REPO, 'kept')
-    up.addImage(REPO, 'never')
+    mirror = await fake.mirror({ env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    const image = fake.up.addImage(REPO, 'kept')
+    fake.up.addImage(REPO, 'never')
     await mirror.get(`/v2/${REPO}/manifests/kept`, { accept: ACCEPT })
     for (const l of image.layers) await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)
     await sleep(80)
@@ -115,13 +101,13 @@ describe('rate limits, freshness and offline', () => {
     const base = {
       PULLCACHE_LISTEN: '127.0.0.1:0',
       PULLCACHE_DATA_DIR: mirror.dataDir,
-      PULLCACHE_UPSTREAM: up.url,
+      PULLCACHE_UPSTREAM: fake.up.url,
     }
     expect(
       reload(loadConfig({ env: { ...base, PULLCACHE_TAG_FRESHNESS: '50ms', PULLCACHE_OFFLINE: 'true' } }))
         .changed,
     ).toEqual(['offline'])
-    up.reset()
+    fake.up.reset()
 
     const tag = await mirror.get(`/v2/${REPO}/manifests/kept`, { accept: ACCEPT })
     expect(tag.status).toBe(200)
@@ -141,7 +127,7 @@ describe('rate limits, freshness and offline', () => {
     const coldBlob = await mirror.get(`/v2/${REPO}/blobs/${sha256(Buffer.from('x'))}`)
     expect(coldBlob.status).toBe(503)
     expect(Date.now() - started).toBeLessThan(1000)
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
 
     // And back online without a restart.
     reload(loadConfig({ env: { ...base, PULLCACHE_TAG_FRESHNESS: '50ms' } }))
@@ -149,12 +135,12 @@ describe('rate limits, freshness and offline', () => {
   })
 
   test('HEAD and tags/list are served stale too, and stale answers are counted', async () => {
-    mirror = await startMirror({ upstream: up.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
-    up.addImage(REPO, 'counted')
+    mirror = await fake.mirror({ env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
+    fake.up.addImage(REPO, 'counted')
     await mirror.get(`/v2/${REPO}/manifests/counted`, { accept: ACCEPT })
     await mirror.get(`/v2/${REPO}/tags/list`)
     await sleep(80)
-    up.fault({ path: /./ }, { kind: 'status', status: 503 })
+    fake.up.fault({ path: /./ }, { kind: 'status', status: 503 })
     const head = await mirror.head(`/v2/${REPO}/manifests/counted`, { accept: ACCEPT })
     expect(head.status).toBe(200)
     expect(head.headers['x-pullcache-cache']).toBe('stale')

@@ -4,9 +4,10 @@ import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { request } from 'undici'
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
-import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import { describe, expect, test } from 'vitest'
+import { sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import type { TestMirror } from '../support/start-mirror.js'
 
 const run = promisify(execFile)
 const CLI = join(import.meta.dirname, '../../dist/main.js')
@@ -21,30 +22,17 @@ async function storedDigests(dataDir: string): Promise<string[]> {
 }
 
 describe('eviction', () => {
-  let up: FakeUpstream
-  let mirror: TestMirror | undefined
-
-  beforeAll(async () => {
-    up = await startFakeUpstream()
-  })
-  afterAll(async () => {
-    await up.close()
-  })
-  afterEach(async () => {
-    await mirror?.close()
-    mirror = undefined
-    up.clearFaults()
-    up.reset()
-  })
+  const fake = useFakeUpstream()
+  let mirror: TestMirror
 
   test('under a tiny budget while pulls run, every pull is correct and the store shrinks to the low mark', async () => {
-    mirror = await startMirror({ upstream: up.url, config: { cache: { max_size: '1MiB' } } })
+    mirror = await fake.mirror({ config: { cache: { max_size: '1MiB' } } })
     const blobs = Array.from({ length: 12 }, () => randomBytes(300 * 1024))
-    const digests = blobs.map((b) => up.addBlob(REPO, b))
+    const digests = blobs.map((b) => fake.up.addBlob(REPO, b))
     // Three waves of four concurrent pulls, each wave pushing the store over budget again.
     for (let wave = 0; wave < 3; wave++) {
       const batch = digests.slice(wave * 4, wave * 4 + 4)
-      const bodies = await Promise.all(batch.map((d) => mirror!.get(`/v2/${REPO}/blobs/${d}`)))
+      const bodies = await Promise.all(batch.map((d) => mirror.get(`/v2/${REPO}/blobs/${d}`)))
       for (const [i, b] of bodies.entries()) expect(sha256(b.body)).toBe(batch[i])
     }
     await mirror.server.evictor.idle()
@@ -66,15 +54,14 @@ describe('eviction', () => {
   })
 
   test('pinned images and everything they reference survive any budget', async () => {
-    mirror = await startMirror({
-      upstream: up.url,
+    mirror = await fake.mirror({
       config: { cache: { max_size: '64KiB', pins: ['library/evict:keep*'] } },
     })
-    const image = up.addImage(REPO, 'keep-1', { layers: 2, layerBytes: 200_000 })
+    const image = fake.up.addImage(REPO, 'keep-1', { layers: 2, layerBytes: 200_000 })
     expect((await mirror.get(`/v2/${REPO}/manifests/keep-1`)).status).toBe(200)
     for (const l of image.layers) await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)
     await mirror.get(`/v2/${REPO}/blobs/${image.configDigest}`)
-    const other = up.addBlob(REPO, randomBytes(200_000))
+    const other = fake.up.addBlob(REPO, randomBytes(200_000))
     await mirror.get(`/v2/${REPO}/blobs/${other}`)
     await mirror.server.evictor.idle()
     await mirror.server.evictor.run()
@@ -85,9 +72,9 @@ describe('eviction', () => {
   })
 
   test('a blob a client is streaming is never deleted under it', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const big = randomBytes(4 * 1024 * 1024)
-    const digest = up.addBlob(REPO, big)
+    const digest = fake.up.addBlob(REPO, big)
     await mirror.get(`/v2/${REPO}/blobs/${digest}`)
     // A slow reader holds the blob open while eviction runs with the store 4x over budget.
     const res = await request(`${mirror.url}/v2/${REPO}/blobs/${digest}`, { highWaterMark: 1024 })
@@ -115,13 +102,12 @@ describe('eviction', () => {
   })
 
   test('gc --dry-run lists exactly what gc then removes; manifests and tags go by age, consistently', async () => {
-    mirror = await startMirror({ upstream: up.url })
-    const image = up.addImage(REPO, 'old', { layers: 3, layerBytes: 50_000 })
+    mirror = await fake.mirror()
+    const image = fake.up.addImage(REPO, 'old', { layers: 3, layerBytes: 50_000 })
     await mirror.get(`/v2/${REPO}/manifests/old`)
     for (const l of image.layers) await mirror.get(`/v2/${REPO}/blobs/${l.digest}`)
     const dataDir = mirror.dataDir
     await mirror.close({ wipe: false })
-    mirror = undefined
     await new Promise((r) => setTimeout(r, 20))
 
     const dry = JSON.parse(
@@ -142,7 +128,7 @@ describe('eviction', () => {
     const planned = dry.plan.blobs.map((b: { digest: string }) => b.digest).sort()
     expect(planned).toEqual(image.layers.map((l) => l.digest).sort())
     expect(dry.plan.manifests.map((m: { digest: string }) => m.digest)).toEqual([image.manifestDigest])
-    expect(dry.plan.tags).toEqual([{ registry: new URL(up.url).host, repo: REPO, tag: 'old' }])
+    expect(dry.plan.tags).toEqual([{ registry: new URL(fake.up.url).host, repo: REPO, tag: 'old' }])
     expect(await storedDigests(dataDir)).toHaveLength(3)
 
     const real = JSON.parse(
@@ -152,8 +138,8 @@ describe('eviction', () => {
     expect(await storedDigests(dataDir)).toEqual([])
 
     // Nothing is served as a hit whose bytes are gone: the next pull fetches everything again.
-    mirror = await startMirror({ upstream: up.url, dataDir })
-    up.reset()
+    mirror = await fake.mirror({ dataDir })
+    fake.up.reset()
     const tag = await mirror.get(`/v2/${REPO}/manifests/old`)
     expect(tag.headers['x-pullcache-cache']).toBe('miss')
     for (const l of image.layers) {
@@ -164,10 +150,9 @@ describe('eviction', () => {
   })
 
   test('gc with nothing to do says so and exits 0; a missing store is exit 1', async () => {
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     const dataDir = mirror.dataDir
     await mirror.close({ wipe: false })
-    mirror = undefined
     const { stdout } = await run('node', [CLI, 'gc', '--data-dir', dataDir])
     expect(stdout).toContain('freed 0 B')
     await expect(run('node', [CLI, 'gc', '--data-dir', join(dataDir, 'nope')])).rejects.toMatchObject({
