@@ -201,6 +201,11 @@ const schema = z.strictObject({
   index: z
     .strictObject({
       flush_interval: timerDuration('flush in a busy loop').prefault('1s'),
+      // Hourly accounting rows older than this are pruned (every hour, in small batches). At
+      // least an hour: a shorter retention would prune the hour being written.
+      accounting_retention: duration
+        .refine((ms) => ms >= 3_600_000, { message: 'must be at least 1h' })
+        .prefault('30d'),
     })
     .prefault({}),
   log: z
@@ -247,6 +252,7 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_OFFLINE: 'offline',
   PULLCACHE_LOG_LEVEL: 'log.level',
   PULLCACHE_ACCESS_LOG: 'log.access',
+  PULLCACHE_ACCOUNTING_RETENTION: 'index.accounting_retention',
 }
 
 const NUMERIC_KEYS = new Set(['upstream.max_concurrent_fetches', 'upstream.connections'])

@@ -457,6 +457,25 @@ export class IndexDb {
     })()
   }
 
+  /**
+   * Deletes at most `limit` accounting rows of hours before `before` (ms since epoch) and says
+   * how many went: callers loop, yielding between batches, so a large backlog never blocks.
+   */
+  pruneAccounting(before: number, limit: number): number {
+    return this.stmt.pruneAccounting.run(before, limit).changes
+  }
+
+  /** Prunes every accounting row before `before`, one small batch per turn of the event loop. */
+  async pruneAccountingBefore(before: number, batch = 500): Promise<number> {
+    let total = 0
+    for (;;) {
+      const n = this.pruneAccounting(before, batch)
+      total += n
+      if (n < batch) return total
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+  }
+
   /** The database, for the other store modules' read-only queries (stats, eviction). */
   get database(): Database.Database {
     return this.db
@@ -580,6 +599,11 @@ function prepare(db: Database.Database) {
          bytes_cache = bytes_cache + excluded.bytes_cache,
          bytes_upstream = bytes_upstream + excluded.bytes_upstream,
          pulls_avoided = pulls_avoided + excluded.pulls_avoided`,
+    ),
+    // The primary key leads with hour: the inner SELECT walks it from the oldest row and stops.
+    pruneAccounting: db.prepare(
+      `DELETE FROM accounting WHERE (hour, registry, repo, kind, method, result) IN (
+         SELECT hour, registry, repo, kind, method, result FROM accounting WHERE hour < ? LIMIT ?)`,
     ),
     manifestDigests: db.prepare('SELECT digest FROM manifests ORDER BY digest'),
     deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),

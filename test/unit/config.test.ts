@@ -193,6 +193,17 @@ describe('config', () => {
     expect(describeConfig(ok)).toMatchObject({ cache: { pins: ['library/postgres:16*'] } })
   })
 
+  test('accounting retention: 30 days by default, from the environment, and never under an hour', () => {
+    expect(loadConfig({ env: {} }).index.accounting_retention).toBe(30 * 86_400_000)
+    expect(loadConfig({ env: { PULLCACHE_ACCOUNTING_RETENTION: '90d' } }).index.accounting_retention).toBe(
+      90 * 86_400_000,
+    )
+    for (const bad of ['0s', '30m', 'forever']) {
+      const text = problems(() => loadConfig({ env: { PULLCACHE_ACCOUNTING_RETENTION: bad } })).join('\n')
+      expect(text).toContain('index.accounting_retention')
+    }
+  })
+
   test('tag patterns: tag globs, repo:tag globs, regular expressions', () => {
     const t = (p: string, repo: string, tag: string) => compileTagPattern(p)!(repo, tag)
     expect(t('latest', 'library/a', 'latest')).toBe(true)
