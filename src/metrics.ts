@@ -131,6 +131,11 @@ export function createMetrics() {
       labelNames: ['kind', 'reason'] as const,
       registers,
     }),
+    evictionErrors: new Counter({
+      name: 'pullcache_eviction_errors_total',
+      help: 'Blobs eviction failed to remove (the error is logged); eviction goes on with the next.',
+      registers,
+    }),
     evictedBytes: new Counter({
       name: 'pullcache_evicted_bytes_total',
       help: 'Blob bytes removed from the store by eviction.',

@@ -71,6 +71,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     metrics,
   })
   let evictor: Evictor | undefined
+  // A failed run (the index, the plan) is logged and counted; the next run tries again.
+  const evictionFailed = (err: unknown) => {
+    metrics.evictionErrors.inc()
+    log.error('store.eviction_failed', { error: err })
+  }
   const mirror = new Mirror({
     upstream,
     store,
@@ -82,7 +87,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     revalidateTimeoutMs: config.cache.revalidate_timeout,
     manifestMemoryBytes: config.cache.manifest_memory,
     onBlobCommitted: () => {
-      if (evictor?.overBudget()) void evictor.run()
+      if (evictor?.overBudget()) void evictor.run().catch((err: unknown) => evictionFailed(err))
     },
   })
   evictor = new Evictor({
@@ -106,7 +111,10 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const server = createServer((req, res) => {
     res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
     if (config.log.access) accessLog(req, res, log)
-    void listener(req, res)
+    void Promise.resolve(listener(req, res)).catch((err: unknown) => {
+      log.error('request.crashed', { method: req.method, error: err })
+      res.destroy()
+    })
   })
   // Blob downloads may take long; only the request head has a deadline.
   server.requestTimeout = 0
@@ -138,12 +146,24 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }
   }, config.index.flush_interval)
   flushTimer.unref()
+  // Accounting is kept for accounting_retention; older hours go, checked every hour and at start.
+  const pruneAccounting = () => {
+    index
+      .pruneAccountingBefore(Date.now() - config.index.accounting_retention)
+      .then((rows) => {
+        if (rows > 0) log.info('index.accounting_pruned', { rows })
+      })
+      .catch((err: unknown) => log.error('index.prune_failed', { error: err }))
+  }
+  const pruneTimer = setInterval(pruneAccounting, 3_600_000)
+  pruneTimer.unref()
+  pruneAccounting()
   const evictionTimer = setInterval(() => {
-    evictor.run().catch((err: unknown) => log.error('store.eviction_failed', { error: err }))
+    evictor.run().catch((err: unknown) => evictionFailed(err))
   }, config.cache.eviction_interval)
   evictionTimer.unref()
   // A store over budget at start (budget lowered, or files adopted) shrinks right away.
-  void evictor.run().catch((err: unknown) => log.error('store.eviction_failed', { error: err }))
+  void evictor.run().catch((err: unknown) => evictionFailed(err))
 
   let current = config
   const reload = (next: Config) => {
@@ -185,7 +205,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }
     current = next
     log.info('config.reloaded', { changed, need_restart: needRestart })
-    if (changed.includes('cache.eviction')) void evictor.run().catch(() => undefined)
+    if (changed.includes('cache.eviction')) void evictor.run().catch((err: unknown) => evictionFailed(err))
     return { changed, needRestart }
   }
 
@@ -205,6 +225,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       // store holds only what was verified and renamed into place.
       await Promise.allSettled(mirror.inflight().map((f) => f.abort()))
       clearInterval(flushTimer)
+      clearInterval(pruneTimer)
       clearInterval(evictionTimer)
       await evictor.idle()
       await upstream.close().catch(() => {})
@@ -233,6 +254,7 @@ const RESTART_KEYS = [
   'cache.manifest_memory',
   'cache.eviction_interval',
   'index.flush_interval',
+  'index.accounting_retention',
   'log.level',
   'log.access',
 ]

@@ -12,7 +12,7 @@
 // module have passed http/reference.ts, so they are [0-9a-f]{64} and cannot name another path.
 
 import { randomBytes } from 'node:crypto'
-import { constants } from 'node:fs'
+import { constants, renameSync } from 'node:fs'
 import { type FileHandle, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 
@@ -85,6 +85,27 @@ export class BlobStore {
 
   async discardTemp(tempPath: string): Promise<void> {
     await rm(tempPath, { force: true })
+  }
+
+  /**
+   * Takes a committed blob out of blobs/ at once, by a rename into tmp/ (synchronous, and cheap:
+   * no blocks are freed), and returns where it went, or undefined when it was not there. The
+   * slow part, unlinkDetached, can then run off the event loop; a crash in between leaves a
+   * file in tmp/, which the next start empties.
+   */
+  detach(digest: string): string | undefined {
+    const to = join(this.tmpDir, `${hexOf(digest)}.${randomBytes(6).toString('hex')}.evicted`)
+    try {
+      renameSync(this.path(digest), to)
+      return to
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+  }
+
+  async unlinkDetached(path: string): Promise<void> {
+    await unlink(path)
   }
 
   async remove(digest: string): Promise<boolean> {

@@ -4,13 +4,18 @@
 // their manifests reference, down through an index's child manifests.
 //
 // Planning only reads; executing deletes in small batches so requests keep flowing between
-// them. Each blob goes in one synchronous step: its index rows first (so no new request sees a
-// hit), then a last check that no response is streaming it, then the file. A request that read
-// the row just before is safe too: the mirror opens the file before answering, and a file
-// already open stays readable after unlink. Manifests are only removed by age: they are tiny,
-// and removing one costs a counted Docker Hub pull to get it back.
+// them. Each blob leaves in one synchronous step: a last check that no response is streaming
+// it, its index rows (so no new request sees a hit), then its file is renamed out of blobs/ into
+// tmp/ (a rename is cheap; no request can start streaming between the row and the file). A
+// request that read the row just before is safe too: the mirror opens the file before
+// answering, and a file already open stays readable after unlink. The unlink itself, which
+// frees the blocks and takes tens of milliseconds for a large layer, runs off the event loop
+// (fs/promises), a few at a time. A blob that cannot be removed (EACCES, EISDIR, ...) is logged
+// and counted, its row restored, and eviction goes on with the next one: no eviction error
+// ever ends the process. Manifests are only removed by age: they are tiny, and removing one
+// costs a counted Docker Hub pull to get it back.
 
-import { rmSync } from 'node:fs'
+import pLimit from 'p-limit'
 import type { TagPattern } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
@@ -44,10 +49,14 @@ export interface EvictionResult {
   tags: number
   /** Blobs left alone because a response was streaming them when their turn came. */
   skippedInUse: number
+  /** Blobs whose removal failed (logged and counted); eviction went on with the next. */
+  errors: number
 }
 
 /** Blobs deleted between two yields to the event loop. */
 const BATCH = 64
+/** Unlinks running at once; each is a thread-pool job (libuv has 4 threads by default). */
+const UNLINKS = 2
 
 export class Evictor {
   private policy: EvictionPolicy
@@ -167,7 +176,7 @@ export class Evictor {
 
   /** Carries out a plan (e.g. one shown by a dry run), re-checking use and pins as it goes. */
   async execute(plan: EvictionPlan): Promise<EvictionResult> {
-    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0 }
+    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0, errors: 0 }
     if (plan.blobs.length + plan.manifests.length === 0) return result
     const pinned = this.pinnedDigests()
     const db = this.index.database
@@ -175,21 +184,49 @@ export class Evictor {
       db.prepare('DELETE FROM blobs WHERE digest = ?').run(digest)
       db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
     })
+    const unlinks = pLimit(UNLINKS)
+    const failed = (digest: string, stage: string, err: unknown) => {
+      result.errors++
+      this.metrics?.evictionErrors.inc()
+      this.log.error('store.eviction_error', { digest, stage, error: err })
+    }
     for (let i = 0; i < plan.blobs.length; i += BATCH) {
+      const removing: Promise<void>[] = []
       for (const blob of plan.blobs.slice(i, i + BATCH)) {
         if (pinned.has(blob.digest)) continue
         if (this.inUse(blob.digest)) {
           result.skippedInUse++
           continue
         }
-        dropBlob(blob.digest)
-        // Synchronous on purpose: no request can start streaming between the row and the file.
-        rmSync(this.store.path(blob.digest), { force: true })
+        let detached: string | undefined
+        try {
+          const row = this.index.getBlob(blob.digest)
+          dropBlob(blob.digest)
+          try {
+            detached = this.store.detach(blob.digest)
+          } catch (err) {
+            // The file stays where it is: so does its row, and the budget keeps counting it.
+            if (row) this.index.addBlob(blob.digest, row.size, row.last_access)
+            throw err
+          }
+        } catch (err) {
+          failed(blob.digest, 'detach', err)
+          continue
+        }
         result.blobs++
         result.bytes += blob.size
         this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
         this.metrics?.evictedBytes.inc(blob.size)
+        if (detached !== undefined) {
+          const path = detached
+          removing.push(
+            unlinks(() => this.store.unlinkDetached(path)).catch((err: unknown) =>
+              failed(blob.digest, 'unlink', err),
+            ),
+          )
+        }
       }
+      await Promise.all(removing)
       await new Promise((resolve) => setImmediate(resolve))
     }
     const dropManifest = db.transaction((digest: string) => {
@@ -211,6 +248,7 @@ export class Evictor {
       manifests: result.manifests,
       tags: result.tags,
       skipped_in_use: result.skippedInUse,
+      errors: result.errors,
       store_bytes: this.index.storeTotals().bytes,
       budget: this.policy.maxSize,
     })
