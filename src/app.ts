@@ -23,7 +23,6 @@ import { sendBytes } from './http/send-bytes.js'
 import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
-import type { Fill } from './mirror/blob-fill.js'
 import { acceptedTypes } from './mirror/manifest.js'
 import type { BlobAnswer, Mirror } from './mirror/mirror.js'
 
@@ -256,12 +255,7 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
     found = await mirror.blob(name, digest, method)
     if (found.kind === 'fill' && found.fill.size === undefined) {
       // An upstream that sent no Content-Length: the size is known only once the fill is done.
-      const cache = found.cache
-      await sizeWhenDone(found.fill)
-      const stored = await mirror.openStored(digest)
-      if (!stored)
-        throw new RegistryError('BLOB_UNKNOWN', { digest, reason: 'evicted as soon as it was stored' })
-      found = { ...stored, cache }
+      found = await mirror.storedWhenDone(found.fill, found.cache)
     }
   } catch (err) {
     mirror.record({ kind: 'blob', name, method, result: 'error', bytes: 0 })
@@ -331,13 +325,4 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
     void sendBytes(res, reader, start, end, count).finally(reader.release)
   }
   return RESPONSE_ALREADY_SENT
-}
-
-async function sizeWhenDone(fill: Fill): Promise<number> {
-  try {
-    await fill.done
-  } catch (err) {
-    throw new RegistryError('UNAVAILABLE', { reason: (err as Error).message })
-  }
-  return fill.size!
 }

@@ -6,6 +6,11 @@
 // do not have. When revalidation fails for any reason but "not found", the cached manifest is
 // served and marked stale. Concurrent requests for one blob, manifest or tag share one
 // upstream exchange (single flight).
+//
+// Every exchange has a deadline (upstream.header_timeout) for its answer, token and redirects
+// included. A flight past its deadline is taken out of the single-flight maps and aborted, and
+// everyone waiting on it gets UNAVAILABLE at once: a request arriving later starts afresh and is
+// never joined to a fetch that upstream has stopped answering.
 
 import type { FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
@@ -61,6 +66,9 @@ export interface MirrorOptions {
   /** Called after each blob is committed, e.g. to let eviction check the budget. */
   onBlobCommitted?: () => void
 }
+
+/** The repository failed requests are accounted under: their names may be anything at all. */
+export const FAILED_REPO = '(failed requests)'
 
 /** The platform an old client gets when it cannot read an index, as Docker Hub does it. */
 const DEFAULT_PLATFORM = 'linux/amd64'
@@ -125,15 +133,7 @@ export class Mirror {
    * digest counts as in use until release(), and eviction leaves blobs in use alone.
    */
   async openStored(digest: string): Promise<Extract<BlobAnswer, { kind: 'file' }> | undefined> {
-    this.inUse.set(digest, (this.inUse.get(digest) ?? 0) + 1)
-    let released = false
-    const release = () => {
-      if (released) return
-      released = true
-      const n = (this.inUse.get(digest) ?? 1) - 1
-      if (n === 0) this.inUse.delete(digest)
-      else this.inUse.set(digest, n)
-    }
+    const release = this.pin(digest)
     const opened = await this.store.openBlob(digest).catch((err: unknown) => {
       release()
       throw err
@@ -143,6 +143,46 @@ export class Mirror {
       return undefined
     }
     return { kind: 'file', handle: opened.handle, size: opened.size, cache: 'hit', release }
+  }
+
+  /** Marks the digest in use (eviction leaves it alone) until the returned function is called. */
+  private pin(digest: string): () => void {
+    this.inUse.set(digest, (this.inUse.get(digest) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const n = (this.inUse.get(digest) ?? 1) - 1
+      if (n === 0) this.inUse.delete(digest)
+      else this.inUse.set(digest, n)
+    }
+  }
+
+  /**
+   * For a fill whose size upstream did not say: waits until it is committed, then opens the
+   * stored blob. The digest is pinned from before the commit until the file is open, so an
+   * eviction the commit itself starts (a budget smaller than this blob) cannot take it from the
+   * client that caused the download; eviction removes it once that client is done.
+   */
+  async storedWhenDone(fill: Fill, cache: Outcome): Promise<Extract<BlobAnswer, { kind: 'file' }>> {
+    const unpin = this.pin(fill.digest)
+    try {
+      try {
+        await fill.done
+      } catch (err) {
+        throw new RegistryError('UNAVAILABLE', (err as Error).message)
+      }
+      const stored = await this.openStored(fill.digest)
+      if (!stored) {
+        throw new RegistryError('BLOB_UNKNOWN', {
+          digest: fill.digest,
+          reason: 'the blob went away as soon as it was stored',
+        })
+      }
+      return { ...stored, cache }
+    } finally {
+      unpin()
+    }
   }
 
   /** Whether a response is streaming this blob from the store right now. */
@@ -167,7 +207,8 @@ export class Mirror {
     }
 
     const running = this.fills.get(digest)
-    if (running) {
+    // A fill that has failed but not yet let go of its temp file is not joined: start afresh.
+    if (running && running.state !== 'failed') {
       await this.settledReady(running)
       return { kind: 'fill', fill: running, cache: 'coalesced' }
     }
@@ -175,7 +216,7 @@ export class Mirror {
     if (method === 'HEAD') {
       // Answer HEAD from upstream's HEAD: no download for a client that only asked about it.
       try {
-        const { size } = await this.upstream.headBlob(name.upstream, digest)
+        const { size } = await this.bounded((signal) => this.upstream.headBlob(name.upstream, digest, signal))
         return { kind: 'remote', size, cache: 'miss' }
       } catch (err) {
         throw asRegistryError(err, 'BLOB_UNKNOWN')
@@ -184,28 +225,43 @@ export class Mirror {
 
     const fill = new Fill(digest, this.store)
     this.fills.set(digest, fill)
-    void this.upstream.fetchLimit(() =>
-      fill.run({
-        open: () => this.upstream.getBlob(name.upstream, digest),
-        onCommit: (size) => {
-          this.index.addBlob(digest, size)
-          this.metrics.fills.inc({ outcome: 'committed' })
-          this.onBlobCommitted()
-          this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
-        },
-        onSettled: () => {
-          if (this.fills.get(digest) === fill) this.fills.delete(digest)
-          this.metrics.upstreamBytes.inc(fill.received)
-          if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
-          if (
-            fill.state === 'failed' &&
-            !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')
-          ) {
-            this.log.warn('store.blob_fill_failed', { digest, repo: name.upstream, error: fill.error })
-          }
-        },
-      }),
+    // Upstream has until the deadline to start the body, waiting for a download slot included;
+    // past it the fill is dropped and aborted, and its waiters get UNAVAILABLE.
+    const ms = this.upstream.headerTimeoutMs
+    const timer = setTimeout(() => {
+      if (fill.state !== 'starting') return
+      if (this.fills.get(digest) === fill) this.fills.delete(digest)
+      void fill.abort(timedOut(ms, `blob ${digest}`))
+    }, ms)
+    timer.unref()
+    fill.ready.then(
+      () => clearTimeout(timer),
+      () => clearTimeout(timer),
     )
+    void this.upstream
+      .fetchLimit(() =>
+        fill.run({
+          open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
+          onCommit: (size) => {
+            this.index.addBlob(digest, size)
+            this.metrics.fills.inc({ outcome: 'committed' })
+            this.onBlobCommitted()
+            this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
+          },
+          onSettled: () => {
+            if (this.fills.get(digest) === fill) this.fills.delete(digest)
+            this.metrics.upstreamBytes.inc(fill.received)
+            if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
+            if (
+              fill.state === 'failed' &&
+              !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')
+            ) {
+              this.log.warn('store.blob_fill_failed', { digest, repo: name.upstream, error: fill.error })
+            }
+          },
+        }),
+      )
+      .catch((err: unknown) => this.log.error('store.blob_fill_crashed', { digest, error: err }))
     await this.settledReady(fill)
     return { kind: 'fill', fill, cache: 'miss' }
   }
@@ -225,7 +281,7 @@ export class Mirror {
     if (cached) return answer(cached, 'hit')
     try {
       if (method === 'HEAD') {
-        const head = await this.upstream.headManifest(name.upstream, digest)
+        const head = await this.bounded((signal) => this.upstream.headManifest(name.upstream, digest, signal))
         if (head.size === undefined)
           throw new UpstreamError('SERVER', `HEAD manifest ${digest}: no Content-Length`)
         return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
@@ -264,7 +320,9 @@ export class Mirror {
         // One revalidation per tag at a time: its HEAD, and its GET when the digest is new.
         const key = `tag\0${name.upstream}\0${tag}\0${method}`
         const joined = this.flights.has(key)
-        const revalidation = this.flight(key, () => this.revalidate(name, tag, method, known?.digest))
+        const revalidation = this.flight(key, (signal) =>
+          this.revalidate(name, tag, method, known?.digest, signal),
+        )
         // With a cached copy in hand, do not wait on a slow upstream for long.
         found = known && cached ? await deadline(revalidation, this.revalidateTimeoutMs) : await revalidation
         // The leader's download served this request too (see manifestByDigest).
@@ -292,9 +350,10 @@ export class Mirror {
     tag: string,
     method: 'GET' | 'HEAD',
     knownDigest: string | undefined,
+    signal: AbortSignal,
   ): Promise<ManifestAnswer> {
     const registry = this.registry
-    const head = await this.upstream.headManifest(name.upstream, tag)
+    const head = await this.upstream.headManifest(name.upstream, tag, signal)
     if (head.digest !== undefined) {
       const digest = head.digest
       const cached = this.cachedManifest(digest)
@@ -316,8 +375,8 @@ export class Mirror {
       return answer(row, 'miss')
     }
     // An upstream that does not say the digest on HEAD: GET by tag and hash the bytes ourselves.
-    const row = await this.flight(`manifest-tag\0${name.upstream}\0${tag}`, async () => {
-      const got = await this.upstream.getManifest(name.upstream, tag)
+    const row = await this.flight(`manifest-tag\0${name.upstream}\0${tag}`, async (signal) => {
+      const got = await this.upstream.getManifest(name.upstream, tag, signal)
       return this.storeManifest(name, sha256(got.bytes), got.bytes, got.mediaType, got.digest)
     })
     this.index.setTag(registry, name.upstream, tag, row.digest, row.media_type)
@@ -326,8 +385,8 @@ export class Mirror {
 
   /** GET by digest from upstream, verify, store. One upstream GET per digest at a time. */
   private fetchManifest(name: RepoName, digest: string): Promise<ManifestRow> {
-    return this.flight(`manifest\0${digest}`, async () => {
-      const got = await this.upstream.getManifest(name.upstream, digest)
+    return this.flight(`manifest\0${digest}`, async (signal) => {
+      const got = await this.upstream.getManifest(name.upstream, digest, signal)
       return this.storeManifest(name, digest, got.bytes, got.mediaType, got.digest)
     })
   }
@@ -368,6 +427,15 @@ export class Mirror {
   ): Promise<ManifestAnswer> {
     if (accepts(accepted, found.mediaType)) return found
     if (INDEX_TYPES.has(found.mediaType)) {
+      // A HEAD by tag learnt the index's digest only. Which child this client gets is in the
+      // index itself: fetch it, as the GET would have.
+      if (found.bytes === undefined && !this.cachedManifest(found.digest)) {
+        try {
+          await this.fetchManifest(name, found.digest)
+        } catch (err) {
+          throw asRegistryError(err, 'MANIFEST_UNKNOWN')
+        }
+      }
       const child = this.index
         .manifestRefs(found.digest)
         .find(
@@ -398,7 +466,7 @@ export class Mirror {
   async tagList(name: RepoName, query: string): Promise<TagListAnswer> {
     const registry = this.registry
     try {
-      const got = await this.upstream.getTags(name.upstream, query)
+      const got = await this.bounded((signal) => this.upstream.getTags(name.upstream, query, signal))
       this.index.setTagList(registry, name.upstream, query, got.bytes, got.link ?? null)
       return { bytes: got.bytes, link: got.link ?? null, cache: 'miss' }
     } catch (err) {
@@ -435,7 +503,11 @@ export class Mirror {
         this.index.touchManifest(r.digest, !fromUpstream)
       }
     }
-    if (r.tag !== undefined) {
+    // Junk must not grow the index: a failed request counts against a tag only when the tag is
+    // known (cached), and is accounted without its repository name, so requests for names and
+    // tags that do not exist upstream leave a bounded number of rows.
+    const failed = r.result === 'error'
+    if (r.tag !== undefined && (!failed || this.index.getTag(registry, r.name.upstream, r.tag))) {
       this.index.touchTag(registry, r.name.upstream, r.tag, r.result, r.bytes, pullAvoided)
     }
     this.metrics.requests.inc({ kind: r.kind, method: r.method, result: r.result })
@@ -443,7 +515,7 @@ export class Mirror {
     if (pullAvoided) this.metrics.hubPullsAvoided.inc()
     this.index.account({
       registry,
-      repo: r.name.upstream,
+      repo: failed ? FAILED_REPO : r.name.upstream,
       kind: r.kind,
       method: r.method,
       result: r.result,
@@ -453,13 +525,40 @@ export class Mirror {
     })
   }
 
-  private flight<T>(key: string, run: () => Promise<T>): Promise<T> {
+  /**
+   * One exchange per key at a time, under the upstream deadline: past it the key is free for
+   * the next request, the exchange is aborted, and everyone who joined it gets TIMEOUT.
+   */
+  private flight<T>(key: string, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const existing = this.flights.get(key)
     if (existing) return existing as Promise<T>
-    const started = run().finally(() => this.flights.delete(key))
+    const started = this.bounded(run).finally(() => {
+      if (this.flights.get(key) === started) this.flights.delete(key)
+    })
     this.flights.set(key, started)
     return started
   }
+
+  /** Runs one upstream exchange; at the deadline it is aborted and the promise rejects at once. */
+  private bounded<T>(run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const ms = this.upstream.headerTimeoutMs
+    const controller = new AbortController()
+    let timer: NodeJS.Timeout | undefined
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const err = timedOut(ms, 'upstream exchange')
+        controller.abort(err)
+        reject(err)
+      }, ms)
+    })
+    const work = run(controller.signal)
+    work.catch(() => {}) // past the deadline nobody waits on it; a late failure is not unhandled
+    return Promise.race([work, expired]).finally(() => clearTimeout(timer))
+  }
+}
+
+function timedOut(ms: number, what: string): UpstreamError {
+  return new UpstreamError('TIMEOUT', `upstream timed out: no answer for ${what} within ${ms} ms`)
 }
 
 /** Rejects with a TIMEOUT UpstreamError if `work` has not settled in `ms`; work goes on. */

@@ -121,6 +121,12 @@ export class Upstream {
   rateLimit: RateLimit | undefined
   rateLimitReserve: number
   offline: boolean
+  /**
+   * How long one exchange may take to answer, token and redirects included. The mirror gives
+   * each single-flight fetch this deadline and then drops it: undici's own timers apply per hop
+   * and fire late (their clock ticks in about a second), so they alone cannot keep the promise.
+   */
+  readonly headerTimeoutMs: number
   private budgetLowLogged = false
   private readonly agent: Agent
   private readonly tokens = new TokenCache()
@@ -141,6 +147,7 @@ export class Upstream {
     this.metrics = opts.metrics
     this.rateLimitReserve = opts.rateLimitReserve
     this.offline = opts.offline
+    this.headerTimeoutMs = opts.headerTimeoutMs
     this.fetchLimit = pLimit(opts.maxConcurrentFetches)
     this.agent = new Agent({
       connect: { timeout: opts.connectTimeoutMs },
@@ -233,10 +240,15 @@ export class Upstream {
   // --- the registry API --------------------------------------------------------------------
 
   /** HEAD a manifest: free on Docker Hub (it does not count against the pull limit). */
-  async headManifest(repo: string, reference: string): Promise<ManifestHead> {
-    const res = await this.send('manifest', repo, 'HEAD', `/v2/${repo}/manifests/${reference}`, {
-      accept: MANIFEST_TYPES.join(', '),
-    })
+  async headManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestHead> {
+    const res = await this.send(
+      'manifest',
+      repo,
+      'HEAD',
+      `/v2/${repo}/manifests/${reference}`,
+      { accept: MANIFEST_TYPES.join(', ') },
+      signal,
+    )
     this.noteRateLimit(res.headers)
     if (res.statusCode !== 200) throw await this.failure(res, `HEAD manifest ${repo}:${reference}`)
     await res.body.dump()
@@ -249,10 +261,15 @@ export class Upstream {
   }
 
   /** GET a manifest's exact bytes. On Docker Hub this is the request that counts as a pull. */
-  async getManifest(repo: string, reference: string): Promise<ManifestBody> {
-    const res = await this.send('manifest', repo, 'GET', `/v2/${repo}/manifests/${reference}`, {
-      accept: MANIFEST_TYPES.join(', '),
-    })
+  async getManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestBody> {
+    const res = await this.send(
+      'manifest',
+      repo,
+      'GET',
+      `/v2/${repo}/manifests/${reference}`,
+      { accept: MANIFEST_TYPES.join(', ') },
+      signal,
+    )
     this.noteRateLimit(res.headers)
     if (res.statusCode !== 200) throw await this.failure(res, `GET manifest ${repo}:${reference}`)
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
@@ -265,10 +282,10 @@ export class Upstream {
     }
   }
 
-  async headBlob(repo: string, digest: string): Promise<{ size: number }> {
-    const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`)
+  async headBlob(repo: string, digest: string, signal?: AbortSignal): Promise<{ size: number }> {
+    const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`, {}, signal)
     // Some registries redirect HEAD to storage too; the size is what we need, so follow.
-    const final = await this.followRedirects(repo, res, 'HEAD', {})
+    const final = await this.followRedirects(repo, res, 'HEAD', {}, signal)
     if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`)
     await final.body.dump()
     const size = Number(header(final.headers, 'content-length'))
@@ -278,11 +295,15 @@ export class Upstream {
   }
 
   /** GET a blob, following the redirect to a CDN without our token. The body is the caller's. */
-  async getBlob(repo: string, digest: string): Promise<BlobBody> {
-    const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`)
-    const final = await this.followRedirects(repo, res, 'GET', {})
+  async getBlob(repo: string, digest: string, signal?: AbortSignal): Promise<BlobBody> {
+    const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`, {}, signal)
+    const final = await this.followRedirects(repo, res, 'GET', {}, signal)
     if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`)
     const length = header(final.headers, 'content-length')
+    if (length !== undefined && !/^\d+$/.test(length.trim())) {
+      await final.body.dump().catch(() => {})
+      throw new UpstreamError('SERVER', `GET blob ${digest}: bad Content-Length ${JSON.stringify(length)}`)
+    }
     return {
       status: final.statusCode,
       size: length === undefined ? undefined : Number(length),
@@ -290,10 +311,19 @@ export class Upstream {
     }
   }
 
-  async getTags(repo: string, query: string): Promise<{ bytes: Buffer; link: string | undefined }> {
-    const res = await this.send('tags', repo, 'GET', `/v2/${repo}/tags/list${query ? `?${query}` : ''}`, {
-      accept: 'application/json',
-    })
+  async getTags(
+    repo: string,
+    query: string,
+    signal?: AbortSignal,
+  ): Promise<{ bytes: Buffer; link: string | undefined }> {
+    const res = await this.send(
+      'tags',
+      repo,
+      'GET',
+      `/v2/${repo}/tags/list${query ? `?${query}` : ''}`,
+      { accept: 'application/json' },
+      signal,
+    )
     if (res.statusCode !== 200) throw await this.failure(res, `GET tags ${repo}`)
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
     if (bytes === undefined) throw new UpstreamError('INVALID', `tag list of ${repo} is larger than 4 MiB`)
@@ -313,10 +343,11 @@ export class Upstream {
     method: 'GET' | 'HEAD',
     path: string,
     headers: Record<string, string> = {},
+    signal?: AbortSignal,
   ): Promise<Response> {
     const scope = `repository:${repo}:pull`
-    let token = this.challenge ? await this.token(this.challenge, scope) : undefined
-    let res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token))
+    let token = this.challenge ? await this.token(this.challenge, scope, signal) : undefined
+    let res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token), signal)
     if (res.statusCode !== 401) return res
 
     const challenge = parseChallenge(res.headers['www-authenticate'])
@@ -325,20 +356,28 @@ export class Upstream {
       if (token !== undefined && this.challenge)
         this.tokens.invalidate(tokenKey(this.challenge, scope), token)
       this.challenge = challenge
-      token = await this.token(challenge, scope)
-      res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token))
+      token = await this.token(challenge, scope, signal)
+      res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token), signal)
     } else if (challenge?.scheme === 'basic' && this.credentials) {
       await res.body.dump()
-      res = await this.raw(kind, method, new URL(path, this.origin), {
-        ...headers,
-        authorization: basic(this.credentials),
-      })
+      res = await this.raw(
+        kind,
+        method,
+        new URL(path, this.origin),
+        { ...headers, authorization: basic(this.credentials) },
+        signal,
+      )
     }
     return res
   }
 
-  private async token(challenge: Challenge, scope: string): Promise<string> {
-    return this.tokens.obtain(tokenKey(challenge, scope), () =>
+  /**
+   * A token for `scope`. The fetch is shared by every request for the scope, so one caller's
+   * deadline does not abort it; the caller only stops waiting. The fetch has a deadline of its
+   * own, so a token service that accepts and never answers counts as upstream down.
+   */
+  private async token(challenge: Challenge, scope: string, signal?: AbortSignal): Promise<string> {
+    const obtained = this.tokens.obtain(tokenKey(challenge, scope), () =>
       this.fetchToken(challenge, scope).then(
         (token) => {
           this.metrics.tokenFetches.inc({ result: 'ok' })
@@ -359,6 +398,7 @@ export class Upstream {
         },
       ),
     )
+    return signal === undefined ? obtained : untilAborted(obtained, signal)
   }
 
   private async fetchToken(challenge: Challenge, scope: string): Promise<TokenResponse> {
@@ -384,7 +424,7 @@ export class Upstream {
     }
     let res: Response
     try {
-      res = await this.raw('token', 'GET', realm, headers)
+      res = await this.raw('token', 'GET', realm, headers, timeoutSignal(this.headerTimeoutMs, 'token'))
     } catch (err) {
       throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin}: ${(err as Error).message}`, {
         cause: err,
@@ -429,6 +469,7 @@ export class Upstream {
     first: Response,
     method: 'GET' | 'HEAD',
     headers: Record<string, string>,
+    signal?: AbortSignal,
   ): Promise<Response> {
     let res = first
     let url = new URL(this.origin)
@@ -449,8 +490,8 @@ export class Upstream {
       // Our token belongs to the upstream origin; a CDN URL carries its own signature.
       res =
         url.origin === this.origin.origin
-          ? await this.send('blob', repo, method, url.pathname + url.search, headers)
-          : await this.raw('cdn', method, url, headers)
+          ? await this.send('blob', repo, method, url.pathname + url.search, headers, signal)
+          : await this.raw('cdn', method, url, headers, signal)
     }
     return res
   }
@@ -460,20 +501,24 @@ export class Upstream {
     method: string,
     url: URL,
     headers: Record<string, string>,
+    signal?: AbortSignal,
   ): Promise<Response> {
     if (this.offline) throw new UpstreamError('OFFLINE', 'pullcache is offline and does not contact upstream')
     try {
+      signal?.throwIfAborted()
       const res = await this.agent.request({
         origin: url.origin,
         path: url.pathname + url.search,
         method,
         headers: { 'user-agent': USER_AGENT, ...headers },
+        ...(signal === undefined ? {} : { signal }),
       })
       this.metrics.upstreamRequests.inc({ kind, method, status: String(res.statusCode) })
       return res
     } catch (err) {
       this.metrics.upstreamRequests.inc({ kind, method, status: 'error' })
-      const failure = networkFailure(err)
+      // Aborted by a deadline: the reason says which (an UpstreamError of kind TIMEOUT).
+      const failure = networkFailure(signal?.aborted ? signal.reason : err)
       this.markUnwell(
         failure.kind,
         undefined,
@@ -532,6 +577,39 @@ export class Upstream {
       at: Date.now(),
     }
   }
+}
+
+/**
+ * Aborts after `ms` with a TIMEOUT UpstreamError as the reason. The timer is unref'd: a
+ * deadline alone never keeps the process alive.
+ */
+export function timeoutSignal(ms: number, what: string): AbortSignal {
+  const controller = new AbortController()
+  setTimeout(
+    () =>
+      controller.abort(new UpstreamError('TIMEOUT', `upstream timed out: no ${what} answer within ${ms} ms`)),
+    ms,
+  ).unref()
+  return controller.signal
+}
+
+/** `work`, or the signal's reason as soon as it aborts; work goes on for whoever else waits. */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(networkFailure(signal.reason))
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(networkFailure(signal.reason))
+    signal.addEventListener('abort', onAbort, { once: true })
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(value)
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(err)
+      },
+    )
+  })
 }
 
 function tokenKey(challenge: Challenge, scope: string): string {
