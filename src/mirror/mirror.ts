@@ -67,7 +67,8 @@ export interface MirrorOptions {
   onBlobCommitted?: () => void
 }
 
-/** The repository failed requests are accounted under: their names may be anything at all. */
+/** Where failed requests for repositories with no content here are accounted: such a name
+ * may be anything at all, and each would otherwise be a row of its own. */
 export const FAILED_REPO = '(failed requests)'
 
 /** The platform an old client gets when it cannot read an index, as Docker Hub does it. */
@@ -504,8 +505,9 @@ export class Mirror {
       }
     }
     // Junk must not grow the index: a failed request counts against a tag only when the tag is
-    // known (cached), and is accounted without its repository name, so requests for names and
-    // tags that do not exist upstream leave a bounded number of rows.
+    // known (cached), and under its repository's name only when the repository has content
+    // here; any other is accounted under one placeholder. Requests for names and tags that do
+    // not exist upstream so leave a bounded number of rows.
     const failed = r.result === 'error'
     if (r.tag !== undefined && (!failed || this.index.getTag(registry, r.name.upstream, r.tag))) {
       this.index.touchTag(registry, r.name.upstream, r.tag, r.result, r.bytes, pullAvoided)
@@ -515,7 +517,7 @@ export class Mirror {
     if (pullAvoided) this.metrics.hubPullsAvoided.inc()
     this.index.account({
       registry,
-      repo: failed ? FAILED_REPO : r.name.upstream,
+      repo: failed && !this.index.hasRepo(registry, r.name.upstream) ? FAILED_REPO : r.name.upstream,
       kind: r.kind,
       method: r.method,
       result: r.result,

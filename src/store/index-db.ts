@@ -390,6 +390,17 @@ export class IndexDb {
     use.at = Math.max(use.at, now)
   }
 
+  /**
+   * Whether the repository has real content here: a tag, or a blob or manifest served under its
+   * name (written or still buffered). Two primary-key seeks; the buffer is only walked when
+   * both miss, and requests for names that do not exist add nothing to it.
+   */
+  hasRepo(registry: string, repo: string): boolean {
+    if (this.stmt.repoLinked.get(registry, repo) || this.stmt.repoTagged.get(registry, repo)) return true
+    for (const l of this.pending.links.values()) if (l.repo === repo && l.registry === registry) return true
+    return false
+  }
+
   link(registry: string, repo: string, digest: string, kind: 'blob' | 'manifest'): void {
     this.pending.links.set(`${registry}\0${repo}\0${digest}`, { registry, repo, digest, kind })
   }
@@ -588,6 +599,8 @@ function prepare(db: Database.Database) {
        ON CONFLICT (registry, repo, query) DO UPDATE SET body = excluded.body, link = excluded.link,
          fetched_at = excluded.fetched_at`,
     ),
+    repoLinked: db.prepare('SELECT 1 FROM repo_links WHERE registry = ? AND repo = ? LIMIT 1'),
+    repoTagged: db.prepare('SELECT 1 FROM tags WHERE registry = ? AND repo = ? LIMIT 1'),
     link: db.prepare(
       'INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
     ),

@@ -210,9 +210,11 @@ export class Upstream {
     if (this.lastPing && now < this.lastPing.until) return this.lastPing.result
     const entry = { result: this.sendPing(), until: Number.POSITIVE_INFINITY }
     this.lastPing = entry
-    void entry.result.then((r) => {
-      entry.until = r.at + PING_CACHE_MS
-    })
+    void entry.result
+      .then((r) => {
+        entry.until = r.at + PING_CACHE_MS
+      })
+      .catch(() => {}) // sendPing never rejects; this keeps a later change from making it fatal
     return entry.result
   }
 
