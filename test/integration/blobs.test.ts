@@ -6,6 +6,7 @@ import { describe, expect, test } from 'vitest'
 import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import { waitFor } from '../support/wait-for.js'
 
 const REPO = 'library/blobby'
 
@@ -72,7 +73,7 @@ describe('blobs', () => {
     )
 
     const leader = mirror.get(blobPath(digest))
-    await waitFor(() => cdnGets(digest) === 1)
+    await waitFor(() => cdnGets(digest) === 1, { what: 'the fill to start upstream' })
     await new Promise((r) => setTimeout(r, 300))
     // The follower's first bytes must come long before the fill ends (~1.6 s from start).
     const res = await request(`${mirror.url}${blobPath(digest)}`)
@@ -207,10 +208,10 @@ describe('blobs', () => {
       ac.abort()
       break
     }
-    await waitFor(
-      () => mirror.logs.some((l) => l.event === 'store.blob_committed' && l.digest === digest),
-      10_000,
-    )
+    await waitFor(() => mirror.logs.some((l) => l.event === 'store.blob_committed' && l.digest === digest), {
+      timeoutMs: 10_000,
+      what: 'the fill to commit',
+    })
     expect(await storedFiles(mirror.dataDir)).toEqual([digest.slice(7)])
     fake.up.reset()
     const hit = await mirror.get(blobPath(digest))
@@ -301,12 +302,4 @@ async function storedFiles(dataDir: string): Promise<string[]> {
   const out: string[] = []
   for (const prefix of await readdir(root)) out.push(...(await readdir(join(root, prefix))))
   return out
-}
-
-async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time')
-    await new Promise((r) => setTimeout(r, 20))
-  }
 }

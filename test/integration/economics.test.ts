@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { request } from 'undici'
@@ -6,7 +5,9 @@ import { afterEach, describe, expect, test } from 'vitest'
 import { networkFailure } from '../../src/upstream/client.js'
 import { sha256, startFakeUpstream } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { type CliProcess, startCli } from '../support/run-cli.js'
 import { type TestMirror, tmpRoot } from '../support/start-mirror.js'
+import { waitFor } from '../support/wait-for.js'
 
 const REPO = 'library/budget'
 const ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json'
@@ -167,9 +168,9 @@ describe('rate limits, freshness and offline', () => {
 })
 
 describe('SIGHUP', () => {
-  let child: ChildProcess | undefined
-  afterEach(() => {
-    child?.kill('SIGKILL')
+  let child: CliProcess | undefined
+  afterEach(async () => {
+    await child?.kill()
   })
 
   test('reloads the config file and applies the offline switch without a restart; SIGTERM drains fast', async () => {
@@ -188,32 +189,15 @@ describe('SIGHUP', () => {
           }),
         )
       await write(false)
-      child = spawn('node', [join(import.meta.dirname, '../../dist/main.js'), 'serve', '--config', file], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      })
-      const lines: Record<string, unknown>[] = []
-      child.stdout!.setEncoding('utf8')
-      let buffer = ''
-      child.stdout!.on('data', (d: string) => {
-        buffer += d
-        let nl = buffer.indexOf('\n')
-        while (nl !== -1) {
-          lines.push(JSON.parse(buffer.slice(0, nl)) as Record<string, unknown>)
-          buffer = buffer.slice(nl + 1)
-          nl = buffer.indexOf('\n')
-        }
-      })
-      const waitFor = async (pred: () => boolean) => {
-        for (let i = 0; i < 200 && !pred(); i++) await sleep(25)
-        expect(pred()).toBe(true)
-      }
-      await waitFor(() => lines.some((l) => l.event === 'listening'))
-      const url = lines.find((l) => l.event === 'listening')!.url as string
+      const serve = startCli(['serve', '--config', file])
+      child = serve
+      const logged = (event: string) =>
+        waitFor(() => serve.lines.find((l) => l.event === event), { timeoutMs: 5_000, what: `"${event}"` })
+      const url = (await logged('listening')).url as string
       up.addImage(REPO, 'hup')
       await write(true)
-      child.kill('SIGHUP')
-      await waitFor(() => lines.some((l) => l.event === 'config.reloaded'))
-      expect(lines.find((l) => l.event === 'config.reloaded')).toMatchObject({ changed: ['offline'] })
+      serve.signal('SIGHUP')
+      expect(await logged('config.reloaded')).toMatchObject({ changed: ['offline'] })
       up.reset()
       const res = await request(`${url}/v2/${REPO}/manifests/hup`, { headers: { accept: ACCEPT } })
       expect(res.statusCode).toBe(503)
@@ -222,8 +206,8 @@ describe('SIGHUP', () => {
       // The request above left a keep-alive connection open, as dockerd and containerd do: the
       // drain closes it once idle instead of waiting out the whole grace period.
       const stopping = Date.now()
-      child.kill('SIGTERM')
-      const code = await new Promise((r) => child!.once('exit', r))
+      serve.signal('SIGTERM')
+      const code = await serve.exited
       expect(code).toBe(0)
       expect(Date.now() - stopping).toBeLessThan(3_000)
     } finally {

@@ -1,16 +1,13 @@
-import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, rm, stat } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
-import { promisify } from 'node:util'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
 import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { MAIN_JS, runCli } from '../support/run-cli.js'
 import { startMirror, type TestMirror, tmpRoot } from '../support/start-mirror.js'
 
-const run = promisify(execFile)
-const CLI = resolve('dist/main.js')
 const ALPHA = 'library/alpha'
 const BETA = 'library/beta'
 const ACCEPT = [
@@ -19,18 +16,6 @@ const ACCEPT = [
   'application/vnd.oci.image.manifest.v1+json',
   'application/vnd.oci.image.index.v1+json',
 ].join(', ')
-
-/** Runs the built CLI with a clean environment, so no PULLCACHE_* of the caller leaks in. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PULLCACHE_')))
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { env })
-    return { code: 0, stdout, stderr }
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
 
 /** Prometheus text exposition -> "name{label="v",...}" -> value, labels sorted by name. */
 function parseMetrics(text: string): Map<string, number> {
@@ -68,7 +53,7 @@ describe('stats: the numbers match the requests made', () => {
   let upstreamRequests = 0
 
   beforeAll(async () => {
-    expect(existsSync(CLI), 'run `npm run build` first: this test runs the built CLI').toBe(true)
+    expect(existsSync(MAIN_JS), 'run `npm run build` first: this test runs the built CLI').toBe(true)
     up = await startFakeUpstream({ rateLimit: { limit: 100, remaining: 100, window: 21600 } })
     mirror = await startMirror({ upstream: up.url })
     const blob = (repo: string, digest: string) => mirror.get(`/v2/${repo}/blobs/${digest}`)
@@ -312,7 +297,7 @@ describe('stats: the numbers match the requests made', () => {
   test('pullcache stats --json, next to the running server, prints the same document', async () => {
     // The server's endpoint flushed the accounting; the CLI reads what is on disk.
     await mirror.get('/_pullcache/stats')
-    const { code, stdout, stderr } = await cli(['stats', '--json', '--data-dir', mirror.dataDir])
+    const { code, stdout, stderr } = await runCli(['stats', '--json', '--data-dir', mirror.dataDir])
     expect(stderr).toBe('')
     expect(code).toBe(0)
     const report = JSON.parse(stdout) as StatsReport
@@ -326,13 +311,13 @@ describe('stats: the numbers match the requests made', () => {
     })
 
     const top1 = JSON.parse(
-      (await cli(['stats', '--json', '--top', '1', '--data-dir', mirror.dataDir])).stdout,
+      (await runCli(['stats', '--json', '--top', '1', '--data-dir', mirror.dataDir])).stdout,
     )
     expect(top1.top_repositories.map((r: { repo: string }) => r.repo)).toEqual([ALPHA])
   })
 
   test('pullcache stats prints a table with the repositories and their hit rates', async () => {
-    const { code, stdout } = await cli(['stats', '--data-dir', mirror.dataDir, '--since', '24h'])
+    const { code, stdout } = await runCli(['stats', '--data-dir', mirror.dataDir, '--since', '24h'])
     expect(code).toBe(0)
     expect(stdout).toMatch(/^overall\s+16\s+66\.7%/m)
     expect(stdout).toMatch(/^blob\s+10\s+66\.7%/m)
@@ -346,7 +331,7 @@ describe('stats: the numbers match the requests made', () => {
     await mirror.close({ wipe: false })
     const db = join(mirror.dataDir, 'index.db')
     const before = sha256(await readFile(db))
-    const { code, stdout } = await cli(['stats', '--json', '--data-dir', mirror.dataDir])
+    const { code, stdout } = await runCli(['stats', '--json', '--data-dir', mirror.dataDir])
     expect(code).toBe(0)
     expectTotals(JSON.parse(stdout) as StatsReport)
     // Looking changed nothing: SQLite may leave an empty -wal beside the file, never data.
@@ -416,7 +401,7 @@ describe('stats: concurrent manifest requests', () => {
 describe('pullcache stats: usage and failures', () => {
   test('exit 1 for a data dir that does not exist, which it does not create', async () => {
     const dir = join(await tmpRoot(), 'nope')
-    const { code, stderr } = await cli(['stats', '--data-dir', dir])
+    const { code, stderr } = await runCli(['stats', '--data-dir', dir])
     expect(code).toBe(1)
     expect(stderr).toContain('does not exist')
     expect(existsSync(dir)).toBe(false)
@@ -424,7 +409,7 @@ describe('pullcache stats: usage and failures', () => {
 
   test('exit 1 for a data dir without an index, and nothing is created in it', async () => {
     const dir = await tmpRoot()
-    const { code, stderr } = await cli(['stats', '--data-dir', dir])
+    const { code, stderr } = await runCli(['stats', '--data-dir', dir])
     expect(code).toBe(1)
     expect(stderr).toContain('no index')
     expect(existsSync(join(dir, 'index.db'))).toBe(false)
@@ -439,10 +424,10 @@ describe('pullcache stats: usage and failures', () => {
       ['stats', '--frobnicate'],
       ['stats', '--config', join(dir, 'missing.json')],
     ]) {
-      const { code } = await cli(args)
+      const { code } = await runCli(args)
       expect(code, args.join(' ')).toBe(2)
     }
-    const help = await cli(['stats', '--help'])
+    const help = await runCli(['stats', '--help'])
     expect(help.code).toBe(0)
     expect(help.stdout).toContain('--since')
   })

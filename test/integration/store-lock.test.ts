@@ -1,24 +1,19 @@
-import { execFile } from 'node:child_process'
 import { existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { describe, expect, test } from 'vitest'
+import { runCli } from '../support/run-cli.js'
 import { startMirror } from '../support/start-mirror.js'
-
-const run = promisify(execFile)
-const CLI = join(import.meta.dirname, '../../dist/main.js')
 
 describe('one server per store', () => {
   test('a second pullcache on the same data dir refuses to start instead of emptying tmp/ under the first', async () => {
     const mirror = await startMirror({ upstream: 'http://127.0.0.1:1' })
     try {
       expect(existsSync(join(mirror.dataDir, 'pullcache.pid'))).toBe(true)
-      const second = run('node', [CLI, 'serve', '--data-dir', mirror.dataDir, '--listen', '127.0.0.1:0'], {
-        timeout: 20_000,
+      const second = await runCli(['serve', '--data-dir', mirror.dataDir, '--listen', '127.0.0.1:0'], {
+        timeoutMs: 20_000,
       })
-      await expect(second).rejects.toMatchObject({ code: 1 })
-      const err = await second.catch((e: { stderr: string }) => e.stderr)
-      expect(err).toContain(`another pullcache (pid ${process.pid})`)
+      expect(second).toMatchObject({ code: 1 })
+      expect(second.stderr).toContain(`another pullcache (pid ${process.pid})`)
     } finally {
       await mirror.close({ wipe: false })
     }
