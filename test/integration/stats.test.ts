@@ -2,11 +2,12 @@ import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { beforeAll, describe, expect, test } from 'vitest'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
-import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { type FakeUpstream, sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { MAIN_JS, runCli } from '../support/run-cli.js'
-import { startMirror, type TestMirror, tmpRoot } from '../support/start-mirror.js'
+import { type TestMirror, tmpRoot } from '../support/start-mirror.js'
 
 const ALPHA = 'library/alpha'
 const BETA = 'library/beta'
@@ -46,16 +47,18 @@ function sumOf(metrics: Map<string, number>, name: string): number {
 }
 
 describe('stats: the numbers match the requests made', () => {
+  const fake = useFakeUpstream({ rateLimit: { limit: 100, remaining: 100, window: 21600 } })
   let up: FakeUpstream
   let mirror: TestMirror
   // What the sequence in beforeAll sent, for the expectations.
   const sizes = { b1: 100_000, b2: 50_000, b3: 4 * 1024 * 1024, manifest: 0, tagList: 0 }
   let upstreamRequests = 0
+  let cdnBlobGets = 0
 
   beforeAll(async () => {
     expect(existsSync(MAIN_JS), 'run `npm run build` first: this test runs the built CLI').toBe(true)
-    up = await startFakeUpstream({ rateLimit: { limit: 100, remaining: 100, window: 21600 } })
-    mirror = await startMirror({ upstream: up.url })
+    up = fake.up
+    mirror = await fake.fileMirror()
     const blob = (repo: string, digest: string) => mirror.get(`/v2/${repo}/blobs/${digest}`)
     const cacheOf = (res: { headers: Record<string, unknown> }) => res.headers['x-pullcache-cache']
 
@@ -101,12 +104,9 @@ describe('stats: the numbers match the requests made', () => {
     up.clearFaults()
     mirror.server.mirror.setTagFreshness(60_000)
 
+    // The fixture empties the request log after each test: what the sequence sent, kept.
     upstreamRequests = up.requests.length
-  })
-
-  afterAll(async () => {
-    await mirror?.close()
-    await up?.close()
+    cdnBlobGets = up.count('GET', /^\/blobs\//, 'cdn')
   })
 
   const { b1, b2 } = sizes
@@ -286,7 +286,7 @@ describe('stats: the numbers match the requests made', () => {
     expect(sumOf(m, 'pullcache_upstream_requests_total')).toBe(upstreamRequests)
     expect(
       metric(m, 'pullcache_upstream_requests_total', { kind: 'cdn', method: 'GET', status: '200' }),
-    ).toBe(up.count('GET', /^\/blobs\//, 'cdn'))
+    ).toBe(cdnBlobGets)
     expect(
       metric(m, 'pullcache_upstream_requests_total', { kind: 'manifest', method: 'GET', status: '200' }),
     ).toBe(1)
@@ -343,58 +343,55 @@ describe('stats: the numbers match the requests made', () => {
 })
 
 describe('stats: concurrent manifest requests', () => {
+  const fake = useFakeUpstream()
+
   test('requests that join another one’s manifest download are coalesced: one pull spent, the rest avoided', async () => {
-    const up = await startFakeUpstream()
-    const mirror = await startMirror({ upstream: up.url })
-    try {
-      const image = up.addImage(ALPHA, 'busy')
-      const byDigest = `/v2/${ALPHA}/manifests/${image.manifestDigest}`
-      // Slow enough that all five are in flight together.
-      up.fault({ method: 'GET', path: byDigest }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
-      const byTag = await Promise.all(
-        Array.from({ length: 5 }, () => mirror.get(`/v2/${ALPHA}/manifests/busy`, { accept: ACCEPT })),
-      )
-      for (const r of byTag) expect(sha256(r.body)).toBe(image.manifestDigest)
-      expect(byTag.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
-        'coalesced',
-        'coalesced',
-        'coalesced',
-        'coalesced',
-        'miss',
-      ])
-      expect(up.count('GET', byDigest)).toBe(1)
+    const up = fake.up
+    const mirror = await fake.mirror()
+    const image = up.addImage(ALPHA, 'busy')
+    const byDigest = `/v2/${ALPHA}/manifests/${image.manifestDigest}`
+    // Slow enough that all five are in flight together.
+    up.fault({ method: 'GET', path: byDigest }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
+    const byTag = await Promise.all(
+      Array.from({ length: 5 }, () => mirror.get(`/v2/${ALPHA}/manifests/busy`, { accept: ACCEPT })),
+    )
+    for (const r of byTag) expect(sha256(r.body)).toBe(image.manifestDigest)
+    expect(byTag.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
+      'coalesced',
+      'coalesced',
+      'coalesced',
+      'coalesced',
+      'miss',
+    ])
+    expect(up.count('GET', byDigest)).toBe(1)
 
-      const other = up.addImage(BETA, 'busy')
-      const otherPath = `/v2/${BETA}/manifests/${other.manifestDigest}`
-      up.fault({ method: 'GET', path: otherPath }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
-      const direct = await Promise.all(Array.from({ length: 3 }, () => mirror.get(otherPath)))
-      expect(direct.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
-        'coalesced',
-        'coalesced',
-        'miss',
-      ])
-      expect(up.count('GET', otherPath)).toBe(1)
+    const other = up.addImage(BETA, 'busy')
+    const otherPath = `/v2/${BETA}/manifests/${other.manifestDigest}`
+    up.fault({ method: 'GET', path: otherPath }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
+    const direct = await Promise.all(Array.from({ length: 3 }, () => mirror.get(otherPath)))
+    expect(direct.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
+      'coalesced',
+      'coalesced',
+      'miss',
+    ])
+    expect(up.count('GET', otherPath)).toBe(1)
 
-      const report = JSON.parse((await mirror.get('/_pullcache/stats')).body.toString()) as StatsReport
-      expect(report.by_kind.manifest).toMatchObject({
-        requests: 8,
-        misses: 2,
-        coalesced: 6,
-        pulls_avoided: 6,
-        bytes_from_upstream: image.manifest.length + other.manifest.length,
-        bytes_from_cache: 4 * image.manifest.length + 2 * other.manifest.length,
-      })
-      expect(report.top_tags[0]).toMatchObject({
-        tag: 'busy',
-        requests: 5,
-        hits: 4,
-        misses: 1,
-        pulls_avoided: 4,
-      })
-    } finally {
-      await mirror.close()
-      await up.close()
-    }
+    const report = JSON.parse((await mirror.get('/_pullcache/stats')).body.toString()) as StatsReport
+    expect(report.by_kind.manifest).toMatchObject({
+      requests: 8,
+      misses: 2,
+      coalesced: 6,
+      pulls_avoided: 6,
+      bytes_from_upstream: image.manifest.length + other.manifest.length,
+      bytes_from_cache: 4 * image.manifest.length + 2 * other.manifest.length,
+    })
+    expect(report.top_tags[0]).toMatchObject({
+      tag: 'busy',
+      requests: 5,
+      hits: 4,
+      misses: 1,
+      pulls_avoided: 4,
+    })
   })
 })
 
