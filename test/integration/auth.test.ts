@@ -1,7 +1,10 @@
 import { randomBytes } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { tmpRoot } from '../support/tmp.js'
 
 const REPO = 'library/private'
 const PASSWORD = 'correct horse battery staple'
@@ -36,10 +39,7 @@ describe('upstream authentication', () => {
 
   test('a password from a file works; a refused account is a logged 503, not a crash or a 404', async () => {
     const up = await fake.upstream({ users: { puller: PASSWORD } })
-    const { mkdtemp, writeFile } = await import('node:fs/promises')
-    const { join } = await import('node:path')
-    const { tmpdir } = await import('node:os')
-    const dir = await mkdtemp(join(tmpdir(), 'pullcache-secret-'))
+    const dir = await tmpRoot('pullcache-secret')
     await writeFile(join(dir, 'password'), `${PASSWORD}\n`)
     const first = await fake.mirror({
       upstream: up.url,
