@@ -103,7 +103,6 @@ export interface ManifestBody {
 }
 
 export interface BlobBody {
-  status: number
   size: number | undefined
   body: Readable
 }
@@ -268,7 +267,7 @@ export class Upstream {
   async headBlob(repo: string, digest: string): Promise<{ size: number }> {
     const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`)
     // Some registries redirect HEAD to storage too; the size is what we need, so follow.
-    const final = await this.followRedirects(repo, res, 'HEAD', {})
+    const final = await this.followRedirects(repo, res, 'HEAD')
     if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`)
     await final.body.dump()
     const size = Number(header(final.headers, 'content-length'))
@@ -280,11 +279,10 @@ export class Upstream {
   /** GET a blob, following the redirect to a CDN without our token. The body is the caller's. */
   async getBlob(repo: string, digest: string): Promise<BlobBody> {
     const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`)
-    const final = await this.followRedirects(repo, res, 'GET', {})
+    const final = await this.followRedirects(repo, res, 'GET')
     if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`)
     const length = header(final.headers, 'content-length')
     return {
-      status: final.statusCode,
       size: length === undefined ? undefined : Number(length),
       body: final.body,
     }
@@ -424,12 +422,7 @@ export class Upstream {
     return parsed
   }
 
-  private async followRedirects(
-    repo: string,
-    first: Response,
-    method: 'GET' | 'HEAD',
-    headers: Record<string, string>,
-  ): Promise<Response> {
+  private async followRedirects(repo: string, first: Response, method: 'GET' | 'HEAD'): Promise<Response> {
     let res = first
     let url = new URL(this.origin)
     for (let hops = 0; isRedirect(res.statusCode); hops++) {
@@ -449,8 +442,8 @@ export class Upstream {
       // Our token belongs to the upstream origin; a CDN URL carries its own signature.
       res =
         url.origin === this.origin.origin
-          ? await this.send('blob', repo, method, url.pathname + url.search, headers)
-          : await this.raw('cdn', method, url, headers)
+          ? await this.send('blob', repo, method, url.pathname + url.search)
+          : await this.raw('cdn', method, url, {})
     }
     return res
   }

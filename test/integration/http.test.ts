@@ -133,6 +133,25 @@ describe('the HTTP surface', () => {
     expect(lines[0]!.duration_ms).toBeTypeOf('number')
   })
 
+  test('every registry API request is timed by kind, with or without the access log', async () => {
+    const quiet = await fake.mirror({ env: { PULLCACHE_ACCESS_LOG: 'false' } })
+    const digest = fake.up.addBlob('library/x', Buffer.from('timed'))
+    await quiet.get('/v2/')
+    await quiet.get(`/v2/library/x/blobs/${digest}`)
+    await quiet.get(`/v2/library/x/blobs/${digest}`)
+    await quiet.get('/v2/library/x/manifests/nope')
+    await quiet.get('/_pullcache/healthz')
+    await new Promise((r) => setTimeout(r, 20))
+    const metrics = (await quiet.get('/metrics')).body.toString()
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="base"\} 1$/m)
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="blob"\} 2$/m)
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="manifest"\} 1$/m)
+    // Only /v2: the status endpoints and /metrics itself are not registry API requests.
+    const kinds = [...metrics.matchAll(/^pullcache_request_duration_seconds_count\{kind="(\w+)"\}/gm)]
+    expect(kinds.map((m) => m[1]).sort()).toEqual(['base', 'blob', 'manifest'])
+    expect(quiet.logs.filter((l) => l.event === 'request')).toHaveLength(0)
+  })
+
   test('?ns= for Docker Hub or the upstream is served; another registry is 404 so containerd moves on', async () => {
     const digest = fake.up.addBlob('library/x', Buffer.from('namespaced'))
     const ok = await mirror.get(`/v2/library/x/blobs/${digest}?ns=docker.io`)
