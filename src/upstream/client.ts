@@ -12,6 +12,7 @@ import { Agent, type Dispatcher } from 'undici'
 import { UpstreamError, type UpstreamFailure } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { MANIFEST_TYPES, MAX_MANIFEST_BYTES } from '../oci.js'
 import {
   type Challenge,
   type Credentials,
@@ -22,20 +23,9 @@ import {
   type TokenResponse,
 } from './auth.js'
 
-/** Every manifest type pullcache stores, in the order we ask for them. Schema 1 is left out: its
- * digest is not the hash of its bytes, so it cannot be verified like the others. */
-export const MANIFEST_TYPES = [
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-] as const
-
 const USER_AGENT = 'pullcache/0.1'
 /** Error bodies we read to report upstream's message; anything longer is cut. */
 const MAX_ERROR_BODY = 16 * 1024
-/** Manifests are small; Docker Hub caps them at 4 MiB, so do we, against a runaway upstream. */
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const MAX_REDIRECTS = 5
 
 export interface UpstreamOptions {
