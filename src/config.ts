@@ -36,12 +36,25 @@ export function parseSize(text: string): number | undefined {
   return Math.floor(Number(m[1]) * UNITS_BYTES[(m[2] ?? 'b').toLowerCase()]!)
 }
 
-/** A string in units, parsed by `parse`; `positive` refuses zero (a budget of 0 bytes is a typo). */
-function unitString(parse: (text: string) => number | undefined, example: string, positive = false) {
+/**
+ * A string in units, parsed by `parse`. `positive` refuses zero where zero would be a typo rather
+ * than a setting: a timeout of 0 turns the timeout off, an interval of 0 is a busy loop, a budget
+ * of 0 bytes empties the store. Given as a string, it says what zero would do, for the message.
+ */
+function unitString(
+  parse: (text: string) => number | undefined,
+  example: string,
+  positive: boolean | string = false,
+) {
   return z.string().transform((text, ctx) => {
     const value = parse(text)
-    if (value === undefined || (positive && value <= 0)) {
+    if (value === undefined) {
       ctx.addIssue({ code: 'custom', message: `not ${example}: ${JSON.stringify(text)}` })
+      return z.NEVER
+    }
+    if (positive !== false && value <= 0) {
+      const why = typeof positive === 'string' ? ` (0 would ${positive})` : ''
+      ctx.addIssue({ code: 'custom', message: `must be more than zero${why}: ${JSON.stringify(text)}` })
       return z.NEVER
     }
     return value
@@ -50,6 +63,18 @@ function unitString(parse: (text: string) => number | undefined, example: string
 
 const duration = unitString(parseDuration, 'a duration like "60s", "5m" or "500ms"')
 const size = unitString(parseSize, 'a size like "64MiB" or "50GiB"')
+// Node's timers take at most 2^31 - 1 ms (24.8 days); a longer delay fires after 1 ms instead, which
+// turns a long interval into a busy loop and a long timeout into none.
+const MAX_TIMER_MS = 2 ** 31 - 1
+const timerLimit = {
+  message: 'must be at most 24d: a longer delay is more than a timer can wait',
+}
+/** A duration a timer waits; `zeroWould` says what zero would do, which makes it a mistake. */
+const timerDuration = (zeroWould?: string) =>
+  unitString(parseDuration, 'a duration like "60s", "5m" or "500ms"', zeroWould ?? false).refine(
+    (ms) => ms <= MAX_TIMER_MS,
+    timerLimit,
+  )
 
 /** "host:port", ":port" or "[::1]:port". */
 const listen = z.string().transform((text, ctx) => {
@@ -106,8 +131,16 @@ const tagPattern = z.string().transform((text, ctx) => {
   return { text, test: compiled }
 })
 
-const nullableSize = unitString(parseSize, 'a size like "50GiB"', true).nullable()
-const nullableDuration = unitString(parseDuration, 'a duration like "30d"', true).nullable()
+const nullableSize = unitString(
+  parseSize,
+  'a size like "50GiB"',
+  'evict everything as soon as it is stored; null means no limit',
+).nullable()
+const nullableDuration = unitString(
+  parseDuration,
+  'a duration like "30d"',
+  'evict everything as soon as it is stored; null means never',
+).nullable()
 
 const schema = z.strictObject({
   listen: listen.prefault(':5000'),
@@ -115,15 +148,16 @@ const schema = z.strictObject({
   // Never contact upstream; uncached requests fail at once. Switchable at run time (SIGHUP).
   offline: z.boolean().default(false),
   // On SIGTERM: how long responses in flight may take to finish before connections are cut.
-  shutdown_grace: duration.prefault('10s'),
+  // 0 is a choice: cut the connections at once.
+  shutdown_grace: timerDuration().prefault('10s'),
   upstream: z
     .strictObject({
       url: upstreamUrl.prefault(DOCKER_HUB),
       username: z.string().min(1).nullable().default(null),
       password_file: z.string().min(1).nullable().default(null),
-      connect_timeout: duration.prefault('10s'),
-      header_timeout: duration.prefault('30s'),
-      idle_timeout: duration.prefault('30s'),
+      connect_timeout: timerDuration('turn the timeout off').prefault('10s'),
+      header_timeout: timerDuration('turn the timeout off').prefault('30s'),
+      idle_timeout: timerDuration('turn the timeout off').prefault('30s'),
       max_concurrent_fetches: z.number().int().min(1).max(1024).default(16),
       connections: z.number().int().min(1).max(1024).default(32),
       // Below this many pulls left (Docker Hub's ratelimit-remaining), cached tags are served
@@ -139,7 +173,7 @@ const schema = z.strictObject({
       tag_freshness: duration.prefault('60s'),
       // How long a client with a cached copy waits on a tag revalidation before it gets the
       // cached copy, marked stale; the revalidation goes on and updates the tag when it ends.
-      revalidate_timeout: duration.prefault('5s'),
+      revalidate_timeout: timerDuration('serve every cached tag stale without waiting').prefault('5s'),
       manifest_memory: size.prefault('64MiB'),
       // Per-pattern freshness, first match wins; tags matching none get tag_freshness.
       tag_freshness_rules: z.array(z.strictObject({ match: tagPattern, freshness: duration })).prefault([]),
@@ -152,7 +186,7 @@ const schema = z.strictObject({
       max_unused_age: nullableDuration.prefault(null),
       // Never evicted, with everything their manifests reference: "repo:tag" patterns as above.
       pins: z.array(tagPattern).prefault([]),
-      eviction_interval: duration.prefault('1m'),
+      eviction_interval: timerDuration('run eviction in a busy loop').prefault('1m'),
     })
     .refine((c) => c.low_water < c.high_water, {
       message: 'low_water must be below high_water',
@@ -166,7 +200,7 @@ const schema = z.strictObject({
     .prefault({}),
   index: z
     .strictObject({
-      flush_interval: duration.prefault('1s'),
+      flush_interval: timerDuration('flush in a busy loop').prefault('1s'),
     })
     .prefault({}),
   log: z

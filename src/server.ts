@@ -14,6 +14,7 @@ import { Mirror } from './mirror/mirror.js'
 import { BlobStore } from './store/blob-store.js'
 import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
+import { lockStore } from './store/store-lock.js'
 import { Upstream } from './upstream/client.js'
 
 export interface RunningServer {
@@ -37,7 +38,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const root = resolve(config.data_dir)
   await mkdir(root, { recursive: true })
   const store = new BlobStore(root)
-  const unlock = store.lock()
+  const unlock = lockStore(root)
   const { removedTemp } = await store.open().catch((err: unknown) => {
     unlock()
     throw err

@@ -112,6 +112,61 @@ describe('config', () => {
     expect(parseSize('many')).toBeUndefined()
   })
 
+  // Each key where 0 is a mistake, with what 0 would have done.
+  const ZERO_REFUSED: [string, string, string][] = [
+    ['upstream.connect_timeout', '0s', 'turn the timeout off'],
+    ['upstream.header_timeout', '0ms', 'turn the timeout off'],
+    ['upstream.idle_timeout', '0m', 'turn the timeout off'],
+    ['cache.revalidate_timeout', '0s', 'serve every cached tag stale'],
+    ['cache.eviction_interval', '0s', 'run eviction in a busy loop'],
+    ['index.flush_interval', '0.1ms', 'flush in a busy loop'],
+    ['cache.max_size', '0GiB', 'evict everything'],
+    ['cache.max_unused_age', '0d', 'evict everything'],
+  ]
+
+  test.each(ZERO_REFUSED)('%s of %s is refused: 0 would %s', (key, zero, would) => {
+    const found = problems(() => loadConfig({ env: {}, flags: { [key]: zero } }))
+    expect(found).toHaveLength(1)
+    expect(found[0]).toContain(`${key}: must be more than zero (0 would `)
+    expect(found[0]).toContain(would)
+    expect(found[0]).toContain(JSON.stringify(zero))
+  })
+
+  test('every zero is reported at once, the environment included', () => {
+    const flags = Object.fromEntries(
+      ZERO_REFUSED.filter(([key]) => key !== 'cache.max_size').map(([k]) => [k, '0s']),
+    )
+    const found = problems(() => loadConfig({ env: { PULLCACHE_MAX_SIZE: '0' }, flags }))
+    expect(found.map((p) => p.split(':')[0]).sort()).toEqual(ZERO_REFUSED.map(([key]) => key).sort())
+  })
+
+  test('zero stays a choice where it means one: no grace, always revalidate, no manifests in memory', () => {
+    const c = loadConfig({
+      env: {},
+      flags: { shutdown_grace: '0s', 'cache.tag_freshness': '0s', 'cache.manifest_memory': '0' },
+    })
+    expect(c.shutdown_grace).toBe(0)
+    expect(c.cache.tag_freshness).toBe(0)
+    expect(c.cache.manifest_memory).toBe(0)
+  })
+
+  test('a delay longer than a timer can wait is refused instead of firing after 1 ms', () => {
+    const found = problems(() =>
+      loadConfig({ env: {}, flags: { 'cache.eviction_interval': '30d', shutdown_grace: '25d' } }),
+    )
+    expect(found).toEqual([
+      'shutdown_grace: must be at most 24d: a longer delay is more than a timer can wait',
+      'cache.eviction_interval: must be at most 24d: a longer delay is more than a timer can wait',
+    ])
+    // Text that is no duration at all gets that one problem, not a second about its length.
+    expect(problems(() => loadConfig({ env: {}, flags: { 'upstream.connect_timeout': 'soon' } }))).toEqual([
+      'upstream.connect_timeout: not a duration like "60s", "5m" or "500ms": "soon"',
+    ])
+    expect(loadConfig({ env: {}, flags: { 'cache.eviction_interval': '24d' } }).cache.eviction_interval).toBe(
+      24 * 86_400_000,
+    )
+  })
+
   test('cache policy keys are checked: budgets, water marks, patterns', async () => {
     const path = await file({
       cache: {
