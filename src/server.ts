@@ -110,7 +110,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
 
   const server = createServer((req, res) => {
     res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
-    if (config.log.access) accessLog(req, res, log)
+    accessLog(req, res, config.log.access ? log : undefined, metrics)
     void Promise.resolve(listener(req, res)).catch((err: unknown) => {
       log.error('request.crashed', { method: req.method, error: err })
       res.destroy()
@@ -301,18 +301,39 @@ async function reconcile(
   return { dropped_rows: dropped, adopted_files: onDisk.size }
 }
 
-function accessLog(req: IncomingMessage, res: ServerResponse, log: Logger): void {
+/** What a registry API path asks for, as a label with a handful of values; undefined off /v2. */
+function requestKind(path: string): 'base' | 'manifest' | 'blob' | 'tags' | 'other' | undefined {
+  if (path !== '/v2' && !path.startsWith('/v2/')) return undefined
+  if (path === '/v2' || path === '/v2/') return 'base'
+  if (path.includes('/manifests/')) return 'manifest'
+  if (path.includes('/blobs/')) return 'blob'
+  if (path.endsWith('/tags/list')) return 'tags'
+  return 'other'
+}
+
+/** When a response is over (finished or cut): its duration into the histogram, and the access line. */
+function accessLog(
+  req: IncomingMessage,
+  res: ServerResponse,
+  log: Logger | undefined,
+  metrics: Metrics,
+): void {
   const started = performance.now()
   res.once('close', () => {
+    const seconds = (performance.now() - started) / 1000
+    const path = (req.url ?? '').split('?')[0] ?? ''
+    const kind = requestKind(path)
+    if (kind !== undefined) metrics.requestDuration.observe({ kind }, seconds)
+    if (log === undefined) return
     const note = responseNotes.get(res)
     const declared = Number(res.getHeader('content-length') ?? 0)
     const bytes = note?.bytes ? note.bytes() : req.method === 'HEAD' || !res.writableFinished ? 0 : declared
     log.info('request', {
       method: req.method,
-      path: (req.url ?? '').split('?')[0],
+      path,
       status: res.statusCode,
       bytes,
-      duration_ms: Math.round((performance.now() - started) * 10) / 10,
+      duration_ms: Math.round(seconds * 10_000) / 10,
       cache: note?.cache ?? res.getHeader(CACHE_HEADER) ?? null,
       complete: res.writableFinished,
     })

@@ -4,12 +4,12 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { InvalidReference, isDockerHubReference, parseImageReference } from '../prefetch/reference.js'
 import { type ImageRequest, planExport, writeArchive } from '../store/archive.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const EXPORT_USAGE = `Usage: pullcache export FILE [IMAGE...] [options]
        pullcache export FILE --all [options]

@@ -5,12 +5,12 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { createLogger, silentLogger } from '../log.js'
 import { BlobStore } from '../store/blob-store.js'
 import { type EvictionPlan, Evictor, policyFrom } from '../store/eviction.js'
 import { IndexDb } from '../store/index-db.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const GC_USAGE = `Usage: pullcache gc [options]
 

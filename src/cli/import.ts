@@ -6,11 +6,11 @@
 import { createReadStream } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { ArchiveError, importArchive } from '../store/archive.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const IMPORT_USAGE = `Usage: pullcache import FILE [options]
 

@@ -6,6 +6,7 @@
 
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { createLogger } from '../log.js'
 import { InvalidPlatform, type Platform, parsePlatforms } from '../prefetch/platform.js'
 import { Puller, type PullResult } from '../prefetch/puller.js'
@@ -25,7 +26,6 @@ import {
 } from '../prefetch/sources.js'
 import { type RunningServer, startServer } from '../server.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const PREFETCH_USAGE = `Usage: pullcache prefetch [options] [IMAGE...]
 

@@ -7,6 +7,7 @@
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { parseDuration } from '../config.js'
+import { humanBytes } from '../human-bytes.js'
 import {
   budgetBytes,
   configuredUpstream,
@@ -17,7 +18,6 @@ import {
 import { IndexDb } from '../store/index-db.js'
 import type { Totals } from '../store/stats.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const STATS_USAGE = `Usage: pullcache stats [options]
 

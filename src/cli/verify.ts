@@ -4,11 +4,11 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
 import { type Problem, type VerifyReport, verifyStore } from '../store/verify.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const VERIFY_USAGE = `Usage: pullcache verify [options]
 

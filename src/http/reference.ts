@@ -3,23 +3,12 @@
 // '%' or NUL, so no path built from them can leave the store.
 
 import { RegistryError } from '../errors.js'
+import { ANY_DIGEST, NAME_COMPONENT, type RepoName, SHA256_DIGEST, TAG } from '../oci.js'
 
-// OCI distribution-spec grammar for <name>, one path component at a time.
-const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/
-const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/
-// Only sha256 is stored; other algorithms are refused rather than half-supported.
-const SHA256 = /^sha256:[a-f0-9]{64}$/
-const ANY_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/
+export type { RepoName } from '../oci.js'
 
 /** Names longer than this are refused by clients anyway (host + '/' + name <= 255). */
 const MAX_NAME = 255
-
-export interface RepoName {
-  /** The name the client used, e.g. "alpine"; paths in Link headers keep it. */
-  readonly client: string
-  /** The name upstream knows, e.g. "library/alpine" on Docker Hub. */
-  readonly upstream: string
-}
 
 export function parseName(raw: string, libraryPrefix: boolean): RepoName {
   if (raw.length === 0 || raw.length > MAX_NAME) {
@@ -27,7 +16,7 @@ export function parseName(raw: string, libraryPrefix: boolean): RepoName {
   }
   const parts = raw.split('/')
   for (const part of parts) {
-    if (!COMPONENT.test(part)) {
+    if (!NAME_COMPONENT.test(part)) {
       throw new RegistryError('NAME_INVALID', {
         name: raw,
         reason: `invalid path component ${JSON.stringify(part)}`,
@@ -52,19 +41,12 @@ export function parseReference(raw: string): Reference {
  * a malformed one is DIGEST_INVALID (400).
  */
 export function parseDigest(raw: string, unknownCode: 'BLOB_UNKNOWN' | 'MANIFEST_UNKNOWN'): string {
-  if (SHA256.test(raw)) return raw
+  // Only sha256 is stored; other algorithms are refused rather than half-supported.
+  if (SHA256_DIGEST.test(raw)) return raw
   if (ANY_DIGEST.test(raw) && !raw.startsWith('sha256:')) {
     throw new RegistryError(unknownCode, { digest: raw, reason: 'only sha256 digests are supported' })
   }
   throw new RegistryError('DIGEST_INVALID', { digest: raw })
-}
-
-export function isDigest(value: string): boolean {
-  return SHA256.test(value)
-}
-
-export function isTag(value: string): boolean {
-  return TAG.test(value)
 }
 
 /** A byte range resolved against a known size: first and last byte, inclusive. */

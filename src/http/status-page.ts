@@ -5,7 +5,7 @@
 // repository names and upstream error messages come from clients and from the internet.
 
 import { Hono } from 'hono'
-import { humanBytes } from '../cli/human-bytes.js'
+import { humanBytes } from '../human-bytes.js'
 import type { Mirror } from '../mirror/mirror.js'
 import type { StatsReport } from '../mirror/stats-report.js'
 import type { Totals } from '../store/stats.js'

@@ -16,14 +16,14 @@ import type { FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import type { TagPattern } from '../config.js'
 import { RegistryError, UpstreamError } from '../errors.js'
-import type { RepoName } from '../http/reference.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { INDEX_TYPES, MEDIA_TYPES, manifestRefs, type RepoName, sha256 } from '../oci.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { CacheResult, IndexDb, ManifestRow } from '../store/index-db.js'
 import type { Upstream } from '../upstream/client.js'
 import { Fill } from './blob-fill.js'
-import { accepts, INDEX_TYPES, manifestRefs, sha256 } from './manifest.js'
+import { accepts } from './manifest.js'
 
 export type Outcome = Exclude<CacheResult, 'error'>
 
@@ -589,7 +589,7 @@ function manifestMediaType(bytes: Buffer, contentType: string): string {
   } catch {
     // fall through
   }
-  return contentType || 'application/vnd.oci.image.manifest.v1+json'
+  return contentType || MEDIA_TYPES.ociManifest
 }
 
 function isUpstreamRegistryError(err: unknown): boolean {

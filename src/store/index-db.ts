@@ -9,6 +9,7 @@
 // migration. Blobs and manifests are keyed by digest alone: content is shared across repos.
 
 import Database from 'better-sqlite3'
+import type { ManifestRef } from '../oci.js'
 
 /** Each entry migrates the schema from version i to i + 1. Never edit one that has shipped. */
 const MIGRATIONS: string[] = [
@@ -139,12 +140,7 @@ export interface TagRow {
   last_checked: number
 }
 
-export interface ManifestRef {
-  child: string
-  mediaType: string | null
-  size: number | null
-  platform: string | null
-}
+export type { ManifestRef } from '../oci.js'
 
 export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'stale' | 'error'
 

@@ -12,6 +12,7 @@ import { Agent, type Dispatcher } from 'undici'
 import { UpstreamError, type UpstreamFailure } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { MANIFEST_TYPES, MAX_MANIFEST_BYTES } from '../oci.js'
 import {
   type Challenge,
   type Credentials,
@@ -22,20 +23,9 @@ import {
   type TokenResponse,
 } from './auth.js'
 
-/** Every manifest type pullcache stores, in the order we ask for them. Schema 1 is left out: its
- * digest is not the hash of its bytes, so it cannot be verified like the others. */
-export const MANIFEST_TYPES = [
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-] as const
-
 const USER_AGENT = 'pullcache/0.1'
 /** Error bodies we read to report upstream's message; anything longer is cut. */
 const MAX_ERROR_BODY = 16 * 1024
-/** Manifests are small; Docker Hub caps them at 4 MiB, so do we, against a runaway upstream. */
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const MAX_REDIRECTS = 5
 
 export interface UpstreamOptions {
@@ -103,7 +93,6 @@ export interface ManifestBody {
 }
 
 export interface BlobBody {
-  status: number
   size: number | undefined
   body: Readable
 }
@@ -287,7 +276,7 @@ export class Upstream {
   async headBlob(repo: string, digest: string, signal?: AbortSignal): Promise<{ size: number }> {
     const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`, {}, signal)
     // Some registries redirect HEAD to storage too; the size is what we need, so follow.
-    const final = await this.followRedirects(repo, res, 'HEAD', {}, signal)
+    const final = await this.followRedirects(repo, res, 'HEAD', signal)
     if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`)
     await final.body.dump()
     const size = Number(header(final.headers, 'content-length'))
@@ -299,7 +288,7 @@ export class Upstream {
   /** GET a blob, following the redirect to a CDN without our token. The body is the caller's. */
   async getBlob(repo: string, digest: string, signal?: AbortSignal): Promise<BlobBody> {
     const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`, {}, signal)
-    const final = await this.followRedirects(repo, res, 'GET', {}, signal)
+    const final = await this.followRedirects(repo, res, 'GET', signal)
     if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`)
     const length = header(final.headers, 'content-length')
     if (length !== undefined && !/^\d+$/.test(length.trim())) {
@@ -307,7 +296,6 @@ export class Upstream {
       throw new UpstreamError('SERVER', `GET blob ${digest}: bad Content-Length ${JSON.stringify(length)}`)
     }
     return {
-      status: final.statusCode,
       size: length === undefined ? undefined : Number(length),
       body: final.body,
     }
@@ -470,7 +458,6 @@ export class Upstream {
     repo: string,
     first: Response,
     method: 'GET' | 'HEAD',
-    headers: Record<string, string>,
     signal?: AbortSignal,
   ): Promise<Response> {
     let res = first
@@ -492,8 +479,8 @@ export class Upstream {
       // Our token belongs to the upstream origin; a CDN URL carries its own signature.
       res =
         url.origin === this.origin.origin
-          ? await this.send('blob', repo, method, url.pathname + url.search, headers, signal)
-          : await this.raw('cdn', method, url, headers, signal)
+          ? await this.send('blob', repo, method, url.pathname + url.search, {}, signal)
+          : await this.raw('cdn', method, url, {}, signal)
     }
     return res
   }

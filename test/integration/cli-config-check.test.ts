@@ -2,7 +2,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { runCli } from '../support/run-cli.js'
-import { tmpRoot } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
 
 describe('pullcache config check', () => {
   test('a bad file: every problem with its path, exit 2', async () => {

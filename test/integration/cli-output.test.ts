@@ -9,7 +9,7 @@ import { expect, test } from 'vitest'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
 import { IndexDb } from '../../src/store/index-db.js'
 import { MAIN_JS, runCli } from '../support/run-cli.js'
-import { tmpRoot } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
 
 const REPOS = 6_000
 

@@ -1,7 +1,7 @@
 import { connect } from 'node:net'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import { beforeAll, describe, expect, test } from 'vitest'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import type { TestMirror } from '../support/start-mirror.js'
 
 /** Sends a request line as it is, without a client normalising the path on the way. */
 function rawGet(url: string, path: string): Promise<{ status: number; body: string }> {
@@ -23,26 +23,21 @@ function rawGet(url: string, path: string): Promise<{ status: number; body: stri
 }
 
 describe('the HTTP surface', () => {
-  let up: FakeUpstream
+  const fake = useFakeUpstream()
   let mirror: TestMirror
 
   beforeAll(async () => {
-    up = await startFakeUpstream()
-    mirror = await startMirror({ upstream: up.url })
-  })
-  afterAll(async () => {
-    await mirror.close()
-    await up.close()
+    mirror = await fake.fileMirror()
   })
 
   test('GET and HEAD /v2/ answer 200 with the API version header, without asking upstream', async () => {
-    up.reset()
+    fake.up.reset()
     for (const call of [mirror.get('/v2/'), mirror.head('/v2/'), mirror.get('/v2')]) {
       const res = await call
       expect(res.status).toBe(200)
       expect(res.headers['docker-distribution-api-version']).toBe('registry/2.0')
     }
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
   })
 
   test('every error is OCI JSON with the right status and the API version header', async () => {
@@ -73,7 +68,7 @@ describe('the HTTP surface', () => {
   })
 
   test('push and delete are 405 UNSUPPORTED and never reach upstream', async () => {
-    up.reset()
+    fake.up.reset()
     const { request } = await import('undici')
     for (const [method, path] of [
       ['PUT', '/v2/library/x/manifests/latest'],
@@ -87,11 +82,11 @@ describe('the HTTP surface', () => {
       const body = (await res.body.json()) as { errors: { code: string }[] }
       expect(body.errors[0]!.code).toBe('UNSUPPORTED')
     }
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
   })
 
   test('no path, however encoded, escapes the name grammar or reaches upstream', async () => {
-    up.reset()
+    fake.up.reset()
     const paths = [
       '/v2/../../etc/passwd/manifests/latest',
       '/v2/library/%2e%2e/%2e%2e/manifests/latest',
@@ -107,12 +102,12 @@ describe('the HTTP surface', () => {
       expect(res.status, path).toBeLessThan(500)
       expect(JSON.parse(res.body).errors[0].code, path).toBeTypeOf('string')
     }
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
   })
 
   test('a malformed Range is 416 with Content-Range', async () => {
     const bytes = Buffer.from('range me please')
-    const digest = up.addBlob('library/x', bytes)
+    const digest = fake.up.addBlob('library/x', bytes)
     await mirror.get(`/v2/library/x/blobs/${digest}`)
     for (const range of ['bytes=10-5', 'bytes=-0', 'bytes=100-', 'bytes=-']) {
       const res = await mirror.get(`/v2/library/x/blobs/${digest}`, { range })
@@ -123,7 +118,7 @@ describe('the HTTP surface', () => {
 
   test('one JSON access line per request with method, path, status, bytes, duration and cache result', async () => {
     const before = mirror.logs.length
-    const digest = up.addBlob('library/x', Buffer.from('logged'))
+    const digest = fake.up.addBlob('library/x', Buffer.from('logged'))
     await mirror.get(`/v2/library/x/blobs/${digest}`)
     await new Promise((r) => setTimeout(r, 20))
     const lines = mirror.logs.slice(before).filter((l) => l.event === 'request')
@@ -138,15 +133,36 @@ describe('the HTTP surface', () => {
     expect(lines[0]!.duration_ms).toBeTypeOf('number')
   })
 
+  test('every registry API request is timed by kind, with or without the access log', async () => {
+    const quiet = await fake.mirror({ env: { PULLCACHE_ACCESS_LOG: 'false' } })
+    const digest = fake.up.addBlob('library/x', Buffer.from('timed'))
+    await quiet.get('/v2/')
+    await quiet.get(`/v2/library/x/blobs/${digest}`)
+    await quiet.get(`/v2/library/x/blobs/${digest}`)
+    await quiet.get('/v2/library/x/manifests/nope')
+    await quiet.get('/_pullcache/healthz')
+    await new Promise((r) => setTimeout(r, 20))
+    const metrics = (await quiet.get('/metrics')).body.toString()
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="base"\} 1$/m)
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="blob"\} 2$/m)
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="manifest"\} 1$/m)
+    // Only /v2: the status endpoints and /metrics itself are not registry API requests.
+    const kinds = [...metrics.matchAll(/^pullcache_request_duration_seconds_count\{kind="(\w+)"\}/gm)]
+    expect(kinds.map((m) => m[1]).sort()).toEqual(['base', 'blob', 'manifest'])
+    expect(quiet.logs.filter((l) => l.event === 'request')).toHaveLength(0)
+  })
+
   test('?ns= for Docker Hub or the upstream is served; another registry is 404 so containerd moves on', async () => {
-    const digest = up.addBlob('library/x', Buffer.from('namespaced'))
+    const digest = fake.up.addBlob('library/x', Buffer.from('namespaced'))
     const ok = await mirror.get(`/v2/library/x/blobs/${digest}?ns=docker.io`)
     expect(ok.status).toBe(200)
-    expect((await mirror.get(`/v2/library/x/blobs/${digest}?ns=${new URL(up.url).host}`)).status).toBe(200)
-    up.reset()
+    expect((await mirror.get(`/v2/library/x/blobs/${digest}?ns=${new URL(fake.up.url).host}`)).status).toBe(
+      200,
+    )
+    fake.up.reset()
     const other = await mirror.get(`/v2/library/x/blobs/${digest}?ns=ghcr.io`)
     expect(other.status).toBe(404)
     expect(JSON.parse(other.body.toString()).errors[0].code).toBe('NAME_UNKNOWN')
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
   })
 })

@@ -9,9 +9,11 @@ import { join } from 'node:path'
 import { request } from 'undici'
 import { afterEach, describe, expect, test } from 'vitest'
 import { StoreLocked } from '../../src/store/store-lock.js'
-import { type Daemon, startDaemon, waitFor } from '../e2e/processes.js'
+import { type Daemon, startDaemon } from '../e2e/processes.js'
 import { MAIN_JS, runCli } from '../support/run-cli.js'
-import { startMirror, tmpRoot } from '../support/start-mirror.js'
+import { startMirror } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
+import { waitFor } from '../support/wait-for.js'
 
 // Nothing is pulled here; the upstream is never contacted.
 const UPSTREAM = 'http://127.0.0.1:1'

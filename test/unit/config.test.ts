@@ -1,5 +1,4 @@
-import { mkdtemp, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import {
@@ -10,9 +9,10 @@ import {
   parseDuration,
   parseSize,
 } from '../../src/config.js'
+import { tmpRoot } from '../support/tmp.js'
 
 async function file(content: unknown): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'pullcache-conf-'))
+  const dir = await tmpRoot('pullcache-conf')
   const path = join(dir, 'pullcache.json')
   await writeFile(path, typeof content === 'string' ? content : JSON.stringify(content))
   return path

@@ -1,12 +1,11 @@
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { describe, expect, test } from 'vitest'
 import { IndexDb } from '../../src/store/index-db.js'
+import { tmpRoot } from '../support/tmp.js'
 
 async function dbPath(): Promise<string> {
-  return join(await mkdtemp(join(tmpdir(), 'pullcache-index-')), 'index.db')
+  return join(await tmpRoot('pullcache-index'), 'index.db')
 }
 
 describe('index', () => {
@@ -116,7 +115,6 @@ describe('index', () => {
       expect(Math.min(...rows())).toBe(now - 9 * hour)
     } finally {
       index.close()
-      await rm(dirname(path), { recursive: true, force: true })
     }
   })
 })
