@@ -1,16 +1,19 @@
 // `pullcache config check`: load the config exactly as serve would (embedded defaults, the file,
-// PULLCACHE_* environment variables, flags) and print the result with secrets masked, or every
-// problem at once with its path. Meant for deploy scripts and for "why does serve not start".
+// PULLCACHE_* environment variables, flags) and print the result as a config file that --config
+// reads back to the same configuration, with no secret in it; or every problem at once with its
+// path. Meant for deploy scripts and for "why does serve not start".
 
-import { ConfigError, describeConfig, loadConfig } from '../config.js'
+import { type Config, ConfigError, fileForm, loadConfig } from '../config.js'
 import { CliExit, CONFIG_FLAGS, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
 
 export const CONFIG_USAGE = `Usage: pullcache config check [options]
 
 Validates the configuration the way pullcache serve loads it: the embedded defaults, the JSON
 file, then PULLCACHE_* environment variables, then these flags. Prints the effective
-configuration as JSON (durations in milliseconds, sizes in bytes, the password masked), or
-every problem with its path.
+configuration as a JSON config file that --config accepts and loads back unchanged, or every
+problem with its path. Secrets are never printed: the upstream password stays where it comes
+from (PULLCACHE_UPSTREAM_PASSWORD, or the file upstream.password_file names), which a note on
+stderr says.
 
   --config FILE          JSON config file (default: embedded defaults; env PULLCACHE_CONFIG)
   --data-dir DIR         as serve --data-dir
@@ -40,7 +43,9 @@ export async function configCommand(args: string[]): Promise<number> {
   const file = (values.config as string | undefined) ?? process.env.PULLCACHE_CONFIG
   try {
     const config = loadConfig({ file, flags })
-    process.stdout.write(`${JSON.stringify(describeConfig(config), null, 2)}\n`)
+    process.stdout.write(`${JSON.stringify(fileForm(config), null, 2)}\n`)
+    const note = secretNote(config)
+    if (note) process.stderr.write(`pullcache: ${note}\n`)
     return EXIT_OK
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err
@@ -51,4 +56,14 @@ export async function configCommand(args: string[]): Promise<number> {
       `invalid configuration (${from}), ${count}:\n  ${err.problems.join('\n  ')}`,
     )
   }
+}
+
+/** Where the secrets left out of the printout come from, or undefined when there are none. */
+function secretNote(config: Config): string | undefined {
+  if (config.upstream.password === null) return undefined
+  const from =
+    config.upstream.password_file === null
+      ? 'PULLCACHE_UPSTREAM_PASSWORD in the environment'
+      : `upstream.password_file (${config.upstream.password_file})`
+  return `the upstream password is not printed; it comes from ${from}`
 }
