@@ -547,5 +547,10 @@ export function fileForm(config: Config): Record<string, unknown> {
   return toFileForm(schema, config) as Record<string, unknown>
 }
 
+/** The environment variable that sets a config key, or undefined when none does. */
+export function envNameOf(key: string): string | undefined {
+  return Object.entries(ENV_KEYS).find(([, k]) => k === key)?.[0]
+}
+
 /** The schema, for the tests that walk every key. */
 export { schema as configSchema }

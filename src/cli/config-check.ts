@@ -4,7 +4,7 @@
 // path. Meant for deploy scripts and for "why does serve not start".
 
 import { type Config, ConfigError, fileForm, loadConfig } from '../config.js'
-import { CliExit, CONFIG_FLAGS, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
+import { CliExit, CONFIG_FLAGS, EXIT_OK, EXIT_USAGE, keyFlags, parseCommand } from './args.js'
 
 export const CONFIG_USAGE = `Usage: pullcache config check [options]
 
@@ -16,14 +16,16 @@ from (PULLCACHE_UPSTREAM_PASSWORD, or the file upstream.password_file names), wh
 stderr says.
 
   --config FILE          JSON config file (default: embedded defaults; env PULLCACHE_CONFIG)
-  --data-dir DIR         as serve --data-dir
-  --upstream URL         as serve --upstream
+  --data-dir DIR         as serve --data-dir (env PULLCACHE_DATA_DIR)
+  --upstream URL         as serve --upstream (env PULLCACHE_UPSTREAM)
 
 Exit status: 0 valid; 2 invalid (every problem is printed) or bad usage.
 `
 
+export const CONFIG_OPTIONS = CONFIG_FLAGS
+
 export async function configCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(args, CONFIG_FLAGS, CONFIG_USAGE)
+  const { values, positionals } = parseCommand(args, CONFIG_OPTIONS, CONFIG_USAGE)
   if (values.help) {
     process.stdout.write(CONFIG_USAGE)
     return EXIT_OK
@@ -36,10 +38,7 @@ export async function configCommand(args: string[]): Promise<number> {
   if (extra.length > 0) {
     throw new CliExit(EXIT_USAGE, `config check: unexpected argument ${JSON.stringify(extra[0])}`)
   }
-  const flags: Record<string, string | undefined> = {
-    data_dir: values['data-dir'] as string | undefined,
-    'upstream.url': values.upstream as string | undefined,
-  }
+  const flags = keyFlags(values)
   const file = (values.config as string | undefined) ?? process.env.PULLCACHE_CONFIG
   try {
     const config = loadConfig({ file, flags })
