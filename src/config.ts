@@ -228,72 +228,64 @@ const timerDuration = (zeroWould?: string) =>
   )
 
 /** "host:port", ":port" or "[::1]:port". */
-const listen = writtenAs(
-  z.string().transform((text, ctx) => {
-    const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text)
-    const port = m ? Number(m[3]) : Number.NaN
-    if (!m || port > 65535) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `not a listen address like ":5000" or "127.0.0.1:5000": ${text}`,
-      })
-      return z.NEVER
-    }
-    return { host: m[1] ?? (m[2] || '0.0.0.0'), port }
-  }),
-  ({ host, port }) =>
-    host === '0.0.0.0' ? `:${port}` : host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
+const listen = z.string().transform((text, ctx) => {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text)
+  const port = m ? Number(m[3]) : Number.NaN
+  if (!m || port > 65535) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `not a listen address like ":5000" or "127.0.0.1:5000": ${text}`,
+    })
+    return z.NEVER
+  }
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port }
+})
+writtenAs(listen, ({ host, port }) =>
+  host === '0.0.0.0' ? `:${port}` : host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
 )
 
-const upstreamUrl = writtenAs(
-  z.string().transform((text, ctx) => {
-    let url: URL
-    try {
-      url = new URL(text)
-    } catch {
-      ctx.addIssue({ code: 'custom', message: `not a URL: ${text}` })
-      return z.NEVER
-    }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-      ctx.addIssue({ code: 'custom', message: `upstream must be http or https: ${text}` })
-      return z.NEVER
-    }
-    if (url.username || url.password) {
-      // A password in a URL ends up in logs and process listings; make the operator move it.
-      ctx.addIssue({
-        code: 'custom',
-        message: 'put credentials in upstream.username and a password file, not the URL',
-      })
-      return z.NEVER
-    }
-    if (url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `upstream must be a registry root like ${DOCKER_HUB}: ${text}`,
-      })
-      return z.NEVER
-    }
-    return url.origin
-  }),
-  (origin) => origin,
-)
+const upstreamUrl = z.string().transform((text, ctx) => {
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `not a URL: ${text}` })
+    return z.NEVER
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    ctx.addIssue({ code: 'custom', message: `upstream must be http or https: ${text}` })
+    return z.NEVER
+  }
+  if (url.username || url.password) {
+    // A password in a URL ends up in logs and process listings; make the operator move it.
+    ctx.addIssue({
+      code: 'custom',
+      message: 'put credentials in upstream.username and a password file, not the URL',
+    })
+    return z.NEVER
+  }
+  if (url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
+    ctx.addIssue({ code: 'custom', message: `upstream must be a registry root like ${DOCKER_HUB}: ${text}` })
+    return z.NEVER
+  }
+  return url.origin
+})
+writtenAs(upstreamUrl, (origin) => origin)
 
 /**
  * A tag pattern: a glob over "repo:tag" ("*:latest", "library/*:*"), a glob over the tag alone
  * when it has no ':' ("latest", "v*"), or a regular expression over the tag in slashes
  * ("/^v?\\d+\\.\\d+\\.\\d+$/"). `*` matches within one path component; `**` across '/'.
  */
-const tagPattern = writtenAs(
-  z.string().transform((text, ctx) => {
-    const compiled = compileTagPattern(text)
-    if (compiled === undefined) {
-      ctx.addIssue({ code: 'custom', message: `not a valid pattern: ${text}` })
-      return z.NEVER
-    }
-    return { text, test: compiled }
-  }),
-  (pattern) => pattern.text,
-)
+const tagPattern = z.string().transform((text, ctx) => {
+  const compiled = compileTagPattern(text)
+  if (compiled === undefined) {
+    ctx.addIssue({ code: 'custom', message: `not a valid pattern: ${text}` })
+    return z.NEVER
+  }
+  return { text, test: compiled }
+})
+writtenAs(tagPattern, (pattern) => pattern.text)
 
 const nullableSize = unitString(
   parseSize,
