@@ -22,6 +22,154 @@ const UNITS_BYTES: Record<string, number> = {
   tib: 2 ** 40,
 }
 
+// --- back to the file's shape ----------------------------------------------------------------
+// `config check` prints the effective config as a file `--config` reads back unchanged. Plain
+// values (strings, numbers, booleans, enums, null, arrays, objects) are written as they are; each
+// schema that transforms its text (durations, sizes, listen, patterns) says how its value is
+// written back, right where it is defined. fileForm() walks the schema, so a new key or section
+// is printed with no change here, and a new transform without a file form is an error, which
+// the round-trip test (test/unit/config-file-form.test.ts) reports.
+
+/** Schemas whose parsed value is not what the file holds -> how to write the value back. */
+const FILE_FORMS = new WeakMap<z.ZodType, (value: never) => unknown>()
+/** Schemas of secrets: never printed; the file form leaves the key out. */
+const SECRETS = new WeakSet<z.ZodType>()
+
+function writtenAs<S extends z.ZodType>(schema: S, toFile: (value: z.output<S>) => unknown): S {
+  FILE_FORMS.set(formKey(schema), toFile as (value: never) => unknown)
+  return schema
+}
+
+/**
+ * What a file form is registered under: for a transform (a pipe), the transform step itself,
+ * which zod keeps when it copies the pipe (`.refine()` on a duration makes a new schema with
+ * the same transform), so the copies are written back as the original is.
+ */
+function formKey(schema: z.ZodType): z.ZodType {
+  const def = defOf(schema)
+  return def.type === 'pipe' && def.out !== undefined ? def.out : schema
+}
+
+/**
+ * Marks a key's schema as a secret: `config check` and fileForm() leave it out. Secrets belong
+ * in the environment or a file named in the config (as upstream.password_file), so this is for
+ * a key that cannot be otherwise; it must be optional or have a default, so that what is
+ * printed still loads.
+ */
+export function secret<S extends z.ZodType>(schema: S): S {
+  SECRETS.add(schema)
+  return schema
+}
+
+/** The parts of zod's schema definitions fileForm() reads. */
+interface SchemaDef {
+  type: string
+  innerType?: z.ZodType
+  element?: z.ZodType
+  out?: z.ZodType
+  shape?: Record<string, z.ZodType>
+}
+
+function defOf(schema: z.ZodType): SchemaDef {
+  return schema._zod.def as unknown as SchemaDef
+}
+
+/** Whether a key's schema, or a schema it wraps (default, nullable...), is a secret. */
+function isSecret(schema: z.ZodType): boolean {
+  for (let node: z.ZodType | undefined = schema; node; node = defOf(node).innerType) {
+    if (SECRETS.has(node)) return true
+  }
+  return false
+}
+
+/** `value`, parsed by `schema`, as the file that parses to it; secrets left out. */
+export function toFileForm(schema: z.ZodType, value: unknown): unknown {
+  return toFile(schema, value, '')
+}
+
+function toFile(schema: z.ZodType, value: unknown, path: string): unknown {
+  const format = FILE_FORMS.get(formKey(schema))
+  if (format) return format(value as never)
+  const def = defOf(schema)
+  switch (def.type) {
+    case 'string':
+    case 'number':
+    case 'boolean':
+    case 'enum':
+    case 'literal':
+    case 'null':
+      return value
+    case 'nullable':
+      return value === null ? null : toFile(def.innerType!, value, path)
+    case 'optional':
+      return value === undefined ? undefined : toFile(def.innerType!, value, path)
+    case 'default':
+    case 'prefault':
+    case 'readonly':
+      return toFile(def.innerType!, value, path)
+    case 'array':
+      return (value as unknown[]).map((item, i) => toFile(def.element!, item, `${path}.${i}`))
+    case 'object': {
+      const out: Record<string, unknown> = {}
+      const from = value as Record<string, unknown>
+      for (const [key, child] of Object.entries(def.shape!)) {
+        if (isSecret(child)) continue
+        const written = toFile(child, from[key], path === '' ? key : `${path}.${key}`)
+        if (written !== undefined) out[key] = written
+      }
+      return out
+    }
+    default:
+      throw new Error(`${path || '(top level)'}: no file form for a ${def.type} schema`)
+  }
+}
+
+/** The largest unit that divides `value` exactly, so that parsing the text gives `value` back. */
+function inUnits(value: number, units: [string, number][]): string {
+  if (value === 0) return `0${units.at(-1)![0]}`
+  let best = `${value}${units.at(-1)![0]}`
+  let smallest = value
+  for (const [unit, factor] of units) {
+    if (value % factor === 0 && value / factor < smallest) {
+      smallest = value / factor
+      best = `${smallest}${unit}`
+    }
+  }
+  return best
+}
+
+/** 90_000 -> "90s", 3_600_000 -> "1h": text parseDuration reads back as the same number. */
+export function formatDuration(ms: number): string {
+  return inUnits(ms, [
+    ['d', UNITS_MS.d!],
+    ['h', UNITS_MS.h!],
+    ['m', UNITS_MS.m!],
+    ['s', UNITS_MS.s!],
+    ['ms', 1],
+  ])
+}
+
+/** 67_108_864 -> "64MiB", 5e10 -> "50GB": text parseSize reads back as the same number. */
+export function formatSize(bytes: number): string {
+  return inUnits(bytes, [
+    ['TiB', UNITS_BYTES.tib!],
+    ['GiB', UNITS_BYTES.gib!],
+    ['MiB', UNITS_BYTES.mib!],
+    ['KiB', UNITS_BYTES.kib!],
+    ['TB', UNITS_BYTES.tb!],
+    ['GB', UNITS_BYTES.gb!],
+    ['MB', UNITS_BYTES.mb!],
+    ['KB', UNITS_BYTES.kb!],
+    ['B', 1],
+  ])
+}
+
+/** How unitString's values are written back, by the parser that reads them. */
+const FORMAT_OF = new Map<(text: string) => number | undefined, (value: number) => string>([
+  [parseDuration, formatDuration],
+  [parseSize, formatSize],
+])
+
 /** "500ms", "60s", "5m", "24h", "7d" -> milliseconds. */
 export function parseDuration(text: string): number | undefined {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/i.exec(text)
@@ -46,7 +194,9 @@ function unitString(
   example: string,
   positive: boolean | string = false,
 ) {
-  return z.string().transform((text, ctx) => {
+  const format = FORMAT_OF.get(parse)
+  if (format === undefined) throw new Error('unitString: no format for this parser')
+  const schema = z.string().transform((text, ctx) => {
     const value = parse(text)
     if (value === undefined) {
       ctx.addIssue({ code: 'custom', message: `not ${example}: ${JSON.stringify(text)}` })
@@ -59,6 +209,7 @@ function unitString(
     }
     return value
   })
+  return writtenAs(schema, format)
 }
 
 const duration = unitString(parseDuration, 'a duration like "60s", "5m" or "500ms"')
@@ -89,6 +240,9 @@ const listen = z.string().transform((text, ctx) => {
   }
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port }
 })
+writtenAs(listen, ({ host, port }) =>
+  host === '0.0.0.0' ? `:${port}` : host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
+)
 
 const upstreamUrl = z.string().transform((text, ctx) => {
   let url: URL
@@ -116,6 +270,7 @@ const upstreamUrl = z.string().transform((text, ctx) => {
   }
   return url.origin
 })
+writtenAs(upstreamUrl, (origin) => origin)
 
 /**
  * A tag pattern: a glob over "repo:tag" ("*:latest", "library/*:*"), a glob over the tag alone
@@ -130,6 +285,7 @@ const tagPattern = z.string().transform((text, ctx) => {
   }
   return { text, test: compiled }
 })
+writtenAs(tagPattern, (pattern) => pattern.text)
 
 const nullableSize = unitString(
   parseSize,
@@ -381,18 +537,18 @@ function deepFreeze<T>(value: T): T {
   return value
 }
 
-/** The config as JSON with secrets masked, for `config check` and the startup log. */
-export function describeConfig(config: Config): Record<string, unknown> {
-  return {
-    ...config,
-    upstream: { ...config.upstream, password: config.upstream.password === null ? null : '********' },
-    cache: {
-      ...config.cache,
-      tag_freshness_rules: config.cache.tag_freshness_rules.map((r) => ({
-        match: r.match.text,
-        freshness: r.freshness,
-      })),
-      pins: config.cache.pins.map((p) => p.text),
-    },
-  }
+/**
+ * The config as the file `--config` reads: loading it gives this config back (the password
+ * aside, which never lives in the file). For `config check`; secrets are left out.
+ */
+export function fileForm(config: Config): Record<string, unknown> {
+  return toFileForm(schema, config) as Record<string, unknown>
 }
+
+/** The environment variable that sets a config key, or undefined when none does. */
+export function envNameOf(key: string): string | undefined {
+  return Object.entries(ENV_KEYS).find(([, k]) => k === key)?.[0]
+}
+
+/** The schema, for the tests that walk every key. */
+export { schema as configSchema }

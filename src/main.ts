@@ -19,7 +19,7 @@ const COMMANDS: Record<string, { run: (args: string[]) => Promise<number>; summa
   gc: { run: gc, summary: 'remove what the eviction policy says should go (--dry-run to list it)' },
   config: {
     run: configCommand,
-    summary: 'config check: validate the configuration and print it, secrets masked',
+    summary: 'config check: validate the configuration and print it as a config file, no secrets',
   },
   verify: { run: verify, summary: 're-hash the store and compare it with the index (--repair to fix)' },
   prefetch: { run: prefetch, summary: 'warm the cache from image references, Compose or Kubernetes files' },

@@ -24,17 +24,20 @@ do not hash to their digest. Safe to run while pullcache serve is running on the
   --json                 print the report as JSON
   --config FILE          JSON config file (env PULLCACHE_CONFIG)
   --data-dir DIR         the store to check (default ./data; env PULLCACHE_DATA_DIR)
+  --upstream URL         as serve --upstream (env PULLCACHE_UPSTREAM); verify does not use it
 
 Exit status: 0 the store is clean, or everything found was repaired; 1 problems remain;
 2 bad usage or configuration.
 `
 
+export const VERIFY_OPTIONS = {
+  ...CONFIG_FLAGS,
+  repair: { type: 'boolean' },
+  json: { type: 'boolean' },
+} as const
+
 export async function verify(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(
-    args,
-    { ...CONFIG_FLAGS, repair: { type: 'boolean' }, json: { type: 'boolean' } },
-    VERIFY_USAGE,
-  )
+  const { values, positionals } = parseCommand(args, VERIFY_OPTIONS, VERIFY_USAGE)
   if (values.help) {
     process.stdout.write(VERIFY_USAGE)
     return EXIT_OK

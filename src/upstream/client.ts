@@ -60,6 +60,25 @@ const RECENT_ERRORS = 20
 /** What a request upstream is for, as the metrics label it. */
 type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn' | 'ping'
 
+/** An answer from upstream this recent, with no failure since, says it is online. */
+export const ONLINE_WITHIN_MS = 60_000
+
+/**
+ * Whether upstream can be reached, as the last contacts with it say. An answer is any response
+ * below 500 (a 401 or 404 is upstream answering); a failure is a refused or dropped connection,
+ * a timeout, a 5xx, or a token endpoint that failed.
+ */
+export interface Reachability {
+  /**
+   * online: an answer within ONLINE_WITHIN_MS and no failure since; unreachable: the last
+   * contact failed; offline: offline on purpose; unknown: no contact within ONLINE_WITHIN_MS.
+   */
+  state: 'online' | 'unreachable' | 'offline' | 'unknown'
+  /** When upstream last answered, ms since epoch. */
+  lastAnswer: number | undefined
+  lastFailure: { at: number; message: string } | undefined
+}
+
 /** How long a ping's answer is reused: readiness probes every few seconds must not reach Hub. */
 const PING_CACHE_MS = 10_000
 
@@ -125,6 +144,10 @@ export class Upstream {
   private readonly metrics: Metrics
   private unwellUntil = 0
   private readonly errors: UpstreamErrorNote[] = []
+  private lastAnswer: number | undefined
+  private lastFailure: { at: number; message: string } | undefined
+  /** A failed ping is listed once per outage: set by the first, cleared by the next answer. */
+  private pingFailureListed = false
   private lastPing: { result: Promise<PingResult>; until: number } | undefined
 
   constructor(opts: UpstreamOptions) {
@@ -217,6 +240,7 @@ export class Upstream {
       const detail = reachable
         ? `${url.href} answered ${res.statusCode}`
         : `${url.href} answered ${res.statusCode}, expected 200 or 401`
+      if (!reachable) this.noteFailure(detail)
       return { reachable, status: res.statusCode, detail, at: Date.now() }
     } catch (err) {
       return {
@@ -503,6 +527,7 @@ export class Upstream {
         ...(signal === undefined ? {} : { signal }),
       })
       this.metrics.upstreamRequests.inc({ kind, method, status: String(res.statusCode) })
+      if (res.statusCode < 500) this.noteAnswer()
       return res
     } catch (err) {
       this.metrics.upstreamRequests.inc({ kind, method, status: 'error' })
@@ -513,6 +538,7 @@ export class Upstream {
         undefined,
         undefined,
         `${kind} ${method} ${url.origin}: ${failure.message}`,
+        kind,
       )
       throw failure
     }
@@ -534,13 +560,47 @@ export class Upstream {
     return [...this.errors].reverse()
   }
 
-  private markUnwell(kind: UpstreamFailure, retryAfter?: string, status?: number, message?: string): void {
+  /** Whether upstream can be reached, from the last answer and the last failure. */
+  reachability(now = Date.now()): Reachability {
+    const known = { lastAnswer: this.lastAnswer, lastFailure: this.lastFailure }
+    if (this.offline) return { state: 'offline', ...known }
+    const failed = this.lastFailure?.at
+    if (failed !== undefined && (this.lastAnswer === undefined || failed >= this.lastAnswer)) {
+      return { state: 'unreachable', ...known }
+    }
+    if (this.lastAnswer !== undefined && now - this.lastAnswer <= ONLINE_WITHIN_MS) {
+      return { state: 'online', ...known }
+    }
+    return { state: 'unknown', ...known }
+  }
+
+  private noteAnswer(): void {
+    this.lastAnswer = Date.now()
+    this.pingFailureListed = false
+  }
+
+  private noteFailure(message: string): void {
+    this.lastFailure = { at: Date.now(), message }
+  }
+
+  private markUnwell(
+    kind: UpstreamFailure,
+    retryAfter?: string,
+    status?: number,
+    message?: string,
+    request?: RequestKind,
+  ): void {
     const now = Date.now()
-    if (kind !== 'NOT_FOUND') {
+    // Readiness probes ping every few seconds: during an outage their failures would push every
+    // other error out of the list, so only the first failed ping of an outage is listed.
+    const repeatedPing = request === 'ping' && this.pingFailureListed
+    if (request === 'ping') this.pingFailureListed = true
+    if (kind !== 'NOT_FOUND' && !repeatedPing) {
       this.errors.push({ at: now, kind, status, message: message ?? kind })
       if (this.errors.length > RECENT_ERRORS) this.errors.shift()
     }
     if (kind === 'NETWORK' || kind === 'TIMEOUT' || kind === 'SERVER' || kind === 'AUTH_SERVER') {
+      this.noteFailure(message ?? kind)
       this.unwellUntil = now + 5_000
     } else if (kind === 'RATE_LIMITED') {
       const seconds = Number(retryAfter)

@@ -304,9 +304,13 @@ describe('stats: the numbers match the requests made', () => {
     const report = JSON.parse(stdout) as StatsReport
     expectTotals(report)
     expect(report.uptime_seconds).toBeNull()
+    // No server to ask: whether upstream answers is not known.
     expect(report.upstream).toEqual({
       url: 'https://registry-1.docker.io',
       offline: false,
+      state: 'unknown',
+      last_answer: null,
+      last_failure: null,
       rate_limit: null,
       recent_errors: [],
     })

@@ -4,7 +4,7 @@ import { describe, expect, test } from 'vitest'
 import {
   ConfigError,
   compileTagPattern,
-  describeConfig,
+  fileForm,
   loadConfig,
   parseDuration,
   parseSize,
@@ -85,7 +85,7 @@ describe('config', () => {
     expect(problems(() => loadConfig({ file: path, env: {} }))[0]).toContain(path)
   })
 
-  test('credentials never come from the URL and the password is masked when described', () => {
+  test('credentials never come from the URL and the password is left out of the file form', () => {
     expect(
       problems(() => loadConfig({ env: { PULLCACHE_UPSTREAM: 'https://u:p@registry.example' } }))[0],
     ).toContain('credentials')
@@ -93,7 +93,7 @@ describe('config', () => {
       env: { PULLCACHE_UPSTREAM_USERNAME: 'me', PULLCACHE_UPSTREAM_PASSWORD: 'hunter2' },
     })
     expect(c.upstream.password).toBe('hunter2')
-    expect(JSON.stringify(describeConfig(c))).not.toContain('hunter2')
+    expect(JSON.stringify(fileForm(c))).not.toContain('hunter2')
   })
 
   test('a password without a username is refused', () => {
@@ -190,7 +190,7 @@ describe('config', () => {
     })
     expect(ok.cache.max_size).toBe(50 * 2 ** 30)
     expect(ok.cache.max_unused_age).toBe(30 * 86_400_000)
-    expect(describeConfig(ok)).toMatchObject({ cache: { pins: ['library/postgres:16*'] } })
+    expect(fileForm(ok)).toMatchObject({ cache: { pins: ['library/postgres:16*'] } })
   })
 
   test('accounting retention: 30 days by default, from the environment, and never under an hour', () => {

@@ -225,7 +225,15 @@ describe('stats from the index', () => {
       since: T0,
       top: 5,
       budgetBytes: 1000,
-      upstream: { url: 'https://registry-1.docker.io', offline: false, rate_limit: null, recent_errors: [] },
+      upstream: {
+        url: 'https://registry-1.docker.io',
+        offline: false,
+        state: 'unknown',
+        last_answer: null,
+        last_failure: null,
+        rate_limit: null,
+        recent_errors: [],
+      },
       uptimeSeconds: 12,
       now: T0 + 60_000,
     })
