@@ -107,6 +107,7 @@ const tagPattern = z.string().transform((text, ctx) => {
 })
 
 const nullableSize = unitString(parseSize, 'a size like "50GiB"', true).nullable()
+const positiveDuration = unitString(parseDuration, 'a positive duration like "20s" or "500ms"', true)
 const nullableDuration = unitString(parseDuration, 'a duration like "30d"', true).nullable()
 
 const schema = z.strictObject({
@@ -164,6 +165,15 @@ const schema = z.strictObject({
       },
     })
     .prefault({}),
+  // What one client connection may hold, and for how long (src/http/limits.ts).
+  limits: z
+    .strictObject({
+      header_timeout: positiveDuration.prefault('20s'),
+      send_timeout: positiveDuration.prefault('60s'),
+      keepalive_timeout: positiveDuration.prefault('65s'),
+      max_connections: z.number().int().min(1).max(1_000_000).default(1024),
+    })
+    .prefault({}),
   index: z
     .strictObject({
       flush_interval: duration.prefault('1s'),
@@ -211,11 +221,19 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_TAG_FRESHNESS: 'cache.tag_freshness',
   PULLCACHE_MAX_SIZE: 'cache.max_size',
   PULLCACHE_OFFLINE: 'offline',
+  PULLCACHE_HEADER_TIMEOUT: 'limits.header_timeout',
+  PULLCACHE_SEND_TIMEOUT: 'limits.send_timeout',
+  PULLCACHE_KEEPALIVE_TIMEOUT: 'limits.keepalive_timeout',
+  PULLCACHE_MAX_CONNECTIONS: 'limits.max_connections',
   PULLCACHE_LOG_LEVEL: 'log.level',
   PULLCACHE_ACCESS_LOG: 'log.access',
 }
 
-const NUMERIC_KEYS = new Set(['upstream.max_concurrent_fetches', 'upstream.connections'])
+const NUMERIC_KEYS = new Set([
+  'upstream.max_concurrent_fetches',
+  'upstream.connections',
+  'limits.max_connections',
+])
 const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix'])
 
 function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {

@@ -2,12 +2,13 @@
 // routes, and the HTTP server with its access log. main.ts and the tests both start it here.
 
 import { mkdir } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { CACHE_HEADER, createApp, responseNotes } from './app.js'
 import type { Config } from './config.js'
+import { createLimitedServer, requestError } from './http/limits.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { Mirror } from './mirror/mirror.js'
@@ -100,17 +101,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     metrics,
     admin: { index, config, budget: () => evictor?.budget ?? null },
   })
-  const listener = getRequestListener(app.fetch)
+  const listener = getRequestListener(app.fetch, { errorHandler: requestError })
 
-  const server = createServer((req, res) => {
+  const server = createLimitedServer(config.limits, log, (req, res) => {
     res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
     if (config.log.access) accessLog(req, res, log)
     void listener(req, res)
   })
-  // Blob downloads may take long; only the request head has a deadline.
-  server.requestTimeout = 0
-  server.headersTimeout = 60_000
-  server.keepAliveTimeout = 65_000
 
   await new Promise<void>((resolveListen, reject) => {
     server.once('error', reject)
@@ -232,6 +229,7 @@ const RESTART_KEYS = [
   'cache.manifest_memory',
   'cache.eviction_interval',
   'index.flush_interval',
+  'limits',
   'log.level',
   'log.access',
 ]
