@@ -66,35 +66,37 @@ export function createLimitedServer(limits: Limits, log: Logger, handler: Reques
 }
 
 function hardenServer(server: Server, limits: Limits, log: Logger): void {
-  // Responses each socket has under way: a parse error on a socket that is answering another
-  // request cannot be answered in between, so that socket is only closed.
+  // Responses each socket has under way. A parse error behind pipelined requests is answered
+  // after their answers, in order; one on a socket whose answer has gone wrong is not answered.
   const busy = new WeakMap<Socket, number>()
+  const deferred = new WeakMap<Socket, () => void>()
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket
     busy.set(socket, (busy.get(socket) ?? 0) + 1)
-    res.once('close', () => busy.set(socket, (busy.get(socket) ?? 1) - 1))
+    res.once('close', () => {
+      const left = (busy.get(socket) ?? 1) - 1
+      busy.set(socket, left)
+      if (!res.writableFinished) socket.destroy()
+      else if (left === 0) deferred.get(socket)?.()
+    })
   })
   server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
     log.debug('http.client_error', { code: err.code ?? null, remote: socket.remoteAddress ?? null })
-    if (err.code === 'ECONNRESET' || !socket.writable || (busy.get(socket) ?? 0) > 0) {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy()
       return
     }
-    const error = clientErrorAnswer(err)
-    const body = error.body()
-    const head = [
-      `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}`,
-      'Content-Type: application/json',
-      `Content-Length: ${Buffer.byteLength(body)}`,
-      'Connection: close',
-      'Docker-Distribution-API-Version: registry/2.0',
-      ...Object.entries(error.headers).map(([k, v]) => `${k}: ${v}`),
-    ]
-    socket.end(`${head.join('\r\n')}\r\n\r\n${body}`)
-    // A client that reads nothing of the answer does not keep the socket.
-    const timer = setTimeout(() => socket.destroy(), tickFor(limits) * 10)
-    timer.unref()
-    socket.once('close', () => clearTimeout(timer))
+    const answer = () => {
+      deferred.delete(socket)
+      if (socket.destroyed || !socket.writable) return
+      socket.end(errorMessage(clientErrorAnswer(err)))
+      // A client that reads nothing of the answer does not keep the socket.
+      const timer = setTimeout(() => socket.destroy(), tickFor(limits) * 10)
+      timer.unref()
+      socket.once('close', () => clearTimeout(timer))
+    }
+    if ((busy.get(socket) ?? 0) > 0) deferred.set(socket, answer)
+    else answer()
   })
 
   // Past the cap Node closes the new connection at once; idle keep-alive connections are then
@@ -118,8 +120,14 @@ function hardenServer(server: Server, limits: Limits, log: Logger): void {
     socket.once('close', () => sockets.delete(socket))
   })
   const sends = new WeakMap<Socket, { mark: string; since: number }>()
+  const tick = tickFor(limits)
+  let lastSweep = Date.now()
   const sweeper = setInterval(() => {
     const now = Date.now()
+    // After a stall of this process (a long GC, a slow disk) clients had no chance to read:
+    // what they took during it does not show yet, so every clock starts again.
+    const stalled = now - lastSweep > 2 * tick
+    lastSweep = now
     for (const socket of sockets) {
       if (socket.destroyed || socket.writableLength === 0) {
         sends.delete(socket)
@@ -130,7 +138,7 @@ function hardenServer(server: Server, limits: Limits, log: Logger): void {
       const queue = (socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize
       const mark = `${socket.bytesWritten}:${socket.writableLength}:${queue ?? ''}`
       const seen = sends.get(socket)
-      if (seen === undefined || seen.mark !== mark) {
+      if (seen === undefined || seen.mark !== mark || stalled) {
         sends.set(socket, { mark, since: now })
       } else if (now - seen.since >= limits.send_timeout) {
         log.info('http.send_timeout', {
@@ -141,9 +149,23 @@ function hardenServer(server: Server, limits: Limits, log: Logger): void {
         socket.destroy()
       }
     }
-  }, tickFor(limits))
+  }, tick)
   sweeper.unref()
   server.once('close', () => clearInterval(sweeper))
+}
+
+/** A whole HTTP/1.1 message, written straight to a socket no response object owns. */
+function errorMessage(error: RegistryError): string {
+  const body = error.body()
+  const head = [
+    `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? 'Error'}`,
+    'Content-Type: application/json',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Connection: close',
+    'Docker-Distribution-API-Version: registry/2.0',
+    ...Object.entries(error.headers).map(([k, v]) => `${k}: ${v}`),
+  ]
+  return `${head.join('\r\n')}\r\n\r\n${body}`
 }
 
 /** The OCI error for what Node's parser refused (or timed out on) before any route ran. */
@@ -164,7 +186,13 @@ function clientErrorAnswer(err: NodeJS.ErrnoException & { rawPacket?: Buffer }):
       return new RegistryError('UNSUPPORTED', detail, { status: 413, message: 'chunk extensions too large' })
     case 'HPE_INVALID_METHOD': {
       // A method name Node does not know ("FOO / HTTP/1.1"): answered like PUT or DELETE.
-      const start = err.rawPacket?.toString('latin1', 0, 64) ?? ''
+      // rawPacket is all the parser was given; the refused request starts after the last
+      // complete head before the point of error.
+      const raw = err.rawPacket ?? Buffer.alloc(0)
+      const parsed = (err as { bytesParsed?: number }).bytesParsed ?? 0
+      const lastHead = raw.subarray(0, parsed).lastIndexOf('\r\n\r\n')
+      const from = lastHead === -1 ? 0 : lastHead + 4
+      const start = raw.toString('latin1', from, from + 64)
       if (/^[!#$%&'*+.^_`|~0-9A-Za-z-]+ /.test(start)) {
         return new RegistryError(
           'UNSUPPORTED',
