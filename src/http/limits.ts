@@ -80,16 +80,12 @@ function hardenServer(server: Server, limits: Limits, log: Logger): void {
       else if (left === 0) deferred.get(socket)?.()
     })
   })
-  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
-    log.debug('http.client_error', { code: err.code ?? null, remote: socket.remoteAddress ?? null })
-    if (err.code === 'ECONNRESET' || !socket.writable) {
-      socket.destroy()
-      return
-    }
+  /** Writes `error` as the last answer on `socket`, once the answers before it are out. */
+  const answerLast = (socket: Socket, error: RegistryError) => {
     const answer = () => {
       deferred.delete(socket)
       if (socket.destroyed || !socket.writable) return
-      socket.end(errorMessage(clientErrorAnswer(err)))
+      socket.end(errorMessage(error))
       // A client that reads nothing of the answer does not keep the socket.
       const timer = setTimeout(() => socket.destroy(), tickFor(limits) * 10)
       timer.unref()
@@ -97,6 +93,22 @@ function hardenServer(server: Server, limits: Limits, log: Logger): void {
     }
     if ((busy.get(socket) ?? 0) > 0) deferred.set(socket, answer)
     else answer()
+  }
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
+    log.debug('http.client_error', { code: err.code ?? null, remote: socket.remoteAddress ?? null })
+    if (err.code === 'ECONNRESET' || !socket.writable) socket.destroy()
+    else answerLast(socket, clientErrorAnswer(err))
+  })
+  // CONNECT (a proxy's method) never reaches the routes: Node would drop the socket unanswered.
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    answerLast(
+      socket,
+      new RegistryError(
+        'UNSUPPORTED',
+        { method: 'CONNECT', reason: 'pullcache is a registry, not a proxy' },
+        { headers: { Allow: 'GET, HEAD' } },
+      ),
+    )
   })
 
   // Past the cap Node closes the new connection at once; idle keep-alive connections are then
