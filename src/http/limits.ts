@@ -70,10 +70,24 @@ function hardenServer(server: Server, limits: Limits, log: Logger): void {
   // after their answers, in order; one on a socket whose answer has gone wrong is not answered.
   const busy = new WeakMap<Socket, number>()
   const deferred = new WeakMap<Socket, () => void>()
+  // A pipelined response still queued behind another has no socket yet, and Node never closes
+  // it when the connection goes: it is closed here, so what it holds is let go (app.ts blob()).
+  const queued = new WeakMap<Socket, Set<ServerResponse>>()
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket
     busy.set(socket, (busy.get(socket) ?? 0) + 1)
+    let open = queued.get(socket)
+    if (open === undefined) {
+      const responses = new Set<ServerResponse>()
+      queued.set(socket, responses)
+      socket.once('close', () => {
+        for (const r of responses) if (!r.closed) r.destroy().emit('close')
+      })
+      open = responses
+    }
+    open.add(res)
     res.once('close', () => {
+      open.delete(res)
       const left = (busy.get(socket) ?? 1) - 1
       busy.set(socket, left)
       if (!res.writableFinished) socket.destroy()

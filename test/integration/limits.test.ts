@@ -268,3 +268,19 @@ describe('connection cap', () => {
     held[1]!.socket.destroy()
   })
 })
+
+describe('pipelined responses', () => {
+  test('a client gone with blob requests still queued behind another leaves no pin and no open file', async () => {
+    const mirror = await fake.mirror()
+    const digest = await cachedBlob(mirror, 8 * 1024 * 1024)
+    await sleep(100)
+    const raw = await rawConnect(mirror.url, { read: false })
+    const get = `GET /v2/${REPO}/blobs/${digest} HTTP/1.1\r\nHost: x\r\n\r\n`
+    raw.socket.write(get + get + get)
+    await until(() => mirror.server.mirror.isInUse(digest), 2_000, 'first response started')
+    await sleep(200)
+    raw.socket.destroy()
+    await until(() => !mirror.server.mirror.isInUse(digest), 2_000, 'pins released')
+    await until(() => storeFiles(mirror) === 0, 2_000, 'blob files closed')
+  })
+})
