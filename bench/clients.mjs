@@ -2,6 +2,7 @@
 // and connections that never read. Run from the repository root after `npm run build`:
 //
 //   node bench/clients.mjs [--size MiB] [--slow N] [--idle N] [--hold seconds] [--env K=V ...]
+//                          [--bin path/to/main.js]   (another build, e.g. of an older commit)
 //
 //   a small upstream in this process serves one random blob of --size MiB (default 200);
 //   pullcache (dist/main.js) runs as a child against it, and one GET puts the blob in its store;
@@ -31,6 +32,8 @@ const sizeMiB = option('size', 200)
 const slowCount = option('slow', 200)
 const idleCount = option('idle', 400)
 const holdMs = option('hold', 20) * 1000
+const binIndex = args.indexOf('--bin')
+const bin = binIndex === -1 ? 'dist/main.js' : args[binIndex + 1]
 const extraEnv = {}
 args.forEach((a, i) => {
   if (a !== '--env') return
@@ -51,7 +54,7 @@ try {
   upstream = await startUpstream(blobPath, digest, size)
 
   const port = await freePort()
-  mirror = await startDaemon('pullcache', process.execPath, ['dist/main.js', 'serve'], {
+  mirror = await startDaemon('pullcache', process.execPath, [bin, 'serve'], {
     env: {
       ...process.env,
       PULLCACHE_LISTEN: `127.0.0.1:${port}`,

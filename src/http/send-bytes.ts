@@ -85,7 +85,7 @@ export async function sendBytes(
   let stalled = false
   const pending = new Set<Write>()
   let wake: (() => void) | undefined
-  let isClosed = res.destroyed || res.closed
+  let isClosed = res.destroyed || res.closed || res.socket?.destroyed === true
   const closed = new Promise<void>((resolve) => {
     res.once('close', () => {
       isClosed = true
@@ -105,7 +105,7 @@ export async function sendBytes(
         if (isClosed) return
         await Promise.race([new Promise<void>((resolve) => (wake = resolve)), closed])
       }
-      if (isClosed) return
+      if (isClosed || res.socket?.destroyed) return
       if (source.ready) {
         await Promise.race([source.ready(position), closed])
         if (isClosed) return
@@ -136,7 +136,9 @@ export async function sendBytes(
         if (w.stalled) stalled = false
         settle(w)
         // A failed write may still be referenced by the socket's queue: let it go to the GC.
-        if (!err) pool.give(buffer)
+        // The response is lost then; 'close' follows, but no chunk is read meanwhile.
+        if (err) isClosed = true
+        else pool.give(buffer)
         queued--
         wake?.()
         wake = undefined
