@@ -354,6 +354,17 @@ const schema = z.strictObject({
       },
     })
     .prefault({}),
+  // What one client connection may hold, and for how long (src/http/limits.ts).
+  limits: z
+    .strictObject({
+      header_timeout: timerDuration('leave a slow request head waiting forever').prefault('20s'),
+      send_timeout: timerDuration('let a client that reads nothing hold its response forever').prefault(
+        '60s',
+      ),
+      keepalive_timeout: timerDuration('close every keep-alive connection at once').prefault('65s'),
+      max_connections: z.number().int().min(1).max(1_000_000).default(1024),
+    })
+    .prefault({}),
   index: z
     .strictObject({
       flush_interval: timerDuration('flush in a busy loop').prefault('1s'),
@@ -406,12 +417,20 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_TAG_FRESHNESS: 'cache.tag_freshness',
   PULLCACHE_MAX_SIZE: 'cache.max_size',
   PULLCACHE_OFFLINE: 'offline',
+  PULLCACHE_HEADER_TIMEOUT: 'limits.header_timeout',
+  PULLCACHE_SEND_TIMEOUT: 'limits.send_timeout',
+  PULLCACHE_KEEPALIVE_TIMEOUT: 'limits.keepalive_timeout',
+  PULLCACHE_MAX_CONNECTIONS: 'limits.max_connections',
   PULLCACHE_LOG_LEVEL: 'log.level',
   PULLCACHE_ACCESS_LOG: 'log.access',
   PULLCACHE_ACCOUNTING_RETENTION: 'index.accounting_retention',
 }
 
-const NUMERIC_KEYS = new Set(['upstream.max_concurrent_fetches', 'upstream.connections'])
+const NUMERIC_KEYS = new Set([
+  'upstream.max_concurrent_fetches',
+  'upstream.connections',
+  'limits.max_connections',
+])
 const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix'])
 
 function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {

@@ -2,12 +2,13 @@
 // routes, and the HTTP server with its access log. main.ts and the tests both start it here.
 
 import { mkdir } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { CACHE_HEADER, createApp, responseNotes } from './app.js'
 import type { Config } from './config.js'
+import { createLimitedServer, requestError } from './http/limits.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { Mirror } from './mirror/mirror.js'
@@ -106,9 +107,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     metrics,
     admin: { index, config, budget: () => evictor?.budget ?? null },
   })
-  const listener = getRequestListener(app.fetch)
+  const listener = getRequestListener(app.fetch, { errorHandler: requestError })
 
-  const server = createServer((req, res) => {
+  const server = createLimitedServer(config.limits, log, (req, res) => {
     res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
     accessLog(req, res, config.log.access ? log : undefined, metrics)
     void Promise.resolve(listener(req, res)).catch((err: unknown) => {
@@ -116,10 +117,6 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       res.destroy()
     })
   })
-  // Blob downloads may take long; only the request head has a deadline.
-  server.requestTimeout = 0
-  server.headersTimeout = 60_000
-  server.keepAliveTimeout = 65_000
 
   await new Promise<void>((resolveListen, reject) => {
     server.once('error', reject)
@@ -255,6 +252,7 @@ const RESTART_KEYS = [
   'cache.eviction_interval',
   'index.flush_interval',
   'index.accounting_retention',
+  'limits',
   'log.level',
   'log.access',
 ]

@@ -7,12 +7,15 @@ import { ANY_DIGEST, NAME_COMPONENT, type RepoName, SHA256_DIGEST, TAG } from '.
 
 export type { RepoName } from '../oci.js'
 
-/** Names longer than this are refused by clients anyway (host + '/' + name <= 255). */
+/**
+ * Names longer than this are refused by clients anyway (host + '/' + name <= 255), and by
+ * registries: neither the name the client used nor the one asked of upstream may be longer.
+ */
 const MAX_NAME = 255
 
 export function parseName(raw: string, libraryPrefix: boolean): RepoName {
   if (raw.length === 0 || raw.length > MAX_NAME) {
-    throw new RegistryError('NAME_INVALID', { name: raw, reason: 'length must be 1 to 255' })
+    throw new RegistryError('NAME_INVALID', { name: clip(raw), reason: 'length must be 1 to 255' })
   }
   const parts = raw.split('/')
   for (const part of parts) {
@@ -25,7 +28,18 @@ export function parseName(raw: string, libraryPrefix: boolean): RepoName {
   }
   // Docker Hub keeps official images under library/; "alpine" and "library/alpine" are one repo.
   const upstream = libraryPrefix && parts.length === 1 ? `library/${raw}` : raw
+  if (upstream.length > MAX_NAME) {
+    throw new RegistryError('NAME_INVALID', {
+      name: raw,
+      reason: `upstream knows it as ${upstream.slice(0, 8)}${raw}, longer than 255 characters`,
+    })
+  }
   return { client: raw, upstream }
+}
+
+/** What a client sent, echoed back in an error: no more of it than a valid value could be. */
+function clip(text: string): string {
+  return text.length > MAX_NAME ? `${text.slice(0, MAX_NAME)}...` : text
 }
 
 export type Reference = { kind: 'tag'; tag: string } | { kind: 'digest'; digest: string }

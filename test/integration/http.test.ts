@@ -3,6 +3,37 @@ import { beforeAll, describe, expect, test } from 'vitest'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import type { TestMirror } from '../support/start-mirror.js'
 
+/** Sends bytes as they are and collects everything until the server closes the connection. */
+function rawExchange(url: string, data: string): Promise<string> {
+  const { hostname, port } = new URL(url)
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => socket.write(data))
+    let out = ''
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(new Error(`no close within 5 s; got ${JSON.stringify(out.slice(0, 200))}`))
+    }, 5_000)
+    socket.on('data', (d) => {
+      out += d.toString('latin1')
+    })
+    socket.on('error', () => {})
+    socket.on('close', () => {
+      clearTimeout(timer)
+      resolve(out)
+    })
+  })
+}
+
+/** Status, headers and the OCI error code of one raw HTTP/1.1 answer. */
+function ociAnswer(raw: string): { status: number; headers: string; code: string } {
+  const end = raw.indexOf('\r\n\r\n')
+  const headers = raw.slice(0, end)
+  expect(headers).toMatch(/\r\nContent-Type: application\/json/i)
+  const body = JSON.parse(raw.slice(end + 4)) as { errors: { code: string; message: string }[] }
+  expect(body.errors[0]!.message).toBeTypeOf('string')
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(raw)?.[1]), headers, code: body.errors[0]!.code }
+}
+
 /** Sends a request line as it is, without a client normalising the path on the way. */
 function rawGet(url: string, path: string): Promise<{ status: number; body: string }> {
   const { hostname, port } = new URL(url)
@@ -164,5 +195,48 @@ describe('the HTTP surface', () => {
     expect(other.status).toBe(404)
     expect(JSON.parse(other.body.toString()).errors[0].code).toBe('NAME_UNKNOWN')
     expect(fake.up.requests).toHaveLength(0)
+  })
+
+  test('names upstream would know by more than 255 characters are NAME_INVALID and not forwarded', async () => {
+    fake.up.reset()
+    for (const name of ['a'.repeat(256), 'a'.repeat(250), `a/${'b'.repeat(254)}`]) {
+      for (const path of [`/v2/${name}/manifests/latest`, `/v2/${name}/blobs/sha256:${'a'.repeat(64)}`]) {
+        const res = await mirror.get(path)
+        expect(res.status, name.length.toString()).toBe(400)
+        expect(JSON.parse(res.body.toString()).errors[0].code).toBe('NAME_INVALID')
+      }
+    }
+    expect(fake.up.requests).toHaveLength(0)
+  })
+
+  test('what the HTTP parser refuses is answered with an OCI error and Connection: close', async () => {
+    const cases: [string, number][] = [
+      ['FOO / HTTP/1.1\r\nHost: x\r\n\r\n', 405],
+      ['\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.1\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.0\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.1\r\nHost: a b\r\n\r\n', 400],
+      ['GET /v2/ HTTP/9.9\r\nHost: x\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n', 400],
+      [`GET /v2/ HTTP/1.1\r\nHost: x\r\nX: ${'a'.repeat(20_000)}\r\n\r\n`, 431],
+      [`GET /v2/${'a/'.repeat(10_000)}manifests/latest HTTP/1.1\r\nHost: x\r\n\r\n`, 431],
+    ]
+    fake.up.reset()
+    for (const [request, status] of cases) {
+      const answer = ociAnswer(await rawExchange(mirror.url, request))
+      expect(answer.status, JSON.stringify(request.slice(0, 40))).toBe(status)
+      expect(answer.headers).toMatch(/\r\nConnection: close/i)
+    }
+    expect(fake.up.requests).toHaveLength(0)
+  })
+
+  test('a parse error after a pipelined request is answered once the first answer is out', async () => {
+    const raw = await rawExchange(
+      mirror.url,
+      'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n',
+    )
+    const answers = raw.split(/(?=HTTP\/1\.1 )/)
+    expect(answers.map((a) => Number(a.slice(9, 12)))).toEqual([200, 200, 400])
+    expect(ociAnswer(answers[2]!).code).toBe('UNSUPPORTED')
   })
 })

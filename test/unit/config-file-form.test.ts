@@ -92,7 +92,8 @@ const EVERYTHING = {
     pins: ['library/nginx:1.27', 'myorg/**:*'],
     eviction_interval: '10m',
   },
-  index: { flush_interval: '250ms' },
+  limits: { header_timeout: '12s', send_timeout: '90s', keepalive_timeout: '15s', max_connections: 300 },
+  index: { flush_interval: '250ms', accounting_retention: '90d' },
   log: { level: 'debug', access: false },
 }
 

@@ -216,4 +216,42 @@ describe('config', () => {
     expect(t('/^v?\\d+\\.\\d+\\.\\d+$/', 'x', 'latest')).toBe(false)
     expect(compileTagPattern('/[/')).toBeUndefined()
   })
+
+  test('limits: defaults, environment, and no zero that would mean "never"', () => {
+    expect(loadConfig({ env: {} }).limits).toEqual({
+      header_timeout: 20_000,
+      send_timeout: 60_000,
+      keepalive_timeout: 65_000,
+      max_connections: 1024,
+    })
+    const c = loadConfig({
+      env: {
+        PULLCACHE_HEADER_TIMEOUT: '2s',
+        PULLCACHE_SEND_TIMEOUT: '500ms',
+        PULLCACHE_KEEPALIVE_TIMEOUT: '5s',
+        PULLCACHE_MAX_CONNECTIONS: '10',
+      },
+    })
+    expect(c.limits).toEqual({
+      header_timeout: 2000,
+      send_timeout: 500,
+      keepalive_timeout: 5000,
+      max_connections: 10,
+    })
+    const found = problems(() =>
+      loadConfig({
+        env: {
+          PULLCACHE_HEADER_TIMEOUT: '0s',
+          PULLCACHE_SEND_TIMEOUT: '0',
+          PULLCACHE_KEEPALIVE_TIMEOUT: 'never',
+          PULLCACHE_MAX_CONNECTIONS: '0',
+        },
+      }),
+    )
+    for (const key of ['header_timeout', 'send_timeout', 'keepalive_timeout', 'max_connections'])
+      expect(
+        found.some((p) => p.startsWith(`limits.${key}:`)),
+        key,
+      ).toBe(true)
+  })
 })
