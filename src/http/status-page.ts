@@ -4,12 +4,12 @@
 // string from the document passes through escapeHtml (the `html` template does it by default):
 // repository names and upstream error messages come from clients and from the internet.
 
-import { Hono } from 'hono'
+import { type Context, Hono } from 'hono'
 import { humanBytes } from '../cli/human-bytes.js'
 import type { Mirror } from '../mirror/mirror.js'
 import type { StatsReport } from '../mirror/stats-report.js'
 import type { Totals } from '../store/stats.js'
-import { ADMIN_PREFIX, type AdminDeps, serverStats } from './admin.js'
+import { ADMIN_PREFIX, type AdminDeps, serverStats, type ViewerEnv } from './admin.js'
 
 /** Seconds between reloads of the page, by the browser itself (no script). */
 export const REFRESH_SECONDS = 30
@@ -29,12 +29,12 @@ const SECURITY_HEADERS = {
 }
 
 /** Routes to mount at the root: the page at / and at ADMIN_PREFIX/. */
-export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono {
+export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono<ViewerEnv> {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
-  const page = new Hono()
-  const handler = () => {
-    const body = renderStatusPage(serverStats(mirror, deps, startedAt))
+  const page = new Hono<ViewerEnv>()
+  const handler = (c: Context<ViewerEnv>) => {
+    const body = renderStatusPage(serverStats(mirror, deps, startedAt, undefined, c.get('viewer')))
     return new Response(body, {
       status: 200,
       headers: {

@@ -19,6 +19,7 @@ import type { CacheResult, IndexDb, ManifestRow } from '../store/index-db.js'
 import type { Upstream } from '../upstream/client.js'
 import { Fill } from './blob-fill.js'
 import { accepts, INDEX_TYPES, manifestRefs, sha256 } from './manifest.js'
+import { Visibility } from './visibility.js'
 
 export type Outcome = Exclude<CacheResult, 'error'>
 
@@ -67,6 +68,8 @@ const DEFAULT_PLATFORM = 'linux/amd64'
 
 export class Mirror {
   readonly upstream: Upstream
+  /** What anonymous clients may read. */
+  readonly visibility: Visibility
   private readonly store: BlobStore
   private readonly index: IndexDb
   private readonly log: Logger
@@ -90,6 +93,7 @@ export class Mirror {
     this.tagFreshnessRules = opts.tagFreshnessRules ?? []
     this.revalidateTimeoutMs = opts.revalidateTimeoutMs
     this.onBlobCommitted = opts.onBlobCommitted ?? (() => {})
+    this.visibility = new Visibility({ upstream: opts.upstream, index: opts.index, log: opts.log })
     this.manifests = new LRUCache<string, ManifestRow>({
       maxSize: Math.max(1, opts.manifestMemoryBytes),
       sizeCalculation: (row) => Math.max(1, row.body.length),
@@ -148,6 +152,20 @@ export class Mirror {
   /** Whether a response is streaming this blob from the store right now. */
   isInUse(digest: string): boolean {
     return this.inUse.has(digest)
+  }
+
+  /**
+   * Whether an anonymous client may have this digest under this repository (which it may read).
+   * A digest pullcache does not hold is fetched under that repository's name, so upstream
+   * decides; one it holds may have come from a repository anonymous pulls cannot read.
+   */
+  async anonymousMayRead(name: RepoName, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
+    const held =
+      kind === 'blob'
+        ? this.fills.has(digest) || this.index.getBlob(digest) !== undefined
+        : this.flights.has(`manifest\0${digest}`) || this.cachedManifest(digest) !== undefined
+    if (!held) return true
+    return this.visibility.digestReadable(name.upstream, digest, kind)
   }
 
   /** Fills in progress, for draining on shutdown and for metrics. */
@@ -300,6 +318,8 @@ export class Mirror {
       const cached = this.cachedManifest(digest)
       if (cached) {
         this.index.setTag(registry, name.upstream, tag, digest, cached.media_type)
+        // Upstream just said this repository has it, though the bytes came from another.
+        this.index.link(registry, name.upstream, digest, 'manifest')
         if (knownDigest !== undefined && knownDigest !== digest) {
           this.log.info('mirror.tag_moved', { repo: name.upstream, tag, from: knownDigest, to: digest })
         }
@@ -430,7 +450,10 @@ export class Mirror {
     if (r.digest !== undefined && r.result !== 'error') {
       if (r.kind === 'blob') {
         this.index.touchBlob(r.digest, r.result, r.bytes)
-        this.index.link(registry, r.name.upstream, r.digest, 'blob')
+        // A link says upstream confirmed that this repository has the digest (visibility.ts): a
+        // miss was fetched under this name. A hit or a coalesced answer may have come from
+        // another repository's fetch, so it proves nothing about this one.
+        if (r.result === 'miss') this.index.link(registry, r.name.upstream, r.digest, 'blob')
       } else if (r.kind === 'manifest') {
         this.index.touchManifest(r.digest, !fromUpstream)
       }
