@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pullcache's tests need on Debian or Ubuntu: a real upstream registry
 # (distribution, Debian package docker-registry), real clients (skopeo, dockerd from docker.io,
-# containerd's ctr), apache2-utils' htpasswd for client accounts, a browser for the status page's test (chromium), and the build tools for
-# better-sqlite3's native addon.
+# containerd's ctr), apache2-utils' htpasswd for client accounts, a browser for the status
+# page's test (chromium), and the build tools for better-sqlite3's native addon.
 # Packages already present are not installed again; nothing is downloaded from outside the
 # distribution's archive.
 set -euo pipefail

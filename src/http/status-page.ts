@@ -9,6 +9,7 @@ import { humanBytes } from '../cli/human-bytes.js'
 import type { Mirror } from '../mirror/mirror.js'
 import type { StatsReport } from '../mirror/stats-report.js'
 import type { Totals } from '../store/stats.js'
+import { challenge } from './access.js'
 import { ADMIN_PREFIX, type AdminDeps, serverStats, type ViewerEnv } from './admin.js'
 
 /** Seconds between reloads of the page, by the browser itself (no script). */
@@ -45,6 +46,12 @@ export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono<ViewerEn
     })
   }
   for (const path of ['/', ADMIN_PREFIX, `${ADMIN_PREFIX}/`]) page.get(path, handler)
+  // Anonymous viewers see the page without private names. This is where a browser signs in:
+  // the 401 makes it ask, and it then sends the account with every request under ADMIN_PREFIX/.
+  page.get(`${ADMIN_PREFIX}/login`, (c) => {
+    if (c.get('viewer').user === null) throw challenge('sign in to see every repository')
+    return c.redirect(`${ADMIN_PREFIX}/`, 303)
+  })
   return page
 }
 

@@ -394,6 +394,8 @@ export class Upstream {
     if (res.statusCode !== 401) return res
 
     const challenge = parseChallenge(res.headers['www-authenticate'])
+    // An anonymous token that does not grant the repository is the answer, not a stale token.
+    if (as === 'anonymous' && token !== undefined && challenge?.error === 'insufficient_scope') return res
     if (challenge?.scheme === 'bearer' && challenge.realm) {
       await res.body.dump()
       if (token !== undefined && this.challenge)

@@ -280,6 +280,13 @@ describe('with JWT tokens, as Docker Hub hands them out', () => {
     const full = await mirror.get('/_pullcache/stats', basic(ALICE))
     expect(full.body.toString()).toContain(SECRET)
     expect((await mirror.get('/', basic(ALICE))).body.toString()).toContain(SECRET)
+    // Where a browser signs in: asked for the account, then sent to the full page.
+    const login = await mirror.get('/_pullcache/login')
+    expect(login.status).toBe(401)
+    expect(login.headers['www-authenticate']).toBe('Basic realm="pullcache"')
+    const signedIn = await mirror.get('/_pullcache/login', basic(ALICE))
+    expect(signedIn.status).toBe(303)
+    expect(signedIn.headers.location).toBe('/_pullcache/')
   })
 
   test('admin.allow limits the operator endpoints to listed networks; health probes and /v2/ stay open', async () => {
