@@ -10,9 +10,11 @@
 //                 repository anonymous pulls may read (public content is shared by digest);
 //                 else an anonymous HEAD of R's D upstream decides, and a yes links D to R.
 //
-// With no upstream account, everything was fetched anonymously: a repository with no row is
-// recorded 'assumed' (public) without asking; one recorded private earlier stays private until
-// upstream says otherwise.
+// With no upstream account, what is fetched now is fetched anonymously: a repository with no row
+// and nothing cached under it is recorded 'assumed' (public) without asking; one recorded private
+// earlier stays private until upstream says otherwise, and one with content cached (perhaps by the
+// account, earlier) is checked. Once an account is configured, 'assumed' answers are forgotten
+// and never count as public: signed-in clients may have fetched private content under such names.
 
 import { RegistryError, UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -33,6 +35,8 @@ export class Visibility {
   private readonly index: IndexDb
   private readonly log: Logger
   private readonly flights = new Map<string, Promise<boolean>>()
+  /** Whether the last look found an account configured (it can come and go on reload). */
+  private sawAccount = false
 
   constructor(opts: VisibilityOptions) {
     this.upstream = opts.upstream
@@ -46,9 +50,11 @@ export class Visibility {
    */
   repoReadable(repo: string, now = Date.now()): Promise<boolean> | boolean {
     const registry = this.upstream.registry
+    const account = this.withAccount()
     const row = this.index.getRepoAccess(registry, repo)
-    if (!this.upstream.hasCredentials && row?.access !== 'private') {
-      if (row === undefined) this.index.setRepoAccess(registry, repo, 'assumed', now)
+    if (!account && (row?.access === 'public' || row?.access === 'assumed')) return true
+    if (!account && row === undefined && !this.index.hasLinks(registry, repo)) {
+      this.index.setRepoAccess(registry, repo, 'assumed', now)
       return true
     }
     if (row !== undefined && row.access !== 'assumed' && now - row.checked_at < ACCESS_TTL_MS) {
@@ -77,7 +83,7 @@ export class Visibility {
   async digestReadable(repo: string, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
     const registry = this.upstream.registry
     if (this.index.hasLink(registry, repo, digest)) return true
-    if (this.index.linkedToPublic(registry, digest)) return true
+    if (this.index.linkedToPublic(registry, digest, !this.withAccount())) return true
     return this.flight(`digest\0${repo}\0${digest}`, async () => {
       let has: boolean
       try {
@@ -93,7 +99,15 @@ export class Visibility {
 
   /** Repositories anonymous viewers may see named (status page, stats). */
   publicRepos(): Set<string> {
-    return this.index.publicRepos(this.upstream.registry)
+    return this.index.publicRepos(this.upstream.registry, !this.withAccount())
+  }
+
+  /** Whether an account is configured now; forgets 'assumed' answers when one has appeared. */
+  private withAccount(): boolean {
+    const account = this.upstream.hasCredentials
+    if (account && !this.sawAccount) this.index.forgetAssumed(this.upstream.registry)
+    this.sawAccount = account
+    return account
   }
 
   private flight(key: string, run: () => Promise<boolean>): Promise<boolean> {

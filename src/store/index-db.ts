@@ -421,15 +421,30 @@ export class IndexDb {
     return this.stmt.hasLink.get(registry, repo, digest) !== undefined
   }
 
-  /** Whether the digest is linked to any repository that anonymous pulls may read. */
-  linkedToPublic(registry: string, digest: string): boolean {
-    if (this.stmt.linkedToPublic.get(registry, digest) !== undefined) return true
+  /**
+   * Whether the digest is linked to any repository that anonymous pulls may read; 'assumed'
+   * rows count only with `assumed` (see repo_access).
+   */
+  linkedToPublic(registry: string, digest: string, assumed: boolean): boolean {
+    if (this.stmt.linkedToPublic.get(registry, digest, assumed ? 1 : 0) !== undefined) return true
     for (const l of this.pending.links.values()) {
       if (l.registry !== registry || l.digest !== digest) continue
       const access = this.getRepoAccess(registry, l.repo)?.access
-      if (access === 'public' || access === 'assumed') return true
+      if (access === 'public' || (assumed && access === 'assumed')) return true
     }
     return false
+  }
+
+  /** Whether anything was recorded as fetched under this repository. */
+  hasLinks(registry: string, repo: string): boolean {
+    if (this.stmt.hasLinks.get(registry, repo) !== undefined) return true
+    for (const l of this.pending.links.values()) if (l.registry === registry && l.repo === repo) return true
+    return false
+  }
+
+  /** Forgets every 'assumed' answer: with an account, content may no longer be anonymous. */
+  forgetAssumed(registry: string): void {
+    this.stmt.forgetAssumed.run(registry)
   }
 
   // --- anonymous access per repository ------------------------------------------------------
@@ -442,9 +457,9 @@ export class IndexDb {
     this.stmt.setRepoAccess.run(registry, repo, access, now)
   }
 
-  /** Repositories recorded as readable by anonymous pulls, for what anonymous viewers may see. */
-  publicRepos(registry: string): Set<string> {
-    return new Set(this.stmt.publicRepos.pluck().all(registry) as string[])
+  /** Repositories recorded as readable by anonymous pulls ('assumed' ones with `assumed`). */
+  publicRepos(registry: string, assumed: boolean): Set<string> {
+    return new Set(this.stmt.publicRepos.pluck().all(registry, assumed ? 1 : 0) as string[])
   }
 
   account(entry: Accounted, now = Date.now()): void {
@@ -628,15 +643,17 @@ function prepare(db: Database.Database) {
     hasLink: db.prepare('SELECT 1 FROM repo_links WHERE registry = ? AND repo = ? AND digest = ?'),
     linkedToPublic: db.prepare(
       `SELECT 1 FROM repo_links l JOIN repo_access a ON a.registry = l.registry AND a.repo = l.repo
-       WHERE l.registry = ? AND l.digest = ? AND a.access IN ('public', 'assumed') LIMIT 1`,
+       WHERE l.registry = ? AND l.digest = ? AND (a.access = 'public' OR (a.access = 'assumed' AND ?)) LIMIT 1`,
     ),
+    hasLinks: db.prepare('SELECT 1 FROM repo_links WHERE registry = ? AND repo = ? LIMIT 1'),
+    forgetAssumed: db.prepare(`DELETE FROM repo_access WHERE registry = ? AND access = 'assumed'`),
     getRepoAccess: db.prepare('SELECT access, checked_at FROM repo_access WHERE registry = ? AND repo = ?'),
     setRepoAccess: db.prepare(
       `INSERT INTO repo_access (registry, repo, access, checked_at) VALUES (?, ?, ?, ?)
        ON CONFLICT (registry, repo) DO UPDATE SET access = excluded.access, checked_at = excluded.checked_at`,
     ),
     publicRepos: db.prepare(
-      `SELECT repo FROM repo_access WHERE registry = ? AND access IN ('public', 'assumed')`,
+      `SELECT repo FROM repo_access WHERE registry = ? AND (access = 'public' OR (access = 'assumed' AND ?))`,
     ),
     account: db.prepare(
       `INSERT INTO accounting (hour, registry, repo, kind, method, result, requests, bytes_cache, bytes_upstream,

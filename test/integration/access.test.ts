@@ -198,6 +198,30 @@ describe('with JWT tokens, as Docker Hub hands them out', () => {
     expect((await mirror.get(`/v2/${SECRET}/manifests/v1`, basic(ALICE))).status).toBe(200)
   })
 
+  test('a repository first seen without an account is checked once the account comes, and after it goes', async () => {
+    const { up } = fx
+    const secret = up.addImage(SECRET, 'v1')
+    up.setPrivate(SECRET)
+    up.addImage('library/alpine', '3')
+    const file = await htpasswd('ten', ALICE)
+    const mirror = await fx.mirror({ env: { PULLCACHE_AUTH_HTPASSWD: file } })
+    // Without an account nothing private can be fetched: upstream refuses, the client gets 404.
+    expect((await mirror.get(`/v2/${SECRET}/manifests/v1`)).status).toBe(404)
+    expect((await mirror.get('/v2/library/alpine/manifests/3')).status).toBe(200)
+
+    reloadWith(mirror, up.url, accountEnv(file))
+    expect((await mirror.get(`/v2/${SECRET}/manifests/v1`, basic(ALICE))).status).toBe(200)
+    const layer = secret.layers[0]!.digest
+    expect((await mirror.get(`/v2/${SECRET}/blobs/${layer}`, basic(ALICE))).status).toBe(200)
+    expect((await mirror.get(`/v2/library/alpine/blobs/${layer}`)).status).toBe(404)
+    expect((await mirror.get(`/v2/${SECRET}/blobs/${layer}`)).status).toBe(401)
+
+    reloadWith(mirror, up.url, { PULLCACHE_AUTH_HTPASSWD: file })
+    expect((await mirror.get(`/v2/library/alpine/blobs/${layer}`)).status).toBe(404)
+    expect((await mirror.get(`/v2/${SECRET}/blobs/${layer}`)).status).toBe(401)
+    expect((await mirror.get(`/v2/${SECRET}/manifests/${secret.manifestDigest}`)).status).toBe(401)
+  })
+
   test('the htpasswd file is read again on reload; a broken one keeps the accounts in force', async () => {
     const { up } = fx
     up.addImage(SECRET, 'v1')
