@@ -8,6 +8,7 @@ import type { HttpBindings } from '@hono/node-server'
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import { type Context, Hono } from 'hono'
 import { RegistryError } from './errors.js'
+import { type Access, ANONYMOUS, challenge, REALM, type Viewer } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
 import { healthRoutes } from './http/health.js'
 import {
@@ -33,6 +34,8 @@ export const CACHE_HEADER = 'X-Pullcache-Cache'
 export interface ResponseNote {
   cache?: string
   bytes?: () => number
+  /** The account that signed in; never its password. */
+  user?: string
 }
 export const responseNotes = new WeakMap<ServerResponse, ResponseNote>()
 
@@ -42,16 +45,50 @@ export interface AppDeps {
   metrics: Metrics
   /** What the /_pullcache/ routes read: the index and the config. */
   admin: AdminDeps
+  /** Client accounts and who may reach the operator endpoints. */
+  access: Access
 }
 
-type Env = { Bindings: HttpBindings }
+type Env = { Bindings: HttpBindings; Variables: { viewer: Viewer } }
+
+/** Load balancers' probes: reachable from anywhere, without an account. */
+const HEALTH_PATHS = new Set([`${ADMIN_PREFIX}/healthz`, `${ADMIN_PREFIX}/readyz`])
+
+/** The status page, /_pullcache/* and /metrics: what admin.allow restricts. */
+function isOperatorPath(path: string): boolean {
+  return path === '/' || path === '/metrics' || path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)
+}
 
 /** Manifests, blobs and tags/list: the last path segments after the repository name. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
 
-export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
+export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hono<Env> {
   const app = new Hono<Env>()
   const libraryPrefix = mirror.upstream.libraryPrefix
+
+  // Who is asking, before any route: admin.allow first (no password work for a refused
+  // address), then the client's account. Health probes and /metrics name no repository and
+  // need no account.
+  app.use('*', async (c, next) => {
+    const path = rawPath(c.req.url)
+    const address = c.env.incoming.socket.remoteAddress ?? ''
+    if (HEALTH_PATHS.has(path)) {
+      c.set('viewer', ANONYMOUS)
+      return next()
+    }
+    if (isOperatorPath(path) && !access.adminAllowed(address)) {
+      throw new RegistryError('DENIED', { reason: 'this address may not reach the operator endpoints' })
+    }
+    const viewer =
+      path === '/metrics' ? ANONYMOUS : await access.identify(c.req.header('authorization'), address)
+    c.set('viewer', viewer)
+    if (viewer.user !== null) {
+      const note = responseNotes.get(c.env.outgoing) ?? {}
+      note.user = viewer.user
+      responseNotes.set(c.env.outgoing, note)
+    }
+    return next()
+  })
 
   app.get('/metrics', async () => {
     const body = await metrics.registry.metrics()
@@ -62,7 +99,18 @@ export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
   app.route(ADMIN_PREFIX, healthRoutes(mirror, admin))
   app.route('/', statusPageRoutes(mirror, admin))
 
-  app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => c.json({}))
+  app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) =>
+    // An anonymous client is welcome (dockerd, which cannot send credentials to a mirror, reads
+    // only a 401's challenge), but containers/image reads the challenge on any answer and then
+    // sends the credentials it has for this host with every request.
+    c.json(
+      {},
+      200,
+      access.hasAccounts && c.get('viewer').user === null
+        ? { 'WWW-Authenticate': `Basic realm="${REALM}"` }
+        : {},
+    ),
+  )
 
   app.all('/v2/*', async (c) => {
     // The raw path: percent-escapes stay escaped, so they fail the name grammar instead of
@@ -88,10 +136,14 @@ export function createApp({ mirror, log, metrics, admin }: AppDeps): Hono<Env> {
         reason: `pullcache mirrors ${mirror.upstream.libraryPrefix ? 'docker.io' : mirror.registry} only`,
       })
     }
+    const viewer = c.get('viewer')
     if (m[4] !== undefined) {
-      return tagList(c, mirror, parseName(m[4], libraryPrefix), method)
+      const name = parseName(m[4], libraryPrefix)
+      await mayRead(viewer, mirror, name)
+      return tagList(c, mirror, name, method)
     }
     const name = parseName(m[1]!, libraryPrefix)
+    await mayRead(viewer, mirror, name)
     if (m[2] === 'manifests') return manifest(c, mirror, name, m[3]!, method)
     return blob(c, mirror, name, m[3]!, method)
   })
@@ -132,6 +184,34 @@ function servesNamespace(ns: string, mirror: Mirror): boolean {
   )
 }
 
+/**
+ * An anonymous client reads only what anonymous pulls upstream may read (mirror/visibility.ts):
+ * a repository they cannot read asks for an account. Signed-in clients have the account's access.
+ */
+async function mayRead(viewer: Viewer, mirror: Mirror, name: RepoName): Promise<void> {
+  if (viewer.user !== null) return
+  if (!(await mirror.visibility.repoReadable(name.upstream))) {
+    throw challenge(`anonymous pulls cannot read ${name.client}`)
+  }
+}
+
+/** A digest an anonymous client may not have under this name is, to it, not there. */
+async function mayReadDigest(
+  viewer: Viewer,
+  mirror: Mirror,
+  name: RepoName,
+  digest: string,
+  kind: 'blob' | 'manifest',
+): Promise<void> {
+  if (viewer.user !== null) return
+  if (!(await mirror.anonymousMayRead(name, digest, kind))) {
+    throw new RegistryError(kind === 'blob' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN', {
+      repository: name.client,
+      digest,
+    })
+  }
+}
+
 function render(c: Context, err: RegistryError): Response {
   const body = err.body()
   const headers: Record<string, string> = {
@@ -156,6 +236,7 @@ async function manifest(
   method: 'GET' | 'HEAD',
 ) {
   const ref = parseReference(raw)
+  if (ref.kind === 'digest') await mayReadDigest(c.get('viewer'), mirror, name, ref.digest, 'manifest')
   let found: Awaited<ReturnType<Mirror['manifestByDigest']>>
   try {
     found =
@@ -251,6 +332,7 @@ function matchesEtag(header: string | undefined, digest: string): boolean {
 
 async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string, method: 'GET' | 'HEAD') {
   const digest = parseDigest(raw, 'BLOB_UNKNOWN')
+  await mayReadDigest(c.get('viewer'), mirror, name, digest, 'blob')
   const res = c.env.outgoing
   // The client may leave during any await below. The close listener comes before the first
   // one, so whatever this response has taken (an eviction pin, a file handle) is let go however
@@ -293,7 +375,9 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
     settle()
     return RESPONSE_ALREADY_SENT
   }
-  const note: ResponseNote = { cache: found.cache }
+  // The access check may have noted who signed in; the blob adds what it served.
+  const note: ResponseNote = responseNotes.get(res) ?? {}
+  note.cache = found.cache
   responseNotes.set(res, note)
   note.bytes = () => sent()
 

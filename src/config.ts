@@ -5,6 +5,7 @@
 // (systemd's LoadCredential= puts one under $CREDENTIALS_DIRECTORY).
 
 import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import { z } from 'zod'
 
 export const DOCKER_HUB = 'https://registry-1.docker.io'
@@ -287,6 +288,28 @@ const tagPattern = z.string().transform((text, ctx) => {
 })
 writtenAs(tagPattern, (pattern) => pattern.text)
 
+/** "10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8": one network or address of admin.allow. */
+const network = z.string().transform((text, ctx) => {
+  const parsed = parseNetwork(text)
+  if (parsed === undefined) {
+    ctx.addIssue({ code: 'custom', message: `not an address or CIDR network like "10.0.0.0/8": ${text}` })
+    return z.NEVER
+  }
+  return text.trim()
+})
+writtenAs(network, (text) => text)
+
+export function parseNetwork(text: string): { address: string; prefix: number; family: 4 | 6 } | undefined {
+  const m = /^\s*([^/\s]+)(?:\/(\d{1,3}))?\s*$/.exec(text)
+  if (!m) return undefined
+  const family = isIP(m[1]!)
+  if (family !== 4 && family !== 6) return undefined
+  const max = family === 4 ? 32 : 128
+  const prefix = m[2] === undefined ? max : Number(m[2])
+  if (prefix > max) return undefined
+  return { address: m[1]!, prefix, family }
+}
+
 const nullableSize = unitString(
   parseSize,
   'a size like "50GiB"',
@@ -375,6 +398,22 @@ const schema = z.strictObject({
         .prefault('30d'),
     })
     .prefault({}),
+  auth: z
+    .strictObject({
+      // htpasswd file of client accounts (bcrypt entries, as `htpasswd -B` writes); re-read on
+      // SIGHUP. null: no accounts, every client is anonymous.
+      htpasswd: z.string().min(1).nullable().default(null),
+      // Whether clients without an account may pull what anonymous pulls upstream may read.
+      anonymous: z.boolean().default(true),
+    })
+    .prefault({}),
+  admin: z
+    .strictObject({
+      // Networks allowed to reach the status page, /_pullcache/* and /metrics (health checks
+      // excepted); empty: no restriction.
+      allow: z.array(network).prefault([]),
+    })
+    .prefault({}),
   log: z
     .strictObject({
       level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
@@ -424,6 +463,9 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_LOG_LEVEL: 'log.level',
   PULLCACHE_ACCESS_LOG: 'log.access',
   PULLCACHE_ACCOUNTING_RETENTION: 'index.accounting_retention',
+  PULLCACHE_AUTH_HTPASSWD: 'auth.htpasswd',
+  PULLCACHE_AUTH_ANONYMOUS: 'auth.anonymous',
+  PULLCACHE_ADMIN_ALLOW: 'admin.allow',
 }
 
 const NUMERIC_KEYS = new Set([
@@ -431,7 +473,9 @@ const NUMERIC_KEYS = new Set([
   'upstream.connections',
   'limits.max_connections',
 ])
-const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix'])
+const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix', 'auth.anonymous'])
+/** Comma-separated lists in the environment. */
+const LIST_KEYS = new Set(['admin.allow'])
 
 function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {
   const parts = dotted.split('.')
@@ -447,6 +491,12 @@ function setPath(target: Record<string, unknown>, dotted: string, text: string, 
     if (/^(1|true|yes|on)$/i.test(text)) value = true
     else if (/^(0|false|no|off)$/i.test(text)) value = false
     else problems.push(`${dotted}: expected true or false, got ${JSON.stringify(text)}`)
+  }
+  if (LIST_KEYS.has(dotted)) {
+    value = text
+      .split(',')
+      .map((item) => item.trim())
+      .filter((item) => item !== '')
   }
   node[parts.at(-1)!] = value
 }
@@ -489,6 +539,9 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   const parsed = result.data
   if (password !== null && parsed.upstream.username === null) {
     throw new ConfigError(['upstream.username: a password is set but no username'])
+  }
+  if (!parsed.auth.anonymous && parsed.auth.htpasswd === null) {
+    throw new ConfigError(['auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd'])
   }
   const config: Config = { ...parsed, upstream: { ...parsed.upstream, password } }
   return deepFreeze(config)

@@ -54,7 +54,7 @@ export function createMetrics() {
     }),
     upstreamRequests: new Counter({
       name: 'pullcache_upstream_requests_total',
-      help: 'Requests sent upstream, by kind (manifest, blob, tags, token, cdn, ping), method and status ("error" when none came).',
+      help: 'Requests sent upstream, by kind (manifest, blob, tags, token, cdn, ping; access: checks of what anonymous pulls may read), method and status ("error" when none came).',
       labelNames: ['kind', 'method', 'status'] as const,
       registers,
     }),

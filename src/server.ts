@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { CACHE_HEADER, createApp, responseNotes } from './app.js'
 import type { Config } from './config.js'
+import { Access } from './http/access.js'
 import { createLimitedServer, requestError } from './http/limits.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
@@ -36,6 +37,8 @@ export interface RunningServer {
 }
 
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
+  // First: a broken htpasswd file stops the start before anything is opened.
+  const access = new Access({ config, log })
   const root = resolve(config.data_dir)
   await mkdir(root, { recursive: true })
   const store = new BlobStore(root)
@@ -106,6 +109,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     log,
     metrics,
     admin: { index, config, budget: () => evictor?.budget ?? null },
+    access,
   })
   const listener = getRequestListener(app.fetch, { errorHandler: requestError })
 
@@ -196,6 +200,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       mirror.offline = next.offline
       changed.push('offline')
     }
+    // The htpasswd file is read again whether or not its path changed: that is how accounts change.
+    changed.push(...access.reload(next))
     if (next.upstream.rate_limit_reserve !== current.upstream.rate_limit_reserve) {
       upstream.rateLimitReserve = next.upstream.rate_limit_reserve
       changed.push('upstream.rate_limit_reserve')
@@ -333,6 +339,8 @@ function accessLog(
       bytes,
       duration_ms: Math.round(seconds * 10_000) / 10,
       cache: note?.cache ?? res.getHeader(CACHE_HEADER) ?? null,
+      // Who signed in, when someone did; the Authorization header itself is never logged.
+      ...(note?.user === undefined ? {} : { user: note.user }),
       complete: res.writableFinished,
     })
   })

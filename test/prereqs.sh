@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pullcache's tests need on Debian or Ubuntu: a real upstream registry
 # (distribution, Debian package docker-registry), real clients (skopeo, dockerd from docker.io,
-# containerd's ctr), a browser for the status page's test (chromium), and the build tools for
-# better-sqlite3's native addon.
+# containerd's ctr), apache2-utils' htpasswd for client accounts, a browser for the status
+# page's test (chromium), and the build tools for better-sqlite3's native addon.
 # Packages already present are not installed again; nothing is downloaded from outside the
 # distribution's archive.
 set -euo pipefail
@@ -15,6 +15,8 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v ctr >/dev/null || need+=(containerd)
 # The status page's browser test (test/e2e/status-page.test.ts) drives Debian's chromium.
 command -v chromium >/dev/null || need+=(chromium)
+# The real `htpasswd -B` makes the client accounts file in the access tests.
+command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v openssl >/dev/null || need+=(openssl)
 command -v make >/dev/null || need+=(make)
 command -v g++ >/dev/null || need+=(g++)

@@ -7,8 +7,15 @@ import type { Config } from '../config.js'
 import { parseDuration } from '../config.js'
 import { RegistryError } from '../errors.js'
 import type { Mirror } from '../mirror/mirror.js'
-import { budgetBytes, liveUpstream, type StatsReport, statsReport } from '../mirror/stats-report.js'
+import {
+  anonymousView,
+  budgetBytes,
+  liveUpstream,
+  type StatsReport,
+  statsReport,
+} from '../mirror/stats-report.js'
 import type { IndexDb } from '../store/index-db.js'
+import type { Viewer } from './access.js'
 
 export const ADMIN_PREFIX = '/_pullcache'
 
@@ -19,28 +26,48 @@ export interface AdminDeps {
   budget?: () => number | null
 }
 
-/** The stats document of the running server; `since` in ms since epoch. */
-export function serverStats(mirror: Mirror, deps: AdminDeps, startedAt: number, since?: number): StatsReport {
+/** Routes that know who is asking (set by the app's access middleware). */
+export type ViewerEnv = { Variables: { viewer: Viewer } }
+
+/**
+ * The stats document of the running server; `since` in ms since epoch. An anonymous viewer sees
+ * by name only the repositories anonymous pulls may read; the totals cover everything.
+ */
+export function serverStats(
+  mirror: Mirror,
+  deps: AdminDeps,
+  startedAt: number,
+  since: number | undefined,
+  viewer: Viewer,
+): StatsReport {
   const now = Date.now()
+  const visible = viewer.user === null ? anonymousView(mirror) : undefined
   return statsReport({
     index: deps.index,
     since,
+    visible,
     budgetBytes: deps.budget ? deps.budget() : budgetBytes(deps.config),
-    upstream: liveUpstream(mirror),
+    upstream: liveUpstream(mirror, visible),
     uptimeSeconds: Math.floor((now - startedAt) / 1000),
     now,
   })
 }
 
 /** Routes to mount at ADMIN_PREFIX. */
-export function adminRoutes(mirror: Mirror, deps: AdminDeps): Hono {
+export function adminRoutes(mirror: Mirror, deps: AdminDeps): Hono<ViewerEnv> {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
-  const admin = new Hono()
+  const admin = new Hono<ViewerEnv>()
 
   admin.get('/stats', (c) => {
     const since = sinceParam(c.req.query('since'))
-    const report = serverStats(mirror, deps, startedAt, since === undefined ? undefined : Date.now() - since)
+    const report = serverStats(
+      mirror,
+      deps,
+      startedAt,
+      since === undefined ? undefined : Date.now() - since,
+      c.get('viewer'),
+    )
     // Numbers of this moment: no cache between here and whoever polls them.
     return c.json(report, 200, { 'Cache-Control': 'no-store' })
   })

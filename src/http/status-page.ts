@@ -4,12 +4,13 @@
 // string from the document passes through escapeHtml (the `html` template does it by default):
 // repository names and upstream error messages come from clients and from the internet.
 
-import { Hono } from 'hono'
+import { type Context, Hono } from 'hono'
 import { humanBytes } from '../human-bytes.js'
 import type { Mirror } from '../mirror/mirror.js'
 import type { StatsReport } from '../mirror/stats-report.js'
 import type { Totals } from '../store/stats.js'
-import { ADMIN_PREFIX, type AdminDeps, serverStats } from './admin.js'
+import { challenge } from './access.js'
+import { ADMIN_PREFIX, type AdminDeps, serverStats, type ViewerEnv } from './admin.js'
 import { upstreamCheck } from './health.js'
 
 /** Seconds between reloads of the page, by the browser itself (no script). */
@@ -30,15 +31,15 @@ const SECURITY_HEADERS = {
 }
 
 /** Routes to mount at the root: the page at / and at ADMIN_PREFIX/. */
-export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono {
+export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono<ViewerEnv> {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
-  const page = new Hono()
-  const handler = async () => {
+  const page = new Hono<ViewerEnv>()
+  const handler = async (c: Context<ViewerEnv>) => {
     // The badge tells how upstream is now, not at its last pull: wait (a few seconds at most)
     // for the readiness ping, which is sent at most once per 10 s however often pages load.
     await upstreamCheck(mirror)
-    const body = renderStatusPage(serverStats(mirror, deps, startedAt))
+    const body = renderStatusPage(serverStats(mirror, deps, startedAt, undefined, c.get('viewer')))
     return new Response(body, {
       status: 200,
       headers: {
@@ -49,6 +50,12 @@ export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono {
     })
   }
   for (const path of ['/', ADMIN_PREFIX, `${ADMIN_PREFIX}/`]) page.get(path, handler)
+  // Anonymous viewers see the page without private names. This is where a browser signs in:
+  // the 401 makes it ask, and it then sends the account with every request under ADMIN_PREFIX/.
+  page.get(`${ADMIN_PREFIX}/login`, (c) => {
+    if (c.get('viewer').user === null) throw challenge('sign in to see every repository')
+    return c.redirect(`${ADMIN_PREFIX}/`, 303)
+  })
   return page
 }
 

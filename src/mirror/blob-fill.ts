@@ -46,6 +46,8 @@ export interface FillSource {
 
 export class Fill {
   readonly digest: string
+  /** The repository (upstream name) the blob is fetched under. */
+  readonly repo: string
   state: State = 'starting'
   /** Total size once known: from Content-Length, or at the end for a chunked body. */
   size: number | undefined
@@ -70,8 +72,9 @@ export class Fill {
   private readonly controller = new AbortController()
   private running: Promise<void> | undefined
 
-  constructor(digest: string, store: BlobStore) {
+  constructor(digest: string, repo: string, store: BlobStore) {
     this.digest = digest
+    this.repo = repo
     this.store = store
     let readyResolve!: () => void
     let readyReject!: (err: Error) => void

@@ -24,6 +24,7 @@ import type { CacheResult, IndexDb, ManifestRow } from '../store/index-db.js'
 import type { Upstream } from '../upstream/client.js'
 import { Fill } from './blob-fill.js'
 import { accepts } from './manifest.js'
+import { Visibility } from './visibility.js'
 
 export type Outcome = Exclude<CacheResult, 'error'>
 
@@ -76,6 +77,8 @@ const DEFAULT_PLATFORM = 'linux/amd64'
 
 export class Mirror {
   readonly upstream: Upstream
+  /** What anonymous clients may read. */
+  readonly visibility: Visibility
   private readonly store: BlobStore
   private readonly index: IndexDb
   private readonly log: Logger
@@ -99,6 +102,7 @@ export class Mirror {
     this.tagFreshnessRules = opts.tagFreshnessRules ?? []
     this.revalidateTimeoutMs = opts.revalidateTimeoutMs
     this.onBlobCommitted = opts.onBlobCommitted ?? (() => {})
+    this.visibility = new Visibility({ upstream: opts.upstream, index: opts.index, log: opts.log })
     this.manifests = new LRUCache<string, ManifestRow>({
       maxSize: Math.max(1, opts.manifestMemoryBytes),
       sizeCalculation: (row) => Math.max(1, row.body.length),
@@ -191,6 +195,30 @@ export class Mirror {
     return this.inUse.has(digest)
   }
 
+  /**
+   * Whether an anonymous client may have this digest under this repository (which it may read).
+   * A digest pullcache does not hold is fetched under that repository's name, so upstream
+   * decides; one it holds may have come from a repository anonymous pulls cannot read.
+   */
+  async anonymousMayRead(name: RepoName, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
+    if (kind === 'blob') {
+      // Joining a download in progress: fine under its own name, or when anonymous pulls may read
+      // the repository it is fetched under (public content is shared by digest).
+      const fill = this.fills.get(digest)
+      if (
+        fill !== undefined &&
+        (fill.repo === name.upstream || (await this.visibility.repoReadable(fill.repo)))
+      )
+        return true
+    }
+    const held =
+      kind === 'blob'
+        ? this.fills.has(digest) || this.index.getBlob(digest) !== undefined
+        : this.flights.has(`manifest\0${digest}`) || this.cachedManifest(digest) !== undefined
+    if (!held) return true
+    return this.visibility.digestReadable(name.upstream, digest, kind)
+  }
+
   /** Fills in progress, for draining on shutdown and for metrics. */
   inflight(): Fill[] {
     return [...this.fills.values()]
@@ -224,7 +252,7 @@ export class Mirror {
       }
     }
 
-    const fill = new Fill(digest, this.store)
+    const fill = new Fill(digest, name.upstream, this.store)
     this.fills.set(digest, fill)
     // Upstream has until the deadline to start the body, waiting for a download slot included;
     // past it the fill is dropped and aborted, and its waiters get UNAVAILABLE.
@@ -360,6 +388,8 @@ export class Mirror {
       const cached = this.cachedManifest(digest)
       if (cached) {
         this.index.setTag(registry, name.upstream, tag, digest, cached.media_type)
+        // Upstream just said this repository has it, though the bytes came from another.
+        this.index.link(registry, name.upstream, digest, 'manifest')
         if (knownDigest !== undefined && knownDigest !== digest) {
           this.log.info('mirror.tag_moved', { repo: name.upstream, tag, from: knownDigest, to: digest })
         }
@@ -499,7 +529,10 @@ export class Mirror {
     if (r.digest !== undefined && r.result !== 'error') {
       if (r.kind === 'blob') {
         this.index.touchBlob(r.digest, r.result, r.bytes)
-        this.index.link(registry, r.name.upstream, r.digest, 'blob')
+        // A link says upstream confirmed that this repository has the digest (visibility.ts): a
+        // miss was fetched under this name. A hit or a coalesced answer may have come from
+        // another repository's fetch, so it proves nothing about this one.
+        if (r.result === 'miss') this.index.link(registry, r.name.upstream, r.digest, 'blob')
       } else if (r.kind === 'manifest') {
         this.index.touchManifest(r.digest, !fromUpstream)
       }

@@ -20,6 +20,13 @@ import {
 import { VERSION } from '../version.js'
 import type { Mirror } from './mirror.js'
 
+/** What an anonymous viewer may see named: the repositories anonymous pulls may read. */
+export function anonymousView(mirror: Mirror): (registry: string, repo: string) => boolean {
+  const registry = mirror.upstream.registry
+  const names = mirror.visibility.publicRepos()
+  return (r, repo) => r === registry && names.has(repo)
+}
+
 /** How many repositories and tags the document lists unless asked otherwise. */
 export const DEFAULT_TOP = 10
 
@@ -66,12 +73,23 @@ export interface StatsReportOptions {
   upstream: UpstreamReport
   uptimeSeconds: number | null
   now?: number | undefined
+  /**
+   * Which repositories the reader may see named (anonymous viewers: those anonymous pulls may
+   * read); undefined for all of them.
+   */
+  visible?: ((registry: string, repo: string) => boolean) | undefined
 }
 
 export function statsReport(opts: StatsReportOptions): StatsReport {
   const { index, since } = opts
   const now = opts.now ?? Date.now()
   const limit = opts.top ?? DEFAULT_TOP
+  const visible = opts.visible
+  // Filtered readers get the top `limit` of what they may see: the queries then list everything
+  // (SQLite's LIMIT -1) and the filter cuts.
+  const fetch = visible === undefined ? limit : -1
+  const repos = repositoryStats(index, { since, limit: fetch })
+  const tags = tagStats(index, { since, limit: fetch })
   return {
     generated_at: iso(now),
     since: since === undefined ? null : iso(since),
@@ -79,16 +97,26 @@ export function statsReport(opts: StatsReportOptions): StatsReport {
     uptime_seconds: opts.uptimeSeconds,
     overall: overallStats(index, { since }),
     by_kind: kindStats(index, { since }),
-    top_repositories: repositoryStats(index, { since, limit }),
-    top_tags: tagStats(index, { since, limit }).map((t) => ({ ...t, last_request: iso(t.last_request) })),
+    top_repositories: visible ? repos.filter((r) => visible(r.registry, r.repo)).slice(0, limit) : repos,
+    top_tags: (visible ? tags.filter((t) => visible(t.registry, t.repo)).slice(0, limit) : tags).map((t) => ({
+      ...t,
+      last_request: iso(t.last_request),
+    })),
     hourly: hourlyStats(index, { since }).map((h) => ({ ...h, hour: iso(h.hour) })),
     store: { ...storeCounts(index), budget_bytes: opts.budgetBytes },
     upstream: opts.upstream,
   }
 }
 
-/** The upstream as the running server sees it. */
-export function liveUpstream(mirror: Mirror): UpstreamReport {
+/**
+ * The upstream as the running server sees it. With `visible`, a failure about a repository the
+ * reader may not see named keeps its time, kind and status, not its message.
+ */
+export function liveUpstream(
+  mirror: Mirror,
+  visible?: (registry: string, repo: string) => boolean,
+): UpstreamReport {
+  const registry = mirror.upstream.registry
   const rl = mirror.upstream.rateLimit
   const reach = mirror.upstream.reachability()
   return {
@@ -107,7 +135,10 @@ export function liveUpstream(mirror: Mirror): UpstreamReport {
       at: iso(e.at),
       kind: e.kind,
       status: e.status ?? null,
-      message: e.message,
+      message:
+        visible === undefined || e.repo === undefined || visible(registry, e.repo)
+          ? e.message
+          : 'about a repository that anonymous pulls cannot read',
     })),
   }
 }

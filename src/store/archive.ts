@@ -467,6 +467,11 @@ export async function importArchive(
       if (image.repo !== null) index.link(registry, image.repo, d, 'manifest')
     }
     if (image.repo !== null) {
+      // Whoever imports an archive vouches for serving it: its repositories count as public for
+      // anonymous clients (repo_access 'assumed') until an upstream account makes that worth a
+      // check. A repository recorded already keeps its answer.
+      if (index.getRepoAccess(registry, image.repo) === undefined)
+        index.setRepoAccess(registry, image.repo, 'assumed', now)
       for (const d of image.blobs) index.link(registry, image.repo, d, 'blob')
       if (image.tag !== null)
         index.setTag(registry, image.repo, image.tag, image.digest, image.media_type, now)

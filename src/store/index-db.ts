@@ -116,6 +116,20 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (hour, registry, repo, kind, method, result)
   ) WITHOUT ROWID;
   `,
+  `
+  -- Whether anonymous pulls upstream may read a repository, as last learned from upstream.
+  -- 'assumed' is written with no upstream account configured: everything then came from
+  -- anonymous pulls, so the repository counts as public until an account makes it worth a check.
+  -- Kept in the index so that what was private stays private across restarts and after the
+  -- account is removed. repo_links (above) says which digests upstream confirmed per repository.
+  CREATE TABLE repo_access (
+    registry   TEXT NOT NULL,
+    repo       TEXT NOT NULL,
+    access     TEXT NOT NULL,        -- 'public' | 'private' | 'assumed'
+    checked_at INTEGER NOT NULL,     -- ms since epoch
+    PRIMARY KEY (registry, repo)
+  ) WITHOUT ROWID;
+  `,
 ]
 
 export interface BlobRow {
@@ -141,6 +155,13 @@ export interface TagRow {
 }
 
 export type { ManifestRef } from '../oci.js'
+
+export type RepoAccess = 'public' | 'private' | 'assumed'
+
+export interface RepoAccessRow {
+  access: RepoAccess
+  checked_at: number
+}
 
 export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'stale' | 'error'
 
@@ -401,6 +422,53 @@ export class IndexDb {
     this.pending.links.set(`${registry}\0${repo}\0${digest}`, { registry, repo, digest, kind })
   }
 
+  /** Whether upstream confirmed that this repository has the digest (buffered links included). */
+  hasLink(registry: string, repo: string, digest: string): boolean {
+    if (this.pending.links.has(`${registry}\0${repo}\0${digest}`)) return true
+    return this.stmt.hasLink.get(registry, repo, digest) !== undefined
+  }
+
+  /**
+   * Whether the digest is linked to any repository that anonymous pulls may read; 'assumed'
+   * rows count only with `assumed` (see repo_access).
+   */
+  linkedToPublic(registry: string, digest: string, assumed: boolean): boolean {
+    if (this.stmt.linkedToPublic.get(registry, digest, assumed ? 1 : 0) !== undefined) return true
+    for (const l of this.pending.links.values()) {
+      if (l.registry !== registry || l.digest !== digest) continue
+      const access = this.getRepoAccess(registry, l.repo)?.access
+      if (access === 'public' || (assumed && access === 'assumed')) return true
+    }
+    return false
+  }
+
+  /** Whether anything was recorded as fetched under this repository. */
+  hasLinks(registry: string, repo: string): boolean {
+    if (this.stmt.hasLinks.get(registry, repo) !== undefined) return true
+    for (const l of this.pending.links.values()) if (l.registry === registry && l.repo === repo) return true
+    return false
+  }
+
+  /** Forgets every 'assumed' answer: with an account, content may no longer be anonymous. */
+  forgetAssumed(registry: string): void {
+    this.stmt.forgetAssumed.run(registry)
+  }
+
+  // --- anonymous access per repository ------------------------------------------------------
+
+  getRepoAccess(registry: string, repo: string): RepoAccessRow | undefined {
+    return this.stmt.getRepoAccess.get(registry, repo) as RepoAccessRow | undefined
+  }
+
+  setRepoAccess(registry: string, repo: string, access: RepoAccess, now = Date.now()): void {
+    this.stmt.setRepoAccess.run(registry, repo, access, now)
+  }
+
+  /** Repositories recorded as readable by anonymous pulls ('assumed' ones with `assumed`). */
+  publicRepos(registry: string, assumed: boolean): Set<string> {
+    return new Set(this.stmt.publicRepos.pluck().all(registry, assumed ? 1 : 0) as string[])
+  }
+
   account(entry: Accounted, now = Date.now()): void {
     const hour = now - (now % HOUR)
     const key = [hour, entry.registry, entry.repo, entry.kind, entry.method, entry.result].join('\0')
@@ -599,6 +667,21 @@ function prepare(db: Database.Database) {
     repoTagged: db.prepare('SELECT 1 FROM tags WHERE registry = ? AND repo = ? LIMIT 1'),
     link: db.prepare(
       'INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
+    ),
+    hasLink: db.prepare('SELECT 1 FROM repo_links WHERE registry = ? AND repo = ? AND digest = ?'),
+    linkedToPublic: db.prepare(
+      `SELECT 1 FROM repo_links l JOIN repo_access a ON a.registry = l.registry AND a.repo = l.repo
+       WHERE l.registry = ? AND l.digest = ? AND (a.access = 'public' OR (a.access = 'assumed' AND ?)) LIMIT 1`,
+    ),
+    hasLinks: db.prepare('SELECT 1 FROM repo_links WHERE registry = ? AND repo = ? LIMIT 1'),
+    forgetAssumed: db.prepare(`DELETE FROM repo_access WHERE registry = ? AND access = 'assumed'`),
+    getRepoAccess: db.prepare('SELECT access, checked_at FROM repo_access WHERE registry = ? AND repo = ?'),
+    setRepoAccess: db.prepare(
+      `INSERT INTO repo_access (registry, repo, access, checked_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (registry, repo) DO UPDATE SET access = excluded.access, checked_at = excluded.checked_at`,
+    ),
+    publicRepos: db.prepare(
+      `SELECT repo FROM repo_access WHERE registry = ? AND (access = 'public' OR (access = 'assumed' AND ?))`,
     ),
     account: db.prepare(
       `INSERT INTO accounting (hour, registry, repo, kind, method, result, requests, bytes_cache, bytes_upstream,

@@ -12,6 +12,8 @@ export interface Challenge {
   realm: string
   service: string | undefined
   scope: string | undefined
+  /** RFC 6750's error, e.g. insufficient_scope: a token was presented and does not grant this. */
+  error: string | undefined
 }
 
 /** Parses the first Bearer or Basic challenge of a WWW-Authenticate header. */
@@ -25,7 +27,13 @@ export function parseChallenge(header: string | string[] | undefined): Challenge
   for (const p of m[2]!.matchAll(re))
     params[p[1]!.toLowerCase()] = p[2]?.replace(/\\(.)/g, '$1') ?? p[3] ?? ''
   const scheme = m[1]!.toLowerCase() as 'bearer' | 'basic'
-  return { scheme, realm: params.realm ?? '', service: params.service, scope: params.scope }
+  return {
+    scheme,
+    realm: params.realm ?? '',
+    service: params.service,
+    scope: params.scope,
+    error: params.error,
+  }
 }
 
 export interface Credentials {

@@ -52,13 +52,19 @@ export interface UpstreamErrorNote {
   kind: UpstreamFailure
   status: number | undefined
   message: string
+  /** The repository the request was for, when it was for one: anonymous viewers see a note
+   * about a repository only if anonymous pulls may read it. */
+  repo: string | undefined
 }
 
 /** How many recent failures are kept. */
 const RECENT_ERRORS = 20
 
 /** What a request upstream is for, as the metrics label it. */
-type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn' | 'ping'
+type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn' | 'ping' | 'access'
+
+/** Whose authority a request upstream carries: the configured account's, or nobody's. */
+type As = 'account' | 'anonymous'
 
 /** An answer from upstream this recent, with no failure since, says it is online. */
 export const ONLINE_WITHIN_MS = 60_000
@@ -170,6 +176,11 @@ export class Upstream {
     })
   }
 
+  /** Whether requests carry the configured account's authority (see mirror/visibility.ts). */
+  get hasCredentials(): boolean {
+    return this.credentials !== null
+  }
+
   /** New credentials (e.g. on reload) make every cached token stale. */
   setCredentials(credentials: Credentials | null): void {
     this.credentials = credentials
@@ -265,7 +276,7 @@ export class Upstream {
       signal,
     )
     this.noteRateLimit(res.headers)
-    if (res.statusCode !== 200) throw await this.failure(res, `HEAD manifest ${repo}:${reference}`)
+    if (res.statusCode !== 200) throw await this.failure(res, `HEAD manifest ${repo}:${reference}`, repo)
     await res.body.dump()
     const length = header(res.headers, 'content-length')
     return {
@@ -286,7 +297,7 @@ export class Upstream {
       signal,
     )
     this.noteRateLimit(res.headers)
-    if (res.statusCode !== 200) throw await this.failure(res, `GET manifest ${repo}:${reference}`)
+    if (res.statusCode !== 200) throw await this.failure(res, `GET manifest ${repo}:${reference}`, repo)
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
     if (bytes === undefined)
       throw new UpstreamError('INVALID', `manifest ${repo}:${reference} is larger than 4 MiB`)
@@ -301,7 +312,7 @@ export class Upstream {
     const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`, {}, signal)
     // Some registries redirect HEAD to storage too; the size is what we need, so follow.
     const final = await this.followRedirects(repo, res, 'HEAD', signal)
-    if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`)
+    if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`, repo)
     await final.body.dump()
     const size = Number(header(final.headers, 'content-length'))
     if (!Number.isSafeInteger(size) || size < 0)
@@ -313,7 +324,7 @@ export class Upstream {
   async getBlob(repo: string, digest: string, signal?: AbortSignal): Promise<BlobBody> {
     const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`, {}, signal)
     const final = await this.followRedirects(repo, res, 'GET', signal)
-    if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`)
+    if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`, repo)
     const length = header(final.headers, 'content-length')
     if (length !== undefined && !/^\d+$/.test(length.trim())) {
       await final.body.dump().catch(() => {})
@@ -338,10 +349,80 @@ export class Upstream {
       { accept: 'application/json' },
       signal,
     )
-    if (res.statusCode !== 200) throw await this.failure(res, `GET tags ${repo}`)
+    if (res.statusCode !== 200) throw await this.failure(res, `GET tags ${repo}`, repo)
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
     if (bytes === undefined) throw new UpstreamError('INVALID', `tag list of ${repo} is larger than 4 MiB`)
     return { bytes, link: header(res.headers, 'link') }
+  }
+
+  // --- what anonymous pulls may read ---------------------------------------------------------
+
+  /**
+   * Whether an anonymous pull may read the repository. Asks the token service for an anonymous
+   * pull token and reads the access it grants (Docker Hub's tokens are JWTs whose `access` claim
+   * lists the granted actions; token requests do not count as pulls). With an opaque token, or
+   * no token service, an anonymous tags/list of one tag decides: that is not a pull either.
+   * Throws UpstreamError when upstream gives no answer.
+   */
+  async anonymousAccess(repo: string): Promise<'public' | 'private'> {
+    const challenge = this.challenge ?? (await this.discoverChallenge())
+    if (challenge?.scheme === 'bearer') {
+      let token: string
+      try {
+        token = await this.token(challenge, `repository:${repo}:pull`, 'anonymous')
+      } catch (err) {
+        // A token service that refuses anonymous callers outright grants them nothing.
+        if (err instanceof UpstreamError && err.kind === 'UNAUTHORIZED') return 'private'
+        throw err
+      }
+      const granted = jwtGrantsPull(token, repo)
+      if (granted !== undefined) return granted ? 'public' : 'private'
+    }
+    const res = await this.send(
+      'access',
+      repo,
+      'GET',
+      `/v2/${repo}/tags/list?n=1`,
+      {},
+      undefined,
+      'anonymous',
+    )
+    if (res.statusCode === 200) {
+      await res.body.dump()
+      return 'public'
+    }
+    // Docker Hub answers 401 for a repository that is private or does not exist; either way an
+    // anonymous pull cannot read it.
+    if (res.statusCode === 401 || res.statusCode === 403 || res.statusCode === 404) {
+      await res.body.dump()
+      return 'private'
+    }
+    throw await this.failure(res, `anonymous access check of ${repo}`, repo)
+  }
+
+  /**
+   * Whether an anonymous pull finds this digest in this repository: a HEAD by digest with an
+   * anonymous token (never counted as a pull). Throws UpstreamError when upstream gives no answer.
+   */
+  async anonymousHas(repo: string, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
+    const path = `/v2/${repo}/${kind === 'blob' ? 'blobs' : 'manifests'}/${digest}`
+    const headers: Record<string, string> = kind === 'manifest' ? { accept: MANIFEST_TYPES.join(', ') } : {}
+    const res = await this.send('access', repo, 'HEAD', path, headers, undefined, 'anonymous')
+    await res.body.dump()
+    // A blob HEAD may redirect to storage: the registry found it.
+    if (res.statusCode === 200 || isRedirect(res.statusCode)) return true
+    if (res.statusCode === 401 || res.statusCode === 403 || res.statusCode === 404) return false
+    throw await this.failure(res, `anonymous HEAD ${kind} ${digest}`, repo)
+  }
+
+  /** GET /v2/ without credentials, for the token service's address. */
+  private async discoverChallenge(): Promise<Challenge | undefined> {
+    const res = await this.raw('ping', 'GET', new URL('/v2/', this.origin), {})
+    await res.body.dump()
+    if (res.statusCode !== 401) return undefined
+    const challenge = parseChallenge(res.headers['www-authenticate'])
+    if (challenge?.scheme === 'bearer' && challenge.realm) this.challenge = challenge
+    return challenge
   }
 
   // --- transport ---------------------------------------------------------------------------
@@ -358,21 +439,24 @@ export class Upstream {
     path: string,
     headers: Record<string, string> = {},
     signal?: AbortSignal,
+    as: As = 'account',
   ): Promise<Response> {
     const scope = `repository:${repo}:pull`
-    let token = this.challenge ? await this.token(this.challenge, scope, signal) : undefined
+    let token = this.challenge ? await this.token(this.challenge, scope, as, signal) : undefined
     let res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token), signal)
     if (res.statusCode !== 401) return res
 
     const challenge = parseChallenge(res.headers['www-authenticate'])
+    // An anonymous token that does not grant the repository is the answer, not a stale token.
+    if (as === 'anonymous' && token !== undefined && challenge?.error === 'insufficient_scope') return res
     if (challenge?.scheme === 'bearer' && challenge.realm) {
       await res.body.dump()
       if (token !== undefined && this.challenge)
-        this.tokens.invalidate(tokenKey(this.challenge, scope), token)
+        this.tokens.invalidate(tokenKey(this.challenge, scope, as), token)
       this.challenge = challenge
-      token = await this.token(challenge, scope, signal)
+      token = await this.token(challenge, scope, as, signal)
       res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token), signal)
-    } else if (challenge?.scheme === 'basic' && this.credentials) {
+    } else if (challenge?.scheme === 'basic' && this.credentials && as === 'account') {
       await res.body.dump()
       res = await this.raw(
         kind,
@@ -390,9 +474,14 @@ export class Upstream {
    * deadline does not abort it; the caller only stops waiting. The fetch has a deadline of its
    * own, so a token service that accepts and never answers counts as upstream down.
    */
-  private async token(challenge: Challenge, scope: string, signal?: AbortSignal): Promise<string> {
-    const obtained = this.tokens.obtain(tokenKey(challenge, scope), () =>
-      this.fetchToken(challenge, scope).then(
+  private async token(
+    challenge: Challenge,
+    scope: string,
+    as: As = 'account',
+    signal?: AbortSignal,
+  ): Promise<string> {
+    const obtained = this.tokens.obtain(tokenKey(challenge, scope, as), () =>
+      this.fetchToken(challenge, scope, as).then(
         (token) => {
           this.metrics.tokenFetches.inc({ result: 'ok' })
           return token
@@ -415,7 +504,7 @@ export class Upstream {
     return signal === undefined ? obtained : untilAborted(obtained, signal)
   }
 
-  private async fetchToken(challenge: Challenge, scope: string): Promise<TokenResponse> {
+  private async fetchToken(challenge: Challenge, scope: string, as: As): Promise<TokenResponse> {
     let realm: URL
     try {
       realm = new URL(challenge.realm)
@@ -428,7 +517,7 @@ export class Upstream {
     if (challenge.service) realm.searchParams.set('service', challenge.service)
     realm.searchParams.append('scope', scope)
     const headers: Record<string, string> = {}
-    if (this.credentials) {
+    if (this.credentials && as === 'account') {
       if (realmMayReceiveCredentials(realm, this.origin)) {
         headers.authorization = basic(this.credentials)
         realm.searchParams.set('account', this.credentials.username)
@@ -545,13 +634,13 @@ export class Upstream {
   }
 
   /** Turns a non-success response into an UpstreamError, reading upstream's message. */
-  private async failure(res: Response, what: string): Promise<UpstreamError> {
+  private async failure(res: Response, what: string, repo?: string): Promise<UpstreamError> {
     const bytes = await readLimited(res, MAX_ERROR_BODY).catch(() => undefined)
     const detail = bytes ? upstreamMessage(bytes) : undefined
     const message = `${what}: upstream answered ${res.statusCode}${detail ? ` (${detail})` : ''}`
     const kind = kindOfStatus(res.statusCode)
     const retryAfter = header(res.headers, 'retry-after')
-    this.markUnwell(kind, retryAfter, res.statusCode, message)
+    this.markUnwell(kind, retryAfter, res.statusCode, message, undefined, repo)
     return new UpstreamError(kind, message, { status: res.statusCode, retryAfter })
   }
 
@@ -589,6 +678,7 @@ export class Upstream {
     status?: number,
     message?: string,
     request?: RequestKind,
+    repo?: string,
   ): void {
     const now = Date.now()
     // Readiness probes ping every few seconds: during an outage their failures would push every
@@ -596,7 +686,7 @@ export class Upstream {
     const repeatedPing = request === 'ping' && this.pingFailureListed
     if (request === 'ping') this.pingFailureListed = true
     if (kind !== 'NOT_FOUND' && !repeatedPing) {
-      this.errors.push({ at: now, kind, status, message: message ?? kind })
+      this.errors.push({ at: now, kind, status, message: message ?? kind, repo })
       if (this.errors.length > RECENT_ERRORS) this.errors.shift()
     }
     if (kind === 'NETWORK' || kind === 'TIMEOUT' || kind === 'SERVER' || kind === 'AUTH_SERVER') {
@@ -661,8 +751,37 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   })
 }
 
-function tokenKey(challenge: Challenge, scope: string): string {
-  return `${challenge.realm}\0${challenge.service ?? ''}\0${scope}`
+function tokenKey(challenge: Challenge, scope: string, as: As): string {
+  return `${as}\0${challenge.realm}\0${challenge.service ?? ''}\0${scope}`
+}
+
+/**
+ * Whether a JWT bearer token grants pull of the repository, from its `access` claim
+ * ([{type: "repository", name, actions: ["pull"]}], as Docker Hub and distribution's token
+ * servers write it). Undefined for a token that is not a JWT with such a claim: opaque tokens say
+ * nothing. The signature is not checked: the token came straight from the token service, and
+ * it is read only to learn what the service granted.
+ */
+export function jwtGrantsPull(token: string, repo: string): boolean | undefined {
+  const parts = token.split('.')
+  if (parts.length !== 3) return undefined
+  let claims: unknown
+  try {
+    claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'))
+  } catch {
+    return undefined
+  }
+  const access = (claims as { access?: unknown } | null)?.access
+  if (!Array.isArray(access)) return undefined
+  return access.some((entry: unknown) => {
+    const e = entry as { type?: unknown; name?: unknown; actions?: unknown } | null
+    return (
+      e?.type === 'repository' &&
+      e.name === repo &&
+      Array.isArray(e.actions) &&
+      (e.actions.includes('pull') || e.actions.includes('*'))
+    )
+  })
 }
 
 function authorize(headers: Record<string, string>, token: string | undefined): Record<string, string> {

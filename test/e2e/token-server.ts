@@ -2,7 +2,8 @@
 //
 // GET /token?service=..&scope=repository:<name>:<actions>[&scope=...] answers
 // {"token","access_token","expires_in","issued_at"} like Hub (protocol.md §2.1). Anonymous callers get
-// `pull`; a configured user (HTTP Basic) gets the actions it is allowed; wrong credentials get 401.
+// `pull`, except on `privateRepos` (nothing, as Hub answers for an account's private repository); a
+// configured user (HTTP Basic) gets the actions it is allowed; wrong credentials get 401.
 // Every request is recorded so tests can see which scopes pullcache asked for and as whom.
 //
 // Signing: RS256 with a key and self-signed certificate made by openssl. The JWT header carries the
@@ -79,6 +80,8 @@ export type TokenServerOptions = {
   expiresInSeconds?: number
   /** Listen on this port (used by start() after stop() to come back where clients expect it). */
   port?: number
+  /** Repositories only configured users may pull: anonymous tokens grant nothing on them. */
+  privateRepos?: readonly string[]
 }
 
 export async function startTokenServer(options: TokenServerOptions): Promise<TokenServer> {
@@ -123,7 +126,8 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
       allowed = user.actions
       subject = user.username
     }
-    record.granted = scopes.flatMap((scope) => grant(scope, allowed))
+    const isPrivate = (name: string) => basic === null && (options.privateRepos ?? []).includes(name)
+    record.granted = scopes.flatMap((scope) => grant(scope, allowed, isPrivate))
     const now = Math.floor(Date.now() / 1000)
     const token = signJwt(options.signing, {
       iss: options.issuer,
@@ -184,6 +188,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Tok
 function grant(
   scope: string,
   allowed: readonly string[],
+  isPrivate: (name: string) => boolean,
 ): { type: string; name: string; actions: string[] }[] {
   const first = scope.indexOf(':')
   const last = scope.lastIndexOf(':')
@@ -191,6 +196,7 @@ function grant(
   const type = scope.slice(0, first)
   const name = scope.slice(first + 1, last)
   if (type !== 'repository') return []
+  if (isPrivate(name)) return [{ type, name, actions: [] }]
   const actions = scope
     .slice(last + 1)
     .split(',')

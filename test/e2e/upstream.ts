@@ -43,7 +43,11 @@ export type Upstream = {
   close(): Promise<void>
 }
 
-export type UpstreamOptions = { tokenExpiresInSeconds?: number }
+export type UpstreamOptions = {
+  tokenExpiresInSeconds?: number
+  /** Repositories anonymous tokens grant nothing on; the puller and pusher accounts may pull them. */
+  privateRepos?: readonly string[]
+}
 
 export async function startUpstream(options: UpstreamOptions = {}): Promise<Upstream> {
   const openssl = requireBinary('openssl')
@@ -60,6 +64,7 @@ export async function startUpstream(options: UpstreamOptions = {}): Promise<Upst
       issuer: ISSUER,
       service: SERVICE,
       users: [PUSHER, PULLER],
+      ...(options.privateRepos === undefined ? {} : { privateRepos: options.privateRepos }),
       ...(options.tokenExpiresInSeconds === undefined
         ? {}
         : { expiresInSeconds: options.tokenExpiresInSeconds }),

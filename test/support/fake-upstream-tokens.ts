@@ -1,5 +1,10 @@
-// Bearer tokens as Docker Hub's auth service hands them out: opaque to the client, remembered here
-// with the repositories they may pull and when they stop working.
+// Bearer tokens as Docker Hub's auth service hands them out, remembered here with the repositories
+// they may pull and when they stop working. Two formats:
+//   'opaque' (the default): `fake-<random>`, which tells the client nothing;
+//   'jwt':    <header>.<claims>.<random>, whose claims carry Hub's `access` list
+//             ([{type: "repository", name, actions: ["pull"]}], empty actions for a repository the
+//             caller may not pull), so a client can read what a token grants. The third part is
+//             no signature: the fake itself is the only party that checks its tokens.
 import { randomBytes } from 'node:crypto'
 
 interface Grant {
@@ -10,12 +15,33 @@ interface Grant {
 
 export type TokenCheck = 'ok' | 'invalid_token' | 'insufficient_scope'
 
+export type TokenFormat = 'opaque' | 'jwt'
+
 export class TokenStore {
   readonly #grants = new Map<string, Grant>()
 
-  issue(repos: ReadonlySet<string>, ttlSeconds: number): { token: string; issuedAt: Date } {
-    const token = `fake-${randomBytes(24).toString('base64url')}`
+  issue(
+    repos: ReadonlySet<string>,
+    ttlSeconds: number,
+    format: TokenFormat = 'opaque',
+    asked: readonly string[] = [...repos],
+    subject = '',
+  ): { token: string; issuedAt: Date } {
     const issuedAt = new Date()
+    let token = `fake-${randomBytes(24).toString('base64url')}`
+    if (format === 'jwt') {
+      const now = Math.floor(issuedAt.getTime() / 1000)
+      const claims = {
+        iss: 'fake-upstream',
+        sub: subject,
+        aud: 'fake-registry',
+        iat: now,
+        exp: now + ttlSeconds,
+        access: asked.map((name) => ({ type: 'repository', name, actions: repos.has(name) ? ['pull'] : [] })),
+      }
+      const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+      token = `${part({ typ: 'JWT', alg: 'none' })}.${part(claims)}.${randomBytes(16).toString('base64url')}`
+    }
     this.#grants.set(token, { repos, expiresAt: issuedAt.getTime() + ttlSeconds * 1000, revoked: false })
     return { token, issuedAt }
   }

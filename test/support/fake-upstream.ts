@@ -30,7 +30,13 @@ import {
   writeReply,
 } from './fake-upstream-faults.js'
 import { bytesReply, codeForStatus, empty, json, ociError, type Reply, text } from './fake-upstream-http.js'
-import { parseBasic, pullableRepos, redactAuthorization, TokenStore } from './fake-upstream-tokens.js'
+import {
+  parseBasic,
+  pullableRepos,
+  redactAuthorization,
+  type TokenFormat,
+  TokenStore,
+} from './fake-upstream-tokens.js'
 
 export type { AddedImage } from './fake-upstream-content.js'
 export type { Fault, FaultMatch, Host } from './fake-upstream-faults.js'
@@ -63,6 +69,8 @@ export interface FakeUpstreamOptions {
   rateLimit?: RateLimit
   // How long a CDN URL from a 307 stays valid (Hub's expire after about an hour). Default 1200.
   cdnUrlTtlSeconds?: number
+  // 'opaque' (default) or 'jwt' tokens with Hub's `access` claim; see fake-upstream-tokens.ts.
+  tokenFormat?: TokenFormat
 }
 
 export interface FakeUpstream {
@@ -73,6 +81,9 @@ export interface FakeUpstream {
   addManifest(repo: string, bytes: Uint8Array, mediaType: string, tag?: string): string
   setTag(repo: string, tag: string, digest: string): void
   deleteTag(repo: string, tag: string): void
+  // A private repository: tokens grant pull of it only to a signed-in user (any of `users`), as Hub
+  // does for an account's private repositories; anonymous tokens grant nothing for it.
+  setPrivate(repo: string, isPrivate?: boolean): void
   addImage(repo: string, tag: string, opts?: { layers?: number; layerBytes?: number }): AddedImage
   fault(match: FaultMatch, fault: Fault, times?: number): void
   clearFaults(): void
@@ -113,6 +124,7 @@ class FakeUpstreamServer implements FakeUpstream {
   readonly #timers = new TimerSet()
   readonly #sockets = new Set<Socket>()
   readonly #secret = randomBytes(32)
+  readonly #private = new Set<string>()
   readonly #servers: Record<Host, Server>
   readonly #urls: Record<Host, string> = { registry: '', cdn: '', auth: '' }
   #rateLimit: RateLimit | undefined
@@ -178,6 +190,11 @@ class FakeUpstreamServer implements FakeUpstream {
 
   deleteTag(repo: string, tag: string): void {
     this.#store.deleteTag(repo, tag)
+  }
+
+  setPrivate(repo: string, isPrivate = true): void {
+    if (isPrivate) this.#private.add(repo)
+    else this.#private.delete(repo)
   }
 
   addImage(repo: string, tag: string, opts?: { layers?: number; layerBytes?: number }): AddedImage {
@@ -440,15 +457,21 @@ class FakeUpstreamServer implements FakeUpstream {
     // A token for another service is useless to the registry; refusing it catches a client that
     // ignores the challenge's service parameter.
     if (params.get('service') !== SERVICE) return json(400, { details: `service must be ${SERVICE}` })
+    let subject = ''
     if (authorization !== undefined) {
       const basic = parseBasic(authorization)
       const users = this.#opts.users ?? {}
       if (basic === undefined || !Object.hasOwn(users, basic.user) || users[basic.user] !== basic.password) {
         return json(401, { details: 'incorrect username or password' })
       }
+      subject = basic.user
     }
     const ttl = this.#opts.tokenTtlSeconds ?? 300
-    const { token, issuedAt } = this.#tokens.issue(pullableRepos(params.getAll('scope')), ttl)
+    const asked = [...pullableRepos(params.getAll('scope'))]
+    // Hub answers an anonymous request for a private repository with a token granting nothing.
+    const granted = new Set(asked.filter((repo) => subject !== '' || !this.#private.has(repo)))
+    const format = this.#opts.tokenFormat ?? 'opaque'
+    const { token, issuedAt } = this.#tokens.issue(granted, ttl, format, asked, subject)
     return json(
       200,
       { token, access_token: token, expires_in: ttl, issued_at: issuedAt.toISOString() },

@@ -94,6 +94,8 @@ const EVERYTHING = {
   },
   limits: { header_timeout: '12s', send_timeout: '90s', keepalive_timeout: '15s', max_connections: 300 },
   index: { flush_interval: '250ms', accounting_retention: '90d' },
+  auth: { htpasswd: '/etc/pullcache/htpasswd', anonymous: false },
+  admin: { allow: ['10.0.0.0/8', '::1'] },
   log: { level: 'debug', access: false },
 }
 
