@@ -63,6 +63,8 @@ export interface FakeUpstreamOptions {
   rateLimit?: RateLimit
   // How long a CDN URL from a 307 stays valid (Hub's expire after about an hour). Default 1200.
   cdnUrlTtlSeconds?: number
+  // Repositories only a user of `users` may pull: an anonymous token request gets no scope for them.
+  privateRepos?: string[]
 }
 
 export interface FakeUpstream {
@@ -239,13 +241,31 @@ class FakeUpstreamServer implements FakeUpstream {
     })
     if (host === 'cdn' && authorization !== undefined) this.#leaks += 1
 
-    const head = method === 'HEAD'
     const early = this.#faults.takeEarly(host, method, path)
     if (early?.kind === 'hang') return
     if (early?.kind === 'reset') {
       req.socket.destroy()
       return
     }
+    if (early?.kind === 'delay') {
+      this.#timers.after(early.ms, () => this.#answer(host, method, path, url, req, res, undefined))
+      return
+    }
+    this.#answer(host, method, path, url, req, res, early)
+  }
+
+  #answer(
+    host: Host,
+    method: string,
+    path: string,
+    url: URL,
+    req: IncomingMessage,
+    res: ServerResponse,
+    early: Extract<Fault, { kind: 'status' }> | undefined,
+  ): void {
+    if (res.destroyed) return
+    const authorization = req.headers.authorization
+    const head = method === 'HEAD'
     let reply: Reply
     if (early?.kind === 'status') {
       reply = this.#statusFault(host, path, early)
@@ -448,7 +468,9 @@ class FakeUpstreamServer implements FakeUpstream {
       }
     }
     const ttl = this.#opts.tokenTtlSeconds ?? 300
-    const { token, issuedAt } = this.#tokens.issue(pullableRepos(params.getAll('scope')), ttl)
+    const repos = pullableRepos(params.getAll('scope'))
+    if (authorization === undefined) for (const repo of this.#opts.privateRepos ?? []) repos.delete(repo)
+    const { token, issuedAt } = this.#tokens.issue(repos, ttl)
     return json(
       200,
       { token, access_token: token, expires_in: ttl, issued_at: issuedAt.toISOString() },
