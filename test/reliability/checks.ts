@@ -158,7 +158,7 @@ const tally = (pulls: Pull[]) => {
 // ---- kill -9 during cold pulls ------------------------------------------------------------------
 
 // Criterion: no client ever gets a clean wrong response; the restarted server answers GET /v2/
-// within 2 s of being started; pullcache verify exits 0; every blob re-pulled after the restart
+// within 2 s of being started (or 1.5 times its first start, if that was slower: see below); pullcache verify exits 0; every blob re-pulled after the restart
 // comes back whole and right (for distribution this is the only store check there is).
 const killDuringPulls: Check = {
   id: 'kill9',
@@ -166,6 +166,10 @@ const killDuringPulls: Check = {
   run: (kind, sizes) =>
     withSetup('kill9', kind, {}, async ({ up, root, r, started }) => {
       const server = await serve(kind, started, { upstream: up.url, dataDir: join(root, 'data') })
+      // 2 s; on a machine so loaded that even the first start on an empty store takes longer,
+      // 1.5 times that: what is measured is the cost of recovering from the kill, not of Node
+      // loading its modules.
+      const restartLimit = Math.max(2_000, Math.round(1.5 * server.firstStartMs))
       const restarts: number[] = []
       const all: Pull[] = []
       for (let round = 0; round < sizes.killRounds; round++) {
@@ -196,7 +200,9 @@ const killDuringPulls: Check = {
           break
         }
         restarts.push(Math.round(ms))
-        if (ms > 2_000) r.failures.push(`round ${round}: restart took ${Math.round(ms)} ms (over 2 s)`)
+        if (ms > restartLimit) {
+          r.failures.push(`round ${round}: restart took ${Math.round(ms)} ms (limit ${restartLimit} ms)`)
+        }
         await verifyStore(server, r, `round ${round}`)
         for (const b of blobs) {
           const p = await pullBlob(server.url, b.path, b.digest, { deadlineMs: 30_000 })
@@ -207,6 +213,8 @@ const killDuringPulls: Check = {
       r.figures.rounds = sizes.killRounds
       r.figures['clients at the kill'] = tally(all)
       r.figures['restart ms (max)'] = restarts.length ? Math.max(...restarts) : '-'
+      r.figures['first start ms (empty store)'] = server.firstStartMs
+      r.figures['restart limit ms'] = restartLimit
     }),
 }
 
@@ -709,7 +717,10 @@ const openProxy: Check = {
           const text = `${seen.join('\n')}\n${server.output()}`
           if (text.includes(password) || text.includes(basic))
             r.failures.push('the upstream password appears in a response or a log line')
-          if (spy.connections() > 0) r.figures['sentinel connections'] = spy.connections()
+          r.figures['sentinel connections'] = spy.connections()
+          if (spy.connections() > 0 && !r.failures.some((f) => f.includes('sentinel'))) {
+            r.failures.push(`${spy.connections()} connections reached the sentinel`)
+          }
           if (up.cdnAuthorizationLeaks > 0)
             r.failures.push(`${up.cdnAuthorizationLeaks} CDN requests carried an Authorization header`)
           const basicElsewhere = up.requests.filter(

@@ -34,6 +34,8 @@ export interface ServerUnderTest {
   isRunning(): boolean
   /** Everything the process printed, stdout and stderr, across restarts. */
   output(): string
+  /** How long the first start took, store empty, to compare a restart with. */
+  readonly firstStartMs: number
   /** Starts the process and waits until GET /v2/ answers; resolves to how long that took (ms). */
   start(timeoutMs?: number): Promise<number>
   kill9(): Promise<void>
@@ -59,10 +61,14 @@ export async function startServer(kind: ServerKind, opts: ServerOptions): Promis
   const url = `http://127.0.0.1:${port}`
   const lines: string[] = []
   let daemon: Daemon | undefined
+  let firstStartMs = 0
   const server: ServerUnderTest = {
     kind,
     url,
     dataDir: opts.dataDir,
+    get firstStartMs() {
+      return firstStartMs
+    },
     get pid() {
       return daemon?.isRunning() ? daemon.pid : undefined
     },
@@ -100,7 +106,7 @@ export async function startServer(kind: ServerKind, opts: ServerOptions): Promis
       await daemon?.stop(5000)
     },
   }
-  await server.start()
+  firstStartMs = Math.round(await server.start())
   return server
 }
 
