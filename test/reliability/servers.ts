@@ -7,6 +7,7 @@
 //
 // Both mirror the same upstream (the fake Docker Hub of test/support, or any registry URL) with the
 // same optional upstream account and the same optional htpasswd file for their own clients.
+import { existsSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -125,6 +126,7 @@ function cleanEnv(): NodeJS.ProcessEnv {
 
 async function pullcacheLaunch(opts: ServerOptions, port: number, confDir: string): Promise<Launch> {
   const config = join(confDir, 'pullcache.json')
+  if (!existsSync(MAIN_JS)) throw new Error(`${MAIN_JS} does not exist: run \`npm run build\` first`)
   await writeFile(config, JSON.stringify(PULLCACHE_CONFIG))
   const env: NodeJS.ProcessEnv = {
     ...cleanEnv(),
