@@ -2,7 +2,8 @@
 // Reply on the wire, with or without a body fault.
 //
 // Faults act in one of two phases:
-//   early  (status, hang, reset)      the request is answered by the fault instead of the handler,
+//   early  (status, hang, reset,      the request is answered by the fault instead of the handler
+//           delay)                    (delay: by the handler, late),
 //                                     before authentication, so it hits the very next matching request;
 //   body   (cut, corrupt, short,      the handler answers, and the fault mangles its body. Only a
 //           slow, stall, empty,       GET answered 200 or 206 with a body consumes one, so a 401 or a
@@ -30,6 +31,8 @@ export type Fault =
   | { kind: 'hang' }
   // The socket is destroyed before any response.
   | { kind: 'reset' }
+  // The response headers come ms late (slow headers); the reply itself is the normal one.
+  | { kind: 'delay'; ms: number }
   // N body bytes (clamped to length - 1), then silence with the socket open until close().
   | { kind: 'stall'; afterBytes: number }
   // Content-Length: 0 and no body, cleanly ended: a registry or CDN that lost the object.
@@ -41,7 +44,7 @@ export type Fault =
   // declared bytes and the last byte is garbage on the connection.
   | { kind: 'long' }
 
-export type EarlyFault = Extract<Fault, { kind: 'status' | 'hang' | 'reset' }>
+export type EarlyFault = Extract<Fault, { kind: 'status' | 'hang' | 'reset' | 'delay' }>
 export type BodyFault = Exclude<Fault, EarlyFault>
 
 export interface FaultMatch {
@@ -57,7 +60,7 @@ interface Armed {
 }
 
 function isEarly(f: Fault): f is EarlyFault {
-  return f.kind === 'status' || f.kind === 'hang' || f.kind === 'reset'
+  return f.kind === 'status' || f.kind === 'hang' || f.kind === 'reset' || f.kind === 'delay'
 }
 
 export function pathMatches(pattern: string | RegExp, path: string): boolean {
@@ -124,6 +127,7 @@ function validate(f: Fault): void {
   if (f.kind === 'slow' && !(Number.isInteger(f.chunkBytes) && f.chunkBytes > 0 && f.delayMs >= 0)) {
     throw bad('chunkBytes > 0 and delayMs >= 0')
   }
+  if (f.kind === 'delay' && !(Number.isFinite(f.ms) && f.ms >= 0)) throw bad('ms >= 0')
   if (f.kind === 'status' && !(Number.isInteger(f.status) && f.status >= 100 && f.status <= 599)) {
     throw bad('a status between 100 and 599')
   }

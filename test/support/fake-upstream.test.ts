@@ -165,6 +165,18 @@ describe('token flow', () => {
     expect((await get(`${u.url}/v2/${REPO}/manifests/latest`, bearer(t2), 'HEAD')).status).toBe(200)
   })
 
+  test('privateRepos: only a known user gets their scope; anonymous tokens leave them out', async () => {
+    const u = await start({ users: { alice: 's3cret' }, privateRepos: ['acme/private'] })
+    u.addImage('acme/private', 'latest')
+    const path = `${u.url}/v2/acme/private/manifests/latest`
+    const anonymous = await token(u, 'repository:acme/private:pull')
+    const refused = await get(path, bearer(anonymous), 'HEAD')
+    expect(refused.status).toBe(401)
+    expect(refused.headers.get('www-authenticate')).toContain('error="insufficient_scope"')
+    const alice = await token(u, 'repository:acme/private:pull', basic('alice', 's3cret'))
+    expect((await get(path, bearer(alice), 'HEAD')).status).toBe(200)
+  })
+
   test('expireTokens() makes every earlier token 401 invalid_token; a new one works', async () => {
     const u = await start()
     u.addImage(REPO, 'latest')
@@ -521,6 +533,21 @@ describe('faults', () => {
     const got = await bytes(await pullBlob(u, t, layer.digest))
     expect(performance.now() - started).toBeGreaterThanOrEqual(150)
     expect(sha256(got)).toBe(layer.digest)
+  })
+
+  test('delay: the normal answer, late', async () => {
+    const u = await start({ auth: 'none' })
+    u.addImage(REPO, 'latest')
+    const path = `/v2/${REPO}/manifests/latest`
+    u.fault({ method: 'GET', path }, { kind: 'delay', ms: 300 }, 1)
+    const t0 = performance.now()
+    const res = await get(`${u.url}${path}`)
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(290)
+    expect(res.status).toBe(200)
+    expect(res.headers.get('docker-content-digest')).toMatch(/^sha256:/)
+    const t1 = performance.now()
+    expect((await get(`${u.url}${path}`)).status).toBe(200)
+    expect(performance.now() - t1).toBeLessThan(290)
   })
 
   test('hang: no answer until close() ends the request', async () => {

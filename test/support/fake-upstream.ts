@@ -71,6 +71,8 @@ export interface FakeUpstreamOptions {
   cdnUrlTtlSeconds?: number
   // 'opaque' (default) or 'jwt' tokens with Hub's `access` claim; see fake-upstream-tokens.ts.
   tokenFormat?: TokenFormat
+  // Repositories only a user of `users` may pull from the start (setPrivate changes it later).
+  privateRepos?: string[]
 }
 
 export interface FakeUpstream {
@@ -134,6 +136,7 @@ class FakeUpstreamServer implements FakeUpstream {
   constructor(opts: FakeUpstreamOptions) {
     this.#opts = opts
     this.#rateLimit = opts.rateLimit === undefined ? undefined : { ...opts.rateLimit }
+    for (const repo of opts.privateRepos ?? []) this.#private.add(repo)
     const make = (host: Host) => {
       const server = createServer((req, res) => this.#handle(host, req, res))
       // Tracked by hand: close() must also end hung, stalled and keep-alive connections.
@@ -256,13 +259,31 @@ class FakeUpstreamServer implements FakeUpstream {
     })
     if (host === 'cdn' && authorization !== undefined) this.#leaks += 1
 
-    const head = method === 'HEAD'
     const early = this.#faults.takeEarly(host, method, path)
     if (early?.kind === 'hang') return
     if (early?.kind === 'reset') {
       req.socket.destroy()
       return
     }
+    if (early?.kind === 'delay') {
+      this.#timers.after(early.ms, () => this.#answer(host, method, path, url, req, res, undefined))
+      return
+    }
+    this.#answer(host, method, path, url, req, res, early)
+  }
+
+  #answer(
+    host: Host,
+    method: string,
+    path: string,
+    url: URL,
+    req: IncomingMessage,
+    res: ServerResponse,
+    early: Extract<Fault, { kind: 'status' }> | undefined,
+  ): void {
+    if (res.destroyed) return
+    const authorization = req.headers.authorization
+    const head = method === 'HEAD'
     let reply: Reply
     if (early?.kind === 'status') {
       reply = this.#statusFault(host, path, early)
