@@ -35,13 +35,32 @@ export async function serve(args: string[]): Promise<number> {
   }
   const config = configFrom(values)
   const log = createLogger(config.log.level)
-  let server: Awaited<ReturnType<typeof startServer>>
+  // SIGHUP: read the config file and environment again and apply what can change live. The
+  // handler is in place before the server starts: Node's default for SIGHUP ends the process,
+  // and a reload sent while the store opens (a deploy right after a start) must not kill it; it
+  // is applied once the server runs.
+  let server: Awaited<ReturnType<typeof startServer>> | undefined
+  let reloadWaiting = false
+  const reload = () => {
+    if (server === undefined) {
+      reloadWaiting = true
+      return
+    }
+    try {
+      server.reload(configFrom(values))
+    } catch (err) {
+      log.error('config.reload_failed', { error: err instanceof CliExit ? err.message : err })
+    }
+  }
+  process.on('SIGHUP', reload)
   try {
     server = await startServer(config, log)
   } catch (err) {
     log.error('start.failed', { error: err })
     throw new CliExit(EXIT_FAILED, `cannot start: ${(err as Error).message}`)
   }
+  const running = server
+  if (reloadWaiting) reload()
 
   return new Promise<number>((resolve) => {
     let stopping = false
@@ -53,7 +72,7 @@ export async function serve(args: string[]): Promise<number> {
       }
       stopping = true
       log.info('stopping', { signal })
-      server.close().then(
+      running.close().then(
         () => resolve(EXIT_OK),
         (err: Error) => {
           log.error('stop.failed', { error: err })
@@ -63,13 +82,5 @@ export async function serve(args: string[]): Promise<number> {
     }
     process.on('SIGTERM', () => stop('SIGTERM'))
     process.on('SIGINT', () => stop('SIGINT'))
-    // SIGHUP: read the config file and environment again and apply what can change live.
-    process.on('SIGHUP', () => {
-      try {
-        server.reload(configFrom(values))
-      } catch (err) {
-        log.error('config.reload_failed', { error: err instanceof CliExit ? err.message : err })
-      }
-    })
   })
 }

@@ -216,4 +216,23 @@ describe('SIGHUP', () => {
     expect(code).toBe(0)
     expect(Date.now() - stopping).toBeLessThan(3_000)
   })
+
+  test('a SIGHUP while the server is still starting is applied once it runs, not fatal', async () => {
+    const dir = await tmpRoot()
+    const file = join(dir, 'pullcache.json')
+    const config = { listen: '127.0.0.1:0', data_dir: join(dir, 'data'), upstream: { url: fake.up.url } }
+    await writeFile(file, JSON.stringify(config))
+    const serve = startCli(['serve', '--config', file])
+    child = serve
+    const logged = (event: string) =>
+      waitFor(() => serve.lines.find((l) => l.event === event), { timeoutMs: 15_000, what: `"${event}"` })
+    // The store is open, the server not yet listening: Node's default for SIGHUP would end it.
+    await logged('store.opened')
+    await writeFile(file, JSON.stringify({ ...config, offline: true }))
+    serve.signal('SIGHUP')
+    await logged('listening')
+    expect(await logged('config.reloaded')).toMatchObject({ changed: ['offline'] })
+    serve.signal('SIGTERM')
+    expect(await serve.exited).toBe(0)
+  })
 })
