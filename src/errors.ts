@@ -1,8 +1,16 @@
 // One table of OCI error codes and the status each one answers with. Routes and the mirror
 // throw RegistryError; app.onError is the single place that renders them. Codes are for code,
 // messages are for people, detail says what exactly was wrong with this request.
-
-export const OCI_ERRORS = {
+//
+// A code always answers with its status here: RegistryError takes no status of its own, so a
+// client (and a log reader) can trust that one code means one status. The codes down to
+// TOOMANYREQUESTS are the OCI distribution-spec's and distribution's errcode's. Two statuses
+// differ from distribution, which answers pushes: MANIFEST_INVALID is the upstream's fault on
+// a mirror (502, not 400), and UNAVAILABLE is upstream being unreachable. The codes after
+// UNKNOWN are pullcache's own, for answers no spec code describes: an endpoint that does not
+// exist (distribution answers that with a bare 404 and no body) and requests refused before
+// any route ran (Node's HTTP parser) or with a bad query parameter.
+export const OCI_ERRORS = deepFreeze({
   BLOB_UNKNOWN: { status: 404, message: 'blob unknown to registry' },
   MANIFEST_UNKNOWN: { status: 404, message: 'manifest unknown' },
   NAME_UNKNOWN: { status: 404, message: 'repository name not known to registry' },
@@ -17,28 +25,41 @@ export const OCI_ERRORS = {
   DENIED: { status: 403, message: 'requested access to the resource is denied' },
   TOOMANYREQUESTS: { status: 429, message: 'too many requests' },
   UNAVAILABLE: { status: 503, message: 'upstream unavailable' },
-  NOT_FOUND: { status: 404, message: 'not found' },
   UNKNOWN: { status: 500, message: 'unknown error' },
-} as const
+  // pullcache's own codes:
+  NOT_FOUND: { status: 404, message: 'no such endpoint' },
+  REQUEST_INVALID: { status: 400, message: 'malformed request' },
+  REQUEST_TIMEOUT: { status: 408, message: 'request head not received in time' },
+  REQUEST_TOO_LARGE: { status: 413, message: 'request too large' },
+  HEADERS_TOO_LARGE: { status: 431, message: 'request line or headers too large' },
+} as const)
+
+function deepFreeze<T extends Record<string, object>>(table: T): T {
+  for (const entry of Object.values(table)) Object.freeze(entry)
+  return Object.freeze(table)
+}
 
 export type OciCode = keyof typeof OCI_ERRORS
 
-export class RegistryError extends Error {
-  readonly code: OciCode
-  readonly status: number
+/** The status a code answers with: the table's, and no other. */
+export type OciStatus<C extends OciCode> = (typeof OCI_ERRORS)[C]['status']
+
+export class RegistryError<C extends OciCode = OciCode> extends Error {
+  readonly code: C
+  readonly status: OciStatus<C>
   readonly detail: unknown
   /** Extra response headers, e.g. Retry-After on TOOMANYREQUESTS. */
   readonly headers: Record<string, string>
 
   constructor(
-    code: OciCode,
+    code: C,
     detail?: unknown,
-    opts: { message?: string; headers?: Record<string, string>; cause?: unknown; status?: number } = {},
+    opts: { message?: string; headers?: Record<string, string>; cause?: unknown } = {},
   ) {
     super(opts.message ?? OCI_ERRORS[code].message, opts.cause === undefined ? {} : { cause: opts.cause })
     this.name = 'RegistryError'
     this.code = code
-    this.status = opts.status ?? OCI_ERRORS[code].status
+    this.status = OCI_ERRORS[code].status
     this.detail = detail ?? null
     this.headers = opts.headers ?? {}
   }
