@@ -87,20 +87,26 @@ export type UpstreamFailure =
   | 'INVALID' // bytes that do not match their digest or size
 
 export class UpstreamError extends Error {
+  /** The kind with a prefix, so that a log line or a switch over codes cannot take it for an OCI code. */
+  readonly code: `UPSTREAM_${UpstreamFailure}`
   readonly kind: UpstreamFailure
   readonly status: number | undefined
   readonly retryAfter: string | undefined
+  /** What exactly was wrong, for the client's error body (INVALID: expected and actual digest). */
+  readonly detail: unknown
 
   constructor(
     kind: UpstreamFailure,
     message: string,
-    opts: { status?: number; retryAfter?: string | undefined; cause?: unknown } = {},
+    opts: { status?: number; retryAfter?: string | undefined; cause?: unknown; detail?: unknown } = {},
   ) {
     super(message, opts.cause === undefined ? {} : { cause: opts.cause })
     this.name = 'UpstreamError'
+    this.code = `UPSTREAM_${kind}`
     this.kind = kind
     this.status = opts.status
     this.retryAfter = opts.retryAfter
+    this.detail = opts.detail ?? this.message
   }
 
   /** How this failure reaches a client that has no cached copy to fall back on. */
@@ -123,8 +129,76 @@ export class UpstreamError extends Error {
         return new RegistryError('TOOMANYREQUESTS', this.message, {
           headers: this.retryAfter === undefined ? {} : { 'Retry-After': this.retryAfter },
         })
+      case 'INVALID':
+        // Upstream's fault, not the client's. A manifest has a code for it; a blob does not, and
+        // UNAVAILABLE has clients retry or fall back to the upstream, as for any unusable answer.
+        if (notFound === 'MANIFEST_UNKNOWN') {
+          return new RegistryError('MANIFEST_INVALID', this.detail, { message: this.message })
+        }
+        return new RegistryError('UNAVAILABLE', this.message)
       default:
         return new RegistryError('UNAVAILABLE', this.message)
     }
   }
+}
+
+// What Node and undici call a failed exchange, by error code. TIMEOUT and NETWORK differ only in
+// the message and in the stats; both count as "upstream is unwell".
+const TIMEOUT_CODES = new Set([
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'ETIMEDOUT',
+])
+const NETWORK_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+])
+
+/**
+ * Whether `err` came from the network (a socket, DNS, TLS, undici) rather than from the disk or
+ * from pullcache itself. A fill reads the upstream body and writes a file in one loop: only the
+ * first kind is upstream's fault.
+ */
+export function isNetworkError(err: unknown): boolean {
+  if (err instanceof UpstreamError) return true
+  const code = codeOf(err)
+  return (
+    TIMEOUT_CODES.has(code) ||
+    NETWORK_CODES.has(code) ||
+    code.startsWith('UND_ERR') ||
+    code.startsWith('ERR_TLS_') ||
+    code.startsWith('ERR_SSL_') ||
+    code.startsWith('CERT_') ||
+    code.startsWith('UNABLE_TO_') ||
+    code.endsWith('_SELF_SIGNED_CERT') ||
+    code === 'SELF_SIGNED_CERT_IN_CHAIN'
+  )
+}
+
+/**
+ * The one mapping from a failed upstream exchange to an UpstreamError: a timeout code is
+ * TIMEOUT, anything else NETWORK (an exchange that failed without an answer is the network's
+ * failure, whatever its code). An UpstreamError (a deadline's abort reason) passes unchanged.
+ */
+export function networkFailure(err: unknown, what = 'upstream'): UpstreamError {
+  if (err instanceof UpstreamError) return err
+  const code = codeOf(err)
+  const kind: UpstreamFailure = TIMEOUT_CODES.has(code) ? 'TIMEOUT' : 'NETWORK'
+  const reason = code || (err instanceof Error ? err.message : String(err))
+  return new UpstreamError(kind, `${what} ${kind === 'TIMEOUT' ? 'timed out' : 'unreachable'}: ${reason}`, {
+    cause: err,
+  })
+}
+
+function codeOf(err: unknown): string {
+  const code = (err as { code?: unknown } | null | undefined)?.code
+  return typeof code === 'string' ? code : ''
 }
