@@ -126,7 +126,7 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
       )
     }
     const m = ROUTE.exec(path)
-    if (!m) throw new RegistryError('UNSUPPORTED', { path }, { status: 404, message: 'no such endpoint' })
+    if (!m) throw new RegistryError('NOT_FOUND', { path })
     // containerd names the registry it means in ?ns=. Answering for another registry would
     // serve Docker Hub's image of the same name; a 404 sends containerd to its next host.
     const ns = new URL(c.req.url).searchParams.get('ns')
@@ -149,11 +149,7 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
   })
 
   app.notFound((c) => {
-    const err = new RegistryError(
-      'UNSUPPORTED',
-      { path: rawPath(c.req.url) },
-      { status: 404, message: 'no such endpoint' },
-    )
+    const err = new RegistryError('NOT_FOUND', { path: rawPath(c.req.url) })
     return render(c, err)
   })
 

@@ -429,6 +429,7 @@ export interface Config extends Omit<Parsed, 'upstream'> {
 }
 
 export class ConfigError extends Error {
+  readonly code = 'CONFIG_INVALID'
   readonly problems: string[]
   constructor(problems: string[]) {
     super(`invalid configuration:\n  ${problems.join('\n  ')}`)

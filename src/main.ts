@@ -84,7 +84,7 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
 main(process.argv.slice(2)).then(exitWhenFlushed, (err: unknown) => {
   if (err instanceof CliExit) {
     process.stderr.write(`pullcache: ${err.message}\n`)
-    exitWhenFlushed(err.code)
+    exitWhenFlushed(err.exitCode)
     return
   }
   process.stderr.write(`pullcache: ${(err as Error).stack ?? String(err)}\n`)

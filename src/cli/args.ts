@@ -10,11 +10,13 @@ export const EXIT_USAGE = 2
 
 /** Thrown to end a command with a message and an exit code; main prints it. */
 export class CliExit extends Error {
-  readonly code: number
-  constructor(code: number, message: string) {
+  readonly code = 'CLI_EXIT'
+  /** The process exit status this ends the command with. */
+  readonly exitCode: number
+  constructor(exitCode: number, message: string) {
     super(message)
     this.name = 'CliExit'
-    this.code = code
+    this.exitCode = exitCode
   }
 }
 

@@ -77,6 +77,7 @@ function hashKind(hash: string): string {
 }
 
 export class HtpasswdError extends Error {
+  readonly code = 'HTPASSWD_INVALID'
   constructor(path: string, problems: string[]) {
     super(`${path}: ${problems.join('; ')}`)
     this.name = 'HtpasswdError'

@@ -81,9 +81,9 @@ function sinceParam(value: string | undefined): number | undefined {
   const ms = parseDuration(value)
   if (ms === undefined) {
     throw new RegistryError(
-      'UNSUPPORTED',
+      'REQUEST_INVALID',
       { parameter: 'since', value, expected: 'a duration like "30m", "24h" or "7d"' },
-      { status: 400, message: 'invalid query parameter: since' },
+      { message: 'invalid query parameter: since' },
     )
   }
   return ms

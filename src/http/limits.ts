@@ -199,17 +199,11 @@ function clientErrorAnswer(err: NodeJS.ErrnoException & { rawPacket?: Buffer }):
   const detail = { reason: err.code ?? err.message }
   switch (err.code) {
     case 'HPE_HEADER_OVERFLOW':
-      return new RegistryError('UNSUPPORTED', detail, {
-        status: 431,
-        message: 'request line or headers too large',
-      })
+      return new RegistryError('HEADERS_TOO_LARGE', detail)
     case 'ERR_HTTP_REQUEST_TIMEOUT':
-      return new RegistryError('UNSUPPORTED', detail, {
-        status: 408,
-        message: 'request head not received in time',
-      })
+      return new RegistryError('REQUEST_TIMEOUT', detail)
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
-      return new RegistryError('UNSUPPORTED', detail, { status: 413, message: 'chunk extensions too large' })
+      return new RegistryError('REQUEST_TOO_LARGE', detail, { message: 'chunk extensions too large' })
     case 'HPE_INVALID_METHOD': {
       // A method name Node does not know ("FOO / HTTP/1.1"): answered like PUT or DELETE.
       // rawPacket is all the parser was given; the refused request starts after the last
@@ -229,7 +223,7 @@ function clientErrorAnswer(err: NodeJS.ErrnoException & { rawPacket?: Buffer }):
       break
     }
   }
-  return new RegistryError('UNSUPPORTED', detail, { status: 400, message: 'malformed request' })
+  return new RegistryError('REQUEST_INVALID', detail)
 }
 
 /**
@@ -237,11 +231,9 @@ function clientErrorAnswer(err: NodeJS.ErrnoException & { rawPacket?: Buffer }):
  * a host, a request target that is not a path. Connection: close, as after a parse error.
  */
 export function requestError(err: unknown): Response {
-  const error = new RegistryError(
-    'UNSUPPORTED',
-    { reason: err instanceof Error ? err.message : String(err) },
-    { status: 400, message: 'malformed request' },
-  )
+  const error = new RegistryError('REQUEST_INVALID', {
+    reason: err instanceof Error ? err.message : String(err),
+  })
   const body = error.body()
   return new Response(body, {
     status: error.status,

@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
-import { UpstreamError } from '../errors.js'
+import { isNetworkError, networkFailure, UpstreamError } from '../errors.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { BlobBody } from '../upstream/client.js'
 
@@ -299,15 +299,6 @@ async function writeAll(
 }
 
 function networkOrDisk(err: unknown): Error {
-  const code = (err as { code?: string }).code ?? ''
-  if (code.startsWith('UND_ERR') || code === 'ECONNRESET' || code === 'EPIPE') {
-    return new UpstreamError(
-      code === 'UND_ERR_BODY_TIMEOUT' ? 'TIMEOUT' : 'NETWORK',
-      `upstream body: ${code}`,
-      {
-        cause: err,
-      },
-    )
-  }
+  if (isNetworkError(err)) return networkFailure(err, 'upstream body')
   return err instanceof Error ? err : new Error(String(err))
 }

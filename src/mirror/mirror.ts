@@ -362,7 +362,7 @@ export class Mirror {
           if (known) this.index.deleteTag(registry, name.upstream, tag)
           throw asRegistryError(err, 'MANIFEST_UNKNOWN')
         }
-        if (known && cached && (err instanceof UpstreamError || isUpstreamRegistryError(err))) {
+        if (known && cached && err instanceof UpstreamError) {
           this.log.warn('mirror.stale_tag', { repo: name.upstream, tag, error: err })
           found = answer(cached, 'stale')
         } else {
@@ -431,11 +431,9 @@ export class Mirror {
   ): ManifestRow {
     const actual = sha256(bytes)
     if (actual !== digest || (upstreamDigest !== undefined && upstreamDigest !== actual)) {
-      throw new RegistryError(
-        'MANIFEST_INVALID',
-        { expected: digest, upstream_digest: upstreamDigest ?? null, actual },
-        { message: 'upstream sent a manifest whose bytes do not match its digest' },
-      )
+      throw new UpstreamError('INVALID', 'upstream sent a manifest whose bytes do not match its digest', {
+        detail: { expected: digest, upstream_digest: upstreamDigest ?? null, actual },
+      })
     }
     const mediaType = manifestMediaType(bytes, contentType)
     this.index.addManifest(digest, mediaType, bytes, manifestRefs(bytes))
@@ -623,10 +621,6 @@ function manifestMediaType(bytes: Buffer, contentType: string): string {
     // fall through
   }
   return contentType || MEDIA_TYPES.ociManifest
-}
-
-function isUpstreamRegistryError(err: unknown): boolean {
-  return err instanceof RegistryError && err.code === 'MANIFEST_INVALID'
 }
 
 function asRegistryError(

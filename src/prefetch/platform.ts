@@ -9,6 +9,7 @@ export interface Platform {
 }
 
 export class InvalidPlatform extends Error {
+  readonly code = 'PLATFORM_INVALID'
   constructor(text: string, reason: string) {
     super(`invalid platform ${JSON.stringify(text)}: ${reason}`)
     this.name = 'InvalidPlatform'

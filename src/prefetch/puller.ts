@@ -44,6 +44,7 @@ export interface PullResult {
 }
 
 export class PullError extends Error {
+  readonly code = 'PULL_FAILED'
   constructor(message: string, opts?: { cause?: unknown }) {
     super(message, opts)
     this.name = 'PullError'

@@ -26,6 +26,7 @@ export interface ImageReference {
 }
 
 export class InvalidReference extends Error {
+  readonly code = 'REFERENCE_INVALID'
   constructor(text: string, reason: string) {
     super(`invalid image reference ${JSON.stringify(text)}: ${reason}`)
     this.name = 'InvalidReference'

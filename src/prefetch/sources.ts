@@ -17,6 +17,7 @@ export interface FoundReference {
 
 /** A file that cannot be read as what it was given as. */
 export class SourceError extends Error {
+  readonly code = 'SOURCE_INVALID'
   constructor(message: string) {
     super(message)
     this.name = 'SourceError'

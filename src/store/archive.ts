@@ -63,6 +63,7 @@ export type ArchiveIndex = z.infer<typeof indexSchema>
 
 /** The archive is not something import can read at all. */
 export class ArchiveError extends Error {
+  readonly code = 'ARCHIVE_FAILED'
   constructor(message: string, opts?: { cause?: unknown }) {
     super(message, opts)
     this.name = 'ArchiveError'

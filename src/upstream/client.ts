@@ -9,7 +9,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import pLimit, { type LimitFunction } from 'p-limit'
 import { Agent, type Dispatcher } from 'undici'
-import { UpstreamError, type UpstreamFailure } from '../errors.js'
+import { networkFailure, UpstreamError, type UpstreamFailure } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { MANIFEST_TYPES, MAX_MANIFEST_BYTES } from '../oci.js'
@@ -811,26 +811,6 @@ function kindOfStatus(status: number): UpstreamFailure {
   if (status === 401 || status === 403) return 'UNAUTHORIZED'
   if (status === 429) return 'RATE_LIMITED'
   return 'SERVER'
-}
-
-const TIMEOUT_CODES = new Set([
-  'UND_ERR_CONNECT_TIMEOUT',
-  'UND_ERR_HEADERS_TIMEOUT',
-  'UND_ERR_BODY_TIMEOUT',
-  'ETIMEDOUT',
-])
-
-export function networkFailure(err: unknown): UpstreamError {
-  if (err instanceof UpstreamError) return err
-  const code = (err as { code?: string }).code ?? ''
-  const kind: UpstreamFailure = TIMEOUT_CODES.has(code) ? 'TIMEOUT' : 'NETWORK'
-  return new UpstreamError(
-    kind,
-    `upstream ${kind === 'TIMEOUT' ? 'timed out' : 'unreachable'}: ${code || (err as Error).message}`,
-    {
-      cause: err,
-    },
-  )
 }
 
 /** Reads a whole body, or returns undefined (and drops the rest) past `limit` bytes. */

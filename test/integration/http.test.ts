@@ -82,10 +82,10 @@ describe('the HTTP surface', () => {
       ['/v2/library/x/blobs/latest', 400, 'DIGEST_INVALID'],
       [`/v2/library/x/blobs/sha512:${'b'.repeat(128)}`, 404, 'BLOB_UNKNOWN'],
       [`/v2/library/x/blobs/${digest}`, 404, 'BLOB_UNKNOWN'],
-      ['/v2/library/x/nonsense', 404, 'UNSUPPORTED'],
-      ['/v2/_catalog', 404, 'UNSUPPORTED'],
-      ['/elsewhere', 404, 'UNSUPPORTED'],
-      [`/v2/library/x/blobs/uploads/`, 404, 'UNSUPPORTED'],
+      ['/v2/library/x/nonsense', 404, 'NOT_FOUND'],
+      ['/v2/_catalog', 404, 'NOT_FOUND'],
+      ['/elsewhere', 404, 'NOT_FOUND'],
+      [`/v2/library/x/blobs/uploads/`, 404, 'NOT_FOUND'],
     ]
     for (const [path, status, code] of cases) {
       const res = await mirror.get(path)
@@ -237,6 +237,6 @@ describe('the HTTP surface', () => {
     )
     const answers = raw.split(/(?=HTTP\/1\.1 )/)
     expect(answers.map((a) => Number(a.slice(9, 12)))).toEqual([200, 200, 400])
-    expect(ociAnswer(answers[2]!).code).toBe('UNSUPPORTED')
+    expect(ociAnswer(answers[2]!).code).toBe('REQUEST_INVALID')
   })
 })

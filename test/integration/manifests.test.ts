@@ -179,6 +179,19 @@ describe('manifests and tags', () => {
     expect(sha256(fixed.body)).toBe(image.manifestDigest)
   })
 
+  test('a manifest over 4 MiB from upstream is 502 MANIFEST_INVALID, like one that fails its digest', async () => {
+    mirror = await fake.mirror()
+    const huge = Buffer.alloc(4 * 1024 * 1024 + 1, 0x20)
+    const digest = fake.up.addManifest(REPO, huge, OCI_MANIFEST, 'huge')
+    for (const ref of ['huge', digest]) {
+      const res = await mirror.get(`/v2/${REPO}/manifests/${ref}`, { accept: ALL_TYPES })
+      expect(res.status, ref).toBe(502)
+      const error = JSON.parse(res.body.toString()).errors[0]
+      expect(error.code, ref).toBe('MANIFEST_INVALID')
+      expect(error.message, ref).toMatch(/larger than 4 MiB/)
+    }
+  })
+
   test('concurrent requests for one tag make one HEAD and one GET upstream', async () => {
     mirror = await fake.mirror()
     const image = fake.up.addImage(REPO, 'popular')

@@ -252,12 +252,12 @@ describe('stats: the numbers match the requests made', () => {
     const body = JSON.parse(bad.body.toString()) as {
       errors: { code: string; detail: { parameter: string } }[]
     }
-    expect(body.errors[0]?.code).toBe('UNSUPPORTED')
+    expect(body.errors[0]?.code).toBe('REQUEST_INVALID')
     expect(body.errors[0]?.detail.parameter).toBe('since')
 
     const unknown = await mirror.get('/_pullcache/nothing')
     expect(unknown.status).toBe(404)
-    expect(JSON.parse(unknown.body.toString()).errors[0].code).toBe('UNSUPPORTED')
+    expect(JSON.parse(unknown.body.toString()).errors[0].code).toBe('NOT_FOUND')
   })
 
   test('/metrics agrees', async () => {
