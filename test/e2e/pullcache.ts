@@ -51,6 +51,18 @@ export type Pullcache = {
   /** Index into `lines`, to look only at what happened after a point. */
   mark(): number
   accessLogSince(mark: number): AccessLine[]
+  /** Sends `signal` to the running process (SIGHUP: reload the config); throws when none runs. */
+  signal(signal: NodeJS.Signals): void
+  /**
+   * Waits for a log line with this event at or after `mark` (see mark()) that passes `match`, and
+   * returns it; fails after `timeoutMs`.
+   */
+  waitForEvent(
+    event: string,
+    mark: number,
+    match?: (line: LogLine) => boolean,
+    timeoutMs?: number,
+  ): Promise<LogLine>
   /** SIGTERM, then SIGKILL after `graceMs`; resolves with how the process ended. */
   stop(graceMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** Start again on the same port and data dir, optionally with more environment. */
@@ -184,6 +196,16 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
     accessLog: () => lines.filter(isAccessLine),
     mark: () => lines.length,
     accessLogSince: (mark) => lines.slice(mark).filter(isAccessLine),
+    signal(signal) {
+      if (daemon === undefined) throw new Error(`cannot send ${signal}: pullcache is not running`)
+      process.kill(daemon.pid, signal)
+    },
+    waitForEvent: (event, mark, match = () => true, timeoutMs = 10_000) =>
+      waitFor(() => lines.slice(mark).find((l) => l.event === event && match(l)), {
+        timeoutMs,
+        intervalMs: 25,
+        what: `pullcache log line "${event}"`,
+      }),
     stop,
     async start(env = {}) {
       if (daemon !== undefined) return
