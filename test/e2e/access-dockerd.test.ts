@@ -8,7 +8,7 @@ import { type Dockerd, startDockerd } from './dockerd.js'
 import { AMD64, createImage, createStandardImages, manifestFor, type TestImage } from './images.js'
 import { makeTempDir, removeDir, requireBinary, run } from './processes.js'
 import { type Pullcache, startPullcache } from './pullcache.js'
-import { createSkopeo } from './skopeo.js'
+import { createSkopeo, type Skopeo } from './skopeo.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
 let work: string
@@ -17,6 +17,8 @@ let pullcache: Pullcache
 let dockerd: Dockerd
 let small: TestImage
 let secret: TestImage
+let skopeo: Skopeo
+const CLIENT = { username: 'ci-runner', password: 'runner-pass-0d93aa' }
 
 beforeAll(async () => {
   work = await makeTempDir('accdockerd')
@@ -29,10 +31,10 @@ beforeAll(async () => {
     layerSizes: [40 * 1024, 8 * 1024],
   })
   upstream = await startUpstream({ privateRepos: [secret.name] })
-  const skopeo = await createSkopeo(join(work, 'skopeo'))
+  skopeo = await createSkopeo(join(work, 'skopeo'))
   for (const image of [small, secret]) await skopeo.push(image, upstream.registry.hostPort, upstream.pusher)
   const htpasswd = join(work, 'htpasswd')
-  await run(requireBinary('htpasswd'), ['-c', '-B', '-b', htpasswd, 'ci-runner', 'runner-pass-0d93aa'])
+  await run(requireBinary('htpasswd'), ['-c', '-B', '-b', htpasswd, CLIENT.username, CLIENT.password])
   pullcache = await startPullcache({
     upstream: upstream.url,
     username: upstream.puller.username,
@@ -118,5 +120,30 @@ describe('dockerd through a mirror with accounts', () => {
     for (const r of anonymousAsk) {
       expect(r.granted.find((g) => g.name === secret.name)?.actions ?? []).toEqual([])
     }
+  })
+
+  it('does not serve the private image by digest under a public name once a signed-in client cached it', async () => {
+    // A signed-in client pulls the private image: its manifest and blobs are now in the cache.
+    const signedIn = await skopeo.pull(
+      `${pullcache.hostPort}/${secret.name}:${secret.tag}`,
+      join(work, 'signed-in'),
+      {
+        creds: CLIENT,
+      },
+    )
+    expect(signedIn.blobs.size).toBe(secret.blobs.length)
+
+    // dockerd asks for that manifest by digest under the public repository's name.
+    const mark = pullcache.mark()
+    const crossName = `${small.shortName}@${secret.top.digest}`
+    const result = await dockerd.pull(crossName, { timeoutMs: 90_000 })
+    expect(result.code, `docker pull ${crossName}\n${result.stderr}`).not.toBe(0)
+    const served = pullcache.accessLogSince(mark).filter((l) => l.path.includes(secret.top.digest))
+    const log = served.map((l) => `${l.method} ${l.path} ${l.status}`).join('\n')
+    expect(served.length, 'dockerd asked the mirror for the digest').toBeGreaterThan(0)
+    expect(
+      served.every((l) => l.status === 404),
+      log,
+    ).toBe(true)
   })
 })
