@@ -63,6 +63,7 @@ describe('containerd (ctr) with credentials for the mirror in hosts.toml', () =>
     expect(result.code, `${result.stdout.slice(-2000)}\n${result.stderr.slice(-2000)}`).not.toBe(0)
     expect(await containerd.images(NS)).toEqual([])
 
+    await pullcache.settle()
     const served = pullcache.accessLogSince(mark).filter((l) => l.path.startsWith(`/v2/${secret.name}/`))
     const log = served.map((l) => `${l.method} ${l.path} ${l.status}`).join('\n')
     expect(served.length, 'ctr asked the mirror').toBeGreaterThan(0)
@@ -78,6 +79,7 @@ describe('containerd (ctr) with credentials for the mirror in hosts.toml', () =>
     const mark = pullcache.mark()
     const result = await containerd.pull(ref(), { namespace: NS, platform: 'linux/amd64', timeoutMs: 60_000 })
     expect(result.code, result.stderr.slice(-2000)).not.toBe(0)
+    await pullcache.settle()
     const served = pullcache.accessLogSince(mark).filter((l) => l.path.startsWith(`/v2/${secret.name}/`))
     expect(served.length).toBeGreaterThan(0)
     expect(served.every((l) => l.status === 401)).toBe(true)
@@ -97,6 +99,7 @@ describe('containerd (ctr) with credentials for the mirror in hosts.toml', () =>
 
     // Served by pullcache to the signed-in client: the tag and every blob, each fetched upstream
     // once with pullcache's own account.
+    await pullcache.settle()
     const served = pullcache.accessLogSince(mark)
     const log = served.map((l) => `${l.method} ${l.path} ${l.status} ${String(l.user)}`).join('\n')
     expect(

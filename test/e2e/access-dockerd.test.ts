@@ -66,6 +66,7 @@ describe('dockerd through a mirror with accounts', () => {
     expect(dockerd.logs().filter((l) => l.includes('Attempting next endpoint'))).toEqual([])
 
     // Served by the mirror to an anonymous client, every blob fetched upstream once.
+    await pullcache.settle()
     const served = pullcache.accessLogSince(mark)
     for (const blob of [manifestFor(small).config, ...manifestFor(small).layers]) {
       const line = served.find(
@@ -95,6 +96,7 @@ describe('dockerd through a mirror with accounts', () => {
     expect(inspected.code, 'the private image is not in dockerd').not.toBe(0)
 
     // The mirror refused dockerd with the Basic challenge and served nothing of the repository.
+    await pullcache.settle()
     const served = pullcache.accessLogSince(mark).filter((l) => l.path.startsWith(`/v2/${secret.name}/`))
     const log = served.map((l) => `${l.method} ${l.path} ${l.status}`).join('\n')
     expect(served.length, 'dockerd asked the mirror for the private image').toBeGreaterThan(0)
@@ -138,6 +140,7 @@ describe('dockerd through a mirror with accounts', () => {
     const crossName = `${small.shortName}@${secret.top.digest}`
     const result = await dockerd.pull(crossName, { timeoutMs: 90_000 })
     expect(result.code, `docker pull ${crossName}\n${result.stderr}`).not.toBe(0)
+    await pullcache.settle()
     const served = pullcache.accessLogSince(mark).filter((l) => l.path.includes(secret.top.digest))
     const log = served.map((l) => `${l.method} ${l.path} ${l.status}`).join('\n')
     expect(served.length, 'dockerd asked the mirror for the digest').toBeGreaterThan(0)

@@ -4,6 +4,7 @@
 // The launcher waits for the `{"event":"listening","url":...}` line, keeps every stdout line (parsed)
 // and every stderr line across restarts, and restarts on the same data dir and the same port, so
 // clients configured with the mirror URL (dockerd) keep working across a restart.
+import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -63,6 +64,11 @@ export type Pullcache = {
     match?: (line: LogLine) => boolean,
     timeoutMs?: number,
   ): Promise<LogLine>
+  /**
+   * Makes a request of its own and waits for its access line: pullcache writes its lines in order,
+   * so every line of a request answered before (to a client that has exited) is then in `lines`.
+   */
+  settle(): Promise<void>
   /** SIGTERM, then SIGKILL after `graceMs`; resolves with how the process ended. */
   stop(graceMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** Start again on the same port and data dir, optionally with more environment. */
@@ -206,6 +212,15 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
         intervalMs: 25,
         what: `pullcache log line "${event}"`,
       }),
+    async settle() {
+      const path = `/v2/pce2e-settle-${randomBytes(6).toString('hex')}`
+      const mark = lines.length
+      await fetch(`${url}${path}`, { signal: AbortSignal.timeout(10_000) }).then((res) => res.arrayBuffer())
+      await waitFor(() => lines.slice(mark).some((l) => l.event === 'request' && l.path === path), {
+        timeoutMs: 10_000,
+        what: `pullcache access line for ${path}`,
+      })
+    },
     stop,
     async start(env = {}) {
       if (daemon !== undefined) return
