@@ -243,10 +243,12 @@ export class Access {
         { headers: { 'Retry-After': '1' } },
       )
     }
-    const accounts = this.accounts
-    const hash = accounts.get(user)
+    const hash = this.accounts.get(user)
     const ok = await this.bcryptLimit(() => bcrypt.compare(password, hash ?? this.dummyHash))
-    if (!ok || hash === undefined || this.accounts !== accounts) return undefined
+    // A reload may have landed during the comparison: the password counts only if the hash it
+    // matched is still the account's. Comparing maps instead would refuse every sign-in that a
+    // reload of an unchanged file overlaps, as a wrong password.
+    if (!ok || hash === undefined || this.accounts.get(user) !== hash) return undefined
     this.verified.set(key, user)
     return user
   }

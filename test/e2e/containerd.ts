@@ -37,8 +37,11 @@ export type Containerd = {
     args: readonly string[],
     options?: { namespace?: string; timeoutMs?: number; allowFailure?: boolean },
   ): Promise<RunResult>
-  /** Writes <hostsDir>/docker.io/hosts.toml with `mirror` (http://host:port) as the only host. */
-  setMirror(mirror: string): Promise<string>
+  /**
+   * Writes <hostsDir>/docker.io/hosts.toml with `mirror` (http://host:port) as the only host, and
+   * `headers` as that host's static headers (e.g. Authorization for a mirror with accounts).
+   */
+  setMirror(mirror: string, headers?: Record<string, string>): Promise<string>
   /**
    * `ctr images pull --hosts-dir ... --snapshotter native docker.io/<ref>`; resolves with the result
    * even when the pull fails, so tests can assert on it.
@@ -92,16 +95,21 @@ export async function startPrivateContainerd(): Promise<Containerd> {
     socket,
     hostsDir,
     ctr,
-    async setMirror(mirror) {
+    async setMirror(mirror, headers = {}) {
       const file = join(hostsDir, 'docker.io', 'hosts.toml')
       await mkdir(join(hostsDir, 'docker.io'), { recursive: true })
+      const host = JSON.stringify(mirror)
+      const headerTable = Object.entries(headers).map(
+        ([name, value]) => `  ${JSON.stringify(name)} = [${JSON.stringify(value)}]`,
+      )
       await writeFile(
         file,
         [
           'server = "https://registry-1.docker.io"',
           '',
-          `[host.${JSON.stringify(mirror)}]`,
+          `[host.${host}]`,
           '  capabilities = ["pull", "resolve"]',
+          ...(headerTable.length === 0 ? [] : [`[host.${host}.header]`, ...headerTable]),
           '',
         ].join('\n'),
       )

@@ -4,6 +4,7 @@
 // The launcher waits for the `{"event":"listening","url":...}` line, keeps every stdout line (parsed)
 // and every stderr line across restarts, and restarts on the same data dir and the same port, so
 // clients configured with the mirror URL (dockerd) keep working across a restart.
+import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -51,6 +52,23 @@ export type Pullcache = {
   /** Index into `lines`, to look only at what happened after a point. */
   mark(): number
   accessLogSince(mark: number): AccessLine[]
+  /** Sends `signal` to the running process (SIGHUP: reload the config); throws when none runs. */
+  signal(signal: NodeJS.Signals): void
+  /**
+   * Waits for a log line with this event at or after `mark` (see mark()) that passes `match`, and
+   * returns it; fails after `timeoutMs`.
+   */
+  waitForEvent(
+    event: string,
+    mark: number,
+    match?: (line: LogLine) => boolean,
+    timeoutMs?: number,
+  ): Promise<LogLine>
+  /**
+   * Makes a request of its own and waits for its access line: pullcache writes its lines in order,
+   * so every line of a request answered before (to a client that has exited) is then in `lines`.
+   */
+  settle(): Promise<void>
   /** SIGTERM, then SIGKILL after `graceMs`; resolves with how the process ended. */
   stop(graceMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** Start again on the same port and data dir, optionally with more environment. */
@@ -184,6 +202,25 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
     accessLog: () => lines.filter(isAccessLine),
     mark: () => lines.length,
     accessLogSince: (mark) => lines.slice(mark).filter(isAccessLine),
+    signal(signal) {
+      if (daemon === undefined) throw new Error(`cannot send ${signal}: pullcache is not running`)
+      process.kill(daemon.pid, signal)
+    },
+    waitForEvent: (event, mark, match = () => true, timeoutMs = 10_000) =>
+      waitFor(() => lines.slice(mark).find((l) => l.event === event && match(l)), {
+        timeoutMs,
+        intervalMs: 25,
+        what: `pullcache log line "${event}"`,
+      }),
+    async settle() {
+      const path = `/v2/pce2e-settle-${randomBytes(6).toString('hex')}`
+      const mark = lines.length
+      await fetch(`${url}${path}`, { signal: AbortSignal.timeout(10_000) }).then((res) => res.arrayBuffer())
+      await waitFor(() => lines.slice(mark).some((l) => l.event === 'request' && l.path === path), {
+        timeoutMs: 10_000,
+        what: `pullcache access line for ${path}`,
+      })
+    },
     stop,
     async start(env = {}) {
       if (daemon !== undefined) return

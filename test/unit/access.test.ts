@@ -1,8 +1,11 @@
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { ConfigError, loadConfig } from '../../src/config.js'
 import { Access, parseHtpasswd } from '../../src/http/access.js'
 import { silentLogger } from '../../src/log.js'
 import { jwtGrantsPull } from '../../src/upstream/client.js'
+import { tmpRoot } from '../support/tmp.js'
 
 // `htpasswd -nbB alice secret` (cost 5), and `htpasswd -nbm carol x` (MD5).
 const ALICE = 'alice:$2y$05$J/p89Q9a3mAkOLMv3U7/T.HR25xC9CtY2QrJAzEvJU.xGbT3P5VX.'
@@ -87,5 +90,29 @@ describe('what an anonymous token grants', () => {
     expect(jwtGrantsPull('fake-abcdef', 'library/alpine')).toBeUndefined()
     expect(jwtGrantsPull('a.b.c', 'library/alpine')).toBeUndefined()
     expect(jwtGrantsPull(jwt({ sub: 'x' }), 'library/alpine')).toBeUndefined()
+  })
+})
+
+describe('sign-ins across a reload', () => {
+  test('a reload while a password is being checked does not refuse an account it kept', async () => {
+    const dir = await tmpRoot('access-reload')
+    const file = join(dir, 'htpasswd')
+    await writeFile(file, `${ALICE}\n`)
+    const config = loadConfig({ env: { PULLCACHE_AUTH_HTPASSWD: file } })
+    const access = new Access({ config, log: silentLogger })
+    const header = `Basic ${Buffer.from('alice:secret').toString('base64')}`
+    // The bcrypt comparison runs asynchronously; the reload (same file, as a SIGHUP for some other
+    // setting would do) lands while it runs.
+    const signingIn = access.identify(header, '192.0.2.1')
+    access.reload(config)
+    await expect(signingIn).resolves.toEqual({ user: 'alice' })
+
+    // A reload that removes the account while its password is being checked still refuses it
+    // (the reload before it forgets the sign-in just remembered).
+    access.reload(config)
+    await writeFile(file, '# nobody\n')
+    const again = access.identify(header, '192.0.2.2')
+    access.reload(config)
+    await expect(again).rejects.toMatchObject({ code: 'UNAUTHORIZED' })
   })
 })
