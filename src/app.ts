@@ -7,7 +7,7 @@ import { RegistryError } from './errors.js'
 import { type Access, ANONYMOUS } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
 import { healthRoutes } from './http/health.js'
-import { responseNotes } from './http/outcome.js'
+import { noteOf } from './http/outcome.js'
 import { type RegistryEnv, rawPath, registryRoutes } from './http/registry.js'
 import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
@@ -51,11 +51,7 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
     const viewer =
       path === '/metrics' ? ANONYMOUS : await access.identify(c.req.header('authorization'), address)
     c.set('viewer', viewer)
-    if (viewer.user !== null) {
-      const note = responseNotes.get(c.env.outgoing) ?? {}
-      note.user = viewer.user
-      responseNotes.set(c.env.outgoing, note)
-    }
+    if (viewer.user !== null) noteOf(c.env.outgoing).user = viewer.user
     return next()
   })
 

@@ -7,7 +7,7 @@ import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import type { Context } from 'hono'
 import type { Fill } from '../mirror/blob-fill.js'
 import type { BlobAnswer, Mirror } from '../mirror/mirror.js'
-import { CACHE_HEADER, type ResponseNote, responseNotes } from './outcome.js'
+import { CACHE_HEADER, noteOf } from './outcome.js'
 import { type ByteRange, parseRange, type RepoName } from './reference.js'
 import type { RegistryEnv } from './registry.js'
 import { sendBytes } from './send-bytes.js'
@@ -27,6 +27,10 @@ export async function blob(
   method: 'GET' | 'HEAD',
 ) {
   const res = c.env.outgoing
+  const note = noteOf(res)
+  note.kind = 'blob'
+  note.name = name
+  note.digest = digest
   // The client may leave during any await below. The close listener comes before the first
   // one, so whatever this response has taken (an eviction pin, a file handle) is let go however
   // early the client goes; after each await the response checks whether it is still wanted.
@@ -43,35 +47,26 @@ export async function blob(
       if (!streaming) void answer.handle.close().catch(() => {})
       answer.release()
     }
-    mirror.record({ kind: 'blob', name, method, result: answer.cache, bytes: sent(), digest })
   }
   res.once('close', () => {
     closed = true
     settle()
   })
 
-  let found: BlobAnswer
-  try {
-    found = await mirror.blob(name, digest, method)
-    if (found.kind === 'fill' && found.fill.size === undefined && !closed) {
-      // An upstream that sent no Content-Length: the size is known only once the fill is done.
-      // The stored file is opened under a pin, so even a budget smaller than the blob cannot
-      // evict it before this response has it.
-      found = await mirror.storedWhenDone(found.fill, found.cache)
-    }
-  } catch (err) {
-    mirror.record({ kind: 'blob', name, method, result: 'error', bytes: 0 })
-    throw err
+  let found = await mirror.blob(name, digest, method)
+  if (found.kind === 'fill' && found.fill.size === undefined && !closed) {
+    // An upstream that sent no Content-Length: the size is known only once the fill is done.
+    // The stored file is opened under a pin, so even a budget smaller than the blob cannot
+    // evict it before this response has it.
+    found = await mirror.storedWhenDone(found.fill, found.cache)
   }
   answer = found
+  note.cache = found.cache
   if (closed) {
     settle()
     return RESPONSE_ALREADY_SENT
   }
-  // The access check may have noted who signed in; the blob adds what it served.
-  const note: ResponseNote = responseNotes.get(res) ?? {}
-  note.cache = found.cache
-  responseNotes.set(res, note)
+  // From here on the body, if any, is written here: what went out is what was counted.
   note.bytes = () => sent()
 
   const size = found.kind === 'fill' ? found.fill.size! : found.size

@@ -10,8 +10,8 @@ import { acceptedTypes } from '../mirror/manifest.js'
 import type { Mirror } from '../mirror/mirror.js'
 import { type Access, challenge, REALM, type Viewer } from './access.js'
 import { blob, matchesEtag } from './blob-route.js'
-import { CACHE_HEADER } from './outcome.js'
-import { parseDigest, parseName, parseReference, type Reference, type RepoName } from './reference.js'
+import { CACHE_HEADER, noteOf } from './outcome.js'
+import { parseDigest, parseName, parseReference, type RepoName } from './reference.js'
 
 export type RegistryEnv = { Bindings: HttpBindings; Variables: { viewer: Viewer } }
 
@@ -137,16 +137,16 @@ async function manifest(
 ) {
   const ref = parseReference(raw)
   if (ref.kind === 'digest') await mayReadDigest(c.get('viewer'), mirror, name, ref.digest, 'manifest')
-  let found: Awaited<ReturnType<Mirror['manifestByDigest']>>
-  try {
-    found =
-      ref.kind === 'digest'
-        ? await mirror.manifestByDigest(name, ref.digest, method)
-        : await mirror.manifestByTag(name, ref.tag, method, acceptedTypes(c.req.header('accept')))
-  } catch (err) {
-    mirror.record({ kind: 'manifest', name, method, result: 'error', bytes: 0, ...tagOf(ref) })
-    throw err
-  }
+  const note = noteOf(c.env.outgoing)
+  note.kind = 'manifest'
+  note.name = name
+  if (ref.kind === 'tag') note.tag = ref.tag
+  const found =
+    ref.kind === 'digest'
+      ? await mirror.manifestByDigest(name, ref.digest, method)
+      : await mirror.manifestByTag(name, ref.tag, method, acceptedTypes(c.req.header('accept')))
+  note.cache = found.cache
+  note.digest = found.digest
   const headers: Record<string, string> = {
     'Content-Type': found.mediaType,
     'Content-Length': String(found.size),
@@ -157,15 +157,6 @@ async function manifest(
   if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
   const notModified = matchesEtag(c.req.header('if-none-match'), found.digest)
   const sendBody = method === 'GET' && !notModified && found.bytes !== undefined
-  mirror.record({
-    kind: 'manifest',
-    name,
-    method,
-    result: found.cache,
-    bytes: sendBody ? found.size : 0,
-    digest: found.digest,
-    ...tagOf(ref),
-  })
   if (notModified)
     return new Response(null, { status: 304, headers: { ETag: headers.ETag!, [CACHE_HEADER]: found.cache } })
   return new Response(sendBody ? found.bytes! : null, { status: 200, headers })
@@ -181,13 +172,11 @@ async function tagList(c: Context<RegistryEnv>, mirror: Mirror, name: RepoName, 
   const query = new URLSearchParams()
   if (n !== null) query.set('n', n)
   if (last !== null) query.set('last', last)
-  let found: Awaited<ReturnType<Mirror['tagList']>>
-  try {
-    found = await mirror.tagList(name, query.toString())
-  } catch (err) {
-    mirror.record({ kind: 'tags', name, method, result: 'error', bytes: 0 })
-    throw err
-  }
+  const note = noteOf(c.env.outgoing)
+  note.kind = 'tags'
+  note.name = name
+  const found = await mirror.tagList(name, query.toString())
+  note.cache = found.cache
   const headers: Record<string, string> = {
     'Content-Type': 'application/json',
     'Content-Length': String(found.bytes.length),
@@ -196,13 +185,6 @@ async function tagList(c: Context<RegistryEnv>, mirror: Mirror, name: RepoName, 
   if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
   const next = found.link ? nextLink(found.link, name.client) : undefined
   if (next) headers.Link = next
-  mirror.record({
-    kind: 'tags',
-    name,
-    method,
-    result: found.cache,
-    bytes: method === 'GET' ? found.bytes.length : 0,
-  })
   return new Response(method === 'GET' ? found.bytes : null, { status: 200, headers })
 }
 
@@ -219,8 +201,4 @@ function nextLink(link: string, clientName: string): string | undefined {
     if (v !== null) out.set(key, v)
   }
   return `</v2/${clientName}/tags/list?${out.toString()}>; rel="next"`
-}
-
-function tagOf(ref: Reference): { tag?: string } {
-  return ref.kind === 'tag' ? { tag: ref.tag } : {}
 }
