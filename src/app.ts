@@ -1,43 +1,18 @@
-// HTTP routes of the registry read API, and the one place errors are rendered. No I/O happens
-// at import; createApp gets everything it uses. Manifests and small answers go through Hono;
-// blob bodies are written straight to Node's response (c.env.outgoing), the one path where the
-// cost of converting to web streams shows in throughput (shared/reference/performance.md).
+// The HTTP application: the access middleware, then the routes (metrics, pullcache's own
+// endpoints, the status page, the registry API in http/registry.ts), and the one place errors
+// are rendered. No I/O happens at import; createApp gets everything it uses.
 
-import type { ServerResponse } from 'node:http'
-import type { HttpBindings } from '@hono/node-server'
-import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import { type Context, Hono } from 'hono'
 import { RegistryError } from './errors.js'
-import { type Access, ANONYMOUS, challenge, REALM, type Viewer } from './http/access.js'
+import { type Access, ANONYMOUS } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
 import { healthRoutes } from './http/health.js'
-import {
-  type ByteRange,
-  parseDigest,
-  parseName,
-  parseRange,
-  parseReference,
-  type Reference,
-  type RepoName,
-} from './http/reference.js'
-import { sendBytes } from './http/send-bytes.js'
+import { noteOf } from './http/outcome.js'
+import { type RegistryEnv, rawPath, registryRoutes } from './http/registry.js'
 import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
-import type { Fill } from './mirror/blob-fill.js'
-import { acceptedTypes } from './mirror/manifest.js'
-import type { BlobAnswer, Mirror } from './mirror/mirror.js'
-
-export const CACHE_HEADER = 'X-Pullcache-Cache'
-
-/** What the access log needs to know about a response that Hono did not write itself. */
-export interface ResponseNote {
-  cache?: string
-  bytes?: () => number
-  /** The account that signed in; never its password. */
-  user?: string
-}
-export const responseNotes = new WeakMap<ServerResponse, ResponseNote>()
+import type { Mirror } from './mirror/mirror.js'
 
 export interface AppDeps {
   mirror: Mirror
@@ -49,8 +24,6 @@ export interface AppDeps {
   access: Access
 }
 
-type Env = { Bindings: HttpBindings; Variables: { viewer: Viewer } }
-
 /** Load balancers' probes: reachable from anywhere, without an account. */
 const HEALTH_PATHS = new Set([`${ADMIN_PREFIX}/healthz`, `${ADMIN_PREFIX}/readyz`])
 
@@ -59,12 +32,8 @@ function isOperatorPath(path: string): boolean {
   return path === '/' || path === '/metrics' || path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)
 }
 
-/** Manifests, blobs and tags/list: the last path segments after the repository name. */
-const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
-
-export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hono<Env> {
-  const app = new Hono<Env>()
-  const libraryPrefix = mirror.upstream.libraryPrefix
+export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hono<RegistryEnv> {
+  const app = new Hono<RegistryEnv>()
 
   // Who is asking, before any route: admin.allow first (no password work for a refused
   // address), then the client's account. Health probes and /metrics name no repository and
@@ -82,11 +51,7 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
     const viewer =
       path === '/metrics' ? ANONYMOUS : await access.identify(c.req.header('authorization'), address)
     c.set('viewer', viewer)
-    if (viewer.user !== null) {
-      const note = responseNotes.get(c.env.outgoing) ?? {}
-      note.user = viewer.user
-      responseNotes.set(c.env.outgoing, note)
-    }
+    if (viewer.user !== null) noteOf(c.env.outgoing).user = viewer.user
     return next()
   })
 
@@ -99,54 +64,7 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
   app.route(ADMIN_PREFIX, healthRoutes(mirror, admin))
   app.route('/', statusPageRoutes(mirror, admin))
 
-  app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) =>
-    // An anonymous client is welcome (dockerd, which cannot send credentials to a mirror, reads
-    // only a 401's challenge), but containers/image reads the challenge on any answer and then
-    // sends the credentials it has for this host with every request.
-    c.json(
-      {},
-      200,
-      access.hasAccounts && c.get('viewer').user === null
-        ? { 'WWW-Authenticate': `Basic realm="${REALM}"` }
-        : {},
-    ),
-  )
-
-  app.all('/v2/*', async (c) => {
-    // The raw path: percent-escapes stay escaped, so they fail the name grammar instead of
-    // turning into '/' or '..' after we looked.
-    const path = rawPath(c.req.url)
-    const method = c.req.method
-    if (method !== 'GET' && method !== 'HEAD') {
-      // Push, delete and uploads: a mirror never forwards them, whatever the path.
-      throw new RegistryError(
-        'UNSUPPORTED',
-        { method, reason: 'pullcache is a read-only mirror' },
-        { headers: { Allow: 'GET, HEAD' } },
-      )
-    }
-    const m = ROUTE.exec(path)
-    if (!m) throw new RegistryError('NOT_FOUND', { path })
-    // containerd names the registry it means in ?ns=. Answering for another registry would
-    // serve Docker Hub's image of the same name; a 404 sends containerd to its next host.
-    const ns = new URL(c.req.url).searchParams.get('ns')
-    if (ns !== null && !servesNamespace(ns, mirror)) {
-      throw new RegistryError('NAME_UNKNOWN', {
-        ns,
-        reason: `pullcache mirrors ${mirror.upstream.libraryPrefix ? 'docker.io' : mirror.registry} only`,
-      })
-    }
-    const viewer = c.get('viewer')
-    if (m[4] !== undefined) {
-      const name = parseName(m[4], libraryPrefix)
-      await mayRead(viewer, mirror, name)
-      return tagList(c, mirror, name, method)
-    }
-    const name = parseName(m[1]!, libraryPrefix)
-    await mayRead(viewer, mirror, name)
-    if (m[2] === 'manifests') return manifest(c, mirror, name, m[3]!, method)
-    return blob(c, mirror, name, m[3]!, method)
-  })
+  app.route('/', registryRoutes(mirror, access))
 
   app.notFound((c) => {
     const err = new RegistryError('NOT_FOUND', { path: rawPath(c.req.url) })
@@ -162,52 +80,6 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
   return app
 }
 
-const DOCKER_HUB_NAMES = new Set([
-  'docker.io',
-  'index.docker.io',
-  'registry-1.docker.io',
-  'registry.hub.docker.com',
-])
-
-function servesNamespace(ns: string, mirror: Mirror): boolean {
-  const name = ns.toLowerCase()
-  const upstream = mirror.upstream.origin
-  return (
-    name === upstream.host ||
-    name === upstream.hostname ||
-    // A Docker Hub mirror (library/ names) answers for docker.io whatever host it pulls from.
-    (mirror.upstream.libraryPrefix && DOCKER_HUB_NAMES.has(name))
-  )
-}
-
-/**
- * An anonymous client reads only what anonymous pulls upstream may read (mirror/visibility.ts):
- * a repository they cannot read asks for an account. Signed-in clients have the account's access.
- */
-async function mayRead(viewer: Viewer, mirror: Mirror, name: RepoName): Promise<void> {
-  if (viewer.user !== null) return
-  if (!(await mirror.visibility.repoReadable(name.upstream))) {
-    throw challenge(`anonymous pulls cannot read ${name.client}`)
-  }
-}
-
-/** A digest an anonymous client may not have under this name is, to it, not there. */
-async function mayReadDigest(
-  viewer: Viewer,
-  mirror: Mirror,
-  name: RepoName,
-  digest: string,
-  kind: 'blob' | 'manifest',
-): Promise<void> {
-  if (viewer.user !== null) return
-  if (!(await mirror.anonymousMayRead(name, digest, kind))) {
-    throw new RegistryError(kind === 'blob' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN', {
-      repository: name.client,
-      digest,
-    })
-  }
-}
-
 function render(c: Context, err: RegistryError): Response {
   const body = err.body()
   const headers: Record<string, string> = {
@@ -216,225 +88,4 @@ function render(c: Context, err: RegistryError): Response {
     ...err.headers,
   }
   return new Response(c.req.method === 'HEAD' ? null : body, { status: err.status, headers })
-}
-
-function rawPath(url: string): string {
-  const start = url.indexOf('/', url.indexOf('//') + 2)
-  const end = url.indexOf('?', start)
-  return url.slice(start, end === -1 ? undefined : end)
-}
-
-async function manifest(
-  c: Context<Env>,
-  mirror: Mirror,
-  name: RepoName,
-  raw: string,
-  method: 'GET' | 'HEAD',
-) {
-  const ref = parseReference(raw)
-  if (ref.kind === 'digest') await mayReadDigest(c.get('viewer'), mirror, name, ref.digest, 'manifest')
-  let found: Awaited<ReturnType<Mirror['manifestByDigest']>>
-  try {
-    found =
-      ref.kind === 'digest'
-        ? await mirror.manifestByDigest(name, ref.digest, method)
-        : await mirror.manifestByTag(name, ref.tag, method, acceptedTypes(c.req.header('accept')))
-  } catch (err) {
-    mirror.record({ kind: 'manifest', name, method, result: 'error', bytes: 0, ...tagOf(ref) })
-    throw err
-  }
-  const headers: Record<string, string> = {
-    'Content-Type': found.mediaType,
-    'Content-Length': String(found.size),
-    'Docker-Content-Digest': found.digest,
-    ETag: `"${found.digest}"`,
-    [CACHE_HEADER]: found.cache,
-  }
-  if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
-  const notModified = matchesEtag(c.req.header('if-none-match'), found.digest)
-  const sendBody = method === 'GET' && !notModified && found.bytes !== undefined
-  mirror.record({
-    kind: 'manifest',
-    name,
-    method,
-    result: found.cache,
-    bytes: sendBody ? found.size : 0,
-    digest: found.digest,
-    ...tagOf(ref),
-  })
-  if (notModified)
-    return new Response(null, { status: 304, headers: { ETag: headers.ETag!, [CACHE_HEADER]: found.cache } })
-  return new Response(sendBody ? found.bytes! : null, { status: 200, headers })
-}
-
-async function tagList(c: Context<Env>, mirror: Mirror, name: RepoName, method: 'GET' | 'HEAD') {
-  const url = new URL(c.req.url)
-  const n = url.searchParams.get('n')
-  if (n !== null && !/^\d{1,9}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', { n })
-  const last = url.searchParams.get('last')
-  // Only the parameters that change the answer go upstream, in a stable order (also the key
-  // under which the answer is kept for when upstream is down).
-  const query = new URLSearchParams()
-  if (n !== null) query.set('n', n)
-  if (last !== null) query.set('last', last)
-  let found: Awaited<ReturnType<Mirror['tagList']>>
-  try {
-    found = await mirror.tagList(name, query.toString())
-  } catch (err) {
-    mirror.record({ kind: 'tags', name, method, result: 'error', bytes: 0 })
-    throw err
-  }
-  const headers: Record<string, string> = {
-    'Content-Type': 'application/json',
-    'Content-Length': String(found.bytes.length),
-    [CACHE_HEADER]: found.cache,
-  }
-  if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
-  const next = found.link ? nextLink(found.link, name.client) : undefined
-  if (next) headers.Link = next
-  mirror.record({
-    kind: 'tags',
-    name,
-    method,
-    result: found.cache,
-    bytes: method === 'GET' ? found.bytes.length : 0,
-  })
-  return new Response(method === 'GET' ? found.bytes : null, { status: 200, headers })
-}
-
-/** Upstream's Link names upstream's path; the client must get ours, with its own repo name. */
-function nextLink(link: string, clientName: string): string | undefined {
-  const m = /<([^>]*)>\s*;\s*rel="?next"?/i.exec(link)
-  if (!m) return undefined
-  const q = m[1]!.indexOf('?')
-  if (q === -1) return undefined
-  const params = new URLSearchParams(m[1]!.slice(q + 1))
-  const out = new URLSearchParams()
-  for (const key of ['n', 'last']) {
-    const v = params.get(key)
-    if (v !== null) out.set(key, v)
-  }
-  return `</v2/${clientName}/tags/list?${out.toString()}>; rel="next"`
-}
-
-function tagOf(ref: Reference): { tag?: string } {
-  return ref.kind === 'tag' ? { tag: ref.tag } : {}
-}
-
-function matchesEtag(header: string | undefined, digest: string): boolean {
-  if (!header) return false
-  return header.split(',').some((t) => t.trim().replace(/^W\//, '').replace(/"/g, '') === digest)
-}
-
-async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string, method: 'GET' | 'HEAD') {
-  const digest = parseDigest(raw, 'BLOB_UNKNOWN')
-  await mayReadDigest(c.get('viewer'), mirror, name, digest, 'blob')
-  const res = c.env.outgoing
-  // The client may leave during any await below. The close listener comes before the first
-  // one, so whatever this response has taken (an eviction pin, a file handle) is let go however
-  // early the client goes; after each await the response checks whether it is still wanted.
-  let answer: BlobAnswer | undefined
-  let closed = false
-  let streaming = false
-  let settled = false
-  let sent = () => 0
-  const settle = () => {
-    if (settled || answer === undefined) return
-    settled = true
-    if (answer.kind === 'file') {
-      // Once streaming, the sender closes the handle when it is done with it.
-      if (!streaming) void answer.handle.close().catch(() => {})
-      answer.release()
-    }
-    mirror.record({ kind: 'blob', name, method, result: answer.cache, bytes: sent(), digest })
-  }
-  res.once('close', () => {
-    closed = true
-    settle()
-  })
-
-  let found: BlobAnswer
-  try {
-    found = await mirror.blob(name, digest, method)
-    if (found.kind === 'fill' && found.fill.size === undefined && !closed) {
-      // An upstream that sent no Content-Length: the size is known only once the fill is done.
-      // The stored file is opened under a pin, so even a budget smaller than the blob cannot
-      // evict it before this response has it.
-      found = await mirror.storedWhenDone(found.fill, found.cache)
-    }
-  } catch (err) {
-    mirror.record({ kind: 'blob', name, method, result: 'error', bytes: 0 })
-    throw err
-  }
-  answer = found
-  if (closed) {
-    settle()
-    return RESPONSE_ALREADY_SENT
-  }
-  // The access check may have noted who signed in; the blob adds what it served.
-  const note: ResponseNote = responseNotes.get(res) ?? {}
-  note.cache = found.cache
-  responseNotes.set(res, note)
-  note.bytes = () => sent()
-
-  const size = found.kind === 'fill' ? found.fill.size! : found.size
-  const headers: Record<string, string | number> = {
-    'Content-Type': 'application/octet-stream',
-    'Docker-Content-Digest': digest,
-    ETag: `"${digest}"`,
-    'Accept-Ranges': 'bytes',
-    // Content-addressed: the bytes behind this URL can never change.
-    'Cache-Control': 'max-age=31536000',
-    [CACHE_HEADER]: found.cache,
-  }
-  if (matchesEtag(c.req.header('if-none-match'), digest)) {
-    res.writeHead(304, { ETag: headers.ETag!, [CACHE_HEADER]: found.cache })
-    res.end()
-    return RESPONSE_ALREADY_SENT
-  }
-  const range: ByteRange | undefined = parseRange(c.req.header('range'), size)
-  const start = range?.start ?? 0
-  const end = range?.end ?? size - 1
-  headers['Content-Length'] = size === 0 ? 0 : end - start + 1
-  if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`
-  res.writeHead(range ? 206 : 200, headers)
-  if (method === 'HEAD' || found.kind === 'remote' || size === 0) {
-    res.end()
-    return RESPONSE_ALREADY_SENT
-  }
-
-  streaming = true
-  let bytes = 0
-  sent = () => bytes
-  const count = (n: number) => {
-    bytes += n
-  }
-  if (found.kind === 'file') {
-    const handle = found.handle
-    void sendBytes(
-      res,
-      {
-        read: async (buffer, length, position) => (await handle.read(buffer, 0, length, position)).bytesRead,
-      },
-      start,
-      end,
-      count,
-    ).finally(() => handle.close().catch(() => {}))
-  } else {
-    const fill = found.fill
-    const reader = fill.reader(end)
-    void sendBytes(
-      res,
-      { read: reader.read, ready: (position) => written(fill, position) },
-      start,
-      end,
-      count,
-    ).finally(reader.release)
-  }
-  return RESPONSE_ALREADY_SENT
-}
-
-/** Resolves once the fill has bytes at `position` on disk, or has ended either way. */
-async function written(fill: Fill, position: number): Promise<void> {
-  while (fill.state === 'streaming' && fill.written <= position) await fill.changed()
 }

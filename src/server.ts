@@ -1,15 +1,16 @@
 // Wires one running pullcache: store and index opened and reconciled, upstream client, mirror,
-// routes, and the HTTP server with its access log. main.ts and the tests both start it here.
+// routes, and the HTTP server, each request's outcome written once when it is over
+// (http/outcome.ts). main.ts and the tests both start it here.
 
 import { mkdir } from 'node:fs/promises'
-import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
-import { CACHE_HEADER, createApp, responseNotes } from './app.js'
+import { createApp } from './app.js'
 import type { Config } from './config.js'
 import { Access } from './http/access.js'
 import { createLimitedServer, requestError } from './http/limits.js'
+import { recordOutcome } from './http/outcome.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { Mirror } from './mirror/mirror.js'
@@ -115,11 +116,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
 
   const server = createLimitedServer(config.limits, log, (req, res) => {
     res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
-    accessLog(req, res, config.log.access ? log : undefined, metrics)
-    void Promise.resolve(listener(req, res)).catch((err: unknown) => {
+    const handled = Promise.resolve(listener(req, res)).catch((err: unknown) => {
       log.error('request.crashed', { method: req.method, error: err })
       res.destroy()
     })
+    recordOutcome(req, res, handled, { mirror, metrics, log, accessLog: config.log.access })
   })
 
   await new Promise<void>((resolveListen, reject) => {
@@ -303,45 +304,4 @@ async function reconcile(
   // index write was cut short: adopt it.
   for (const [digest, size] of onDisk) index.addBlob(digest, size)
   return { dropped_rows: dropped, adopted_files: onDisk.size }
-}
-
-/** What a registry API path asks for, as a label with a handful of values; undefined off /v2. */
-function requestKind(path: string): 'base' | 'manifest' | 'blob' | 'tags' | 'other' | undefined {
-  if (path !== '/v2' && !path.startsWith('/v2/')) return undefined
-  if (path === '/v2' || path === '/v2/') return 'base'
-  if (path.includes('/manifests/')) return 'manifest'
-  if (path.includes('/blobs/')) return 'blob'
-  if (path.endsWith('/tags/list')) return 'tags'
-  return 'other'
-}
-
-/** When a response is over (finished or cut): its duration into the histogram, and the access line. */
-function accessLog(
-  req: IncomingMessage,
-  res: ServerResponse,
-  log: Logger | undefined,
-  metrics: Metrics,
-): void {
-  const started = performance.now()
-  res.once('close', () => {
-    const seconds = (performance.now() - started) / 1000
-    const path = (req.url ?? '').split('?')[0] ?? ''
-    const kind = requestKind(path)
-    if (kind !== undefined) metrics.requestDuration.observe({ kind }, seconds)
-    if (log === undefined) return
-    const note = responseNotes.get(res)
-    const declared = Number(res.getHeader('content-length') ?? 0)
-    const bytes = note?.bytes ? note.bytes() : req.method === 'HEAD' || !res.writableFinished ? 0 : declared
-    log.info('request', {
-      method: req.method,
-      path,
-      status: res.statusCode,
-      bytes,
-      duration_ms: Math.round(seconds * 10_000) / 10,
-      cache: note?.cache ?? res.getHeader(CACHE_HEADER) ?? null,
-      // Who signed in, when someone did; the Authorization header itself is never logged.
-      ...(note?.user === undefined ? {} : { user: note.user }),
-      complete: res.writableFinished,
-    })
-  })
 }

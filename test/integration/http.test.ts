@@ -1,7 +1,9 @@
 import { connect } from 'node:net'
+import { request } from 'undici'
 import { beforeAll, describe, expect, test } from 'vitest'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import type { TestMirror } from '../support/start-mirror.js'
+import { waitFor } from '../support/wait-for.js'
 
 /** Sends bytes as they are and collects everything until the server closes the connection. */
 function rawExchange(url: string, data: string): Promise<string> {
@@ -162,6 +164,70 @@ describe('the HTTP surface', () => {
       cache: 'miss',
     })
     expect(lines[0]!.duration_ms).toBeTypeOf('number')
+  })
+
+  test('an unsatisfiable range is booked once, as an error, in the access line and the stats alike', async () => {
+    const m = await fake.mirror()
+    const bytes = Buffer.from('booked once')
+    const digest = fake.up.addBlob('library/x', bytes)
+    expect((await m.get(`/v2/library/x/blobs/${digest}`)).status).toBe(200)
+    expect((await m.get(`/v2/library/x/blobs/${digest}`, { range: 'bytes=100-' })).status).toBe(416)
+    const lines = await waitFor(
+      () => {
+        const found = m.logs.filter((l) => l.event === 'request')
+        return found.length === 2 && found
+      },
+      { what: 'two access lines' },
+    )
+    expect(lines.map((l) => [l.status, l.cache])).toEqual([
+      [200, 'miss'],
+      [416, 'hit'],
+    ])
+    const metrics = (await m.get('/metrics')).body.toString()
+    const booked = [
+      ...metrics.matchAll(/^pullcache_requests_total\{kind="blob",method="GET",result="(\w+)"\} (\d+)$/gm),
+    ]
+    expect(booked.map((b) => [b[1], Number(b[2])]).sort()).toEqual([
+      ['error', 1],
+      ['miss', 1],
+    ])
+    expect(metrics).toMatch(
+      new RegExp(`^pullcache_served_bytes_total\\{source="upstream"\\} ${bytes.length}$`, 'm'),
+    )
+    expect(metrics).not.toMatch(/^pullcache_served_bytes_total\{source="cache"\}/m)
+  })
+
+  test('a manifest the client left before it was answered books the bytes sent (none), not its size', async () => {
+    const m = await fake.mirror()
+    fake.up.addImage('library/gone', 'v1')
+    fake.up.fault({ method: 'GET', path: /\/manifests\// }, { kind: 'delay', ms: 400 }, 1)
+    const controller = new AbortController()
+    const asked = request(`${m.url}/v2/library/gone/manifests/v1`, { signal: controller.signal })
+    setTimeout(() => controller.abort(), 100)
+    await expect(asked).rejects.toThrow()
+    const [line] = await waitFor(
+      () => {
+        const found = m.logs.filter((l) => l.event === 'request')
+        return found.length > 0 && found
+      },
+      { what: 'the access line of the abandoned request' },
+    )
+    expect(line).toMatchObject({ path: '/v2/library/gone/manifests/v1', bytes: 0, complete: false })
+    // Booked once, as the request it was (once the route has its answer), with nothing served.
+    const manifestBookings = async () => {
+      const metrics = (await m.get('/metrics')).body.toString()
+      const booked = [...metrics.matchAll(/^pullcache_requests_total\{kind="manifest",[^}]*\} (\d+)$/gm)]
+      return { metrics, count: booked.reduce((n, b) => n + Number(b[1]), 0) }
+    }
+    const { metrics, count } = await waitFor(
+      async () => {
+        const booked = await manifestBookings()
+        return booked.count > 0 && booked
+      },
+      { what: 'the manifest request in the stats' },
+    )
+    expect(count).toBe(1)
+    expect(metrics).not.toMatch(/^pullcache_served_bytes_total\{/m)
   })
 
   test('every registry API request is timed by kind, with or without the access log', async () => {

@@ -1,0 +1,204 @@
+// The registry read API under /v2/: the version check, manifests, blobs and tags/list, with
+// the checks every one of them passes first (the ?ns= namespace, what an anonymous client may
+// read). Manifests and small answers go through Hono; blob bodies are in blob-route.ts.
+// Errors are thrown as RegistryError and rendered by the app.
+
+import type { HttpBindings } from '@hono/node-server'
+import { type Context, Hono } from 'hono'
+import { RegistryError } from '../errors.js'
+import { acceptedTypes } from '../mirror/manifest.js'
+import type { Mirror } from '../mirror/mirror.js'
+import { type Access, challenge, REALM, type Viewer } from './access.js'
+import { blob, matchesEtag } from './blob-route.js'
+import { CACHE_HEADER, noteOf } from './outcome.js'
+import { parseDigest, parseName, parseReference, type RepoName } from './reference.js'
+
+export type RegistryEnv = { Bindings: HttpBindings; Variables: { viewer: Viewer } }
+
+/** Manifests, blobs and tags/list: the last path segments after the repository name. */
+const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
+
+export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv> {
+  const registry = new Hono<RegistryEnv>()
+  const libraryPrefix = mirror.upstream.libraryPrefix
+
+  registry.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) =>
+    // An anonymous client is welcome (dockerd, which cannot send credentials to a mirror, reads
+    // only a 401's challenge), but containers/image reads the challenge on any answer and then
+    // sends the credentials it has for this host with every request.
+    c.json(
+      {},
+      200,
+      access.hasAccounts && c.get('viewer').user === null
+        ? { 'WWW-Authenticate': `Basic realm="${REALM}"` }
+        : {},
+    ),
+  )
+
+  registry.all('/v2/*', async (c) => {
+    // The raw path: percent-escapes stay escaped, so they fail the name grammar instead of
+    // turning into '/' or '..' after we looked.
+    const path = rawPath(c.req.url)
+    const method = c.req.method
+    if (method !== 'GET' && method !== 'HEAD') {
+      // Push, delete and uploads: a mirror never forwards them, whatever the path.
+      throw new RegistryError(
+        'UNSUPPORTED',
+        { method, reason: 'pullcache is a read-only mirror' },
+        { headers: { Allow: 'GET, HEAD' } },
+      )
+    }
+    const m = ROUTE.exec(path)
+    if (!m) throw new RegistryError('NOT_FOUND', { path })
+    // containerd names the registry it means in ?ns=. Answering for another registry would
+    // serve Docker Hub's image of the same name; a 404 sends containerd to its next host.
+    const ns = new URL(c.req.url).searchParams.get('ns')
+    if (ns !== null && !servesNamespace(ns, mirror)) {
+      throw new RegistryError('NAME_UNKNOWN', {
+        ns,
+        reason: `pullcache mirrors ${mirror.upstream.libraryPrefix ? 'docker.io' : mirror.registry} only`,
+      })
+    }
+    const viewer = c.get('viewer')
+    if (m[4] !== undefined) {
+      const name = parseName(m[4], libraryPrefix)
+      await mayRead(viewer, mirror, name)
+      return tagList(c, mirror, name, method)
+    }
+    const name = parseName(m[1]!, libraryPrefix)
+    await mayRead(viewer, mirror, name)
+    if (m[2] === 'manifests') return manifest(c, mirror, name, m[3]!, method)
+    const digest = parseDigest(m[3]!, 'BLOB_UNKNOWN')
+    await mayReadDigest(viewer, mirror, name, digest, 'blob')
+    return blob(c, mirror, name, digest, method)
+  })
+
+  return registry
+}
+
+const DOCKER_HUB_NAMES = new Set([
+  'docker.io',
+  'index.docker.io',
+  'registry-1.docker.io',
+  'registry.hub.docker.com',
+])
+
+function servesNamespace(ns: string, mirror: Mirror): boolean {
+  const name = ns.toLowerCase()
+  const upstream = mirror.upstream.origin
+  return (
+    name === upstream.host ||
+    name === upstream.hostname ||
+    // A Docker Hub mirror (library/ names) answers for docker.io whatever host it pulls from.
+    (mirror.upstream.libraryPrefix && DOCKER_HUB_NAMES.has(name))
+  )
+}
+
+/**
+ * An anonymous client reads only what anonymous pulls upstream may read (mirror/visibility.ts):
+ * a repository they cannot read asks for an account. Signed-in clients have the account's access.
+ */
+async function mayRead(viewer: Viewer, mirror: Mirror, name: RepoName): Promise<void> {
+  if (viewer.user !== null) return
+  if (!(await mirror.visibility.repoReadable(name.upstream))) {
+    throw challenge(`anonymous pulls cannot read ${name.client}`)
+  }
+}
+
+/** A digest an anonymous client may not have under this name is, to it, not there. */
+async function mayReadDigest(
+  viewer: Viewer,
+  mirror: Mirror,
+  name: RepoName,
+  digest: string,
+  kind: 'blob' | 'manifest',
+): Promise<void> {
+  if (viewer.user !== null) return
+  if (!(await mirror.anonymousMayRead(name, digest, kind))) {
+    throw new RegistryError(kind === 'blob' ? 'BLOB_UNKNOWN' : 'MANIFEST_UNKNOWN', {
+      repository: name.client,
+      digest,
+    })
+  }
+}
+
+export function rawPath(url: string): string {
+  const start = url.indexOf('/', url.indexOf('//') + 2)
+  const end = url.indexOf('?', start)
+  return url.slice(start, end === -1 ? undefined : end)
+}
+
+async function manifest(
+  c: Context<RegistryEnv>,
+  mirror: Mirror,
+  name: RepoName,
+  raw: string,
+  method: 'GET' | 'HEAD',
+) {
+  const ref = parseReference(raw)
+  if (ref.kind === 'digest') await mayReadDigest(c.get('viewer'), mirror, name, ref.digest, 'manifest')
+  const note = noteOf(c.env.outgoing)
+  note.kind = 'manifest'
+  note.name = name
+  if (ref.kind === 'tag') note.tag = ref.tag
+  const found =
+    ref.kind === 'digest'
+      ? await mirror.manifestByDigest(name, ref.digest, method)
+      : await mirror.manifestByTag(name, ref.tag, method, acceptedTypes(c.req.header('accept')))
+  note.cache = found.cache
+  note.digest = found.digest
+  const headers: Record<string, string> = {
+    'Content-Type': found.mediaType,
+    'Content-Length': String(found.size),
+    'Docker-Content-Digest': found.digest,
+    ETag: `"${found.digest}"`,
+    [CACHE_HEADER]: found.cache,
+  }
+  if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
+  const notModified = matchesEtag(c.req.header('if-none-match'), found.digest)
+  const sendBody = method === 'GET' && !notModified && found.bytes !== undefined
+  if (notModified)
+    return new Response(null, { status: 304, headers: { ETag: headers.ETag!, [CACHE_HEADER]: found.cache } })
+  return new Response(sendBody ? found.bytes! : null, { status: 200, headers })
+}
+
+async function tagList(c: Context<RegistryEnv>, mirror: Mirror, name: RepoName, method: 'GET' | 'HEAD') {
+  const url = new URL(c.req.url)
+  const n = url.searchParams.get('n')
+  if (n !== null && !/^\d{1,9}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', { n })
+  const last = url.searchParams.get('last')
+  // Only the parameters that change the answer go upstream, in a stable order (also the key
+  // under which the answer is kept for when upstream is down).
+  const query = new URLSearchParams()
+  if (n !== null) query.set('n', n)
+  if (last !== null) query.set('last', last)
+  const note = noteOf(c.env.outgoing)
+  note.kind = 'tags'
+  note.name = name
+  const found = await mirror.tagList(name, query.toString())
+  note.cache = found.cache
+  const headers: Record<string, string> = {
+    'Content-Type': 'application/json',
+    'Content-Length': String(found.bytes.length),
+    [CACHE_HEADER]: found.cache,
+  }
+  if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
+  const next = found.link ? nextLink(found.link, name.client) : undefined
+  if (next) headers.Link = next
+  return new Response(method === 'GET' ? found.bytes : null, { status: 200, headers })
+}
+
+/** Upstream's Link names upstream's path; the client must get ours, with its own repo name. */
+function nextLink(link: string, clientName: string): string | undefined {
+  const m = /<([^>]*)>\s*;\s*rel="?next"?/i.exec(link)
+  if (!m) return undefined
+  const q = m[1]!.indexOf('?')
+  if (q === -1) return undefined
+  const params = new URLSearchParams(m[1]!.slice(q + 1))
+  const out = new URLSearchParams()
+  for (const key of ['n', 'last']) {
+    const v = params.get(key)
+    if (v !== null) out.set(key, v)
+  }
+  return `</v2/${clientName}/tags/list?${out.toString()}>; rel="next"`
+}
