@@ -398,7 +398,11 @@ const slowIdleClients: Check = {
               [slow ? 'slow' : 'idle']: closedByServer[slow ? 'slow' : 'idle'] + 1,
             }
         })
-        if (!slow) return
+        // An idle client reads (it just never sends), so a close by the server is seen.
+        if (!slow) {
+          s.resume()
+          return
+        }
         s.on('connect', () => s.write(`GET ${b!.path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`))
         // One socket read (at most 64 KiB) a second: a reader on a very slow link.
         s.on('data', (d: Buffer) => {
