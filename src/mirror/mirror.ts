@@ -32,7 +32,7 @@ export interface ManifestAnswer {
 }
 
 export type BlobAnswer =
-  | { kind: 'file'; handle: FileHandle; size: number; cache: Outcome; release: () => void }
+  | { kind: 'file'; handle: FileHandle; size: number; allocated: number; cache: Outcome; release: () => void }
   | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
   | { kind: 'remote'; size: number; cache: 'miss' }
 
@@ -142,7 +142,14 @@ export class Mirror {
       release()
       return undefined
     }
-    return { kind: 'file', handle: opened.handle, size: opened.size, cache: 'hit', release }
+    return {
+      kind: 'file',
+      handle: opened.handle,
+      size: opened.size,
+      allocated: opened.allocated,
+      cache: 'hit',
+      release,
+    }
   }
 
   /** Whether a response is streaming this blob from the store right now. */
@@ -158,15 +165,33 @@ export class Mirror {
   // --- blobs -------------------------------------------------------------------------------
 
   async blob(name: RepoName, digest: string, method: 'GET' | 'HEAD'): Promise<BlobAnswer> {
-    if (this.index.getBlob(digest)) {
+    const row = this.index.getBlob(digest)
+    if (row) {
       const stored = await this.openStored(digest)
       if (stored) return stored
-      // The file went away behind our back (a disk repair, an operator): forget it, fetch again.
+      // The file went away behind our back (a crash, a disk repair, an operator): forget it,
+      // fetch again. Looked at once more in the tick that deletes the row: a fill may have
+      // committed the file while we waited on the open.
       this.log.warn('store.blob_missing', { digest })
-      this.index.deleteBlob(digest)
+      if (this.store.measureNow(digest) === undefined) this.index.deleteBlob(digest)
     }
 
-    const running = this.fills.get(digest)
+    let running = this.fills.get(digest)
+    if (!running && !row) {
+      // A file without a row: only verified files are ever renamed into blobs/, so this is a
+      // commit whose index write a crash cut short (the background reconciliation adopts these
+      // too, when it gets there). Adopt it now and serve it.
+      const stored = await this.openStored(digest)
+      if (stored) {
+        if (!this.index.getBlob(digest)) {
+          this.index.addBlob(digest, stored.size, stored.allocated)
+          this.log.info('store.blob_adopted', { digest, size: stored.size })
+        }
+        return stored
+      }
+      // Another request may have started the fill while this one looked.
+      running = this.fills.get(digest)
+    }
     if (running) {
       await this.settledReady(running)
       return { kind: 'fill', fill: running, cache: 'coalesced' }
@@ -187,8 +212,8 @@ export class Mirror {
     void this.upstream.fetchLimit(() =>
       fill.run({
         open: () => this.upstream.getBlob(name.upstream, digest),
-        onCommit: (size) => {
-          this.index.addBlob(digest, size)
+        onCommit: (size, allocated) => {
+          this.index.addBlob(digest, size, allocated)
           this.metrics.fills.inc({ outcome: 'committed' })
           this.onBlobCommitted()
           this.log.info('store.blob_committed', { digest, size, repo: name.upstream })

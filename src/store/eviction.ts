@@ -3,8 +3,13 @@
 // for longer than max_unused_age. Pinned images (tag patterns) are never evicted, nor anything
 // their manifests reference, down through an index's child manifests.
 //
-// Planning only reads; executing deletes in small batches so requests keep flowing between
-// them. Each blob goes in one synchronous step: its index rows first (so no new request sees a
+// Sizes here are bytes on disk (st_blocks * 512, the blobs.allocated column; the logical size
+// until a file is measured): the budget is about the disk, and small blobs take a whole block.
+//
+// The server's runs never plan the whole store: they walk the last_access index in pages of
+// BATCH (keyset: after the last row seen), delete each page, yield to the event loop, and stop as
+// soon as the running totals are under the low-water mark. A plan (gc --dry-run) reads the same
+// walk into a list. Executing deletes in small batches so requests keep flowing between them. Each blob goes in one synchronous step: its index rows first (so no new request sees a
 // hit), then a last check that no response is streaming it, then the file. A request that read
 // the row just before is safe too: the mirror opens the file before answering, and a file
 // already open stays readable after unlink. Manifests are only removed by age: they are tiny,
@@ -26,12 +31,13 @@ export interface EvictionPolicy {
 }
 
 export interface EvictionPlan {
-  blobs: { digest: string; size: number; lastAccess: number; reason: 'size' | 'age' }[]
+  /** `size` is the blob's length, `allocated` what its file takes on disk. */
+  blobs: { digest: string; size: number; allocated: number; lastAccess: number; reason: 'size' | 'age' }[]
   manifests: { digest: string; lastAccess: number }[]
   tags: { registry: string; repo: string; tag: string }[]
-  /** Bytes of blob files the plan frees. */
+  /** Bytes on disk the plan frees. */
   bytes: number
-  /** Store bytes before and after the plan. */
+  /** Store bytes on disk before and after the plan. */
   storeBytes: number
   storeBytesAfter: number
   pinned: number
@@ -39,6 +45,7 @@ export interface EvictionPlan {
 
 export interface EvictionResult {
   blobs: number
+  /** Bytes on disk freed. */
   bytes: number
   manifests: number
   tags: number
@@ -48,6 +55,11 @@ export interface EvictionResult {
 
 /** Blobs deleted between two yields to the event loop. */
 const BATCH = 64
+
+interface Cursor {
+  lastAccess: number
+  digest: string
+}
 
 export class Evictor {
   private policy: EvictionPolicy
@@ -82,10 +94,10 @@ export class Evictor {
     return this.policy.maxSize
   }
 
-  /** True when the store is above its high-water mark. */
+  /** True when the store is above its high-water mark (bytes on disk, from the running totals). */
   overBudget(): boolean {
     const { maxSize, highWater } = this.policy
-    return maxSize !== null && this.index.storeTotals().bytes > maxSize * highWater
+    return maxSize !== null && this.index.storeTotals().allocated > maxSize * highWater
   }
 
   /** What eviction would remove now, without removing anything. */
@@ -97,34 +109,25 @@ export class Evictor {
     const { maxSize, highWater, lowWater, maxUnusedAgeMs } = this.policy
     const blobs: EvictionPlan['blobs'] = []
     const chosen = new Set<string>()
-    const storeBytes = this.index.storeTotals().bytes
+    const storeBytes = this.index.storeTotals().allocated
     let remaining = storeBytes
-    type Row = { digest: string; size: number; last_access: number }
     // Both walks use the last_access index and stop early: no full scan of a large store.
     if (maxUnusedAgeMs !== null) {
-      const old = db
-        .prepare(
-          'SELECT digest, size, last_access FROM blobs WHERE last_access < ? ORDER BY last_access, digest',
-        )
-        .iterate(now - maxUnusedAgeMs) as IterableIterator<Row>
-      for (const row of old) {
+      for (const row of this.oldest(now - maxUnusedAgeMs)) {
         if (pinned.has(row.digest)) continue
-        blobs.push({ digest: row.digest, size: row.size, lastAccess: row.last_access, reason: 'age' })
+        blobs.push({ ...row, reason: 'age' })
         chosen.add(row.digest)
-        remaining -= row.size
+        remaining -= row.allocated
       }
     }
     if (maxSize !== null && remaining > maxSize * highWater) {
       const target = maxSize * lowWater
-      const lru = db
-        .prepare('SELECT digest, size, last_access FROM blobs ORDER BY last_access, digest')
-        .iterate() as IterableIterator<Row>
-      for (const row of lru) {
+      for (const row of this.oldest(null)) {
         if (remaining <= target) break
         if (pinned.has(row.digest) || chosen.has(row.digest)) continue
-        blobs.push({ digest: row.digest, size: row.size, lastAccess: row.last_access, reason: 'size' })
+        blobs.push({ ...row, reason: 'size' })
         chosen.add(row.digest)
-        remaining -= row.size
+        remaining -= row.allocated
       }
     }
 
@@ -157,12 +160,147 @@ export class Evictor {
     await this.running?.catch(() => undefined)
   }
 
-  /** Plans and executes, one run at a time; a run asked for while one is going joins it. */
-  run(): Promise<EvictionResult> {
-    this.running ??= this.execute(this.plan()).finally(() => {
+  /**
+   * Evicts what the policy says, one run at a time; a run asked for while one is going joins it.
+   * Never plans the whole store: pages of BATCH, deleted as they are read, until under budget.
+   */
+  run(now = Date.now()): Promise<EvictionResult> {
+    this.running ??= this.drain(now).finally(() => {
       this.running = undefined
     })
     return this.running
+  }
+
+  private async drain(now: number): Promise<EvictionResult> {
+    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0 }
+    const { maxSize, lowWater, maxUnusedAgeMs } = this.policy
+    const ageDue = maxUnusedAgeMs !== null && this.oldest(now - maxUnusedAgeMs, 1).next().done !== true
+    if (!ageDue && !this.overBudget()) return result
+    // Last-access times of recent requests are still in the write buffer.
+    this.index.flush()
+    const pinned = this.pinnedDigests()
+    const dropBlob = this.blobDropper()
+    const walk = async (cutoff: number | null, reason: 'age' | 'size', done: () => boolean) => {
+      let after: Cursor | undefined
+      while (!done()) {
+        const page = [...this.oldest(cutoff, BATCH, after)]
+        if (page.length === 0) break
+        after = { lastAccess: page.at(-1)!.lastAccess, digest: page.at(-1)!.digest }
+        for (const blob of page) {
+          if (done()) break
+          this.evictOne({ ...blob, reason }, pinned, dropBlob, result)
+        }
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+    }
+    if (maxUnusedAgeMs !== null) await walk(now - maxUnusedAgeMs, 'age', () => false)
+    if (maxSize !== null && this.overBudget()) {
+      const target = maxSize * lowWater
+      await walk(null, 'size', () => this.index.storeTotals().allocated <= target)
+    }
+    if (maxUnusedAgeMs !== null) {
+      const manifests = this.index.database
+        .prepare('SELECT digest FROM manifests WHERE last_access < ? ORDER BY last_access LIMIT ?')
+        .pluck()
+      const dropManifest = this.manifestDropper()
+      let skipped = 0
+      for (;;) {
+        const page = manifests.all(now - maxUnusedAgeMs, skipped + BATCH) as string[]
+        const todo = page.slice(skipped)
+        if (todo.length === 0) break
+        for (const digest of todo) {
+          if (pinned.has(digest)) {
+            skipped++
+            continue
+          }
+          result.tags += dropManifest(digest)
+          result.manifests++
+          this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
+        }
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+    }
+    if (result.blobs + result.manifests > 0) this.logResult(result)
+    return result
+  }
+
+  /**
+   * Blobs in last-access order (the blobs_last_access index, digest breaking ties), accessed
+   * before `cutoff` when given, after the cursor when given.
+   */
+  private *oldest(
+    cutoff: number | null,
+    limit = -1,
+    after?: Cursor,
+  ): Generator<{ digest: string; size: number; allocated: number; lastAccess: number }> {
+    const rows = this.index.database
+      .prepare(
+        `SELECT digest, size, coalesce(allocated, size) AS allocated, last_access AS lastAccess FROM blobs
+         WHERE last_access < ? AND (last_access, digest) > (?, ?) ORDER BY last_access, digest LIMIT ?`,
+      )
+      .iterate(
+        cutoff ?? Number.MAX_SAFE_INTEGER,
+        after?.lastAccess ?? Number.MIN_SAFE_INTEGER,
+        after?.digest ?? '',
+        limit,
+      ) as IterableIterator<{ digest: string; size: number; allocated: number; lastAccess: number }>
+    yield* rows
+  }
+
+  private blobDropper(): (digest: string) => void {
+    const db = this.index.database
+    const blobs = db.prepare('DELETE FROM blobs WHERE digest = ?')
+    const links = db.prepare('DELETE FROM repo_links WHERE digest = ?')
+    return db.transaction((digest: string) => {
+      blobs.run(digest)
+      links.run(digest)
+    })
+  }
+
+  private manifestDropper(): (digest: string) => number {
+    const db = this.index.database
+    return db.transaction((digest: string) => {
+      const gone = db.prepare('DELETE FROM tags WHERE digest = ?').run(digest).changes
+      db.prepare('DELETE FROM manifest_refs WHERE manifest = ?').run(digest)
+      db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
+      db.prepare('DELETE FROM manifests WHERE digest = ?').run(digest)
+      return gone
+    })
+  }
+
+  /** One blob: rows, a last check that no response streams it, then the file, in one tick. */
+  private evictOne(
+    blob: EvictionPlan['blobs'][number],
+    pinned: Set<string>,
+    dropBlob: (digest: string) => void,
+    result: EvictionResult,
+  ): void {
+    if (pinned.has(blob.digest)) return
+    if (this.inUse(blob.digest)) {
+      result.skippedInUse++
+      return
+    }
+    dropBlob(blob.digest)
+    // Synchronous on purpose: no request can start streaming between the row and the file.
+    rmSync(this.store.path(blob.digest), { force: true })
+    result.blobs++
+    result.bytes += blob.allocated
+    this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
+    this.metrics?.evictedBytes.inc(blob.allocated)
+  }
+
+  private logResult(result: EvictionResult): void {
+    const totals = this.index.storeTotals()
+    this.log.info('store.evicted', {
+      blobs: result.blobs,
+      bytes: result.bytes,
+      manifests: result.manifests,
+      tags: result.tags,
+      skipped_in_use: result.skippedInUse,
+      store_bytes: totals.bytes,
+      store_allocated_bytes: totals.allocated,
+      budget: this.policy.maxSize,
+    })
   }
 
   /** Carries out a plan (e.g. one shown by a dry run), re-checking use and pins as it goes. */
@@ -170,50 +308,19 @@ export class Evictor {
     const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0 }
     if (plan.blobs.length + plan.manifests.length === 0) return result
     const pinned = this.pinnedDigests()
-    const db = this.index.database
-    const dropBlob = db.transaction((digest: string) => {
-      db.prepare('DELETE FROM blobs WHERE digest = ?').run(digest)
-      db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
-    })
+    const dropBlob = this.blobDropper()
     for (let i = 0; i < plan.blobs.length; i += BATCH) {
-      for (const blob of plan.blobs.slice(i, i + BATCH)) {
-        if (pinned.has(blob.digest)) continue
-        if (this.inUse(blob.digest)) {
-          result.skippedInUse++
-          continue
-        }
-        dropBlob(blob.digest)
-        // Synchronous on purpose: no request can start streaming between the row and the file.
-        rmSync(this.store.path(blob.digest), { force: true })
-        result.blobs++
-        result.bytes += blob.size
-        this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
-        this.metrics?.evictedBytes.inc(blob.size)
-      }
+      for (const blob of plan.blobs.slice(i, i + BATCH)) this.evictOne(blob, pinned, dropBlob, result)
       await new Promise((resolve) => setImmediate(resolve))
     }
-    const dropManifest = db.transaction((digest: string) => {
-      const gone = db.prepare('DELETE FROM tags WHERE digest = ?').run(digest).changes
-      db.prepare('DELETE FROM manifest_refs WHERE manifest = ?').run(digest)
-      db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
-      db.prepare('DELETE FROM manifests WHERE digest = ?').run(digest)
-      return gone
-    })
+    const dropManifest = this.manifestDropper()
     for (const m of plan.manifests) {
       if (pinned.has(m.digest)) continue
       result.tags += dropManifest(m.digest)
       result.manifests++
       this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
     }
-    this.log.info('store.evicted', {
-      blobs: result.blobs,
-      bytes: result.bytes,
-      manifests: result.manifests,
-      tags: result.tags,
-      skipped_in_use: result.skippedInUse,
-      store_bytes: this.index.storeTotals().bytes,
-      budget: this.policy.maxSize,
-    })
+    this.logResult(result)
     return result
   }
 

@@ -115,11 +115,71 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (hour, registry, repo, kind, method, result)
   ) WITHOUT ROWID;
   `,
+  `
+  -- What each blob takes on disk (st_blocks * 512): on ext4 a 1-byte blob takes 4096, and a
+  -- store of small blobs fills its disk long before its logical size says so. NULL until the
+  -- file is measured (rows from before this column; the background reconciliation fills them);
+  -- until then the logical size stands in for it.
+  ALTER TABLE blobs ADD COLUMN allocated INTEGER;
+
+  -- Running totals, kept by triggers on every insert, delete and resize, so that the budget,
+  -- stats and metrics read one row instead of summing a million.
+  CREATE TABLE store_totals (
+    id        INTEGER PRIMARY KEY CHECK (id = 0),
+    blobs     INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL,      -- logical: sum of blob sizes
+    allocated INTEGER NOT NULL,      -- on disk: sum of coalesce(allocated, size)
+    manifests INTEGER NOT NULL,
+    tags      INTEGER NOT NULL
+  );
+  INSERT INTO store_totals (id, blobs, bytes, allocated, manifests, tags)
+    SELECT 0, count(*), coalesce(sum(size), 0), coalesce(sum(size), 0),
+      (SELECT count(*) FROM manifests), (SELECT count(*) FROM tags) FROM blobs;
+  CREATE TRIGGER blobs_totals_insert AFTER INSERT ON blobs BEGIN
+    UPDATE store_totals SET blobs = blobs + 1, bytes = bytes + new.size,
+      allocated = allocated + coalesce(new.allocated, new.size);
+  END;
+  CREATE TRIGGER blobs_totals_delete AFTER DELETE ON blobs BEGIN
+    UPDATE store_totals SET blobs = blobs - 1, bytes = bytes - old.size,
+      allocated = allocated - coalesce(old.allocated, old.size);
+  END;
+  CREATE TRIGGER blobs_totals_update AFTER UPDATE OF size, allocated ON blobs BEGIN
+    UPDATE store_totals SET bytes = bytes - old.size + new.size,
+      allocated = allocated - coalesce(old.allocated, old.size) + coalesce(new.allocated, new.size);
+  END;
+  CREATE TRIGGER manifests_totals_insert AFTER INSERT ON manifests BEGIN
+    UPDATE store_totals SET manifests = manifests + 1;
+  END;
+  CREATE TRIGGER manifests_totals_delete AFTER DELETE ON manifests BEGIN
+    UPDATE store_totals SET manifests = manifests - 1;
+  END;
+  CREATE TRIGGER tags_totals_insert AFTER INSERT ON tags BEGIN
+    UPDATE store_totals SET tags = tags + 1;
+  END;
+  CREATE TRIGGER tags_totals_delete AFTER DELETE ON tags BEGIN
+    UPDATE store_totals SET tags = tags - 1;
+  END;
+
+  -- Small facts about the store as a whole; 'clean_shutdown' is written by the last step of a
+  -- clean stop and taken away at start: while it is there, index and files agree.
+  CREATE TABLE store_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+
+  -- The top-tags query walks this index and stops after N rows instead of sorting every tag.
+  CREATE INDEX tag_stats_requests ON tag_stats (requests DESC, last_request DESC);
+  `,
 ]
+
+/** Pages of the SQLite cache; negative means KiB. Bounds the index's memory at any store size. */
+const CACHE_KIB = 8192
 
 export interface BlobRow {
   digest: string
   size: number
+  /** Bytes on disk (st_blocks * 512); null until measured. */
+  allocated: number | null
   media_type: string | null
   first_cached: number
   last_access: number
@@ -144,6 +204,16 @@ export interface ManifestRef {
   mediaType: string | null
   size: number | null
   platform: string | null
+}
+
+export interface StoreTotals {
+  blobs: number
+  /** Sum of blob sizes. */
+  bytes: number
+  /** What the blob files take on disk; logical size for blobs not measured yet. */
+  allocated: number
+  manifests: number
+  tags: number
 }
 
 export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'stale' | 'error'
@@ -206,6 +276,7 @@ export class IndexDb {
     if (opts.readonly) {
       this.db = new Database(path, { readonly: true, fileMustExist: true })
       this.db.pragma('busy_timeout = 5000')
+      this.db.pragma(`cache_size = -${CACHE_KIB}`)
       checkVersion(this.db)
     } else {
       this.db = new Database(path)
@@ -214,6 +285,10 @@ export class IndexDb {
       this.db.pragma('journal_mode = WAL')
       this.db.pragma('synchronous = NORMAL')
       this.db.pragma('busy_timeout = 5000')
+      // The page cache is the index's only memory that could grow with the store: keep it fixed,
+      // and keep the file out of the address space (no mmap), so RSS does not follow the index.
+      this.db.pragma(`cache_size = -${CACHE_KIB}`)
+      this.db.pragma('mmap_size = 0')
       migrate(this.db)
     }
     this.stmt = prepare(this.db)
@@ -229,21 +304,64 @@ export class IndexDb {
     return this.stmt.getBlob.get(digest) as BlobRow | undefined
   }
 
-  addBlob(digest: string, size: number, now = Date.now()): void {
-    this.stmt.addBlob.run(digest, size, this.stmt.refMediaType.pluck().get(digest) ?? null, now, now)
+  /** `allocated`: bytes the file takes on disk (st_blocks * 512), null when not measured. */
+  addBlob(digest: string, size: number, allocated: number | null, now = Date.now()): void {
+    this.stmt.addBlob.run(
+      digest,
+      size,
+      allocated,
+      this.stmt.refMediaType.pluck().get(digest) ?? null,
+      now,
+      now,
+    )
   }
 
   deleteBlob(digest: string): void {
     this.stmt.deleteBlob.run(digest)
   }
 
-  /** Blob count and bytes, for metrics and the budget. */
-  storeTotals(): { blobs: number; bytes: number } {
-    return this.stmt.storeTotals.get() as { blobs: number; bytes: number }
+  /** Records what a blob's file takes on disk; no-op when the row is gone. */
+  setAllocated(digest: string, allocated: number): void {
+    this.stmt.setAllocated.run(allocated, digest, allocated)
   }
 
-  allBlobs(): { digest: string; size: number }[] {
-    return this.stmt.allBlobs.all() as { digest: string; size: number }[]
+  /**
+   * Blob count, logical bytes and bytes on disk, for metrics and the budget: one row kept by
+   * triggers, never a sum over the blobs.
+   */
+  storeTotals(): StoreTotals {
+    return this.stmt.storeTotals.get() as StoreTotals
+  }
+
+  /**
+   * Up to `limit` blob rows with digests in [from, to), in digest order: whole-store passes
+   * (reconciliation, verify) page through the index with these instead of loading it.
+   */
+  blobPage(
+    from: string,
+    to: string,
+    limit: number,
+  ): { digest: string; size: number; allocated: number | null }[] {
+    return this.stmt.blobPage.all(from, to, limit) as ReturnType<IndexDb['blobPage']>
+  }
+
+  // --- the clean-shutdown marker -----------------------------------------------------------
+
+  /** Written as the last step of a clean stop: index and files agree. */
+  markClean(now = Date.now()): void {
+    this.stmt.setState.run('clean_shutdown', String(now))
+  }
+
+  /**
+   * Whether the last stop was clean; the mark is removed in the same step, so a crash from
+   * here on leaves an index that is not trusted next time.
+   */
+  takeCleanMark(): boolean {
+    return this.db.transaction(() => {
+      const was = this.stmt.getState.pluck().get('clean_shutdown') !== undefined
+      this.stmt.deleteState.run('clean_shutdown')
+      return was
+    })()
   }
 
   // --- manifests ---------------------------------------------------------------------------
@@ -304,9 +422,9 @@ export class IndexDb {
 
   // --- whole-store passes (verify, export) ------------------------------------------------
 
-  /** Every stored manifest's digest; callers read the bodies one at a time with getManifest. */
-  manifestDigests(): string[] {
-    return this.stmt.manifestDigests.pluck().all() as string[]
+  /** Up to `limit` stored manifests' digests after `after`, in order; bodies via getManifest. */
+  manifestDigests(after = '', limit = 1000): string[] {
+    return this.stmt.manifestDigests.pluck().all(after, limit) as string[]
   }
 
   /**
@@ -515,12 +633,21 @@ function prepare(db: Database.Database) {
   return {
     getBlob: db.prepare('SELECT * FROM blobs WHERE digest = ?'),
     addBlob: db.prepare(
-      `INSERT INTO blobs (digest, size, media_type, first_cached, last_access) VALUES (?, ?, ?, ?, ?)
-       ON CONFLICT (digest) DO UPDATE SET size = excluded.size, last_access = excluded.last_access`,
+      `INSERT INTO blobs (digest, size, allocated, media_type, first_cached, last_access) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (digest) DO UPDATE SET size = excluded.size,
+         allocated = coalesce(excluded.allocated, allocated), last_access = excluded.last_access`,
     ),
     deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
-    allBlobs: db.prepare('SELECT digest, size FROM blobs'),
-    storeTotals: db.prepare('SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM blobs'),
+    setAllocated: db.prepare('UPDATE blobs SET allocated = ? WHERE digest = ? AND allocated IS NOT ?'),
+    blobPage: db.prepare(
+      'SELECT digest, size, allocated FROM blobs WHERE digest >= ? AND digest < ? ORDER BY digest LIMIT ?',
+    ),
+    storeTotals: db.prepare('SELECT blobs, bytes, allocated, manifests, tags FROM store_totals'),
+    getState: db.prepare('SELECT value FROM store_state WHERE key = ?'),
+    setState: db.prepare(
+      'INSERT INTO store_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+    ),
+    deleteState: db.prepare('DELETE FROM store_state WHERE key = ?'),
     refMediaType: db.prepare(
       'SELECT media_type FROM manifest_refs WHERE child = ? AND media_type IS NOT NULL LIMIT 1',
     ),
@@ -581,7 +708,7 @@ function prepare(db: Database.Database) {
          bytes_upstream = bytes_upstream + excluded.bytes_upstream,
          pulls_avoided = pulls_avoided + excluded.pulls_avoided`,
     ),
-    manifestDigests: db.prepare('SELECT digest FROM manifests ORDER BY digest'),
+    manifestDigests: db.prepare('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?'),
     deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
     deleteManifestRefs: db.prepare('DELETE FROM manifest_refs WHERE manifest = ?'),
     tagsOf: db.prepare(

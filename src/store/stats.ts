@@ -80,7 +80,10 @@ export interface BlobTotals {
 
 export interface StoreCounts {
   blobs: number
+  /** Logical: the sum of blob sizes. */
   bytes: number
+  /** What the blob files take on disk (allocated blocks): what the budget counts. */
+  allocated_bytes: number
   manifests: number
   tags: number
 }
@@ -245,12 +248,14 @@ export function blobStats(index: IndexDb, q: TopQuery): BlobTotals[] {
   })
 }
 
-/** What the store holds now, whatever `since` says. */
+/** What the store holds now, whatever `since` says: the running totals, no count over the tables. */
 export function storeCounts(index: IndexDb): StoreCounts {
-  return current(index)
-    .database.prepare(
-      `SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT coalesce(sum(size), 0) FROM blobs) AS bytes,
-         (SELECT count(*) FROM manifests) AS manifests, (SELECT count(*) FROM tags) AS tags`,
-    )
-    .get() as StoreCounts
+  const t = index.storeTotals()
+  return {
+    blobs: t.blobs,
+    bytes: t.bytes,
+    allocated_bytes: t.allocated,
+    manifests: t.manifests,
+    tags: t.tags,
+  }
 }

@@ -36,7 +36,7 @@ describe('index', () => {
     const path = await dbPath()
     const index = new IndexDb(path)
     const digest = `sha256:${'1'.repeat(64)}`
-    index.addBlob(digest, 10, 1000)
+    index.addBlob(digest, 10, null, 1000)
     for (let i = 0; i < 5; i++) index.touchBlob(digest, 'hit', 10, 2000 + i)
     const request = {
       registry: 'r',
