@@ -56,6 +56,10 @@ export interface EvictionResult {
 /** Blobs deleted between two yields to the event loop. */
 const BATCH = 64
 
+/** Blobs oldest first, before a cutoff, after a cursor: one range over blobs_last_access. */
+export const OLDEST_SQL = `SELECT digest, size, coalesce(allocated, size) AS allocated, last_access AS lastAccess
+  FROM blobs WHERE last_access < ? AND (last_access, digest) > (?, ?) ORDER BY last_access, digest LIMIT ?`
+
 interface Cursor {
   lastAccess: number
   digest: string
@@ -234,10 +238,7 @@ export class Evictor {
     after?: Cursor,
   ): Generator<{ digest: string; size: number; allocated: number; lastAccess: number }> {
     const rows = this.index.database
-      .prepare(
-        `SELECT digest, size, coalesce(allocated, size) AS allocated, last_access AS lastAccess FROM blobs
-         WHERE last_access < ? AND (last_access, digest) > (?, ?) ORDER BY last_access, digest LIMIT ?`,
-      )
+      .prepare(OLDEST_SQL)
       .iterate(
         cutoff ?? Number.MAX_SAFE_INTEGER,
         after?.lastAccess ?? Number.MIN_SAFE_INTEGER,
