@@ -135,13 +135,13 @@ if (!values['no-distribution']) {
 const probePath = `/v2/library/probe/blobs/sha256:${probe}`
 
 /** Starts pullcache; resolves once it prints "listening", with the times from spawn. */
-async function startPullcache(extraEnv = {}) {
+async function startPullcache(extraEnv = {}, dataDir = pcRoot) {
   const port = await freePort()
   const spawned = performance.now()
   const child = spawn(process.execPath, [MAIN, 'serve'], {
     env: {
       ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PULLCACHE_'))),
-      PULLCACHE_DATA_DIR: pcRoot,
+      PULLCACHE_DATA_DIR: dataDir,
       PULLCACHE_LISTEN: `127.0.0.1:${port}`,
       PULLCACHE_UPSTREAM: 'http://127.0.0.1:9',
       PULLCACHE_ACCESS_LOG: 'false',
@@ -266,6 +266,15 @@ async function latency(server, path, n = 20) {
   return { median_ms: round(times[Math.floor(n / 2)]), max_ms: round(times.at(-1)) }
 }
 
+// 0. The floor: pullcache on an empty store (loading node and its modules), on this machine now.
+{
+  const empty = join(work, 'empty')
+  const s = await startPullcache({}, empty)
+  figures.empty_store_start = { listening_ms: round(s.events.get('listening').at) }
+  say('empty store start:', figures.empty_store_start)
+  await s.stop()
+}
+
 // 1. First start on the built store: no clean mark, reconciliation in the background.
 {
   const s = await startPullcache()
@@ -294,6 +303,8 @@ async function latency(server, path, n = 20) {
   const stats = await latency(s, '/_pullcache/stats')
   const page = await latency(s, '/')
   const metrics = await latency(s, '/metrics')
+  // The noise floor of the stall figures: the same probe for 10 s with nothing running.
+  const idle = await underLoad(s, sleep(10_000))
   const store = (await (await fetch(`${s.url}/_pullcache/stats`)).json()).store
   figures.clean_restart = {
     listening_ms: round(s.events.get('listening').at),
@@ -302,6 +313,7 @@ async function latency(server, path, n = 20) {
     stats,
     status_page: page,
     metrics,
+    idle_10s: idle,
     store,
   }
   say('clean restart:', figures.clean_restart)
