@@ -421,10 +421,12 @@ if (!values['no-distribution']) {
   child.kill('SIGTERM')
   if (child.exitCode === null) await new Promise((r) => child.once('exit', r))
   children.delete(child)
+  stub.closeAllConnections()
   stub.close()
 }
 
 if (values.json) writeFileSync(values.json, `${JSON.stringify(figures, null, 2)}\n`)
+say('removing the stores...')
 cleanup()
 
 function secs(since) {
