@@ -9,7 +9,9 @@
 # --stop-timeout: pullcache drains for up to 10 s on SIGTERM, which is also docker stop's default
 # before SIGKILL; give it room so that it always exits on its own.
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+# Node 24, an LTS line with years of support left (Node 20 reached its end of life in April
+# 2026). pullcache runs on any Node >= 20.19, so node:22-bookworm-slim works as well.
+ARG NODE_IMAGE=node:24-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
 # better-sqlite3 builds its native addon from source when no prebuilt binary can be downloaded
@@ -20,10 +22,10 @@ RUN apt-get update \
   && rm -rf /var/lib/apt/lists/*
 ENV npm_config_nodedir=/usr/local
 WORKDIR /src
-# Dependencies first, so that editing src/ does not reinstall them. npm install rather than
-# npm ci, as in .ci/run: it installs exactly the locked versions either way.
+# Dependencies first, so that editing src/ does not reinstall them. npm ci installs exactly
+# package-lock.json and fails if it does not match package.json, as in .ci/run.
 COPY package.json package-lock.json ./
-RUN npm install --no-audit --no-fund
+RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build && npm prune --omit=dev

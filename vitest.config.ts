@@ -9,6 +9,9 @@ export default defineConfig({
     hookTimeout: 180_000,
     // Two cores: run files one at a time so timing-sensitive pulls do not starve each other.
     fileParallelism: false,
+    // A private TMPDIR per run that must be empty at the end, and per-file removal of tmpRoot() dirs.
+    globalSetup: ['test/support/tmpdir-check.ts'],
+    setupFiles: ['test/support/tmp-cleanup.ts'],
     reporters: ['default', ['json', { outputFile: 'test-results/vitest.json' }]],
   },
 })

@@ -251,39 +251,53 @@ function matchesEtag(header: string | undefined, digest: string): boolean {
 
 async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string, method: 'GET' | 'HEAD') {
   const digest = parseDigest(raw, 'BLOB_UNKNOWN')
-  let found: BlobAnswer
-  try {
-    found = await mirror.blob(name, digest, method)
-    if (found.kind === 'fill' && found.fill.size === undefined) {
-      // An upstream that sent no Content-Length: the size is known only once the fill is done.
-      const cache = found.cache
-      await sizeWhenDone(found.fill)
-      const stored = await mirror.openStored(digest)
-      if (!stored)
-        throw new RegistryError('BLOB_UNKNOWN', { digest, reason: 'evicted as soon as it was stored' })
-      found = { ...stored, cache }
-    }
-  } catch (err) {
-    mirror.record({ kind: 'blob', name, method, result: 'error', bytes: 0 })
-    throw err
-  }
-  const answer = found
   const res = c.env.outgoing
-  const note: ResponseNote = { cache: answer.cache }
-  responseNotes.set(res, note)
-  let sent = () => 0
-  note.bytes = () => sent()
+  // The client may leave during any await below. The close listener comes before the first
+  // one, so whatever this response has taken (an eviction pin, a file handle) is let go however
+  // early the client goes; after each await the response checks whether it is still wanted.
+  let answer: BlobAnswer | undefined
+  let closed = false
   let streaming = false
-  res.once('close', () => {
+  let settled = false
+  let sent = () => 0
+  const settle = () => {
+    if (settled || answer === undefined) return
+    settled = true
     if (answer.kind === 'file') {
       // Once streaming, the sender closes the handle when it is done with it.
       if (!streaming) void answer.handle.close().catch(() => {})
       answer.release()
     }
     mirror.record({ kind: 'blob', name, method, result: answer.cache, bytes: sent(), digest })
+  }
+  res.once('close', () => {
+    closed = true
+    settle()
   })
 
-  const size = answer.kind === 'fill' ? answer.fill.size! : answer.size
+  let found: BlobAnswer
+  try {
+    found = await mirror.blob(name, digest, method)
+    if (found.kind === 'fill' && found.fill.size === undefined && !closed) {
+      // An upstream that sent no Content-Length: the size is known only once the fill is done.
+      // The stored file is opened under a pin, so even a budget smaller than the blob cannot
+      // evict it before this response has it.
+      found = await mirror.storedWhenDone(found.fill, found.cache)
+    }
+  } catch (err) {
+    mirror.record({ kind: 'blob', name, method, result: 'error', bytes: 0 })
+    throw err
+  }
+  answer = found
+  if (closed) {
+    settle()
+    return RESPONSE_ALREADY_SENT
+  }
+  const note: ResponseNote = { cache: found.cache }
+  responseNotes.set(res, note)
+  note.bytes = () => sent()
+
+  const size = found.kind === 'fill' ? found.fill.size! : found.size
   const headers: Record<string, string | number> = {
     'Content-Type': 'application/octet-stream',
     'Docker-Content-Digest': digest,
@@ -291,10 +305,10 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
     'Accept-Ranges': 'bytes',
     // Content-addressed: the bytes behind this URL can never change.
     'Cache-Control': 'max-age=31536000',
-    [CACHE_HEADER]: answer.cache,
+    [CACHE_HEADER]: found.cache,
   }
   if (matchesEtag(c.req.header('if-none-match'), digest)) {
-    res.writeHead(304, { ETag: headers.ETag!, [CACHE_HEADER]: answer.cache })
+    res.writeHead(304, { ETag: headers.ETag!, [CACHE_HEADER]: found.cache })
     res.end()
     return RESPONSE_ALREADY_SENT
   }
@@ -304,7 +318,7 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   headers['Content-Length'] = size === 0 ? 0 : end - start + 1
   if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`
   res.writeHead(range ? 206 : 200, headers)
-  if (method === 'HEAD' || answer.kind === 'remote' || size === 0) {
+  if (method === 'HEAD' || found.kind === 'remote' || size === 0) {
     res.end()
     return RESPONSE_ALREADY_SENT
   }
@@ -315,8 +329,8 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
   const count = (n: number) => {
     bytes += n
   }
-  if (answer.kind === 'file') {
-    const handle = answer.handle
+  if (found.kind === 'file') {
+    const handle = found.handle
     void sendBytes(
       res,
       {
@@ -327,17 +341,20 @@ async function blob(c: Context<Env>, mirror: Mirror, name: RepoName, raw: string
       count,
     ).finally(() => handle.close().catch(() => {}))
   } else {
-    const reader = answer.fill.reader(end)
-    void sendBytes(res, reader, start, end, count).finally(reader.release)
+    const fill = found.fill
+    const reader = fill.reader(end)
+    void sendBytes(
+      res,
+      { read: reader.read, ready: (position) => written(fill, position) },
+      start,
+      end,
+      count,
+    ).finally(reader.release)
   }
   return RESPONSE_ALREADY_SENT
 }
 
-async function sizeWhenDone(fill: Fill): Promise<number> {
-  try {
-    await fill.done
-  } catch (err) {
-    throw new RegistryError('UNAVAILABLE', { reason: (err as Error).message })
-  }
-  return fill.size!
+/** Resolves once the fill has bytes at `position` on disk, or has ended either way. */
+async function written(fill: Fill, position: number): Promise<void> {
+  while (fill.state === 'streaming' && fill.written <= position) await fill.changed()
 }

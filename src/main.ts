@@ -19,7 +19,7 @@ const COMMANDS: Record<string, { run: (args: string[]) => Promise<number>; summa
   gc: { run: gc, summary: 'remove what the eviction policy says should go (--dry-run to list it)' },
   config: {
     run: configCommand,
-    summary: 'config check: validate the configuration and print it, secrets masked',
+    summary: 'config check: validate the configuration and print it as a config file, no secrets',
   },
   verify: { run: verify, summary: 're-hash the store and compare it with the index (--repair to fix)' },
   prefetch: { run: prefetch, summary: 'warm the cache from image references, Compose or Kubernetes files' },
@@ -55,14 +55,38 @@ async function main(argv: string[]): Promise<number> {
   return found.run(rest)
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    if (err instanceof CliExit) {
-      process.stderr.write(`pullcache: ${err.message}\n`)
-      process.exit(err.code)
-    }
-    process.stderr.write(`pullcache: ${(err as Error).stack ?? String(err)}\n`)
-    process.exit(EXIT_FAILED)
-  },
-)
+/**
+ * Ends the process with `code` once stdout and stderr have taken everything written to them.
+ * Writes to a pipe complete asynchronously, so exiting at once cut a large output at the pipe's
+ * buffer size (`pullcache stats --json | jq` got a truncated document). A write of nothing
+ * completes after every write before it, which is the moment to go. The exit itself stays
+ * explicit: a `serve` stopped by a second signal must end even while its first close still runs.
+ */
+function exitWhenFlushed(code: number): void {
+  process.exitCode = code
+  let pending = 2
+  const flushed = (err?: Error | null) => {
+    // A stream that failed (the reader went away) did not take everything.
+    if (err) process.exitCode = EXIT_FAILED
+    if (--pending === 0) process.exit()
+  }
+  process.stdout.write('', flushed)
+  process.stderr.write('', flushed)
+}
+
+// A reader that goes away (`| head`) leaves nobody to write for: end at once, and without a
+// stack trace, but not with success, since not everything was delivered.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code !== 'EPIPE') throw err
+  process.exit(EXIT_FAILED)
+})
+
+main(process.argv.slice(2)).then(exitWhenFlushed, (err: unknown) => {
+  if (err instanceof CliExit) {
+    process.stderr.write(`pullcache: ${err.message}\n`)
+    exitWhenFlushed(err.code)
+    return
+  }
+  process.stderr.write(`pullcache: ${(err as Error).stack ?? String(err)}\n`)
+  exitWhenFlushed(EXIT_FAILED)
+})

@@ -139,6 +139,11 @@ export function createMetrics() {
       labelNames: ['kind', 'reason'] as const,
       registers,
     }),
+    evictionErrors: new Counter({
+      name: 'pullcache_eviction_errors_total',
+      help: 'Blobs eviction failed to remove (the error is logged); eviction goes on with the next.',
+      registers,
+    }),
     evictedBytes: new Counter({
       name: 'pullcache_evicted_bytes_total',
       help: 'Bytes on disk (allocated blocks) freed by evicting blobs.',

@@ -2,12 +2,13 @@
 // routes, and the HTTP server with its access log. main.ts and the tests both start it here.
 
 import { mkdir } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { CACHE_HEADER, createApp, responseNotes } from './app.js'
 import type { Config } from './config.js'
+import { createLimitedServer, requestError } from './http/limits.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { Mirror } from './mirror/mirror.js'
@@ -15,6 +16,7 @@ import { BlobStore } from './store/blob-store.js'
 import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
 import { type BackgroundReconcile, reconcileInBackground } from './store/reconcile.js'
+import { lockStore } from './store/store-lock.js'
 import { Upstream } from './upstream/client.js'
 
 export interface RunningServer {
@@ -40,7 +42,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const root = resolve(config.data_dir)
   await mkdir(root, { recursive: true })
   const store = new BlobStore(root)
-  const unlock = store.lock()
+  const unlock = lockStore(root)
   const { removedTemp } = await store.open().catch((err: unknown) => {
     unlock()
     throw err
@@ -75,6 +77,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     metrics,
   })
   let evictor: Evictor | undefined
+  // A failed run (the index, the plan) is logged and counted; the next run tries again.
+  const evictionFailed = (err: unknown) => {
+    metrics.evictionErrors.inc()
+    log.error('store.eviction_failed', { error: err })
+  }
   const mirror = new Mirror({
     upstream,
     store,
@@ -86,7 +93,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     revalidateTimeoutMs: config.cache.revalidate_timeout,
     manifestMemoryBytes: config.cache.manifest_memory,
     onBlobCommitted: () => {
-      if (evictor?.overBudget()) void evictor.run()
+      if (evictor?.overBudget()) void evictor.run().catch((err: unknown) => evictionFailed(err))
     },
   })
   evictor = new Evictor({
@@ -105,17 +112,16 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     metrics,
     admin: { index, config, budget: () => evictor?.budget ?? null },
   })
-  const listener = getRequestListener(app.fetch)
+  const listener = getRequestListener(app.fetch, { errorHandler: requestError })
 
-  const server = createServer((req, res) => {
+  const server = createLimitedServer(config.limits, log, (req, res) => {
     res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
-    if (config.log.access) accessLog(req, res, log)
-    void listener(req, res)
+    accessLog(req, res, config.log.access ? log : undefined, metrics)
+    void Promise.resolve(listener(req, res)).catch((err: unknown) => {
+      log.error('request.crashed', { method: req.method, error: err })
+      res.destroy()
+    })
   })
-  // Blob downloads may take long; only the request head has a deadline.
-  server.requestTimeout = 0
-  server.headersTimeout = 60_000
-  server.keepAliveTimeout = 65_000
 
   await new Promise<void>((resolveListen, reject) => {
     server.once('error', reject)
@@ -144,12 +150,24 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }
   }, config.index.flush_interval)
   flushTimer.unref()
+  // Accounting is kept for accounting_retention; older hours go, checked every hour and at start.
+  const pruneAccounting = () => {
+    index
+      .pruneAccountingBefore(Date.now() - config.index.accounting_retention)
+      .then((rows) => {
+        if (rows > 0) log.info('index.accounting_pruned', { rows })
+      })
+      .catch((err: unknown) => log.error('index.prune_failed', { error: err }))
+  }
+  const pruneTimer = setInterval(pruneAccounting, 3_600_000)
+  pruneTimer.unref()
+  pruneAccounting()
   const evictionTimer = setInterval(() => {
-    evictor.run().catch((err: unknown) => log.error('store.eviction_failed', { error: err }))
+    evictor.run().catch((err: unknown) => evictionFailed(err))
   }, config.cache.eviction_interval)
   evictionTimer.unref()
   // A store over budget at start (budget lowered, or files adopted) shrinks right away.
-  void evictor.run().catch((err: unknown) => log.error('store.eviction_failed', { error: err }))
+  void evictor.run().catch((err: unknown) => evictionFailed(err))
 
   let current = config
   const reload = (next: Config) => {
@@ -191,7 +209,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }
     current = next
     log.info('config.reloaded', { changed, need_restart: needRestart })
-    if (changed.includes('cache.eviction')) void evictor.run().catch(() => undefined)
+    if (changed.includes('cache.eviction')) void evictor.run().catch((err: unknown) => evictionFailed(err))
     return { changed, needRestart }
   }
 
@@ -211,6 +229,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       // store holds only what was verified and renamed into place.
       await Promise.allSettled(mirror.inflight().map((f) => f.abort()))
       clearInterval(flushTimer)
+      clearInterval(pruneTimer)
       clearInterval(evictionTimer)
       await reconciliation?.stop()
       await evictor.idle()
@@ -243,6 +262,8 @@ const RESTART_KEYS = [
   'cache.manifest_memory',
   'cache.eviction_interval',
   'index.flush_interval',
+  'index.accounting_retention',
+  'limits',
   'log.level',
   'log.access',
 ]
@@ -261,18 +282,39 @@ function watchGauges(metrics: Metrics, mirror: Mirror, index: IndexDb): void {
   metrics.sources.storeTotals = () => index.storeTotals()
 }
 
-function accessLog(req: IncomingMessage, res: ServerResponse, log: Logger): void {
+/** What a registry API path asks for, as a label with a handful of values; undefined off /v2. */
+function requestKind(path: string): 'base' | 'manifest' | 'blob' | 'tags' | 'other' | undefined {
+  if (path !== '/v2' && !path.startsWith('/v2/')) return undefined
+  if (path === '/v2' || path === '/v2/') return 'base'
+  if (path.includes('/manifests/')) return 'manifest'
+  if (path.includes('/blobs/')) return 'blob'
+  if (path.endsWith('/tags/list')) return 'tags'
+  return 'other'
+}
+
+/** When a response is over (finished or cut): its duration into the histogram, and the access line. */
+function accessLog(
+  req: IncomingMessage,
+  res: ServerResponse,
+  log: Logger | undefined,
+  metrics: Metrics,
+): void {
   const started = performance.now()
   res.once('close', () => {
+    const seconds = (performance.now() - started) / 1000
+    const path = (req.url ?? '').split('?')[0] ?? ''
+    const kind = requestKind(path)
+    if (kind !== undefined) metrics.requestDuration.observe({ kind }, seconds)
+    if (log === undefined) return
     const note = responseNotes.get(res)
     const declared = Number(res.getHeader('content-length') ?? 0)
     const bytes = note?.bytes ? note.bytes() : req.method === 'HEAD' || !res.writableFinished ? 0 : declared
     log.info('request', {
       method: req.method,
-      path: (req.url ?? '').split('?')[0],
+      path,
       status: res.statusCode,
       bytes,
-      duration_ms: Math.round((performance.now() - started) * 10) / 10,
+      duration_ms: Math.round(seconds * 10_000) / 10,
       cache: note?.cache ?? res.getHeader(CACHE_HEADER) ?? null,
       complete: res.writableFinished,
     })

@@ -28,10 +28,15 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Node.js does not come from here: distributions other than Debian 13 package one too old.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "prereqs: Node.js >= 20.19 with npm is needed (22 or 24 LTS recommended); README.md, Quick start, says how to get it" >&2
+  exit 1
+fi
 node -e '
   const [major, minor] = process.versions.node.split(".").map(Number)
   if (major < 20 || (major === 20 && minor < 19)) {
-    console.error(`prereqs: Node.js >= 20.19 is needed, this is ${process.version}`)
+    console.error(`prereqs: Node.js >= 20.19 is needed, this is ${process.version}; README.md, Quick start, says how to get a newer one`)
     process.exit(1)
   }'
 echo "prereqs: ok (node $(node --version), $(docker-registry --version 2>/dev/null | head -1), skopeo $(skopeo --version | awk "{print \$3}"))"

@@ -2,7 +2,7 @@
 // and failing with the exit codes scripts rely on (0 done, 1 failed, 2 bad usage or config).
 
 import { parseArgs } from 'node:util'
-import { type Config, ConfigError, loadConfig } from '../config.js'
+import { type Config, ConfigError, envNameOf, loadConfig } from '../config.js'
 
 export const EXIT_OK = 0
 export const EXIT_FAILED = 1
@@ -18,7 +18,39 @@ export class CliExit extends Error {
   }
 }
 
-/** Flags every command that reads the store accepts, with the config key each sets. */
+/**
+ * Every flag that sets a config key, whichever commands take it -> that key. configFrom()
+ * applies them; --help names each one's environment variable (config.ts's table, through
+ * flagEnvName), which test/unit/cli-help.test.ts checks for every command.
+ */
+export const KEY_FLAGS: Readonly<Record<string, string>> = {
+  'data-dir': 'data_dir',
+  upstream: 'upstream.url',
+  listen: 'listen',
+  'tag-freshness': 'cache.tag_freshness',
+  'log-level': 'log.level',
+  'max-size': 'cache.max_size',
+  'max-unused-age': 'cache.max_unused_age',
+}
+
+/** The environment variable that does what a flag does, or undefined when there is none. */
+export function flagEnvName(flag: string): string | undefined {
+  if (flag === 'config') return 'PULLCACHE_CONFIG'
+  const key = KEY_FLAGS[flag]
+  return key === undefined ? undefined : envNameOf(key)
+}
+
+/** The config keys the given flag values set, for loadConfig's `flags`. */
+export function keyFlags(values: Record<string, unknown>): Record<string, string> {
+  const flags: Record<string, string> = {}
+  for (const [flag, key] of Object.entries(KEY_FLAGS)) {
+    const value = values[flag]
+    if (typeof value === 'string') flags[key] = value
+  }
+  return flags
+}
+
+/** Flags every command that reads the store accepts. */
 export const CONFIG_FLAGS = {
   config: { type: 'string' },
   'data-dir': { type: 'string' },
@@ -44,14 +76,12 @@ export function parseCommand<T extends NonNullable<Options>>(args: string[], opt
   }
 }
 
-/** Loads the config with --config, --data-dir and --upstream applied on top. */
+/** Loads the config from --config, with `extra` and then every KEY_FLAGS flag given on top. */
 export function configFrom(
   values: Record<string, unknown>,
   extra: Record<string, string | undefined> = {},
 ): Config {
-  const flags: Record<string, string | undefined> = { ...extra }
-  if (typeof values['data-dir'] === 'string') flags.data_dir = values['data-dir']
-  if (typeof values.upstream === 'string') flags['upstream.url'] = values.upstream
+  const flags: Record<string, string | undefined> = { ...extra, ...keyFlags(values) }
   try {
     return loadConfig({ file: typeof values.config === 'string' ? values.config : undefined, flags })
   } catch (err) {

@@ -1,26 +1,31 @@
 // `pullcache config check`: load the config exactly as serve would (embedded defaults, the file,
-// PULLCACHE_* environment variables, flags) and print the result with secrets masked, or every
-// problem at once with its path. Meant for deploy scripts and for "why does serve not start".
+// PULLCACHE_* environment variables, flags) and print the result as a config file that --config
+// reads back to the same configuration, with no secret in it; or every problem at once with its
+// path. Meant for deploy scripts and for "why does serve not start".
 
-import { ConfigError, describeConfig, loadConfig } from '../config.js'
-import { CliExit, CONFIG_FLAGS, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
+import { type Config, ConfigError, fileForm, loadConfig } from '../config.js'
+import { CliExit, CONFIG_FLAGS, EXIT_OK, EXIT_USAGE, keyFlags, parseCommand } from './args.js'
 
 export const CONFIG_USAGE = `Usage: pullcache config check [options]
 
 Validates the configuration the way pullcache serve loads it: the embedded defaults, the JSON
 file, then PULLCACHE_* environment variables, then these flags. Prints the effective
-configuration as JSON (durations in milliseconds, sizes in bytes, the password masked), or
-every problem with its path.
+configuration as a JSON config file that --config accepts and loads back unchanged, or every
+problem with its path. Secrets are never printed: the upstream password stays where it comes
+from (PULLCACHE_UPSTREAM_PASSWORD, or the file upstream.password_file names), which a note on
+stderr says.
 
   --config FILE          JSON config file (default: embedded defaults; env PULLCACHE_CONFIG)
-  --data-dir DIR         as serve --data-dir
-  --upstream URL         as serve --upstream
+  --data-dir DIR         as serve --data-dir (env PULLCACHE_DATA_DIR)
+  --upstream URL         as serve --upstream (env PULLCACHE_UPSTREAM)
 
 Exit status: 0 valid; 2 invalid (every problem is printed) or bad usage.
 `
 
+export const CONFIG_OPTIONS = CONFIG_FLAGS
+
 export async function configCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(args, CONFIG_FLAGS, CONFIG_USAGE)
+  const { values, positionals } = parseCommand(args, CONFIG_OPTIONS, CONFIG_USAGE)
   if (values.help) {
     process.stdout.write(CONFIG_USAGE)
     return EXIT_OK
@@ -33,14 +38,13 @@ export async function configCommand(args: string[]): Promise<number> {
   if (extra.length > 0) {
     throw new CliExit(EXIT_USAGE, `config check: unexpected argument ${JSON.stringify(extra[0])}`)
   }
-  const flags: Record<string, string | undefined> = {
-    data_dir: values['data-dir'] as string | undefined,
-    'upstream.url': values.upstream as string | undefined,
-  }
+  const flags = keyFlags(values)
   const file = (values.config as string | undefined) ?? process.env.PULLCACHE_CONFIG
   try {
     const config = loadConfig({ file, flags })
-    process.stdout.write(`${JSON.stringify(describeConfig(config), null, 2)}\n`)
+    process.stdout.write(`${JSON.stringify(fileForm(config), null, 2)}\n`)
+    const note = secretNote(config)
+    if (note) process.stderr.write(`pullcache: ${note}\n`)
     return EXIT_OK
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err
@@ -51,4 +55,14 @@ export async function configCommand(args: string[]): Promise<number> {
       `invalid configuration (${from}), ${count}:\n  ${err.problems.join('\n  ')}`,
     )
   }
+}
+
+/** Where the secrets left out of the printout come from, or undefined when there are none. */
+function secretNote(config: Config): string | undefined {
+  if (config.upstream.password === null) return undefined
+  const from =
+    config.upstream.password_file === null
+      ? 'PULLCACHE_UPSTREAM_PASSWORD in the environment'
+      : `upstream.password_file (${config.upstream.password_file})`
+  return `the upstream password is not printed; it comes from ${from}`
 }

@@ -4,12 +4,12 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { InvalidReference, isDockerHubReference, parseImageReference } from '../prefetch/reference.js'
 import { type ImageRequest, planExport, writeArchive } from '../store/archive.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const EXPORT_USAGE = `Usage: pullcache export FILE [IMAGE...] [options]
        pullcache export FILE --all [options]
@@ -24,18 +24,17 @@ completely cached is an error that says what is missing, and then no file is wri
                          not completely cached are skipped and listed
   --config FILE          JSON config file (env PULLCACHE_CONFIG)
   --data-dir DIR         the store to export from (default ./data; env PULLCACHE_DATA_DIR)
-  --upstream URL         whose tags to export (default: the configured upstream)
+  --upstream URL         whose tags to export (default: the configured upstream;
+                         env PULLCACHE_UPSTREAM)
 
 Exit status: 0 the archive was written; 1 an image is not cached, or writing failed;
 2 bad usage or configuration.
 `
 
+export const EXPORT_OPTIONS = { ...CONFIG_FLAGS, all: { type: 'boolean' } } as const
+
 export async function exportArchive(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(
-    args,
-    { ...CONFIG_FLAGS, all: { type: 'boolean' } },
-    EXPORT_USAGE,
-  )
+  const { values, positionals } = parseCommand(args, EXPORT_OPTIONS, EXPORT_USAGE)
   if (values.help) {
     process.stdout.write(EXPORT_USAGE)
     return EXIT_OK

@@ -5,12 +5,12 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { createLogger, silentLogger } from '../log.js'
 import { BlobStore } from '../store/blob-store.js'
 import { type EvictionPlan, Evictor, policyFrom } from '../store/eviction.js'
 import { IndexDb } from '../store/index-db.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const GC_USAGE = `Usage: pullcache gc [options]
 
@@ -20,32 +20,30 @@ Sizes are what the blob files take on disk (allocated blocks), which is what the
 Pinned images (cache.pins) and everything they reference stay.
 
   --dry-run              list what would be removed and the bytes it frees; change nothing
-  --max-size SIZE        use this budget instead of cache.max_size (e.g. 20GiB)
+  --max-size SIZE        use this budget instead of cache.max_size (e.g. 20GiB;
+                         env PULLCACHE_MAX_SIZE)
   --max-unused-age DUR   use this age instead of cache.max_unused_age (e.g. 30d)
   --json                 print the plan and the result as JSON
-  --config FILE, --data-dir DIR
+  --config FILE          JSON config file (default: embedded defaults; env PULLCACHE_CONFIG)
+  --data-dir DIR         the store (default ./data; env PULLCACHE_DATA_DIR)
+  --upstream URL         as serve --upstream (env PULLCACHE_UPSTREAM)
 `
 
+export const GC_OPTIONS = {
+  ...CONFIG_FLAGS,
+  'dry-run': { type: 'boolean' },
+  json: { type: 'boolean' },
+  'max-size': { type: 'string' },
+  'max-unused-age': { type: 'string' },
+} as const
+
 export async function gc(args: string[]): Promise<number> {
-  const { values } = parseCommand(
-    args,
-    {
-      ...CONFIG_FLAGS,
-      'dry-run': { type: 'boolean' },
-      json: { type: 'boolean' },
-      'max-size': { type: 'string' },
-      'max-unused-age': { type: 'string' },
-    },
-    GC_USAGE,
-  )
+  const { values } = parseCommand(args, GC_OPTIONS, GC_USAGE)
   if (values.help) {
     process.stdout.write(GC_USAGE)
     return EXIT_OK
   }
-  const config = configFrom(values, {
-    'cache.max_size': values['max-size'] as string | undefined,
-    'cache.max_unused_age': values['max-unused-age'] as string | undefined,
-  })
+  const config = configFrom(values)
   const root = resolve(config.data_dir)
   if (!existsSync(join(root, 'index.db'))) throw new CliExit(EXIT_FAILED, `no pullcache store at ${root}`)
   const index = new IndexDb(join(root, 'index.db'))

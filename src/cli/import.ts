@@ -6,11 +6,11 @@
 import { createReadStream } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { ArchiveError, importArchive } from '../store/archive.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const IMPORT_USAGE = `Usage: pullcache import FILE [options]
 
@@ -23,17 +23,17 @@ from the cache, and when upstream cannot be reached, served stale.
                          the archive came from (e.g. registry-1.docker.io)
   --config FILE          JSON config file (env PULLCACHE_CONFIG)
   --data-dir DIR         the store to import into (default ./data; env PULLCACHE_DATA_DIR)
+  --upstream URL         the upstream this pullcache mirrors (default: the configured one;
+                         env PULLCACHE_UPSTREAM)
 
 Exit status: 0 every image was imported; 1 an image was refused or the archive is unreadable;
 2 bad usage or configuration.
 `
 
+export const IMPORT_OPTIONS = { ...CONFIG_FLAGS, registry: { type: 'string' } } as const
+
 export async function importArchiveCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(
-    args,
-    { ...CONFIG_FLAGS, registry: { type: 'string' } },
-    IMPORT_USAGE,
-  )
+  const { values, positionals } = parseCommand(args, IMPORT_OPTIONS, IMPORT_USAGE)
   if (values.help) {
     process.stdout.write(IMPORT_USAGE)
     return EXIT_OK

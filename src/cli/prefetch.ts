@@ -6,6 +6,7 @@
 
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { createLogger } from '../log.js'
 import { InvalidPlatform, type Platform, parsePlatforms } from '../prefetch/platform.js'
 import { Puller, type PullResult } from '../prefetch/puller.js'
@@ -25,7 +26,6 @@ import {
 } from '../prefetch/sources.js'
 import { type RunningServer, startServer } from '../server.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const PREFETCH_USAGE = `Usage: pullcache prefetch [options] [IMAGE...]
 
@@ -48,7 +48,8 @@ and skipped.
                          (never do that on the data dir of a running pullcache serve: use
                          --server to warm a running mirror)
   --config FILE, --data-dir DIR, --upstream URL
-                         for the in-process pullcache, as for serve
+                         for the in-process pullcache, as for serve (env PULLCACHE_CONFIG,
+                         PULLCACHE_DATA_DIR, PULLCACHE_UPSTREAM)
 
 --file, --compose and --kubernetes may be given more than once.
 
@@ -63,19 +64,17 @@ interface Target {
   source: string
 }
 
+export const PREFETCH_OPTIONS = {
+  ...CONFIG_FLAGS,
+  file: { type: 'string', multiple: true },
+  compose: { type: 'string', multiple: true },
+  kubernetes: { type: 'string', multiple: true },
+  platform: { type: 'string' },
+  server: { type: 'string' },
+} as const
+
 export async function prefetch(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(
-    args,
-    {
-      ...CONFIG_FLAGS,
-      file: { type: 'string', multiple: true },
-      compose: { type: 'string', multiple: true },
-      kubernetes: { type: 'string', multiple: true },
-      platform: { type: 'string' },
-      server: { type: 'string' },
-    },
-    PREFETCH_USAGE,
-  )
+  const { values, positionals } = parseCommand(args, PREFETCH_OPTIONS, PREFETCH_USAGE)
   if (values.help) {
     process.stdout.write(PREFETCH_USAGE)
     return EXIT_OK

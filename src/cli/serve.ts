@@ -12,37 +12,28 @@ Runs the mirror. Each option overrides the config file and the environment.
   --listen HOST:PORT     where to listen (default :5000; env PULLCACHE_LISTEN)
   --data-dir DIR         store and index (default ./data; env PULLCACHE_DATA_DIR)
   --upstream URL         registry to mirror (default https://registry-1.docker.io; env PULLCACHE_UPSTREAM)
-  --tag-freshness DUR    how long a tag is served without asking upstream (default 60s)
-  --log-level LEVEL      debug, info, warn or error (default info)
+  --tag-freshness DUR    how long a tag is served without asking upstream (default 60s;
+                         env PULLCACHE_TAG_FRESHNESS)
+  --log-level LEVEL      debug, info, warn or error (default info; env PULLCACHE_LOG_LEVEL)
 
 The upstream account comes from PULLCACHE_UPSTREAM_USERNAME with PULLCACHE_UPSTREAM_PASSWORD
 or PULLCACHE_UPSTREAM_PASSWORD_FILE; a password is never read from the config file.
 `
 
-function flagsFrom(values: Record<string, unknown>): Record<string, string | undefined> {
-  return {
-    listen: values.listen as string | undefined,
-    'cache.tag_freshness': values['tag-freshness'] as string | undefined,
-    'log.level': values['log-level'] as string | undefined,
-  }
-}
+export const SERVE_OPTIONS = {
+  ...CONFIG_FLAGS,
+  listen: { type: 'string' },
+  'tag-freshness': { type: 'string' },
+  'log-level': { type: 'string' },
+} as const
 
 export async function serve(args: string[]): Promise<number> {
-  const { values } = parseCommand(
-    args,
-    {
-      ...CONFIG_FLAGS,
-      listen: { type: 'string' },
-      'tag-freshness': { type: 'string' },
-      'log-level': { type: 'string' },
-    },
-    SERVE_USAGE,
-  )
+  const { values } = parseCommand(args, SERVE_OPTIONS, SERVE_USAGE)
   if (values.help) {
     process.stdout.write(SERVE_USAGE)
     return EXIT_OK
   }
-  const config = configFrom(values, flagsFrom(values))
+  const config = configFrom(values)
   const log = createLogger(config.log.level)
   let server: Awaited<ReturnType<typeof startServer>>
   try {
@@ -75,7 +66,7 @@ export async function serve(args: string[]): Promise<number> {
     // SIGHUP: read the config file and environment again and apply what can change live.
     process.on('SIGHUP', () => {
       try {
-        server.reload(configFrom(values, flagsFrom(values)))
+        server.reload(configFrom(values))
       } catch (err) {
         log.error('config.reload_failed', { error: err instanceof CliExit ? err.message : err })
       }

@@ -7,6 +7,7 @@
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { parseDuration } from '../config.js'
+import { humanBytes } from '../human-bytes.js'
 import {
   budgetBytes,
   configuredUpstream,
@@ -17,7 +18,6 @@ import {
 import { IndexDb } from '../store/index-db.js'
 import type { Totals } from '../store/stats.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const STATS_USAGE = `Usage: pullcache stats [options]
 
@@ -26,6 +26,7 @@ the index of the data dir. Safe to run while pullcache serve is running on it.
 
   --config FILE          JSON config file (default: embedded defaults; env PULLCACHE_CONFIG)
   --data-dir DIR         store and index (default ./data; env PULLCACHE_DATA_DIR)
+  --upstream URL         the upstream the report names (env PULLCACHE_UPSTREAM)
   --since DUR            only requests of the last DUR, e.g. 24h or 7d (counted in whole hours)
   --top N                how many repositories and tags to list (default ${DEFAULT_TOP})
   --json                 print the JSON document GET /_pullcache/stats answers
@@ -34,12 +35,15 @@ Hit rate: requests answered without downloading the body from upstream for that 
 coalesced or stale) over all requests answered without an error.
 `
 
+export const STATS_OPTIONS = {
+  ...CONFIG_FLAGS,
+  json: { type: 'boolean' },
+  since: { type: 'string' },
+  top: { type: 'string' },
+} as const
+
 export async function stats(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(
-    args,
-    { ...CONFIG_FLAGS, json: { type: 'boolean' }, since: { type: 'string' }, top: { type: 'string' } },
-    STATS_USAGE,
-  )
+  const { values, positionals } = parseCommand(args, STATS_OPTIONS, STATS_USAGE)
   if (values.help) {
     process.stdout.write(STATS_USAGE)
     return EXIT_OK

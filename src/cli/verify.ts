@@ -4,11 +4,11 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { humanBytes } from '../human-bytes.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
 import { type Problem, type VerifyProgress, type VerifyReport, verifyStore } from '../store/verify.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
-import { humanBytes } from './human-bytes.js'
 
 export const VERIFY_USAGE = `Usage: pullcache verify [options]
 
@@ -26,6 +26,7 @@ do not hash to their digest. Safe to run while pullcache serve is running on the
   --json                 print the report as JSON
   --config FILE          JSON config file (env PULLCACHE_CONFIG)
   --data-dir DIR         the store to check (default ./data; env PULLCACHE_DATA_DIR)
+  --upstream URL         as serve --upstream (env PULLCACHE_UPSTREAM); verify does not use it
 
 On a big store this takes long: progress is drawn on stderr when it is a terminal, and Ctrl-C
 (SIGINT) stops cleanly after the blob in hand. What was checked and repaired stays so, and the
@@ -38,12 +39,15 @@ Exit status: 0 the store is clean, or everything found was repaired; 1 problems 
 /** The conventional status of a command stopped by SIGINT. */
 const EXIT_INTERRUPTED = 130
 
+export const VERIFY_OPTIONS = {
+  ...CONFIG_FLAGS,
+  repair: { type: 'boolean' },
+  json: { type: 'boolean' },
+  from: { type: 'string' },
+} as const
+
 export async function verify(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(
-    args,
-    { ...CONFIG_FLAGS, repair: { type: 'boolean' }, json: { type: 'boolean' }, from: { type: 'string' } },
-    VERIFY_USAGE,
-  )
+  const { values, positionals } = parseCommand(args, VERIFY_OPTIONS, VERIFY_USAGE)
   if (values.help) {
     process.stdout.write(VERIFY_USAGE)
     return EXIT_OK

@@ -44,7 +44,7 @@ export function healthRoutes(mirror: Mirror, deps: AdminDeps): Hono {
     const [store, index, upstream] = await Promise.all([
       deadline(checkStore(tmpDir)),
       deadline(checkIndex(deps)),
-      deadline(checkUpstream(mirror)),
+      upstreamCheck(mirror),
     ])
     const ready = store.ok && index.ok && upstream.ok
     const body: Readiness = { ready, checks: { store, index, upstream } }
@@ -75,6 +75,16 @@ async function checkIndex(deps: AdminDeps): Promise<Check> {
   } catch (err) {
     return { ok: false, detail: `index query failed: ${(err as Error).message}` }
   }
+}
+
+/**
+ * Whether upstream answers, within CHECK_DEADLINE_MS: the readiness check, which the status
+ * page also waits on so that its badge tells how upstream is now. A ping is sent at most once
+ * per 10 s however many ask (Upstream.ping), and its answer or failure is what
+ * Upstream.reachability reports.
+ */
+export function upstreamCheck(mirror: Mirror): Promise<Check> {
+  return deadline(checkUpstream(mirror))
 }
 
 async function checkUpstream(mirror: Mirror): Promise<Check> {

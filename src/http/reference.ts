@@ -3,31 +3,23 @@
 // '%' or NUL, so no path built from them can leave the store.
 
 import { RegistryError } from '../errors.js'
+import { ANY_DIGEST, NAME_COMPONENT, type RepoName, SHA256_DIGEST, TAG } from '../oci.js'
 
-// OCI distribution-spec grammar for <name>, one path component at a time.
-const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/
-const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/
-// Only sha256 is stored; other algorithms are refused rather than half-supported.
-const SHA256 = /^sha256:[a-f0-9]{64}$/
-const ANY_DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/
+export type { RepoName } from '../oci.js'
 
-/** Names longer than this are refused by clients anyway (host + '/' + name <= 255). */
+/**
+ * Names longer than this are refused by clients anyway (host + '/' + name <= 255), and by
+ * registries: neither the name the client used nor the one asked of upstream may be longer.
+ */
 const MAX_NAME = 255
-
-export interface RepoName {
-  /** The name the client used, e.g. "alpine"; paths in Link headers keep it. */
-  readonly client: string
-  /** The name upstream knows, e.g. "library/alpine" on Docker Hub. */
-  readonly upstream: string
-}
 
 export function parseName(raw: string, libraryPrefix: boolean): RepoName {
   if (raw.length === 0 || raw.length > MAX_NAME) {
-    throw new RegistryError('NAME_INVALID', { name: raw, reason: 'length must be 1 to 255' })
+    throw new RegistryError('NAME_INVALID', { name: clip(raw), reason: 'length must be 1 to 255' })
   }
   const parts = raw.split('/')
   for (const part of parts) {
-    if (!COMPONENT.test(part)) {
+    if (!NAME_COMPONENT.test(part)) {
       throw new RegistryError('NAME_INVALID', {
         name: raw,
         reason: `invalid path component ${JSON.stringify(part)}`,
@@ -36,7 +28,18 @@ export function parseName(raw: string, libraryPrefix: boolean): RepoName {
   }
   // Docker Hub keeps official images under library/; "alpine" and "library/alpine" are one repo.
   const upstream = libraryPrefix && parts.length === 1 ? `library/${raw}` : raw
+  if (upstream.length > MAX_NAME) {
+    throw new RegistryError('NAME_INVALID', {
+      name: raw,
+      reason: `upstream knows it as ${upstream.slice(0, 8)}${raw}, longer than 255 characters`,
+    })
+  }
   return { client: raw, upstream }
+}
+
+/** What a client sent, echoed back in an error: no more of it than a valid value could be. */
+function clip(text: string): string {
+  return text.length > MAX_NAME ? `${text.slice(0, MAX_NAME)}...` : text
 }
 
 export type Reference = { kind: 'tag'; tag: string } | { kind: 'digest'; digest: string }
@@ -52,19 +55,12 @@ export function parseReference(raw: string): Reference {
  * a malformed one is DIGEST_INVALID (400).
  */
 export function parseDigest(raw: string, unknownCode: 'BLOB_UNKNOWN' | 'MANIFEST_UNKNOWN'): string {
-  if (SHA256.test(raw)) return raw
+  // Only sha256 is stored; other algorithms are refused rather than half-supported.
+  if (SHA256_DIGEST.test(raw)) return raw
   if (ANY_DIGEST.test(raw) && !raw.startsWith('sha256:')) {
     throw new RegistryError(unknownCode, { digest: raw, reason: 'only sha256 digests are supported' })
   }
   throw new RegistryError('DIGEST_INVALID', { digest: raw })
-}
-
-export function isDigest(value: string): boolean {
-  return SHA256.test(value)
-}
-
-export function isTag(value: string): boolean {
-  return TAG.test(value)
 }
 
 /** A byte range resolved against a known size: first and last byte, inclusive. */

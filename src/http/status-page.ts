@@ -5,11 +5,12 @@
 // repository names and upstream error messages come from clients and from the internet.
 
 import { Hono } from 'hono'
-import { humanBytes } from '../cli/human-bytes.js'
+import { humanBytes } from '../human-bytes.js'
 import type { Mirror } from '../mirror/mirror.js'
 import type { StatsReport } from '../mirror/stats-report.js'
 import type { Totals } from '../store/stats.js'
 import { ADMIN_PREFIX, type AdminDeps, serverStats } from './admin.js'
+import { upstreamCheck } from './health.js'
 
 /** Seconds between reloads of the page, by the browser itself (no script). */
 export const REFRESH_SECONDS = 30
@@ -33,7 +34,10 @@ export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
   const page = new Hono()
-  const handler = () => {
+  const handler = async () => {
+    // The badge tells how upstream is now, not at its last pull: wait (a few seconds at most)
+    // for the readiness ping, which is sent at most once per 10 s however often pages load.
+    await upstreamCheck(mirror)
     const body = renderStatusPage(serverStats(mirror, deps, startedAt))
     return new Response(body, {
       status: 200,
@@ -134,7 +138,7 @@ export function renderStatusPage(report: StatsReport): string {
   const now = Date.parse(report.generated_at)
   const o = report.overall
   const hub = isDockerHub(report.upstream.url)
-  const title = report.upstream.offline ? 'pullcache (offline)' : 'pullcache'
+  const title = `pullcache${TITLE_SUFFIX[upstreamState(report)]}`
   const page = html`<!doctype html>
 <html lang="en">
 <head>
@@ -149,20 +153,12 @@ export function renderStatusPage(report: StatsReport): string {
 <header class="top">
   <div class="wrap top-row">
     <h1><span class="logo" aria-hidden="true">▼</span>pullcache</h1>
-    ${
-      report.upstream.offline
-        ? html`<span class="badge offline" data-testid="offline" title="Upstream is not contacted: only what is cached is served">offline</span>`
-        : html`<span class="badge online">online</span>`
-    }
+    ${badge(report, now)}
     <span class="upstream-url" title="upstream">${hostOf(report.upstream.url)}</span>
   </div>
 </header>
 <main class="wrap">
-  ${
-    report.upstream.offline
-      ? html`<p class="banner" role="status">Offline on purpose: upstream is not contacted, and only what is cached is served. Tags are answered from the cache however old they are.</p>`
-      : ''
-  }
+  ${banner(report, now)}
   <section class="cards" aria-label="totals">
     ${card('Hit rate', formatPercent(o.hit_rate), answered(o) === 0 ? 'nothing answered yet' : `${formatCount(answeredFromCache(o))} of ${formatCount(answered(o))} answered from cache`, 'hit-rate', 'accent')}
     ${card(hub ? 'Docker Hub pulls avoided' : 'Upstream pulls avoided', formatCount(o.pulls_avoided), 'manifest GETs never sent upstream', 'pulls-avoided')}
@@ -386,6 +382,61 @@ function disk(report: StatsReport): Html {
       ${counts}`
 }
 
+// --- upstream state: the badge, the banner, and the panel's first lines -------------------
+
+const TITLE_SUFFIX: Record<StatsReport['upstream']['state'], string> = {
+  online: '',
+  unreachable: ' (upstream unreachable)',
+  offline: ' (offline)',
+  unknown: '',
+}
+
+/** The state the page shows: offline on purpose says so whatever the last contact was. */
+function upstreamState(report: StatsReport): StatsReport['upstream']['state'] {
+  return report.upstream.offline ? 'offline' : report.upstream.state
+}
+
+function badge(report: StatsReport, now: number): Html {
+  const up = report.upstream
+  switch (upstreamState(report)) {
+    case 'online':
+      return html`<span class="badge online" data-testid="upstream-state" data-state="online" title="upstream answered ${up.last_answer === null ? 'recently' : ago(up.last_answer, now)}">online</span>`
+    case 'unreachable':
+      return html`<span class="badge unreachable" data-testid="upstream-state" data-state="unreachable" title="the last contact with upstream failed; what is cached is still served">upstream unreachable (serving from cache)</span>`
+    case 'offline':
+      return html`<span class="badge offline" data-testid="offline" data-state="offline" title="Upstream is not contacted: only what is cached is served">offline mode</span>`
+    case 'unknown':
+      return html`<span class="badge unknown" data-testid="upstream-state" data-state="unknown" title="no contact with upstream in the last minute">upstream not checked</span>`
+  }
+}
+
+function banner(report: StatsReport, now: number): Html | string {
+  const up = report.upstream
+  const state = upstreamState(report)
+  if (state === 'offline') {
+    return html`<p class="banner" role="status">Offline on purpose: upstream is not contacted, and only what is cached is served. Tags are answered from the cache however old they are.</p>`
+  }
+  if (state === 'unreachable') {
+    const since = up.last_failure === null ? '' : html`, last tried ${ago(up.last_failure.at, now)}`
+    return html`<p class="banner" role="status" data-testid="unreachable-banner">Upstream cannot be reached${since}. What is cached is served (tags as stale); what is not cached fails until upstream is back.</p>`
+  }
+  return ''
+}
+
+/** The panel's lines on the last answer and the last failure. */
+function contact(report: StatsReport, now: number): Html {
+  const up = report.upstream
+  const answered =
+    up.last_answer === null
+      ? html`<div class="note" data-testid="last-answer">no answer from upstream yet</div>`
+      : html`<div class="note" data-testid="last-answer">last answer <time datetime="${up.last_answer}" title="${utc(up.last_answer)}">${ago(up.last_answer, now)}</time></div>`
+  const failed =
+    up.last_failure === null
+      ? ''
+      : html`<div class="note" data-testid="last-failure">last failure <time datetime="${up.last_failure.at}" title="${utc(up.last_failure.at)}">${ago(up.last_failure.at, now)}</time>: ${up.last_failure.message}</div>`
+  return html`${answered}${failed}`
+}
+
 function upstream(report: StatsReport, now: number): Html {
   const up = report.upstream
   const rl = up.rate_limit
@@ -413,7 +464,9 @@ function upstream(report: StatsReport, now: number): Html {
           <div class="err-msg">${e.message}</div>
         </li>`,
         )}</ol>`
-  return html`<div class="label">Rate limit</div>
+  return html`<div class="label">Reachability</div>
+      ${contact(report, now)}
+      <div class="label gap">Rate limit</div>
       ${limit}
       <div class="label gap">Recent errors${up.recent_errors.length > ERRORS_SHOWN ? html` <span class="note">(newest ${ERRORS_SHOWN} of ${up.recent_errors.length})</span>` : ''}</div>
       ${list}
@@ -468,6 +521,8 @@ h1 { font-size: 20px; margin: 0; letter-spacing: -0.01em; display: flex; align-i
 .badge { font-size: 12px; font-weight: 600; text-transform: uppercase; letter-spacing: 0.06em; padding: 2px 8px; border-radius: 999px; }
 .badge.online { color: var(--accent); background: color-mix(in srgb, var(--accent) 12%, transparent); }
 .badge.offline { color: #fff; background: var(--warn); }
+.badge.unreachable { color: #fff; background: var(--err); }
+.badge.unknown { color: var(--muted); border: 1px solid currentColor; }
 .banner { margin: 0; padding: 10px 14px; border-radius: 10px; border: 1px solid color-mix(in srgb, var(--warn) 45%, transparent); background: color-mix(in srgb, var(--warn) 12%, var(--panel)); font-size: 14px; }
 main.wrap { padding-top: 16px; padding-bottom: 8px; display: grid; gap: 16px; }
 .cards { display: grid; gap: 12px; grid-template-columns: repeat(auto-fit, minmax(min(100%, 220px), 1fr)); }

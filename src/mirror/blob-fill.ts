@@ -7,7 +7,8 @@
 //    for them as soon as the bytes they want are on disk.
 // A reader never sends the last byte of its range before the fill has verified and committed
 // the blob. If verification fails, every reader is destroyed mid-body, so no client ever sees
-// a clean end of bytes pullcache did not verify.
+// a clean end of bytes pullcache did not verify. An upstream that declares an empty body for a
+// digest that is not the empty blob's fails the fill before anything is answered.
 
 import { createHash } from 'node:crypto'
 import type { FileHandle } from 'node:fs/promises'
@@ -22,6 +23,8 @@ import type { BlobBody } from '../upstream/client.js'
  * as fast as 1 MiB for one stream and faster for 32, at half the memory per stream.
  */
 export const STREAM_CHUNK = 512 * 1024
+/** The digest of zero bytes: the one blob an empty upstream body can be. */
+export const EMPTY_DIGEST = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
 /** Upstream chunks are gathered up to this size before one write, to keep syscalls few. */
 const WRITE_BATCH = 1024 * 1024
 
@@ -30,8 +33,8 @@ type State = 'starting' | 'streaming' | 'committed' | 'failed'
 type FillRead = (buffer: Buffer, length: number, position: number) => Promise<number>
 
 export interface FillSource {
-  /** Resolves with the upstream body once upstream has answered 200. */
-  open(): Promise<BlobBody>
+  /** Resolves with the upstream body once upstream has answered 200; `signal` aborts it. */
+  open(signal: AbortSignal): Promise<BlobBody>
   /** Called once the blob is on disk, verified and renamed into place; `allocated` is its bytes on disk. */
   onCommit(size: number, allocated: number): void
   /**
@@ -64,6 +67,8 @@ export class Fill {
   private tempPath: string | undefined
   private body: Readable | undefined
   private aborted: Error | undefined
+  private readonly controller = new AbortController()
+  private running: Promise<void> | undefined
 
   constructor(digest: string, store: BlobStore) {
     this.digest = digest
@@ -94,17 +99,31 @@ export class Fill {
   }
 
   /** Runs the whole fill. Never throws: the outcome is in `state`, `ready` and `done`. */
-  async run(source: FillSource): Promise<void> {
+  run(source: FillSource): Promise<void> {
+    this.running = this.download(source)
+    return this.running
+  }
+
+  private async download(source: FillSource): Promise<void> {
     let upstream: BlobBody | undefined
     try {
       if (this.aborted) throw this.aborted
-      upstream = await source.open()
+      upstream = await source.open(this.controller.signal)
       this.body = upstream.body
+      // Destroyed before or after the loop below reads it (a refused length, an abort), undici's
+      // body emits an error nobody else listens to; the outcome is decided here, not there.
+      upstream.body.on('error', () => {})
       if (this.aborted) throw this.aborted
+      if (upstream.size === 0 && this.digest !== EMPTY_DIGEST) {
+        // Nothing to verify against until the end, and the client would get a clean empty
+        // 200 first: refuse it now, before any header goes out.
+        throw new UpstreamError('INVALID', `blob ${this.digest}: upstream declared an empty body`)
+      }
       this.size = upstream.size
       const temp = await this.store.createTemp(this.digest)
       this.tempPath = temp.path
       this.handle = temp.handle
+      if (this.aborted) throw this.aborted
       this.state = 'streaming'
       this.settle.readyResolve()
 
@@ -159,8 +178,8 @@ export class Fill {
       source.onCommit(this.written, allocated)
       this.settle.doneResolve()
     } catch (err) {
-      const error = err instanceof UpstreamError ? err : networkOrDisk(err)
-      this.error = error
+      const error = this.aborted ?? (err instanceof UpstreamError ? err : networkOrDisk(err))
+      this.error ??= error
       this.state = 'failed'
       upstream?.body.destroy()
       if (this.tempPath !== undefined) await this.store.discardTemp(this.tempPath).catch(() => {})
@@ -173,11 +192,23 @@ export class Fill {
     }
   }
 
-  /** Stops the download (shutdown): the fill fails, its temp file goes, readers are cut. */
-  async abort(): Promise<void> {
-    this.aborted ??= new Error('pullcache is shutting down')
+  /**
+   * Stops the download (shutdown, or upstream past its deadline): the fill fails, its temp file
+   * goes, readers are cut. A fill still waiting for upstream (or for a download slot) fails at
+   * once, so nobody waits on it; `done` settles when the download has let go of everything.
+   */
+  async abort(reason: Error = new Error('pullcache is shutting down')): Promise<void> {
+    this.aborted ??= reason
+    if (this.state === 'starting') {
+      this.error = this.aborted
+      this.state = 'failed'
+      this.settle.readyReject(this.aborted)
+      this.settle.doneReject(this.aborted)
+    }
+    this.controller.abort(this.aborted)
     this.body?.destroy(this.aborted)
-    await this.done.catch(() => {})
+    this.wake()
+    await (this.running ?? this.done).catch(() => {})
   }
 
   /**

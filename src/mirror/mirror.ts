@@ -6,19 +6,24 @@
 // do not have. When revalidation fails for any reason but "not found", the cached manifest is
 // served and marked stale. Concurrent requests for one blob, manifest or tag share one
 // upstream exchange (single flight).
+//
+// Every exchange has a deadline (upstream.header_timeout) for its answer, token and redirects
+// included. A flight past its deadline is taken out of the single-flight maps and aborted, and
+// everyone waiting on it gets UNAVAILABLE at once: a request arriving later starts afresh and is
+// never joined to a fetch that upstream has stopped answering.
 
 import type { FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import type { TagPattern } from '../config.js'
 import { RegistryError, UpstreamError } from '../errors.js'
-import type { RepoName } from '../http/reference.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { INDEX_TYPES, MEDIA_TYPES, manifestRefs, type RepoName, sha256 } from '../oci.js'
 import type { BlobStore } from '../store/blob-store.js'
 import type { CacheResult, IndexDb, ManifestRow } from '../store/index-db.js'
 import type { Upstream } from '../upstream/client.js'
 import { Fill } from './blob-fill.js'
-import { accepts, INDEX_TYPES, manifestRefs, sha256 } from './manifest.js'
+import { accepts } from './manifest.js'
 
 export type Outcome = Exclude<CacheResult, 'error'>
 
@@ -61,6 +66,10 @@ export interface MirrorOptions {
   /** Called after each blob is committed, e.g. to let eviction check the budget. */
   onBlobCommitted?: () => void
 }
+
+/** Where failed requests for repositories with no content here are accounted: such a name
+ * may be anything at all, and each would otherwise be a row of its own. */
+export const FAILED_REPO = '(failed requests)'
 
 /** The platform an old client gets when it cannot read an index, as Docker Hub does it. */
 const DEFAULT_PLATFORM = 'linux/amd64'
@@ -125,15 +134,7 @@ export class Mirror {
    * digest counts as in use until release(), and eviction leaves blobs in use alone.
    */
   async openStored(digest: string): Promise<Extract<BlobAnswer, { kind: 'file' }> | undefined> {
-    this.inUse.set(digest, (this.inUse.get(digest) ?? 0) + 1)
-    let released = false
-    const release = () => {
-      if (released) return
-      released = true
-      const n = (this.inUse.get(digest) ?? 1) - 1
-      if (n === 0) this.inUse.delete(digest)
-      else this.inUse.set(digest, n)
-    }
+    const release = this.pin(digest)
     const opened = await this.store.openBlob(digest).catch((err: unknown) => {
       release()
       throw err
@@ -149,6 +150,46 @@ export class Mirror {
       allocated: opened.allocated,
       cache: 'hit',
       release,
+    }
+  }
+
+  /** Marks the digest in use (eviction leaves it alone) until the returned function is called. */
+  private pin(digest: string): () => void {
+    this.inUse.set(digest, (this.inUse.get(digest) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const n = (this.inUse.get(digest) ?? 1) - 1
+      if (n === 0) this.inUse.delete(digest)
+      else this.inUse.set(digest, n)
+    }
+  }
+
+  /**
+   * For a fill whose size upstream did not say: waits until it is committed, then opens the
+   * stored blob. The digest is pinned from before the commit until the file is open, so an
+   * eviction the commit itself starts (a budget smaller than this blob) cannot take it from the
+   * client that caused the download; eviction removes it once that client is done.
+   */
+  async storedWhenDone(fill: Fill, cache: Outcome): Promise<Extract<BlobAnswer, { kind: 'file' }>> {
+    const unpin = this.pin(fill.digest)
+    try {
+      try {
+        await fill.done
+      } catch (err) {
+        throw new RegistryError('UNAVAILABLE', (err as Error).message)
+      }
+      const stored = await this.openStored(fill.digest)
+      if (!stored) {
+        throw new RegistryError('BLOB_UNKNOWN', {
+          digest: fill.digest,
+          reason: 'the blob went away as soon as it was stored',
+        })
+      }
+      return { ...stored, cache }
+    } finally {
+      unpin()
     }
   }
 
@@ -176,7 +217,12 @@ export class Mirror {
       if (this.store.measureNow(digest) === undefined) this.index.deleteBlob(digest)
     }
 
-    let running = this.fills.get(digest)
+    // A fill that has failed but not yet let go of its temp file is not joined: start afresh.
+    const joinable = (): Fill | undefined => {
+      const fill = this.fills.get(digest)
+      return fill && fill.state !== 'failed' ? fill : undefined
+    }
+    let running = joinable()
     if (!running && !row) {
       // A file without a row: only verified files are ever renamed into blobs/, so this is a
       // commit whose index write a crash cut short (the background reconciliation adopts these
@@ -190,7 +236,7 @@ export class Mirror {
         return stored
       }
       // Another request may have started the fill while this one looked.
-      running = this.fills.get(digest)
+      running = joinable()
     }
     if (running) {
       await this.settledReady(running)
@@ -200,7 +246,7 @@ export class Mirror {
     if (method === 'HEAD') {
       // Answer HEAD from upstream's HEAD: no download for a client that only asked about it.
       try {
-        const { size } = await this.upstream.headBlob(name.upstream, digest)
+        const { size } = await this.bounded((signal) => this.upstream.headBlob(name.upstream, digest, signal))
         return { kind: 'remote', size, cache: 'miss' }
       } catch (err) {
         throw asRegistryError(err, 'BLOB_UNKNOWN')
@@ -209,28 +255,43 @@ export class Mirror {
 
     const fill = new Fill(digest, this.store)
     this.fills.set(digest, fill)
-    void this.upstream.fetchLimit(() =>
-      fill.run({
-        open: () => this.upstream.getBlob(name.upstream, digest),
-        onCommit: (size, allocated) => {
-          this.index.addBlob(digest, size, allocated)
-          this.metrics.fills.inc({ outcome: 'committed' })
-          this.onBlobCommitted()
-          this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
-        },
-        onSettled: () => {
-          if (this.fills.get(digest) === fill) this.fills.delete(digest)
-          this.metrics.upstreamBytes.inc(fill.received)
-          if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
-          if (
-            fill.state === 'failed' &&
-            !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')
-          ) {
-            this.log.warn('store.blob_fill_failed', { digest, repo: name.upstream, error: fill.error })
-          }
-        },
-      }),
+    // Upstream has until the deadline to start the body, waiting for a download slot included;
+    // past it the fill is dropped and aborted, and its waiters get UNAVAILABLE.
+    const ms = this.upstream.headerTimeoutMs
+    const timer = setTimeout(() => {
+      if (fill.state !== 'starting') return
+      if (this.fills.get(digest) === fill) this.fills.delete(digest)
+      void fill.abort(timedOut(ms, `blob ${digest}`))
+    }, ms)
+    timer.unref()
+    fill.ready.then(
+      () => clearTimeout(timer),
+      () => clearTimeout(timer),
     )
+    void this.upstream
+      .fetchLimit(() =>
+        fill.run({
+          open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
+          onCommit: (size, allocated) => {
+            this.index.addBlob(digest, size, allocated)
+            this.metrics.fills.inc({ outcome: 'committed' })
+            this.onBlobCommitted()
+            this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
+          },
+          onSettled: () => {
+            if (this.fills.get(digest) === fill) this.fills.delete(digest)
+            this.metrics.upstreamBytes.inc(fill.received)
+            if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
+            if (
+              fill.state === 'failed' &&
+              !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')
+            ) {
+              this.log.warn('store.blob_fill_failed', { digest, repo: name.upstream, error: fill.error })
+            }
+          },
+        }),
+      )
+      .catch((err: unknown) => this.log.error('store.blob_fill_crashed', { digest, error: err }))
     await this.settledReady(fill)
     return { kind: 'fill', fill, cache: 'miss' }
   }
@@ -250,7 +311,7 @@ export class Mirror {
     if (cached) return answer(cached, 'hit')
     try {
       if (method === 'HEAD') {
-        const head = await this.upstream.headManifest(name.upstream, digest)
+        const head = await this.bounded((signal) => this.upstream.headManifest(name.upstream, digest, signal))
         if (head.size === undefined)
           throw new UpstreamError('SERVER', `HEAD manifest ${digest}: no Content-Length`)
         return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
@@ -289,7 +350,9 @@ export class Mirror {
         // One revalidation per tag at a time: its HEAD, and its GET when the digest is new.
         const key = `tag\0${name.upstream}\0${tag}\0${method}`
         const joined = this.flights.has(key)
-        const revalidation = this.flight(key, () => this.revalidate(name, tag, method, known?.digest))
+        const revalidation = this.flight(key, (signal) =>
+          this.revalidate(name, tag, method, known?.digest, signal),
+        )
         // With a cached copy in hand, do not wait on a slow upstream for long.
         found = known && cached ? await deadline(revalidation, this.revalidateTimeoutMs) : await revalidation
         // The leader's download served this request too (see manifestByDigest).
@@ -317,9 +380,10 @@ export class Mirror {
     tag: string,
     method: 'GET' | 'HEAD',
     knownDigest: string | undefined,
+    signal: AbortSignal,
   ): Promise<ManifestAnswer> {
     const registry = this.registry
-    const head = await this.upstream.headManifest(name.upstream, tag)
+    const head = await this.upstream.headManifest(name.upstream, tag, signal)
     if (head.digest !== undefined) {
       const digest = head.digest
       const cached = this.cachedManifest(digest)
@@ -341,8 +405,8 @@ export class Mirror {
       return answer(row, 'miss')
     }
     // An upstream that does not say the digest on HEAD: GET by tag and hash the bytes ourselves.
-    const row = await this.flight(`manifest-tag\0${name.upstream}\0${tag}`, async () => {
-      const got = await this.upstream.getManifest(name.upstream, tag)
+    const row = await this.flight(`manifest-tag\0${name.upstream}\0${tag}`, async (signal) => {
+      const got = await this.upstream.getManifest(name.upstream, tag, signal)
       return this.storeManifest(name, sha256(got.bytes), got.bytes, got.mediaType, got.digest)
     })
     this.index.setTag(registry, name.upstream, tag, row.digest, row.media_type)
@@ -351,8 +415,8 @@ export class Mirror {
 
   /** GET by digest from upstream, verify, store. One upstream GET per digest at a time. */
   private fetchManifest(name: RepoName, digest: string): Promise<ManifestRow> {
-    return this.flight(`manifest\0${digest}`, async () => {
-      const got = await this.upstream.getManifest(name.upstream, digest)
+    return this.flight(`manifest\0${digest}`, async (signal) => {
+      const got = await this.upstream.getManifest(name.upstream, digest, signal)
       return this.storeManifest(name, digest, got.bytes, got.mediaType, got.digest)
     })
   }
@@ -393,6 +457,15 @@ export class Mirror {
   ): Promise<ManifestAnswer> {
     if (accepts(accepted, found.mediaType)) return found
     if (INDEX_TYPES.has(found.mediaType)) {
+      // A HEAD by tag learnt the index's digest only. Which child this client gets is in the
+      // index itself: fetch it, as the GET would have.
+      if (found.bytes === undefined && !this.cachedManifest(found.digest)) {
+        try {
+          await this.fetchManifest(name, found.digest)
+        } catch (err) {
+          throw asRegistryError(err, 'MANIFEST_UNKNOWN')
+        }
+      }
       const child = this.index
         .manifestRefs(found.digest)
         .find(
@@ -423,7 +496,7 @@ export class Mirror {
   async tagList(name: RepoName, query: string): Promise<TagListAnswer> {
     const registry = this.registry
     try {
-      const got = await this.upstream.getTags(name.upstream, query)
+      const got = await this.bounded((signal) => this.upstream.getTags(name.upstream, query, signal))
       this.index.setTagList(registry, name.upstream, query, got.bytes, got.link ?? null)
       return { bytes: got.bytes, link: got.link ?? null, cache: 'miss' }
     } catch (err) {
@@ -460,7 +533,12 @@ export class Mirror {
         this.index.touchManifest(r.digest, !fromUpstream)
       }
     }
-    if (r.tag !== undefined) {
+    // Junk must not grow the index: a failed request counts against a tag only when the tag is
+    // known (cached), and under its repository's name only when the repository has content
+    // here; any other is accounted under one placeholder. Requests for names and tags that do
+    // not exist upstream so leave a bounded number of rows.
+    const failed = r.result === 'error'
+    if (r.tag !== undefined && (!failed || this.index.getTag(registry, r.name.upstream, r.tag))) {
       this.index.touchTag(registry, r.name.upstream, r.tag, r.result, r.bytes, pullAvoided)
     }
     this.metrics.requests.inc({ kind: r.kind, method: r.method, result: r.result })
@@ -468,7 +546,7 @@ export class Mirror {
     if (pullAvoided) this.metrics.hubPullsAvoided.inc()
     this.index.account({
       registry,
-      repo: r.name.upstream,
+      repo: failed && !this.index.hasRepo(registry, r.name.upstream) ? FAILED_REPO : r.name.upstream,
       kind: r.kind,
       method: r.method,
       result: r.result,
@@ -478,13 +556,40 @@ export class Mirror {
     })
   }
 
-  private flight<T>(key: string, run: () => Promise<T>): Promise<T> {
+  /**
+   * One exchange per key at a time, under the upstream deadline: past it the key is free for
+   * the next request, the exchange is aborted, and everyone who joined it gets TIMEOUT.
+   */
+  private flight<T>(key: string, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const existing = this.flights.get(key)
     if (existing) return existing as Promise<T>
-    const started = run().finally(() => this.flights.delete(key))
+    const started = this.bounded(run).finally(() => {
+      if (this.flights.get(key) === started) this.flights.delete(key)
+    })
     this.flights.set(key, started)
     return started
   }
+
+  /** Runs one upstream exchange; at the deadline it is aborted and the promise rejects at once. */
+  private bounded<T>(run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const ms = this.upstream.headerTimeoutMs
+    const controller = new AbortController()
+    let timer: NodeJS.Timeout | undefined
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const err = timedOut(ms, 'upstream exchange')
+        controller.abort(err)
+        reject(err)
+      }, ms)
+    })
+    const work = run(controller.signal)
+    work.catch(() => {}) // past the deadline nobody waits on it; a late failure is not unhandled
+    return Promise.race([work, expired]).finally(() => clearTimeout(timer))
+  }
+}
+
+function timedOut(ms: number, what: string): UpstreamError {
+  return new UpstreamError('TIMEOUT', `upstream timed out: no answer for ${what} within ${ms} ms`)
 }
 
 /** Rejects with a TIMEOUT UpstreamError if `work` has not settled in `ms`; work goes on. */
@@ -513,7 +618,7 @@ function manifestMediaType(bytes: Buffer, contentType: string): string {
   } catch {
     // fall through
   }
-  return contentType || 'application/vnd.oci.image.manifest.v1+json'
+  return contentType || MEDIA_TYPES.ociManifest
 }
 
 function isUpstreamRegistryError(err: unknown): boolean {

@@ -26,6 +26,16 @@ export const DEFAULT_TOP = 10
 export interface UpstreamReport {
   url: string
   offline: boolean
+  /**
+   * Whether upstream can be reached, from the last contacts with it (Upstream.reachability):
+   * online, unreachable (the last contact failed; cached content is still served), offline (on
+   * purpose), or unknown (no contact in the last minute, or no running server to ask).
+   */
+  state: 'online' | 'unreachable' | 'offline' | 'unknown'
+  /** When upstream last answered. */
+  last_answer: string | null
+  /** When upstream last could not be reached, or failed with a 5xx, and why. */
+  last_failure: { at: string; message: string } | null
   rate_limit: { limit: number; remaining: number; window_seconds: number | null; at: string } | null
   recent_errors: { at: string; kind: string; status: number | null; message: string }[]
 }
@@ -88,9 +98,16 @@ export function statsReport(opts: StatsReportOptions): StatsReport {
 /** The upstream as the running server sees it. */
 export function liveUpstream(mirror: Mirror): UpstreamReport {
   const rl = mirror.upstream.rateLimit
+  const reach = mirror.upstream.reachability()
   return {
     url: mirror.upstream.origin.origin,
     offline: mirror.offline,
+    state: reach.state,
+    last_answer: reach.lastAnswer === undefined ? null : iso(reach.lastAnswer),
+    last_failure:
+      reach.lastFailure === undefined
+        ? null
+        : { at: iso(reach.lastFailure.at), message: reach.lastFailure.message },
     rate_limit: rl
       ? { limit: rl.limit, remaining: rl.remaining, window_seconds: rl.windowSeconds ?? null, at: iso(rl.at) }
       : null,
@@ -105,7 +122,15 @@ export function liveUpstream(mirror: Mirror): UpstreamReport {
 
 /** The upstream as far as the config tells, for a report made without a running server. */
 export function configuredUpstream(config: Config): UpstreamReport {
-  return { url: config.upstream.url, offline: false, rate_limit: null, recent_errors: [] }
+  return {
+    url: config.upstream.url,
+    offline: config.offline,
+    state: config.offline ? 'offline' : 'unknown',
+    last_answer: null,
+    last_failure: null,
+    rate_limit: null,
+    recent_errors: [],
+  }
 }
 
 /** The store budget (cache.max_size), or null when the store may grow without limit. */

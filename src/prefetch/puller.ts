@@ -9,20 +9,12 @@ import { createHash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pLimit from 'p-limit'
 import { Agent, type Dispatcher, request } from 'undici'
-import { isDigest } from '../http/reference.js'
-import { INDEX_TYPES, sha256 } from '../mirror/manifest.js'
+import { INDEX_TYPES, isDigest, MANIFEST_TYPES, MAX_MANIFEST_BYTES, sha256 } from '../oci.js'
 import { formatPlatform, type Platform, pickPlatform } from './platform.js'
 import type { ImageReference } from './reference.js'
 
-const ACCEPT = [
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-].join(', ')
+const ACCEPT = MANIFEST_TYPES.join(', ')
 
-/** Registries refuse larger manifests (distribution's limit); so does this client. */
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const CACHE_HEADER = 'x-pullcache-cache'
 
 export interface PullProgress {

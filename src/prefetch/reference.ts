@@ -4,16 +4,13 @@
 // they have a single component, `index.docker.io` is Docker Hub too, and no tag means `latest`.
 // The grammar is distribution's, so what passes here is safe to put in a registry URL.
 
-import { isDigest } from '../http/reference.js'
+import { ANY_DIGEST, isDigest, NAME_COMPONENT, TAG } from '../oci.js'
 
 export const DOCKER_HUB_DOMAIN = 'docker.io'
 const LEGACY_HUB_DOMAINS = new Set(['index.docker.io', 'registry-1.docker.io', 'registry.hub.docker.com'])
 
-const PATH_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/
 const DOMAIN =
   /^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?$/
-const TAG = /^[\w][\w.-]{0,127}$/
-const ANY_DIGEST = /^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$/
 const MAX_NAME = 255
 
 export interface ImageReference {
@@ -85,7 +82,7 @@ export function parseImageReference(text: string): ImageReference {
 
   if (path === '') throw new InvalidReference(text, 'no repository name')
   for (const component of path.split('/')) {
-    if (!PATH_COMPONENT.test(component)) {
+    if (!NAME_COMPONENT.test(component)) {
       const reason =
         component.toLowerCase() !== component
           ? 'repository names must be lowercase'

@@ -24,23 +24,18 @@ import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { extract as tarExtract, pack as tarPack } from 'tar-stream'
 import { z } from 'zod'
-import { isDigest, isTag } from '../http/reference.js'
-import { INDEX_TYPES, manifestRefs, sha256 } from '../mirror/manifest.js'
+import { INDEX_TYPES, isDigest, isTag, MAX_MANIFEST_BYTES, manifestRefs, REPO_NAME, sha256 } from '../oci.js'
 import type { BlobStore } from './blob-store.js'
 import type { IndexDb } from './index-db.js'
 
 export const ARCHIVE_FORMAT = 'pullcache-archive'
 export const ARCHIVE_VERSION = 1
 const INDEX_ENTRY = 'pullcache-archive.json'
-/** Registries refuse manifests above 4 MiB; an archive claiming more is not one of ours. */
-const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const MAX_INDEX_BYTES = 256 * 1024 * 1024
 
 const digest = z.string().refine(isDigest, 'not a sha256 digest')
 const mediaType = z.string().regex(/^[\w.+-]+\/[\w.+-]+$/, 'not a media type')
-const repoName = z
-  .string()
-  .regex(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/)
+const repoName = z.string().regex(REPO_NAME)
 
 const imageSchema = z.strictObject({
   registry: z.string().min(1),

@@ -4,7 +4,7 @@
 //     blobs/sha256/<first 2 hex>/<64 hex>    committed blobs: verified, fsynced, immutable
 //     tmp/<64 hex>.<random>.part             fills in progress; emptied at every start
 //     index.db (+ -wal, -shm)                the SQLite index (store/index-db.ts)
-//     pullcache.pid                          the pid of the server using this store
+//     pullcache.lock                         held by the server using this store (store/store-lock.ts)
 //
 // A blob reaches blobs/ only by rename(2) from tmp/ (same filesystem, so the rename is atomic)
 // after its size and sha256 were checked and the bytes fsynced. A racing writer of the same
@@ -12,7 +12,7 @@
 // module have passed http/reference.ts, so they are [0-9a-f]{64} and cannot name another path.
 
 import { randomBytes } from 'node:crypto'
-import { constants, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { constants, renameSync, statSync } from 'node:fs'
 import { type FileHandle, mkdir, open, opendir, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 
@@ -25,33 +25,6 @@ export class BlobStore {
     this.root = root
     this.blobDir = join(root, 'blobs', 'sha256')
     this.tmpDir = join(root, 'tmp')
-  }
-
-  /**
-   * Claims the store for this process, so a second server (or an in-process prefetch) cannot
-   * empty tmp/ under a running one. A pid file whose process is gone is taken over.
-   * Returns a function that gives the claim up.
-   */
-  lock(): () => void {
-    const path = join(this.root, 'pullcache.pid')
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        writeFileSync(path, `${process.pid}\n`, { flag: 'wx', mode: 0o644 })
-        return () => {
-          if (readPid(path) === process.pid) rmSync(path, { force: true })
-        }
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-        const pid = readPid(path)
-        if (pid !== undefined && pid !== process.pid && isAlive(pid)) {
-          throw new Error(
-            `another pullcache (pid ${pid}) is using ${this.root}; stop it, or use --server with it`,
-          )
-        }
-        rmSync(path, { force: true })
-      }
-    }
-    throw new Error(`cannot claim ${this.root}: ${path} keeps coming back`)
   }
 
   /** Creates the directories and removes whatever a crash left in tmp/. */
@@ -125,6 +98,27 @@ export class BlobStore {
     await rm(tempPath, { force: true })
   }
 
+  /**
+   * Takes a committed blob out of blobs/ at once, by a rename into tmp/ (synchronous, and cheap:
+   * no blocks are freed), and returns where it went, or undefined when it was not there. The
+   * slow part, unlinkDetached, can then run off the event loop; a crash in between leaves a
+   * file in tmp/, which the next start empties.
+   */
+  detach(digest: string): string | undefined {
+    const to = join(this.tmpDir, `${hexOf(digest)}.${randomBytes(6).toString('hex')}.evicted`)
+    try {
+      renameSync(this.path(digest), to)
+      return to
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
+    }
+  }
+
+  async unlinkDetached(path: string): Promise<void> {
+    await unlink(path)
+  }
+
   async remove(digest: string): Promise<boolean> {
     try {
       await unlink(this.path(digest))
@@ -186,25 +180,6 @@ export const PREFIXES: readonly string[] = Array.from({ length: 256 }, (_, i) =>
 /** What a file takes on disk: st_blocks counts 512-byte units whatever the filesystem's block size. */
 export function allocatedBytes(info: { blocks: number }): number {
   return info.blocks * 512
-}
-
-function readPid(path: string): number | undefined {
-  try {
-    const pid = Number(readFileSync(path, 'utf8').trim())
-    return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined
-  } catch {
-    return undefined
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    // EPERM: it exists but belongs to someone else, which still means the store is taken.
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
 }
 
 function hexOf(digest: string): string {

@@ -7,15 +7,22 @@
 // until a file is measured): the budget is about the disk, and small blobs take a whole block.
 //
 // The server's runs never plan the whole store: they walk the last_access index in pages of
-// BATCH (keyset: after the last row seen), delete each page, yield to the event loop, and stop as
+// BATCH (keyset: after the last row seen), evict each page, yield to the event loop, and stop as
 // soon as the running totals are under the low-water mark. A plan (gc --dry-run) reads the same
-// walk into a list. Executing deletes in small batches so requests keep flowing between them. Each blob goes in one synchronous step: its index rows first (so no new request sees a
-// hit), then a last check that no response is streaming it, then the file. A request that read
-// the row just before is safe too: the mirror opens the file before answering, and a file
-// already open stays readable after unlink. Manifests are only removed by age: they are tiny,
-// and removing one costs a counted Docker Hub pull to get it back.
+// walk into a list; executing it goes through the same pages.
+//
+// A page leaves in one synchronous step: a last check that no response is streaming each blob,
+// their index rows in one transaction (so no new request sees a hit), then each file is renamed
+// out of blobs/ into tmp/ (a rename is cheap; no request can start streaming between the row and
+// the file). A request that read the row just before is safe too: the mirror opens the file
+// before answering, and a file already open stays readable after unlink. The unlink itself,
+// which frees the blocks and takes tens of milliseconds for a large layer, runs off the event
+// loop (fs/promises), a few at a time. A blob that cannot be removed (EACCES, EISDIR, ...) is
+// logged and counted, its row restored, and eviction goes on with the next one: no eviction
+// error ever ends the process. Manifests are only removed by age: they are tiny, and removing
+// one costs a counted Docker Hub pull to get it back.
 
-import { rmSync } from 'node:fs'
+import pLimit from 'p-limit'
 import type { TagPattern } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
@@ -51,10 +58,18 @@ export interface EvictionResult {
   tags: number
   /** Blobs left alone because a response was streaming them when their turn came. */
   skippedInUse: number
+  /** Blobs whose removal failed (logged and counted); eviction went on with the next. */
+  errors: number
 }
 
-/** Blobs deleted between two yields to the event loop (one transaction each): about a millisecond. */
-const BATCH = 128
+/**
+ * Blobs taken out between two yields to the event loop, in one transaction. Each costs about a
+ * millisecond of synchronous work (two row deletes and a rename; measured on a loaded 2-core
+ * machine), so a page stalls requests for ~16 ms at most; the unlinks run in the thread pool.
+ */
+const BATCH = 16
+/** Unlinks running at once; each is a thread-pool job (libuv has 4 threads by default). */
+const UNLINKS = 2
 
 /** Blobs oldest first, before a cutoff, after a cursor: one range over blobs_last_access. */
 export const OLDEST_SQL = `SELECT digest, size, coalesce(allocated, size) AS allocated, last_access AS lastAccess
@@ -73,6 +88,7 @@ export class Evictor {
   private readonly log: Logger
   private readonly metrics: Metrics | undefined
   private readonly inUse: (digest: string) => boolean
+  private readonly unlinks = pLimit(UNLINKS)
 
   constructor(opts: {
     store: BlobStore
@@ -176,7 +192,7 @@ export class Evictor {
   }
 
   private async drain(now: number): Promise<EvictionResult> {
-    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0 }
+    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0, errors: 0 }
     const { maxSize, lowWater, maxUnusedAgeMs } = this.policy
     const ageDue = maxUnusedAgeMs !== null && this.oldest(now - maxUnusedAgeMs, 1).next().done !== true
     if (!ageDue && !this.overBudget()) return result
@@ -189,7 +205,7 @@ export class Evictor {
         const page = [...this.oldest(cutoff, BATCH, after)]
         if (page.length === 0) break
         after = { lastAccess: page.at(-1)!.lastAccess, digest: page.at(-1)!.digest }
-        this.evictPage(
+        await this.evictPage(
           page.map((b) => ({ ...b, reason })),
           pinned,
           result,
@@ -261,16 +277,18 @@ export class Evictor {
   }
 
   /**
-   * One page of blobs, in one synchronous step: a last check that no response streams each one,
-   * their rows deleted in one transaction (so no new request sees a hit), then their files. No
-   * request can start streaming between a row and its file. `done` is asked before each blob.
+   * One page of blobs. In one synchronous step: a last check that no response streams each one,
+   * their rows deleted in one transaction (so no new request sees a hit), then their files
+   * renamed into tmp/; no request can start streaming between a row and its file. Then the
+   * unlinks, off the event loop. `done` is asked before each blob. A blob whose file cannot be
+   * moved gets its row back and counts as an error; the page goes on.
    */
-  private evictPage(
+  private async evictPage(
     blobs: EvictionPlan['blobs'],
     pinned: Set<string>,
     result: EvictionResult,
     done: () => boolean = () => false,
-  ): void {
+  ): Promise<void> {
     const db = this.index.database
     const gone: EvictionPlan['blobs'] = []
     db.transaction(() => {
@@ -288,13 +306,40 @@ export class Evictor {
         gone.push(blob)
       }
     })()
+    const failed = (digest: string, stage: string, err: unknown) => {
+      result.errors++
+      this.metrics?.evictionErrors.inc()
+      this.log.error('store.eviction_error', { digest, stage, error: err })
+    }
+    const removing: Promise<void>[] = []
     for (const blob of gone) {
-      rmSync(this.store.path(blob.digest), { force: true })
+      let detached: string | undefined
+      try {
+        detached = this.store.detach(blob.digest)
+      } catch (err) {
+        // The file stays where it is: so does its row, and the budget keeps counting it.
+        try {
+          this.index.addBlob(blob.digest, blob.size, blob.allocated, blob.lastAccess)
+        } catch (restoreErr) {
+          this.log.error('store.eviction_error', { digest: blob.digest, stage: 'restore', error: restoreErr })
+        }
+        failed(blob.digest, 'detach', err)
+        continue
+      }
       result.blobs++
       result.bytes += blob.allocated
       this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
       this.metrics?.evictedBytes.inc(blob.allocated)
+      if (detached !== undefined) {
+        const path = detached
+        removing.push(
+          this.unlinks(() => this.store.unlinkDetached(path)).catch((err: unknown) =>
+            failed(blob.digest, 'unlink', err),
+          ),
+        )
+      }
     }
+    await Promise.all(removing)
   }
 
   private logResult(result: EvictionResult): void {
@@ -305,6 +350,7 @@ export class Evictor {
       manifests: result.manifests,
       tags: result.tags,
       skipped_in_use: result.skippedInUse,
+      errors: result.errors,
       store_bytes: totals.bytes,
       store_allocated_bytes: totals.allocated,
       budget: this.policy.maxSize,
@@ -313,11 +359,11 @@ export class Evictor {
 
   /** Carries out a plan (e.g. one shown by a dry run), re-checking use and pins as it goes. */
   async execute(plan: EvictionPlan): Promise<EvictionResult> {
-    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0 }
+    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0, errors: 0 }
     if (plan.blobs.length + plan.manifests.length === 0) return result
     const pinned = this.pinnedDigests()
     for (let i = 0; i < plan.blobs.length; i += BATCH) {
-      this.evictPage(plan.blobs.slice(i, i + BATCH), pinned, result)
+      await this.evictPage(plan.blobs.slice(i, i + BATCH), pinned, result)
       await new Promise((resolve) => setImmediate(resolve))
     }
     const dropManifest = this.manifestDropper()

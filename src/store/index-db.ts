@@ -9,6 +9,7 @@
 // migration. Blobs and manifests are keyed by digest alone: content is shared across repos.
 
 import Database from 'better-sqlite3'
+import type { ManifestRef } from '../oci.js'
 
 /** Each entry migrates the schema from version i to i + 1. Never edit one that has shipped. */
 const MIGRATIONS: string[] = [
@@ -199,12 +200,7 @@ export interface TagRow {
   last_checked: number
 }
 
-export interface ManifestRef {
-  child: string
-  mediaType: string | null
-  size: number | null
-  platform: string | null
-}
+export type { ManifestRef } from '../oci.js'
 
 export interface StoreTotals {
   blobs: number
@@ -508,6 +504,17 @@ export class IndexDb {
     use.at = Math.max(use.at, now)
   }
 
+  /**
+   * Whether the repository has real content here: a tag, or a blob or manifest served under its
+   * name (written or still buffered). Two primary-key seeks; the buffer is only walked when
+   * both miss, and requests for names that do not exist add nothing to it.
+   */
+  hasRepo(registry: string, repo: string): boolean {
+    if (this.stmt.repoLinked.get(registry, repo) || this.stmt.repoTagged.get(registry, repo)) return true
+    for (const l of this.pending.links.values()) if (l.repo === repo && l.registry === registry) return true
+    return false
+  }
+
   link(registry: string, repo: string, digest: string, kind: 'blob' | 'manifest'): void {
     this.pending.links.set(`${registry}\0${repo}\0${digest}`, { registry, repo, digest, kind })
   }
@@ -573,6 +580,25 @@ export class IndexDb {
         )
       }
     })()
+  }
+
+  /**
+   * Deletes at most `limit` accounting rows of hours before `before` (ms since epoch) and says
+   * how many went: callers loop, yielding between batches, so a large backlog never blocks.
+   */
+  pruneAccounting(before: number, limit: number): number {
+    return this.stmt.pruneAccounting.run(before, limit).changes
+  }
+
+  /** Prunes every accounting row before `before`, one small batch per turn of the event loop. */
+  async pruneAccountingBefore(before: number, batch = 500): Promise<number> {
+    let total = 0
+    for (;;) {
+      const n = this.pruneAccounting(before, batch)
+      total += n
+      if (n < batch) return total
+      await new Promise((resolve) => setImmediate(resolve))
+    }
   }
 
   /** The database, for the other store modules' read-only queries (stats, eviction). */
@@ -696,6 +722,8 @@ function prepare(db: Database.Database) {
        ON CONFLICT (registry, repo, query) DO UPDATE SET body = excluded.body, link = excluded.link,
          fetched_at = excluded.fetched_at`,
     ),
+    repoLinked: db.prepare('SELECT 1 FROM repo_links WHERE registry = ? AND repo = ? LIMIT 1'),
+    repoTagged: db.prepare('SELECT 1 FROM tags WHERE registry = ? AND repo = ? LIMIT 1'),
     link: db.prepare(
       'INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
     ),
@@ -707,6 +735,11 @@ function prepare(db: Database.Database) {
          bytes_cache = bytes_cache + excluded.bytes_cache,
          bytes_upstream = bytes_upstream + excluded.bytes_upstream,
          pulls_avoided = pulls_avoided + excluded.pulls_avoided`,
+    ),
+    // The primary key leads with hour: the inner SELECT walks it from the oldest row and stops.
+    pruneAccounting: db.prepare(
+      `DELETE FROM accounting WHERE (hour, registry, repo, kind, method, result) IN (
+         SELECT hour, registry, repo, kind, method, result FROM accounting WHERE hour < ? LIMIT ?)`,
     ),
     manifestDigests: db.prepare('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?'),
     deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),

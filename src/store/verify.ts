@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { mkdir, rename } from 'node:fs/promises'
 import { join } from 'node:path'
-import { sha256 } from '../mirror/manifest.js'
+import { sha256 } from '../oci.js'
 import { type BlobStore, PREFIXES } from './blob-store.js'
 import type { IndexDb } from './index-db.js'
 

@@ -88,10 +88,6 @@ export class TokenCache {
     this.tokens = new LRUCache<string, string>({ max, ttlAutopurge: false })
   }
 
-  get(key: string): string | undefined {
-    return this.tokens.get(key)
-  }
-
   invalidate(key: string, token: string): void {
     // Another request may already have replaced it with a fresh one; keep that.
     if (this.tokens.get(key) === token) this.tokens.delete(key)

@@ -12,6 +12,7 @@ import { Agent, type Dispatcher } from 'undici'
 import { UpstreamError, type UpstreamFailure } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { MANIFEST_TYPES, MAX_MANIFEST_BYTES } from '../oci.js'
 import {
   type Challenge,
   type Credentials,
@@ -22,20 +23,9 @@ import {
   type TokenResponse,
 } from './auth.js'
 
-/** Every manifest type pullcache stores, in the order we ask for them. Schema 1 is left out: its
- * digest is not the hash of its bytes, so it cannot be verified like the others. */
-export const MANIFEST_TYPES = [
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.v2+json',
-] as const
-
 const USER_AGENT = 'pullcache/0.1'
 /** Error bodies we read to report upstream's message; anything longer is cut. */
 const MAX_ERROR_BODY = 16 * 1024
-/** Manifests are small; Docker Hub caps them at 4 MiB, so do we, against a runaway upstream. */
-export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const MAX_REDIRECTS = 5
 
 export interface UpstreamOptions {
@@ -70,6 +60,25 @@ const RECENT_ERRORS = 20
 /** What a request upstream is for, as the metrics label it. */
 type RequestKind = 'manifest' | 'blob' | 'tags' | 'token' | 'cdn' | 'ping'
 
+/** An answer from upstream this recent, with no failure since, says it is online. */
+export const ONLINE_WITHIN_MS = 60_000
+
+/**
+ * Whether upstream can be reached, as the last contacts with it say. An answer is any response
+ * below 500 (a 401 or 404 is upstream answering); a failure is a refused or dropped connection,
+ * a timeout, a 5xx, or a token endpoint that failed.
+ */
+export interface Reachability {
+  /**
+   * online: an answer within ONLINE_WITHIN_MS and no failure since; unreachable: the last
+   * contact failed; offline: offline on purpose; unknown: no contact within ONLINE_WITHIN_MS.
+   */
+  state: 'online' | 'unreachable' | 'offline' | 'unknown'
+  /** When upstream last answered, ms since epoch. */
+  lastAnswer: number | undefined
+  lastFailure: { at: number; message: string } | undefined
+}
+
 /** How long a ping's answer is reused: readiness probes every few seconds must not reach Hub. */
 const PING_CACHE_MS = 10_000
 
@@ -103,7 +112,6 @@ export interface ManifestBody {
 }
 
 export interface BlobBody {
-  status: number
   size: number | undefined
   body: Readable
 }
@@ -121,6 +129,12 @@ export class Upstream {
   rateLimit: RateLimit | undefined
   rateLimitReserve: number
   offline: boolean
+  /**
+   * How long one exchange may take to answer, token and redirects included. The mirror gives
+   * each single-flight fetch this deadline and then drops it: undici's own timers apply per hop
+   * and fire late (their clock ticks in about a second), so they alone cannot keep the promise.
+   */
+  readonly headerTimeoutMs: number
   private budgetLowLogged = false
   private readonly agent: Agent
   private readonly tokens = new TokenCache()
@@ -130,6 +144,10 @@ export class Upstream {
   private readonly metrics: Metrics
   private unwellUntil = 0
   private readonly errors: UpstreamErrorNote[] = []
+  private lastAnswer: number | undefined
+  private lastFailure: { at: number; message: string } | undefined
+  /** A failed ping is listed once per outage: set by the first, cleared by the next answer. */
+  private pingFailureListed = false
   private lastPing: { result: Promise<PingResult>; until: number } | undefined
 
   constructor(opts: UpstreamOptions) {
@@ -141,6 +159,7 @@ export class Upstream {
     this.metrics = opts.metrics
     this.rateLimitReserve = opts.rateLimitReserve
     this.offline = opts.offline
+    this.headerTimeoutMs = opts.headerTimeoutMs
     this.fetchLimit = pLimit(opts.maxConcurrentFetches)
     this.agent = new Agent({
       connect: { timeout: opts.connectTimeoutMs },
@@ -203,9 +222,11 @@ export class Upstream {
     if (this.lastPing && now < this.lastPing.until) return this.lastPing.result
     const entry = { result: this.sendPing(), until: Number.POSITIVE_INFINITY }
     this.lastPing = entry
-    void entry.result.then((r) => {
-      entry.until = r.at + PING_CACHE_MS
-    })
+    void entry.result
+      .then((r) => {
+        entry.until = r.at + PING_CACHE_MS
+      })
+      .catch(() => {}) // sendPing never rejects; this keeps a later change from making it fatal
     return entry.result
   }
 
@@ -219,6 +240,7 @@ export class Upstream {
       const detail = reachable
         ? `${url.href} answered ${res.statusCode}`
         : `${url.href} answered ${res.statusCode}, expected 200 or 401`
+      if (!reachable) this.noteFailure(detail)
       return { reachable, status: res.statusCode, detail, at: Date.now() }
     } catch (err) {
       return {
@@ -233,10 +255,15 @@ export class Upstream {
   // --- the registry API --------------------------------------------------------------------
 
   /** HEAD a manifest: free on Docker Hub (it does not count against the pull limit). */
-  async headManifest(repo: string, reference: string): Promise<ManifestHead> {
-    const res = await this.send('manifest', repo, 'HEAD', `/v2/${repo}/manifests/${reference}`, {
-      accept: MANIFEST_TYPES.join(', '),
-    })
+  async headManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestHead> {
+    const res = await this.send(
+      'manifest',
+      repo,
+      'HEAD',
+      `/v2/${repo}/manifests/${reference}`,
+      { accept: MANIFEST_TYPES.join(', ') },
+      signal,
+    )
     this.noteRateLimit(res.headers)
     if (res.statusCode !== 200) throw await this.failure(res, `HEAD manifest ${repo}:${reference}`)
     await res.body.dump()
@@ -249,10 +276,15 @@ export class Upstream {
   }
 
   /** GET a manifest's exact bytes. On Docker Hub this is the request that counts as a pull. */
-  async getManifest(repo: string, reference: string): Promise<ManifestBody> {
-    const res = await this.send('manifest', repo, 'GET', `/v2/${repo}/manifests/${reference}`, {
-      accept: MANIFEST_TYPES.join(', '),
-    })
+  async getManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestBody> {
+    const res = await this.send(
+      'manifest',
+      repo,
+      'GET',
+      `/v2/${repo}/manifests/${reference}`,
+      { accept: MANIFEST_TYPES.join(', ') },
+      signal,
+    )
     this.noteRateLimit(res.headers)
     if (res.statusCode !== 200) throw await this.failure(res, `GET manifest ${repo}:${reference}`)
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
@@ -265,10 +297,10 @@ export class Upstream {
     }
   }
 
-  async headBlob(repo: string, digest: string): Promise<{ size: number }> {
-    const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`)
+  async headBlob(repo: string, digest: string, signal?: AbortSignal): Promise<{ size: number }> {
+    const res = await this.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`, {}, signal)
     // Some registries redirect HEAD to storage too; the size is what we need, so follow.
-    const final = await this.followRedirects(repo, res, 'HEAD', {})
+    const final = await this.followRedirects(repo, res, 'HEAD', signal)
     if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`)
     await final.body.dump()
     const size = Number(header(final.headers, 'content-length'))
@@ -278,22 +310,34 @@ export class Upstream {
   }
 
   /** GET a blob, following the redirect to a CDN without our token. The body is the caller's. */
-  async getBlob(repo: string, digest: string): Promise<BlobBody> {
-    const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`)
-    const final = await this.followRedirects(repo, res, 'GET', {})
+  async getBlob(repo: string, digest: string, signal?: AbortSignal): Promise<BlobBody> {
+    const res = await this.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`, {}, signal)
+    const final = await this.followRedirects(repo, res, 'GET', signal)
     if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`)
     const length = header(final.headers, 'content-length')
+    if (length !== undefined && !/^\d+$/.test(length.trim())) {
+      await final.body.dump().catch(() => {})
+      throw new UpstreamError('SERVER', `GET blob ${digest}: bad Content-Length ${JSON.stringify(length)}`)
+    }
     return {
-      status: final.statusCode,
       size: length === undefined ? undefined : Number(length),
       body: final.body,
     }
   }
 
-  async getTags(repo: string, query: string): Promise<{ bytes: Buffer; link: string | undefined }> {
-    const res = await this.send('tags', repo, 'GET', `/v2/${repo}/tags/list${query ? `?${query}` : ''}`, {
-      accept: 'application/json',
-    })
+  async getTags(
+    repo: string,
+    query: string,
+    signal?: AbortSignal,
+  ): Promise<{ bytes: Buffer; link: string | undefined }> {
+    const res = await this.send(
+      'tags',
+      repo,
+      'GET',
+      `/v2/${repo}/tags/list${query ? `?${query}` : ''}`,
+      { accept: 'application/json' },
+      signal,
+    )
     if (res.statusCode !== 200) throw await this.failure(res, `GET tags ${repo}`)
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
     if (bytes === undefined) throw new UpstreamError('INVALID', `tag list of ${repo} is larger than 4 MiB`)
@@ -313,10 +357,11 @@ export class Upstream {
     method: 'GET' | 'HEAD',
     path: string,
     headers: Record<string, string> = {},
+    signal?: AbortSignal,
   ): Promise<Response> {
     const scope = `repository:${repo}:pull`
-    let token = this.challenge ? await this.token(this.challenge, scope) : undefined
-    let res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token))
+    let token = this.challenge ? await this.token(this.challenge, scope, signal) : undefined
+    let res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token), signal)
     if (res.statusCode !== 401) return res
 
     const challenge = parseChallenge(res.headers['www-authenticate'])
@@ -325,20 +370,28 @@ export class Upstream {
       if (token !== undefined && this.challenge)
         this.tokens.invalidate(tokenKey(this.challenge, scope), token)
       this.challenge = challenge
-      token = await this.token(challenge, scope)
-      res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token))
+      token = await this.token(challenge, scope, signal)
+      res = await this.raw(kind, method, new URL(path, this.origin), authorize(headers, token), signal)
     } else if (challenge?.scheme === 'basic' && this.credentials) {
       await res.body.dump()
-      res = await this.raw(kind, method, new URL(path, this.origin), {
-        ...headers,
-        authorization: basic(this.credentials),
-      })
+      res = await this.raw(
+        kind,
+        method,
+        new URL(path, this.origin),
+        { ...headers, authorization: basic(this.credentials) },
+        signal,
+      )
     }
     return res
   }
 
-  private async token(challenge: Challenge, scope: string): Promise<string> {
-    return this.tokens.obtain(tokenKey(challenge, scope), () =>
+  /**
+   * A token for `scope`. The fetch is shared by every request for the scope, so one caller's
+   * deadline does not abort it; the caller only stops waiting. The fetch has a deadline of its
+   * own, so a token service that accepts and never answers counts as upstream down.
+   */
+  private async token(challenge: Challenge, scope: string, signal?: AbortSignal): Promise<string> {
+    const obtained = this.tokens.obtain(tokenKey(challenge, scope), () =>
       this.fetchToken(challenge, scope).then(
         (token) => {
           this.metrics.tokenFetches.inc({ result: 'ok' })
@@ -359,6 +412,7 @@ export class Upstream {
         },
       ),
     )
+    return signal === undefined ? obtained : untilAborted(obtained, signal)
   }
 
   private async fetchToken(challenge: Challenge, scope: string): Promise<TokenResponse> {
@@ -384,7 +438,7 @@ export class Upstream {
     }
     let res: Response
     try {
-      res = await this.raw('token', 'GET', realm, headers)
+      res = await this.raw('token', 'GET', realm, headers, timeoutSignal(this.headerTimeoutMs, 'token'))
     } catch (err) {
       throw new UpstreamError('AUTH_SERVER', `token endpoint ${realm.origin}: ${(err as Error).message}`, {
         cause: err,
@@ -428,7 +482,7 @@ export class Upstream {
     repo: string,
     first: Response,
     method: 'GET' | 'HEAD',
-    headers: Record<string, string>,
+    signal?: AbortSignal,
   ): Promise<Response> {
     let res = first
     let url = new URL(this.origin)
@@ -449,8 +503,8 @@ export class Upstream {
       // Our token belongs to the upstream origin; a CDN URL carries its own signature.
       res =
         url.origin === this.origin.origin
-          ? await this.send('blob', repo, method, url.pathname + url.search, headers)
-          : await this.raw('cdn', method, url, headers)
+          ? await this.send('blob', repo, method, url.pathname + url.search, {}, signal)
+          : await this.raw('cdn', method, url, {}, signal)
     }
     return res
   }
@@ -460,25 +514,31 @@ export class Upstream {
     method: string,
     url: URL,
     headers: Record<string, string>,
+    signal?: AbortSignal,
   ): Promise<Response> {
     if (this.offline) throw new UpstreamError('OFFLINE', 'pullcache is offline and does not contact upstream')
     try {
+      signal?.throwIfAborted()
       const res = await this.agent.request({
         origin: url.origin,
         path: url.pathname + url.search,
         method,
         headers: { 'user-agent': USER_AGENT, ...headers },
+        ...(signal === undefined ? {} : { signal }),
       })
       this.metrics.upstreamRequests.inc({ kind, method, status: String(res.statusCode) })
+      if (res.statusCode < 500) this.noteAnswer()
       return res
     } catch (err) {
       this.metrics.upstreamRequests.inc({ kind, method, status: 'error' })
-      const failure = networkFailure(err)
+      // Aborted by a deadline: the reason says which (an UpstreamError of kind TIMEOUT).
+      const failure = networkFailure(signal?.aborted ? signal.reason : err)
       this.markUnwell(
         failure.kind,
         undefined,
         undefined,
         `${kind} ${method} ${url.origin}: ${failure.message}`,
+        kind,
       )
       throw failure
     }
@@ -500,13 +560,47 @@ export class Upstream {
     return [...this.errors].reverse()
   }
 
-  private markUnwell(kind: UpstreamFailure, retryAfter?: string, status?: number, message?: string): void {
+  /** Whether upstream can be reached, from the last answer and the last failure. */
+  reachability(now = Date.now()): Reachability {
+    const known = { lastAnswer: this.lastAnswer, lastFailure: this.lastFailure }
+    if (this.offline) return { state: 'offline', ...known }
+    const failed = this.lastFailure?.at
+    if (failed !== undefined && (this.lastAnswer === undefined || failed >= this.lastAnswer)) {
+      return { state: 'unreachable', ...known }
+    }
+    if (this.lastAnswer !== undefined && now - this.lastAnswer <= ONLINE_WITHIN_MS) {
+      return { state: 'online', ...known }
+    }
+    return { state: 'unknown', ...known }
+  }
+
+  private noteAnswer(): void {
+    this.lastAnswer = Date.now()
+    this.pingFailureListed = false
+  }
+
+  private noteFailure(message: string): void {
+    this.lastFailure = { at: Date.now(), message }
+  }
+
+  private markUnwell(
+    kind: UpstreamFailure,
+    retryAfter?: string,
+    status?: number,
+    message?: string,
+    request?: RequestKind,
+  ): void {
     const now = Date.now()
-    if (kind !== 'NOT_FOUND') {
+    // Readiness probes ping every few seconds: during an outage their failures would push every
+    // other error out of the list, so only the first failed ping of an outage is listed.
+    const repeatedPing = request === 'ping' && this.pingFailureListed
+    if (request === 'ping') this.pingFailureListed = true
+    if (kind !== 'NOT_FOUND' && !repeatedPing) {
       this.errors.push({ at: now, kind, status, message: message ?? kind })
       if (this.errors.length > RECENT_ERRORS) this.errors.shift()
     }
     if (kind === 'NETWORK' || kind === 'TIMEOUT' || kind === 'SERVER' || kind === 'AUTH_SERVER') {
+      this.noteFailure(message ?? kind)
       this.unwellUntil = now + 5_000
     } else if (kind === 'RATE_LIMITED') {
       const seconds = Number(retryAfter)
@@ -532,6 +626,39 @@ export class Upstream {
       at: Date.now(),
     }
   }
+}
+
+/**
+ * Aborts after `ms` with a TIMEOUT UpstreamError as the reason. The timer is unref'd: a
+ * deadline alone never keeps the process alive.
+ */
+export function timeoutSignal(ms: number, what: string): AbortSignal {
+  const controller = new AbortController()
+  setTimeout(
+    () =>
+      controller.abort(new UpstreamError('TIMEOUT', `upstream timed out: no ${what} answer within ${ms} ms`)),
+    ms,
+  ).unref()
+  return controller.signal
+}
+
+/** `work`, or the signal's reason as soon as it aborts; work goes on for whoever else waits. */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(networkFailure(signal.reason))
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(networkFailure(signal.reason))
+    signal.addEventListener('abort', onAbort, { once: true })
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(value)
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(err)
+      },
+    )
+  })
 }
 
 function tokenKey(challenge: Challenge, scope: string): string {

@@ -66,6 +66,8 @@ export type CountingProxy = {
   count(filter: RequestFilter): number
   /** One line per request ("GET /v2/...?q auth=bearer -> 200"), for failure messages. */
   describe(filter?: RequestFilter): string
+  /** Hold every response body to this many bytes a second from now on (null: full speed). */
+  setRate(bytesPerSecond: number | null): void
   /** Answer every request with this status instead of forwarding (null: forward again). */
   failWith(status: number | null): void
   setTarget(origin: string): void
@@ -92,6 +94,7 @@ export async function startCountingProxy(target: string | null = null): Promise<
   const requests: ProxiedRequest[] = []
   let origin = target
   let failStatus: number | null = null
+  let rate: number | null = null
   let seq = 0
   let server: Server | undefined
   let port = 0
@@ -162,7 +165,24 @@ export async function startCountingProxy(target: string | null = null): Promise<
         record.error = error.message
         res.destroy(error)
       })
-      upstreamRes.pipe(res)
+      if (rate === null) {
+        upstreamRes.pipe(res)
+        return
+      }
+      // Paced: pause the upstream body whenever it is ahead of `rate` (or the client is behind).
+      const started = Date.now()
+      let sent = 0
+      upstreamRes.on('data', (chunk: Buffer) => {
+        sent += chunk.length
+        const drained = res.write(chunk)
+        const due = rate === null ? 0 : started + (sent / rate) * 1000 - Date.now()
+        if (drained && due <= 0) return
+        upstreamRes.pause()
+        const resume = () => setTimeout(() => upstreamRes.resume(), Math.max(0, due))
+        if (drained) resume()
+        else res.once('drain', resume)
+      })
+      upstreamRes.on('end', () => res.end())
     })
     upstream.on('error', (error) => {
       record.error = error.message
@@ -238,6 +258,9 @@ export async function startCountingProxy(target: string | null = null): Promise<
             `${r.error === null ? '' : ` (${r.error})`}`,
         )
         .join('\n'),
+    setRate: (bytesPerSecond) => {
+      rate = bytesPerSecond
+    },
     failWith: (status) => {
       failStatus = status
     },

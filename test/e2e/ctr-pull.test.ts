@@ -5,9 +5,10 @@
 // served by the mirror.
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { sha256 } from '../support/sha256.js'
 import { type Containerd, startPrivateContainerd } from './containerd.js'
 import { startCountingProxy } from './counting-proxy.js'
-import { createStandardImages, sha256, type TestImage } from './images.js'
+import { createStandardImages, type TestImage } from './images.js'
 import { makeTempDir, removeDir } from './processes.js'
 import { type Pullcache, startPullcache } from './pullcache.js'
 import { createSkopeo, expectedBlobDigests } from './skopeo.js'

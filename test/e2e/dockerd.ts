@@ -22,6 +22,7 @@ import { existsSync } from 'node:fs'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { join } from 'node:path'
+import { waitFor } from '../support/wait-for.js'
 import {
   type Daemon,
   makeTempDir,
@@ -30,7 +31,6 @@ import {
   requireBinary,
   run,
   startDaemon,
-  waitFor,
 } from './processes.js'
 
 export type DockerImage = {

@@ -20,6 +20,7 @@ import { Readable, Transform } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { isMainThread } from 'node:worker_threads'
 import { createGzip } from 'node:zlib'
+import { sha256 } from '../support/sha256.js'
 import { removeDir } from './processes.js'
 
 export const MEDIA = {
@@ -265,10 +266,6 @@ function tap(onChunk: (chunk: Buffer) => void): Transform {
       callback(null, chunk)
     },
   })
-}
-
-export function sha256(data: Buffer | string): string {
-  return `sha256:${createHash('sha256').update(data).digest('hex')}`
 }
 
 export function hex(digest: string): string {

@@ -1,4 +1,5 @@
-// Child processes, ports, temp dirs and bounded waiting for the end-to-end harness.
+// Child processes, ports and temp dirs for the end-to-end harness (bounded waiting is
+// test/support/wait-for.ts).
 //
 // Every wait here has a deadline and every child is registered so that a crashing test worker still
 // kills what it started (see the 'exit' hook below): an e2e run must never leave a registry or a
@@ -9,7 +10,6 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 
 // Debian package that provides each external binary, so a missing one fails with the fix in the message.
 const APT_PACKAGE: Record<string, string> = {
@@ -64,24 +64,6 @@ export async function makeTempDir(label: string): Promise<string> {
 
 export async function removeDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true, maxRetries: 3 })
-}
-
-export type WaitOptions = { timeoutMs: number; intervalMs?: number; what: string }
-
-/** Polls `probe` until it returns a value other than undefined; fails with `what` after the deadline. */
-export async function waitFor<T>(probe: () => Promise<T | undefined>, options: WaitOptions): Promise<T> {
-  const deadline = Date.now() + options.timeoutMs
-  let lastError: unknown
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe()
-      if (value !== undefined) return value
-    } catch (error) {
-      lastError = error
-    }
-    await sleep(options.intervalMs ?? 100)
-  }
-  throw new Error(`timed out after ${options.timeoutMs} ms waiting for ${options.what}`, { cause: lastError })
 }
 
 export type RunResult = { stdout: string; stderr: string; code: number; durationMs: number }

@@ -8,10 +8,11 @@ import { statSync } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { type Daemon, makeTempDir, removeDir, startDaemon, waitFor } from './processes.js'
+import { MAIN_JS } from '../support/run-cli.js'
+import { waitFor } from '../support/wait-for.js'
+import { type Daemon, makeTempDir, removeDir, startDaemon } from './processes.js'
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url))
-export const MAIN_JS = join(REPO_ROOT, 'dist', 'main.js')
 
 export type LogLine = { event?: string; level?: string; [field: string]: unknown }
 

@@ -5,7 +5,8 @@
 //   <dir>/storage/      registry data, kept across stop()/start()
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { type Daemon, freePort, requireBinary, startDaemon, waitFor } from './processes.js'
+import { waitFor } from '../support/wait-for.js'
+import { type Daemon, freePort, requireBinary, startDaemon } from './processes.js'
 
 export type RegistryAuth = { realm: string; service: string; issuer: string; rootCertBundle: string }
 

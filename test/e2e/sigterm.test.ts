@@ -3,28 +3,23 @@
 // leaves a store that holds only verified blobs with an index that agrees with the files. Started
 // again on the same data dir, it serves everything.
 //
-// Loopback moves 200 MB in about a second, so a throttling proxy sits between pullcache and the
-// fake Hub and holds every upstream response to THROTTLE bytes a second: the 200 MB fill is then
-// certain to be mid-transfer at SIGTERM and to outlast the grace period, while the small blobs,
-// started just before SIGTERM, finish inside it.
+// Loopback moves 200 MB in about a second, so the counting proxy between pullcache and the fake
+// Hub holds every upstream response to THROTTLE bytes a second: the 200 MB fill is then certain to
+// be mid-transfer at SIGTERM and to outlast the grace period, while the small blobs, started just
+// before SIGTERM, finish inside it.
 //
-//   clients ──> pullcache ──> throttle (this file) ──> counting proxy ──> registry
+//   clients ──> pullcache ──> counting proxy (throttled) ──> registry
 import { createHash } from 'node:crypto'
 import { readdir, stat } from 'node:fs/promises'
-import {
-  createServer,
-  type IncomingHttpHeaders,
-  type IncomingMessage,
-  request,
-  type ServerResponse,
-} from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import { request } from 'node:http'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { runCli } from '../support/run-cli.js'
+import { waitFor } from '../support/wait-for.js'
 import { createBigImage, createStandardImages, type Descriptor, type TestImage } from './images.js'
-import { makeTempDir, removeDir, run, waitFor } from './processes.js'
-import { MAIN_JS, type Pullcache, startPullcache } from './pullcache.js'
+import { makeTempDir, removeDir } from './processes.js'
+import { type Pullcache, startPullcache } from './pullcache.js'
 import { createSkopeo, hashFile, layoutProblems, type Skopeo } from './skopeo.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
@@ -36,7 +31,6 @@ const THROTTLE = 1024 * 1024
 
 let work: string
 let upstream: Upstream
-let throttle: Throttle
 let pullcache: Pullcache
 let skopeo: Skopeo
 let big: TestImage
@@ -53,13 +47,12 @@ beforeAll(async () => {
   const [layer] = big.manifests[0]?.layers ?? []
   if (layer === undefined) throw new Error('big image has no layer')
   bigLayer = layer
-  throttle = await startThrottle(upstream.url)
-  pullcache = await startPullcache({ upstream: throttle.url })
+  upstream.proxy.setRate(THROTTLE)
+  pullcache = await startPullcache({ upstream: upstream.url })
 })
 
 afterAll(async () => {
   await pullcache?.close()
-  await throttle?.close()
   await upstream?.close()
   await removeDir(work)
 })
@@ -140,7 +133,7 @@ describe('SIGTERM during cold pulls', () => {
   })
 
   it('restarts on the same data dir and serves every image, fetching only what was cut', async () => {
-    throttle.setRate(null)
+    upstream.proxy.setRate(null)
     const mark = pullcache.mark()
     await pullcache.start()
     const opened = pullcache.lines.slice(mark).find((l) => l.event === 'store.opened')
@@ -199,16 +192,9 @@ async function checkStore(dataDir: string): Promise<Map<string, number>> {
   return files
 }
 
-/** `pullcache verify` when this build has it (another change adds it); the checks above otherwise. */
+/** `pullcache verify` agrees: every blob hashes to its name and the index matches the files. */
 async function verifyWithCli(dataDir: string): Promise<void> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PULLCACHE_')))
-  const help = await run(process.execPath, [MAIN_JS, '--help'], { env })
-  if (!/^\s+verify\s/m.test(help.stdout)) return
-  const result = await run(process.execPath, [MAIN_JS, 'verify', '--data-dir', dataDir], {
-    env,
-    allowFailure: true,
-    timeoutMs: 120_000,
-  })
+  const result = await runCli(['verify', '--data-dir', dataDir], { timeoutMs: 120_000 })
   expect(result.code, `pullcache verify\n${result.stdout}\n${result.stderr}`).toBe(0)
 }
 
@@ -261,76 +247,4 @@ function rawGet(url: string): { status: Promise<number | null>; done: Promise<Ra
     req.end()
   })
   return { status, done }
-}
-
-type Throttle = {
-  readonly url: string
-  /** Bytes per second for every response body, or null for full speed. */
-  setRate(bytesPerSecond: number | null): void
-  close(): Promise<void>
-}
-
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade'])
-
-function passHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
-  return Object.fromEntries(Object.entries(headers).filter(([name]) => !HOP_BY_HOP.has(name)))
-}
-
-/** A reverse proxy that holds each response body to a byte rate; a client going away cuts upstream. */
-async function startThrottle(target: string): Promise<Throttle> {
-  let rate: number | null = THROTTLE
-  const sockets = new Set<Socket>()
-  const handler = (req: IncomingMessage, res: ServerResponse) => {
-    const out = request(new URL(req.url ?? '/', target), {
-      method: req.method,
-      headers: passHeaders(req.headers),
-      agent: false,
-    })
-    res.on('close', () => {
-      if (!res.writableFinished) out.destroy()
-    })
-    out.on('response', (upstreamRes) => {
-      res.writeHead(upstreamRes.statusCode ?? 502, passHeaders(upstreamRes.headers))
-      const started = Date.now()
-      let sent = 0
-      upstreamRes.on('data', (chunk: Buffer) => {
-        sent += chunk.length
-        const drained = res.write(chunk)
-        const due = rate === null ? 0 : started + (sent / rate) * 1000 - Date.now()
-        if (drained && due <= 0) return
-        upstreamRes.pause()
-        const resume = () => setTimeout(() => upstreamRes.resume(), Math.max(0, due))
-        if (drained) resume()
-        else res.once('drain', resume)
-      })
-      upstreamRes.on('end', () => res.end())
-      upstreamRes.on('error', (error) => res.destroy(error))
-    })
-    out.on('error', (error) => {
-      if (res.headersSent) res.destroy(error)
-      else res.writeHead(502).end()
-    })
-    req.pipe(out)
-  }
-  const server = createServer(handler)
-  server.on('connection', (socket) => {
-    sockets.add(socket)
-    socket.once('close', () => sockets.delete(socket))
-  })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', resolve)
-  })
-  const { port } = server.address() as AddressInfo
-  return {
-    url: `http://127.0.0.1:${port}`,
-    setRate(bytesPerSecond) {
-      rate = bytesPerSecond
-    },
-    async close() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()))
-      for (const socket of sockets) socket.destroy()
-      await closed
-    },
-  }
 }

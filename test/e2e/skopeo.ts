@@ -8,7 +8,8 @@ import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { sha256, type TestImage } from './images.js'
+import { sha256 } from '../support/sha256.js'
+import type { TestImage } from './images.js'
 import { type RunResult, requireBinary, run } from './processes.js'
 
 export type Creds = { username: string; password: string }

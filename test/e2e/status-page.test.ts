@@ -184,7 +184,7 @@ describe('the status page of a running pullcache', () => {
     const page = await (await browser('phone')).newPage()
     try {
       await page.goto(`${mirror.url}/_pullcache/`)
-      expect(await text(page, 'offline')).toBe('offline')
+      expect(await text(page, 'offline')).toBe('offline mode')
       expect(await page.title()).toBe('pullcache (offline)')
       await page.screenshot({ path: join(SHOTS, 'status-page-phone-offline.png'), fullPage: false })
     } finally {

@@ -1,25 +1,20 @@
 import { randomBytes } from 'node:crypto'
-import { afterEach, describe, expect, test } from 'vitest'
-import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { describe, expect, test } from 'vitest'
+import { sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { tmpRoot } from '../support/tmp.js'
 
 const REPO = 'library/private'
 const PASSWORD = 'correct horse battery staple'
 
 describe('upstream authentication', () => {
-  let up: FakeUpstream | undefined
-  let mirror: TestMirror | undefined
-
-  afterEach(async () => {
-    await mirror?.close()
-    await up?.close()
-    mirror = undefined
-    up = undefined
-  })
+  const fake = useFakeUpstream()
 
   test('an account authenticates at the token realm only; the password is never logged or sent to the CDN', async () => {
-    up = await startFakeUpstream({ users: { puller: PASSWORD } })
-    mirror = await startMirror({
+    const up = await fake.upstream({ users: { puller: PASSWORD } })
+    const mirror = await fake.mirror({
       upstream: up.url,
       env: { PULLCACHE_UPSTREAM_USERNAME: 'puller', PULLCACHE_UPSTREAM_PASSWORD: PASSWORD },
     })
@@ -43,22 +38,19 @@ describe('upstream authentication', () => {
   })
 
   test('a password from a file works; a refused account is a logged 503, not a crash or a 404', async () => {
-    up = await startFakeUpstream({ users: { puller: PASSWORD } })
-    const { mkdtemp, writeFile } = await import('node:fs/promises')
-    const { join } = await import('node:path')
-    const { tmpdir } = await import('node:os')
-    const dir = await mkdtemp(join(tmpdir(), 'pullcache-secret-'))
+    const up = await fake.upstream({ users: { puller: PASSWORD } })
+    const dir = await tmpRoot('pullcache-secret')
     await writeFile(join(dir, 'password'), `${PASSWORD}\n`)
-    mirror = await startMirror({
+    const first = await fake.mirror({
       upstream: up.url,
       env: { PULLCACHE_UPSTREAM_USERNAME: 'puller', PULLCACHE_UPSTREAM_PASSWORD_FILE: join(dir, 'password') },
     })
     up.addImage(REPO, 'v1')
-    expect((await mirror.get(`/v2/${REPO}/manifests/v1`)).status).toBe(200)
-    await mirror.close()
+    expect((await first.get(`/v2/${REPO}/manifests/v1`)).status).toBe(200)
+    await first.close()
 
     await writeFile(join(dir, 'password'), 'wrong\n')
-    mirror = await startMirror({
+    const mirror = await fake.mirror({
       upstream: up.url,
       env: { PULLCACHE_UPSTREAM_USERNAME: 'puller', PULLCACHE_UPSTREAM_PASSWORD_FILE: join(dir, 'password') },
     })
@@ -74,9 +66,9 @@ describe('upstream authentication', () => {
   })
 
   test('tokens are cached per scope and a revoked token is refreshed once', async () => {
-    up = await startFakeUpstream()
-    mirror = await startMirror({ upstream: up.url })
-    const digests = Array.from({ length: 5 }, () => up!.addBlob(REPO, randomBytes(1000)))
+    const up = fake.up
+    const mirror = await fake.mirror()
+    const digests = Array.from({ length: 5 }, () => up.addBlob(REPO, randomBytes(1000)))
     for (const d of digests) await mirror.get(`/v2/${REPO}/blobs/${d}`)
     expect(up.count('GET', '/token', 'auth')).toBe(1)
 
@@ -92,8 +84,8 @@ describe('upstream authentication', () => {
     // expires_in under 60 s is raised to 60 s (as distribution does); the renewal margin keeps
     // us from presenting a token in its last seconds. Here: the fake's tokens last 60 s, so a
     // second request right away reuses the token.
-    up = await startFakeUpstream({ tokenTtlSeconds: 60 })
-    mirror = await startMirror({ upstream: up.url })
+    const up = await fake.upstream({ tokenTtlSeconds: 60 })
+    const mirror = await fake.mirror({ upstream: up.url })
     const a = up.addBlob(REPO, randomBytes(100))
     const b = up.addBlob(REPO, randomBytes(100))
     await mirror.get(`/v2/${REPO}/blobs/${a}`)
@@ -102,8 +94,8 @@ describe('upstream authentication', () => {
   })
 
   test('an upstream without auth works without any token request', async () => {
-    up = await startFakeUpstream({ auth: 'none', redirectBlobs: false })
-    mirror = await startMirror({ upstream: up.url })
+    const up = await fake.upstream({ auth: 'none', redirectBlobs: false })
+    const mirror = await fake.mirror({ upstream: up.url })
     const d = up.addBlob(REPO, randomBytes(5000))
     const res = await mirror.get(`/v2/${REPO}/blobs/${d}`)
     expect(sha256(res.body)).toBe(d)

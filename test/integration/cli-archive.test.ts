@@ -6,9 +6,11 @@ import { readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { type AddedImage, type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { type AddedImage, sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { runCli } from '../support/run-cli.js'
-import { startMirror, tmpRoot } from '../support/start-mirror.js'
+import { startMirror } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
 
 const LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
 const MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
@@ -34,7 +36,7 @@ async function deadUpstream(port: number): Promise<{ server: Server; connections
 }
 
 describe('pullcache export and import', () => {
-  let up: FakeUpstream
+  const fake = useFakeUpstream()
   let upstreamUrl: string
   let alpha: AddedImage
   let amd64: AddedImage
@@ -44,7 +46,7 @@ describe('pullcache export and import', () => {
   let archive: string
 
   beforeAll(async () => {
-    up = await startFakeUpstream()
+    const up = fake.up
     upstreamUrl = up.url
     alpha = up.addImage('library/alpha', '3.20', { layers: 3, layerBytes: 256 * 1024 })
     amd64 = up.addImage('team/multi', 'amd64', { layers: 2 })
@@ -72,7 +74,8 @@ describe('pullcache export and import', () => {
     archive = join(work, 'images.tar')
   })
   afterAll(async () => {
-    await up?.close()
+    // The stores and archives of every test live in work/ (the last test reuses the first's).
+    await rm(work, { recursive: true, force: true })
   })
 
   test('export what is cached, wipe, import, and pull everything with upstream down', async () => {
@@ -125,7 +128,8 @@ describe('pullcache export and import', () => {
     // The source goes away, and so does upstream: nothing answers on its port from here on,
     // and anything that still tries to connect is counted and cut off.
     await rm(source, { recursive: true, force: true })
-    await up.close()
+    // Upstream down for good: the port answers, but every connection is cut and counted.
+    await fake.up.close()
     const down = await deadUpstream(Number(new URL(upstreamUrl).port))
 
     const target = join(work, 'target')

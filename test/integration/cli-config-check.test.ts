@@ -1,8 +1,14 @@
-import { writeFile } from 'node:fs/promises'
+import { rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
+import { type Config, loadConfig } from '../../src/config.js'
 import { runCli } from '../support/run-cli.js'
-import { tmpRoot } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
+
+/** A config as plain data: tag patterns compare by their text, not by their compiled function. */
+function plain(config: Config): unknown {
+  return JSON.parse(JSON.stringify(config))
+}
 
 describe('pullcache config check', () => {
   test('a bad file: every problem with its path, exit 2', async () => {
@@ -42,28 +48,74 @@ describe('pullcache config check', () => {
     expect(missing.stderr).toContain('nope.json')
   })
 
-  test('a good file with the environment applied: the effective config, password masked', async () => {
+  test('a good file with the environment applied: the effective config as a file, no password', async () => {
     const dir = await tmpRoot()
-    const file = join(dir, 'ok.json')
-    await writeFile(file, JSON.stringify({ listen: '127.0.0.1:5099', cache: { tag_freshness: '2m' } }))
-    const r = await runCli(['config', 'check', '--config', file], {
-      env: {
-        PULLCACHE_TAG_FRESHNESS: '5m',
-        PULLCACHE_DATA_DIR: join(dir, 'data'),
-        PULLCACHE_UPSTREAM_USERNAME: 'mirror-bot',
-        PULLCACHE_UPSTREAM_PASSWORD: 'hunter2-very-secret',
-      },
-    })
-    expect(r.code).toBe(0)
-    expect(r.stdout).not.toContain('hunter2')
-    expect(r.stderr).toBe('')
-    const config = JSON.parse(r.stdout)
-    expect(config.listen).toEqual({ host: '127.0.0.1', port: 5099 })
-    // The environment overrides the file, as for serve.
-    expect(config.cache.tag_freshness).toBe(300_000)
-    expect(config.data_dir).toBe(join(dir, 'data'))
-    expect(config.upstream.username).toBe('mirror-bot')
-    expect(config.upstream.password).toBe('********')
+    try {
+      const file = join(dir, 'ok.json')
+      await writeFile(file, JSON.stringify({ listen: '127.0.0.1:5099', cache: { tag_freshness: '2m' } }))
+      const r = await runCli(['config', 'check', '--config', file], {
+        env: {
+          PULLCACHE_TAG_FRESHNESS: '5m',
+          PULLCACHE_DATA_DIR: join(dir, 'data'),
+          PULLCACHE_UPSTREAM_USERNAME: 'mirror-bot',
+          PULLCACHE_UPSTREAM_PASSWORD: 'hunter2-very-secret',
+        },
+      })
+      expect(r.code).toBe(0)
+      expect(r.stdout).not.toContain('hunter2')
+      expect(r.stderr).not.toContain('hunter2')
+      // Where the password comes from, since the printed file does not hold it.
+      expect(r.stderr).toContain('PULLCACHE_UPSTREAM_PASSWORD')
+      const config = JSON.parse(r.stdout)
+      // The shape the file has: the text forms the loader reads.
+      expect(config.listen).toBe('127.0.0.1:5099')
+      // The environment overrides the file, as for serve.
+      expect(config.cache.tag_freshness).toBe('5m')
+      expect(config.data_dir).toBe(join(dir, 'data'))
+      expect(config.upstream.username).toBe('mirror-bot')
+      expect(config.upstream).not.toHaveProperty('password')
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
+  test('what it prints is a file --config loads back to the same configuration', async () => {
+    const dir = await tmpRoot()
+    try {
+      const passwordFile = join(dir, 'upstream-password')
+      await writeFile(passwordFile, 'hunter2-very-secret\n')
+      const file = join(dir, 'in.json')
+      await writeFile(
+        file,
+        JSON.stringify({
+          listen: '[::1]:5099',
+          upstream: { username: 'mirror-bot', password_file: passwordFile, connect_timeout: '1500ms' },
+          cache: {
+            max_size: '50GiB',
+            pins: ['library/nginx:1.27'],
+            tag_freshness_rules: [{ match: '*:latest', freshness: '5m' }],
+          },
+        }),
+      )
+      const env = { PULLCACHE_OFFLINE: 'yes', PULLCACHE_MAX_SIZE: '20GB' }
+      const first = await runCli(['config', 'check', '--config', file, '--data-dir', join(dir, 'data')], {
+        env,
+      })
+      expect(first.code).toBe(0)
+      expect(first.stdout + first.stderr).not.toContain('hunter2')
+      const printed = join(dir, 'printed.json')
+      await writeFile(printed, first.stdout)
+      // Loaded with nothing else applied: the file alone carries the whole configuration.
+      const again = await runCli(['config', 'check', '--config', printed])
+      expect(again.code).toBe(0)
+      expect(again.stdout).toBe(first.stdout)
+      expect(plain(loadConfig({ file: printed, env: {} }))).toEqual(
+        plain(loadConfig({ file, env, flags: { data_dir: join(dir, 'data') } })),
+      )
+      expect(JSON.parse(first.stdout)).toMatchObject({ offline: true, cache: { max_size: '20GB' } })
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 
   test('PULLCACHE_CONFIG names the file when --config does not; flags win over both', async () => {

@@ -4,10 +4,12 @@
 
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
-import { type AddedImage, type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { beforeAll, describe, expect, test } from 'vitest'
+import { type AddedImage, type FakeUpstream, sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { runCli } from '../support/run-cli.js'
-import { startMirror, type TestMirror, tmpRoot } from '../support/start-mirror.js'
+import type { TestMirror } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
 
 const LIST = 'application/vnd.docker.distribution.manifest.list.v2+json'
 const MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json'
@@ -43,6 +45,7 @@ function addMultiArch(up: FakeUpstream, repo: string, tag: string): MultiArch {
 const blobsOf = (i: AddedImage) => [i.configDigest, ...i.layers.map((l) => l.digest)]
 
 describe('pullcache prefetch', () => {
+  const fake = useFakeUpstream()
   let up: FakeUpstream
   let alpha: AddedImage
   let beta: AddedImage
@@ -50,18 +53,10 @@ describe('pullcache prefetch', () => {
   let mirror: TestMirror | undefined
 
   beforeAll(async () => {
-    up = await startFakeUpstream()
+    up = fake.up
     alpha = up.addImage('library/alpha', '1', { layers: 3, layerBytes: 200 * 1024 })
     beta = up.addImage('team/beta', '2', { layers: 1 })
     multi = addMultiArch(up, 'library/multi', '1')
-  })
-  afterAll(async () => {
-    await up?.close()
-  })
-  afterEach(async () => {
-    await mirror?.close()
-    mirror = undefined
-    up.reset()
   })
 
   const prefetch = (dataDir: string, ...args: string[]) =>
@@ -110,7 +105,7 @@ describe('pullcache prefetch', () => {
       expect(up.count('GET', `/blobs/${d}`, 'cdn')).toBe(1)
 
     up.reset()
-    mirror = await startMirror({ upstream: up.url, dataDir })
+    mirror = await fake.mirror({ dataDir })
     await pullAll(mirror, 'library/alpha', '1', blobsOf(alpha), [alpha.manifestDigest])
     await pullAll(mirror, 'team/beta', '2', blobsOf(beta), [beta.manifestDigest])
     expect(up.requests).toEqual([])
@@ -126,7 +121,7 @@ describe('pullcache prefetch', () => {
     expect(up.count('GET', `/v2/library/multi/manifests/${multi.amd64.manifestDigest}`)).toBe(0)
 
     up.reset()
-    mirror = await startMirror({ upstream: up.url, dataDir })
+    mirror = await fake.mirror({ dataDir })
     await pullAll(mirror, 'library/multi', '1', blobsOf(multi.arm64), [multi.arm64.manifestDigest])
     expect(up.requests).toEqual([])
 
@@ -147,7 +142,7 @@ describe('pullcache prefetch', () => {
 
   test('--file, --compose and --kubernetes through a running pullcache (--server)', async () => {
     const dir = await tmpRoot()
-    mirror = await startMirror({ upstream: up.url })
+    mirror = await fake.mirror()
     await writeFile(join(dir, 'images.txt'), '# warm these\nalpha:1\n\n  team/beta:2   # the team image\n')
     await writeFile(join(dir, '.env'), 'BETA_TAG=2\n')
     await writeFile(

@@ -6,10 +6,11 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { type AddedImage, type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { beforeAll, describe, expect, test } from 'vitest'
+import { type AddedImage, sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { runCli } from '../support/run-cli.js'
-import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import type { TestMirror } from '../support/start-mirror.js'
 
 const REPO = 'library/verified'
 
@@ -19,22 +20,17 @@ function blobFile(dataDir: string, digest: string): string {
 }
 
 describe('pullcache verify', () => {
-  let up: FakeUpstream
+  const fake = useFakeUpstream()
   let mirror: TestMirror
   let image: AddedImage
 
   beforeAll(async () => {
-    up = await startFakeUpstream()
-    image = up.addImage(REPO, '1', { layers: 3, layerBytes: 300 * 1024 })
-    mirror = await startMirror({ upstream: up.url })
+    image = fake.up.addImage(REPO, '1', { layers: 3, layerBytes: 300 * 1024 })
+    mirror = await fake.fileMirror()
     expect((await mirror.get(`/v2/${REPO}/manifests/1`)).status).toBe(200)
     for (const d of [image.configDigest, ...image.layers.map((l) => l.digest)]) {
       expect((await mirror.get(`/v2/${REPO}/blobs/${d}`)).status).toBe(200)
     }
-  })
-  afterAll(async () => {
-    await mirror?.close()
-    await up?.close()
   })
 
   const verify = (...args: string[]) => runCli(['verify', '--data-dir', mirror.dataDir, ...args])
@@ -108,13 +104,13 @@ describe('pullcache verify', () => {
     expect(again.stdout).toContain('no problems')
 
     // The running mirror fetches the quarantined and the missing blob again, verified.
-    up.reset()
+    fake.up.reset()
     for (const layer of [corrupt!, gone!]) {
       const res = await mirror.get(`/v2/${REPO}/blobs/${layer.digest}`)
       expect(res.status).toBe(200)
       expect(res.headers['x-pullcache-cache']).toBe('miss')
       expect(sha256(res.body)).toBe(layer.digest)
-      expect(up.count('GET', `/blobs/${layer.digest}`, 'cdn')).toBe(1)
+      expect(fake.up.count('GET', `/blobs/${layer.digest}`, 'cdn')).toBe(1)
     }
     const manifest = await mirror.get(`/v2/${REPO}/manifests/${image.manifestDigest}`)
     expect(sha256(manifest.body)).toBe(image.manifestDigest)

@@ -1,12 +1,14 @@
-import { type ChildProcess, spawn } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { request } from 'undici'
 import { afterEach, describe, expect, test } from 'vitest'
 import { networkFailure } from '../../src/upstream/client.js'
-import { sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
-import { type TestMirror, tmpRoot } from '../support/start-mirror.js'
+import { type CliProcess, startCli } from '../support/run-cli.js'
+import type { TestMirror } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
+import { waitFor } from '../support/wait-for.js'
 
 const REPO = 'library/budget'
 const ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json'
@@ -167,67 +169,51 @@ describe('rate limits, freshness and offline', () => {
 })
 
 describe('SIGHUP', () => {
-  let child: ChildProcess | undefined
-  afterEach(() => {
-    child?.kill('SIGKILL')
+  const fake = useFakeUpstream()
+  let child: CliProcess | undefined
+  afterEach(async () => {
+    await child?.kill()
   })
 
   test('reloads the config file and applies the offline switch without a restart; SIGTERM drains fast', async () => {
-    const up = await startFakeUpstream()
-    try {
-      const dir = await tmpRoot()
-      const file = join(dir, 'pullcache.json')
-      const write = (offline: boolean) =>
-        writeFile(
-          file,
-          JSON.stringify({
-            listen: '127.0.0.1:0',
-            data_dir: join(dir, 'data'),
-            offline,
-            upstream: { url: up.url },
-          }),
-        )
-      await write(false)
-      child = spawn('node', [join(import.meta.dirname, '../../dist/main.js'), 'serve', '--config', file], {
-        stdio: ['ignore', 'pipe', 'pipe'],
+    const up = fake.up
+    const dir = await tmpRoot()
+    const file = join(dir, 'pullcache.json')
+    const write = (offline: boolean) =>
+      writeFile(
+        file,
+        JSON.stringify({
+          listen: '127.0.0.1:0',
+          data_dir: join(dir, 'data'),
+          offline,
+          upstream: { url: up.url },
+        }),
+      )
+    await write(false)
+    const serve = startCli(['serve', '--config', file])
+    child = serve
+    const logged = (event: string) =>
+      waitFor(() => serve.lines.find((l) => l.event === event), {
+        // Starting node and opening the store takes seconds on a loaded two-core machine.
+        timeoutMs: 15_000,
+        what: `the "${event}" log line`,
       })
-      const lines: Record<string, unknown>[] = []
-      child.stdout!.setEncoding('utf8')
-      let buffer = ''
-      child.stdout!.on('data', (d: string) => {
-        buffer += d
-        let nl = buffer.indexOf('\n')
-        while (nl !== -1) {
-          lines.push(JSON.parse(buffer.slice(0, nl)) as Record<string, unknown>)
-          buffer = buffer.slice(nl + 1)
-          nl = buffer.indexOf('\n')
-        }
-      })
-      const waitFor = async (pred: () => boolean) => {
-        for (let i = 0; i < 200 && !pred(); i++) await sleep(25)
-        expect(pred()).toBe(true)
-      }
-      await waitFor(() => lines.some((l) => l.event === 'listening'))
-      const url = lines.find((l) => l.event === 'listening')!.url as string
-      up.addImage(REPO, 'hup')
-      await write(true)
-      child.kill('SIGHUP')
-      await waitFor(() => lines.some((l) => l.event === 'config.reloaded'))
-      expect(lines.find((l) => l.event === 'config.reloaded')).toMatchObject({ changed: ['offline'] })
-      up.reset()
-      const res = await request(`${url}/v2/${REPO}/manifests/hup`, { headers: { accept: ACCEPT } })
-      expect(res.statusCode).toBe(503)
-      await res.body.dump()
-      expect(up.requests).toHaveLength(0)
-      // The request above left a keep-alive connection open, as dockerd and containerd do: the
-      // drain closes it once idle instead of waiting out the whole grace period.
-      const stopping = Date.now()
-      child.kill('SIGTERM')
-      const code = await new Promise((r) => child!.once('exit', r))
-      expect(code).toBe(0)
-      expect(Date.now() - stopping).toBeLessThan(3_000)
-    } finally {
-      await up.close()
-    }
+    const url = (await logged('listening')).url as string
+    up.addImage(REPO, 'hup')
+    await write(true)
+    serve.signal('SIGHUP')
+    expect(await logged('config.reloaded')).toMatchObject({ changed: ['offline'] })
+    up.reset()
+    const res = await request(`${url}/v2/${REPO}/manifests/hup`, { headers: { accept: ACCEPT } })
+    expect(res.statusCode).toBe(503)
+    await res.body.dump()
+    expect(up.requests).toHaveLength(0)
+    // The request above left a keep-alive connection open, as dockerd and containerd do: the
+    // drain closes it once idle instead of waiting out the whole grace period.
+    const stopping = Date.now()
+    serve.signal('SIGTERM')
+    const code = await serve.exited
+    expect(code).toBe(0)
+    expect(Date.now() - stopping).toBeLessThan(3_000)
   })
 })

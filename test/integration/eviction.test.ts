@@ -1,17 +1,21 @@
-import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { promisify } from 'node:util'
 import { request } from 'undici'
 import { describe, expect, test } from 'vitest'
 import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
 
-const run = promisify(execFile)
-const CLI = join(import.meta.dirname, '../../dist/main.js')
 const REPO = 'library/evict'
+
+/** A CLI command that must succeed: its stdout. */
+async function cliOk(args: string[]): Promise<string> {
+  const r = await runCli(args)
+  expect(r.code, r.stderr).toBe(0)
+  return r.stdout
+}
 
 async function storedDigests(dataDir: string): Promise<string[]> {
   const root = join(dataDir, 'blobs', 'sha256')
@@ -111,18 +115,7 @@ describe('eviction', () => {
     await new Promise((r) => setTimeout(r, 20))
 
     const dry = JSON.parse(
-      (
-        await run('node', [
-          CLI,
-          'gc',
-          '--dry-run',
-          '--json',
-          '--data-dir',
-          dataDir,
-          '--max-unused-age',
-          '10ms',
-        ])
-      ).stdout,
+      await cliOk(['gc', '--dry-run', '--json', '--data-dir', dataDir, '--max-unused-age', '10ms']),
     )
     expect(dry.dry_run).toBe(true)
     const planned = dry.plan.blobs.map((b: { digest: string }) => b.digest).sort()
@@ -131,9 +124,7 @@ describe('eviction', () => {
     expect(dry.plan.tags).toEqual([{ registry: new URL(fake.up.url).host, repo: REPO, tag: 'old' }])
     expect(await storedDigests(dataDir)).toHaveLength(3)
 
-    const real = JSON.parse(
-      (await run('node', [CLI, 'gc', '--json', '--data-dir', dataDir, '--max-unused-age', '10ms'])).stdout,
-    )
+    const real = JSON.parse(await cliOk(['gc', '--json', '--data-dir', dataDir, '--max-unused-age', '10ms']))
     expect(real.result).toMatchObject({ blobs: 3, manifests: 1, tags: 1, bytes: dry.plan.bytes })
     expect(await storedDigests(dataDir)).toEqual([])
 
@@ -153,10 +144,8 @@ describe('eviction', () => {
     mirror = await fake.mirror()
     const dataDir = mirror.dataDir
     await mirror.close({ wipe: false })
-    const { stdout } = await run('node', [CLI, 'gc', '--data-dir', dataDir])
+    const stdout = await cliOk(['gc', '--data-dir', dataDir])
     expect(stdout).toContain('freed 0 B')
-    await expect(run('node', [CLI, 'gc', '--data-dir', join(dataDir, 'nope')])).rejects.toMatchObject({
-      code: 1,
-    })
+    expect(await runCli(['gc', '--data-dir', join(dataDir, 'nope')])).toMatchObject({ code: 1 })
   })
 })

@@ -2,10 +2,10 @@ import { readFileSync } from 'node:fs'
 import { readdir, rename, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { beforeAll, describe, expect, test } from 'vitest'
 import type { Readiness } from '../../src/http/health.js'
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import type { TestMirror } from '../support/start-mirror.js'
 
 const VERSION = (JSON.parse(readFileSync('package.json', 'utf8')) as { version: string }).version
 
@@ -26,17 +26,11 @@ async function readyz(mirror: TestMirror): Promise<{ status: number; body: Readi
 }
 
 describe('health and readiness', () => {
-  let up: FakeUpstream
+  const fake = useFakeUpstream()
   let mirror: TestMirror
 
   beforeAll(async () => {
-    up = await startFakeUpstream({})
-    mirror = await startMirror({ upstream: up.url })
-  })
-
-  afterAll(async () => {
-    await mirror?.close()
-    await up?.close()
+    mirror = await fake.fileMirror()
   })
 
   test('healthz answers 200 with the version and the uptime', async () => {
@@ -48,7 +42,7 @@ describe('health and readiness', () => {
   })
 
   test('readyz is 200 with every check ok, and asks upstream once per 10 s however often it is probed', async () => {
-    up.reset()
+    fake.up.reset()
     const first = await readyz(mirror)
     expect(first.status).toBe(200)
     expect(first.body.ready).toBe(true)
@@ -58,13 +52,13 @@ describe('health and readiness', () => {
       detail: expect.stringMatching(/^open, schema version \d+$/),
     })
     // The fake demands a token, as Hub does: 401 on /v2/ means upstream answers.
-    expect(first.body.checks.upstream).toEqual({ ok: true, detail: `${up.url}/v2/ answered 401` })
+    expect(first.body.checks.upstream).toEqual({ ok: true, detail: `${fake.up.url}/v2/ answered 401` })
 
     const more = await Promise.all(Array.from({ length: 5 }, () => readyz(mirror)))
     for (const r of more) expect(r.body).toEqual(first.body)
-    expect(up.count('GET', '/v2/')).toBe(1)
+    expect(fake.up.count('GET', '/v2/')).toBe(1)
     // Only /v2/: no token fetched, nothing else asked.
-    expect(up.requests).toHaveLength(1)
+    expect(fake.up.requests).toHaveLength(1)
 
     const metrics = (await mirror.get('/metrics')).body.toString()
     expect(metrics).toMatch(/pullcache_upstream_requests_total\{kind="ping",method="GET",status="401"\} 1\n/)
@@ -119,61 +113,49 @@ describe('health and readiness', () => {
 })
 
 describe('readiness with upstream down', () => {
-  test('503 when upstream refuses connections; 200 with "offline on purpose" when offline', async () => {
-    const mirror = await startMirror({ upstream: await deadUrl() })
-    try {
-      const down = await readyz(mirror)
-      expect(down.status).toBe(503)
-      expect(down.body.ready).toBe(false)
-      expect(down.body.checks.upstream.ok).toBe(false)
-      expect(down.body.checks.upstream.detail).toMatch(/\/v2\/: upstream unreachable: ECONNREFUSED/)
-      expect(down.body.checks.store.ok).toBe(true)
-      expect(down.body.checks.index.ok).toBe(true)
-      // The failure shows where the status page lists upstream errors.
-      const stats = JSON.parse((await mirror.get('/_pullcache/stats')).body.toString()) as {
-        upstream: { recent_errors: { kind: string }[] }
-      }
-      expect(stats.upstream.recent_errors[0]?.kind).toBe('NETWORK')
+  const fake = useFakeUpstream()
 
-      mirror.server.mirror.offline = true
-      const offline = await readyz(mirror)
-      expect(offline.status).toBe(200)
-      expect(offline.body.checks.upstream).toEqual({ ok: true, detail: 'offline on purpose' })
-      // healthz does not care either way.
-      expect((await mirror.get('/_pullcache/healthz')).status).toBe(200)
-    } finally {
-      await mirror.close()
+  test('503 when upstream refuses connections; 200 with "offline on purpose" when offline', async () => {
+    const mirror = await fake.mirror({ upstream: await deadUrl() })
+    const down = await readyz(mirror)
+    expect(down.status).toBe(503)
+    expect(down.body.ready).toBe(false)
+    expect(down.body.checks.upstream.ok).toBe(false)
+    expect(down.body.checks.upstream.detail).toMatch(/\/v2\/: upstream unreachable: ECONNREFUSED/)
+    expect(down.body.checks.store.ok).toBe(true)
+    expect(down.body.checks.index.ok).toBe(true)
+    // The failure shows where the status page lists upstream errors.
+    const stats = JSON.parse((await mirror.get('/_pullcache/stats')).body.toString()) as {
+      upstream: { recent_errors: { kind: string }[] }
     }
+    expect(stats.upstream.recent_errors[0]?.kind).toBe('NETWORK')
+
+    mirror.server.mirror.offline = true
+    const offline = await readyz(mirror)
+    expect(offline.status).toBe(200)
+    expect(offline.body.checks.upstream).toEqual({ ok: true, detail: 'offline on purpose' })
+    // healthz does not care either way.
+    expect((await mirror.get('/_pullcache/healthz')).status).toBe(200)
   })
 
   test('503 when upstream answers /v2/ with neither 200 nor 401', async () => {
-    const up = await startFakeUpstream({})
+    const up = fake.up
     up.fault({ path: '/v2/' }, { kind: 'status', status: 503 })
-    const mirror = await startMirror({ upstream: up.url })
-    try {
-      const { status, body } = await readyz(mirror)
-      expect(status).toBe(503)
-      expect(body.checks.upstream).toEqual({
-        ok: false,
-        detail: `${up.url}/v2/ answered 503, expected 200 or 401`,
-      })
-    } finally {
-      await mirror.close()
-      await up.close()
-    }
+    const mirror = await fake.mirror()
+    const { status, body } = await readyz(mirror)
+    expect(status).toBe(503)
+    expect(body.checks.upstream).toEqual({
+      ok: false,
+      detail: `${up.url}/v2/ answered 503, expected 200 or 401`,
+    })
   })
 
   test('a mirror started offline is ready without asking upstream', async () => {
-    const up = await startFakeUpstream({})
-    const mirror = await startMirror({ upstream: up.url, config: { offline: true } })
-    try {
-      const { status, body } = await readyz(mirror)
-      expect(status).toBe(200)
-      expect(body.checks.upstream.detail).toBe('offline on purpose')
-      expect(up.requests).toHaveLength(0)
-    } finally {
-      await mirror.close()
-      await up.close()
-    }
+    const up = fake.up
+    const mirror = await fake.mirror({ config: { offline: true } })
+    const { status, body } = await readyz(mirror)
+    expect(status).toBe(200)
+    expect(body.checks.upstream.detail).toBe('offline on purpose')
+    expect(up.requests).toHaveLength(0)
   })
 })

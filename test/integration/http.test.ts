@@ -1,7 +1,38 @@
 import { connect } from 'node:net'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import { beforeAll, describe, expect, test } from 'vitest'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import type { TestMirror } from '../support/start-mirror.js'
+
+/** Sends bytes as they are and collects everything until the server closes the connection. */
+function rawExchange(url: string, data: string): Promise<string> {
+  const { hostname, port } = new URL(url)
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => socket.write(data))
+    let out = ''
+    const timer = setTimeout(() => {
+      socket.destroy()
+      reject(new Error(`no close within 5 s; got ${JSON.stringify(out.slice(0, 200))}`))
+    }, 5_000)
+    socket.on('data', (d) => {
+      out += d.toString('latin1')
+    })
+    socket.on('error', () => {})
+    socket.on('close', () => {
+      clearTimeout(timer)
+      resolve(out)
+    })
+  })
+}
+
+/** Status, headers and the OCI error code of one raw HTTP/1.1 answer. */
+function ociAnswer(raw: string): { status: number; headers: string; code: string } {
+  const end = raw.indexOf('\r\n\r\n')
+  const headers = raw.slice(0, end)
+  expect(headers).toMatch(/\r\nContent-Type: application\/json/i)
+  const body = JSON.parse(raw.slice(end + 4)) as { errors: { code: string; message: string }[] }
+  expect(body.errors[0]!.message).toBeTypeOf('string')
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(raw)?.[1]), headers, code: body.errors[0]!.code }
+}
 
 /** Sends a request line as it is, without a client normalising the path on the way. */
 function rawGet(url: string, path: string): Promise<{ status: number; body: string }> {
@@ -23,26 +54,21 @@ function rawGet(url: string, path: string): Promise<{ status: number; body: stri
 }
 
 describe('the HTTP surface', () => {
-  let up: FakeUpstream
+  const fake = useFakeUpstream()
   let mirror: TestMirror
 
   beforeAll(async () => {
-    up = await startFakeUpstream()
-    mirror = await startMirror({ upstream: up.url })
-  })
-  afterAll(async () => {
-    await mirror.close()
-    await up.close()
+    mirror = await fake.fileMirror()
   })
 
   test('GET and HEAD /v2/ answer 200 with the API version header, without asking upstream', async () => {
-    up.reset()
+    fake.up.reset()
     for (const call of [mirror.get('/v2/'), mirror.head('/v2/'), mirror.get('/v2')]) {
       const res = await call
       expect(res.status).toBe(200)
       expect(res.headers['docker-distribution-api-version']).toBe('registry/2.0')
     }
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
   })
 
   test('every error is OCI JSON with the right status and the API version header', async () => {
@@ -73,7 +99,7 @@ describe('the HTTP surface', () => {
   })
 
   test('push and delete are 405 UNSUPPORTED and never reach upstream', async () => {
-    up.reset()
+    fake.up.reset()
     const { request } = await import('undici')
     for (const [method, path] of [
       ['PUT', '/v2/library/x/manifests/latest'],
@@ -87,11 +113,11 @@ describe('the HTTP surface', () => {
       const body = (await res.body.json()) as { errors: { code: string }[] }
       expect(body.errors[0]!.code).toBe('UNSUPPORTED')
     }
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
   })
 
   test('no path, however encoded, escapes the name grammar or reaches upstream', async () => {
-    up.reset()
+    fake.up.reset()
     const paths = [
       '/v2/../../etc/passwd/manifests/latest',
       '/v2/library/%2e%2e/%2e%2e/manifests/latest',
@@ -107,12 +133,12 @@ describe('the HTTP surface', () => {
       expect(res.status, path).toBeLessThan(500)
       expect(JSON.parse(res.body).errors[0].code, path).toBeTypeOf('string')
     }
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
   })
 
   test('a malformed Range is 416 with Content-Range', async () => {
     const bytes = Buffer.from('range me please')
-    const digest = up.addBlob('library/x', bytes)
+    const digest = fake.up.addBlob('library/x', bytes)
     await mirror.get(`/v2/library/x/blobs/${digest}`)
     for (const range of ['bytes=10-5', 'bytes=-0', 'bytes=100-', 'bytes=-']) {
       const res = await mirror.get(`/v2/library/x/blobs/${digest}`, { range })
@@ -123,7 +149,7 @@ describe('the HTTP surface', () => {
 
   test('one JSON access line per request with method, path, status, bytes, duration and cache result', async () => {
     const before = mirror.logs.length
-    const digest = up.addBlob('library/x', Buffer.from('logged'))
+    const digest = fake.up.addBlob('library/x', Buffer.from('logged'))
     await mirror.get(`/v2/library/x/blobs/${digest}`)
     await new Promise((r) => setTimeout(r, 20))
     const lines = mirror.logs.slice(before).filter((l) => l.event === 'request')
@@ -138,15 +164,79 @@ describe('the HTTP surface', () => {
     expect(lines[0]!.duration_ms).toBeTypeOf('number')
   })
 
+  test('every registry API request is timed by kind, with or without the access log', async () => {
+    const quiet = await fake.mirror({ env: { PULLCACHE_ACCESS_LOG: 'false' } })
+    const digest = fake.up.addBlob('library/x', Buffer.from('timed'))
+    await quiet.get('/v2/')
+    await quiet.get(`/v2/library/x/blobs/${digest}`)
+    await quiet.get(`/v2/library/x/blobs/${digest}`)
+    await quiet.get('/v2/library/x/manifests/nope')
+    await quiet.get('/_pullcache/healthz')
+    await new Promise((r) => setTimeout(r, 20))
+    const metrics = (await quiet.get('/metrics')).body.toString()
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="base"\} 1$/m)
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="blob"\} 2$/m)
+    expect(metrics).toMatch(/^pullcache_request_duration_seconds_count\{kind="manifest"\} 1$/m)
+    // Only /v2: the status endpoints and /metrics itself are not registry API requests.
+    const kinds = [...metrics.matchAll(/^pullcache_request_duration_seconds_count\{kind="(\w+)"\}/gm)]
+    expect(kinds.map((m) => m[1]).sort()).toEqual(['base', 'blob', 'manifest'])
+    expect(quiet.logs.filter((l) => l.event === 'request')).toHaveLength(0)
+  })
+
   test('?ns= for Docker Hub or the upstream is served; another registry is 404 so containerd moves on', async () => {
-    const digest = up.addBlob('library/x', Buffer.from('namespaced'))
+    const digest = fake.up.addBlob('library/x', Buffer.from('namespaced'))
     const ok = await mirror.get(`/v2/library/x/blobs/${digest}?ns=docker.io`)
     expect(ok.status).toBe(200)
-    expect((await mirror.get(`/v2/library/x/blobs/${digest}?ns=${new URL(up.url).host}`)).status).toBe(200)
-    up.reset()
+    expect((await mirror.get(`/v2/library/x/blobs/${digest}?ns=${new URL(fake.up.url).host}`)).status).toBe(
+      200,
+    )
+    fake.up.reset()
     const other = await mirror.get(`/v2/library/x/blobs/${digest}?ns=ghcr.io`)
     expect(other.status).toBe(404)
     expect(JSON.parse(other.body.toString()).errors[0].code).toBe('NAME_UNKNOWN')
-    expect(up.requests).toHaveLength(0)
+    expect(fake.up.requests).toHaveLength(0)
+  })
+
+  test('names upstream would know by more than 255 characters are NAME_INVALID and not forwarded', async () => {
+    fake.up.reset()
+    for (const name of ['a'.repeat(256), 'a'.repeat(250), `a/${'b'.repeat(254)}`]) {
+      for (const path of [`/v2/${name}/manifests/latest`, `/v2/${name}/blobs/sha256:${'a'.repeat(64)}`]) {
+        const res = await mirror.get(path)
+        expect(res.status, name.length.toString()).toBe(400)
+        expect(JSON.parse(res.body.toString()).errors[0].code).toBe('NAME_INVALID')
+      }
+    }
+    expect(fake.up.requests).toHaveLength(0)
+  })
+
+  test('what the HTTP parser refuses is answered with an OCI error and Connection: close', async () => {
+    const cases: [string, number][] = [
+      ['FOO / HTTP/1.1\r\nHost: x\r\n\r\n', 405],
+      ['\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.1\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.0\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.1\r\nHost: a b\r\n\r\n', 400],
+      ['GET /v2/ HTTP/9.9\r\nHost: x\r\n\r\n', 400],
+      ['GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n', 400],
+      [`GET /v2/ HTTP/1.1\r\nHost: x\r\nX: ${'a'.repeat(20_000)}\r\n\r\n`, 431],
+      [`GET /v2/${'a/'.repeat(10_000)}manifests/latest HTTP/1.1\r\nHost: x\r\n\r\n`, 431],
+    ]
+    fake.up.reset()
+    for (const [request, status] of cases) {
+      const answer = ociAnswer(await rawExchange(mirror.url, request))
+      expect(answer.status, JSON.stringify(request.slice(0, 40))).toBe(status)
+      expect(answer.headers).toMatch(/\r\nConnection: close/i)
+    }
+    expect(fake.up.requests).toHaveLength(0)
+  })
+
+  test('a parse error after a pipelined request is answered once the first answer is out', async () => {
+    const raw = await rawExchange(
+      mirror.url,
+      'GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nBAD\x01 / HTTP/1.1\r\n\r\n',
+    )
+    const answers = raw.split(/(?=HTTP\/1\.1 )/)
+    expect(answers.map((a) => Number(a.slice(9, 12)))).toEqual([200, 200, 400])
+    expect(ociAnswer(answers[2]!).code).toBe('UNSUPPORTED')
   })
 })

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest'
-import { sha256, startFakeUpstream } from '../support/fake-upstream.js'
+import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import type { TestMirror } from '../support/start-mirror.js'
 
@@ -203,7 +203,7 @@ describe('manifests and tags', () => {
   })
 
   test('HEAD tag then GET by digest, as dockerd pulls: the next pull works with upstream down', async () => {
-    const lonely = await startFakeUpstream()
+    const lonely = await fake.upstream()
     mirror = await fake.mirror({ upstream: lonely.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
     const image = lonely.addImage(REPO, 'dockerd')
     expect((await mirror.head(`/v2/${REPO}/manifests/dockerd`, { accept: ALL_TYPES })).status).toBe(200)
@@ -290,7 +290,7 @@ describe('manifests and tags', () => {
   })
 
   test('with upstream gone entirely, cached tags and digests still answer', async () => {
-    const lonely = await startFakeUpstream()
+    const lonely = await fake.upstream()
     mirror = await fake.mirror({ upstream: lonely.url, env: { PULLCACHE_TAG_FRESHNESS: '50ms' } })
     const image = lonely.addImage(REPO, 'offline')
     await mirror.get(`/v2/${REPO}/manifests/offline`, { accept: ALL_TYPES })

@@ -1,16 +1,15 @@
-import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, rm, stat } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
-import { promisify } from 'node:util'
-import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { join } from 'node:path'
+import { beforeAll, describe, expect, test } from 'vitest'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
-import { type FakeUpstream, sha256, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror, tmpRoot } from '../support/start-mirror.js'
+import { type FakeUpstream, sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { MAIN_JS, runCli } from '../support/run-cli.js'
+import type { TestMirror } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
 
-const run = promisify(execFile)
-const CLI = resolve('dist/main.js')
 const ALPHA = 'library/alpha'
 const BETA = 'library/beta'
 const ACCEPT = [
@@ -19,18 +18,6 @@ const ACCEPT = [
   'application/vnd.oci.image.manifest.v1+json',
   'application/vnd.oci.image.index.v1+json',
 ].join(', ')
-
-/** Runs the built CLI with a clean environment, so no PULLCACHE_* of the caller leaks in. */
-async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PULLCACHE_')))
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { env })
-    return { code: 0, stdout, stderr }
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string }
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr }
-  }
-}
 
 /** Prometheus text exposition -> "name{label="v",...}" -> value, labels sorted by name. */
 function parseMetrics(text: string): Map<string, number> {
@@ -61,16 +48,18 @@ function sumOf(metrics: Map<string, number>, name: string): number {
 }
 
 describe('stats: the numbers match the requests made', () => {
+  const fake = useFakeUpstream({ rateLimit: { limit: 100, remaining: 100, window: 21600 } })
   let up: FakeUpstream
   let mirror: TestMirror
   // What the sequence in beforeAll sent, for the expectations.
   const sizes = { b1: 100_000, b2: 50_000, b3: 4 * 1024 * 1024, manifest: 0, tagList: 0 }
   let upstreamRequests = 0
+  let cdnBlobGets = 0
 
   beforeAll(async () => {
-    expect(existsSync(CLI), 'run `npm run build` first: this test runs the built CLI').toBe(true)
-    up = await startFakeUpstream({ rateLimit: { limit: 100, remaining: 100, window: 21600 } })
-    mirror = await startMirror({ upstream: up.url })
+    expect(existsSync(MAIN_JS), 'run `npm run build` first: this test runs the built CLI').toBe(true)
+    up = fake.up
+    mirror = await fake.fileMirror()
     const blob = (repo: string, digest: string) => mirror.get(`/v2/${repo}/blobs/${digest}`)
     const cacheOf = (res: { headers: Record<string, unknown> }) => res.headers['x-pullcache-cache']
 
@@ -116,12 +105,9 @@ describe('stats: the numbers match the requests made', () => {
     up.clearFaults()
     mirror.server.mirror.setTagFreshness(60_000)
 
+    // The fixture empties the request log after each test: what the sequence sent, kept.
     upstreamRequests = up.requests.length
-  })
-
-  afterAll(async () => {
-    await mirror?.close()
-    await up?.close()
+    cdnBlobGets = up.count('GET', /^\/blobs\//, 'cdn')
   })
 
   const { b1, b2 } = sizes
@@ -301,7 +287,7 @@ describe('stats: the numbers match the requests made', () => {
     expect(sumOf(m, 'pullcache_upstream_requests_total')).toBe(upstreamRequests)
     expect(
       metric(m, 'pullcache_upstream_requests_total', { kind: 'cdn', method: 'GET', status: '200' }),
-    ).toBe(up.count('GET', /^\/blobs\//, 'cdn'))
+    ).toBe(cdnBlobGets)
     expect(
       metric(m, 'pullcache_upstream_requests_total', { kind: 'manifest', method: 'GET', status: '200' }),
     ).toBe(1)
@@ -312,27 +298,31 @@ describe('stats: the numbers match the requests made', () => {
   test('pullcache stats --json, next to the running server, prints the same document', async () => {
     // The server's endpoint flushed the accounting; the CLI reads what is on disk.
     await mirror.get('/_pullcache/stats')
-    const { code, stdout, stderr } = await cli(['stats', '--json', '--data-dir', mirror.dataDir])
+    const { code, stdout, stderr } = await runCli(['stats', '--json', '--data-dir', mirror.dataDir])
     expect(stderr).toBe('')
     expect(code).toBe(0)
     const report = JSON.parse(stdout) as StatsReport
     expectTotals(report)
     expect(report.uptime_seconds).toBeNull()
+    // No server to ask: whether upstream answers is not known.
     expect(report.upstream).toEqual({
       url: 'https://registry-1.docker.io',
       offline: false,
+      state: 'unknown',
+      last_answer: null,
+      last_failure: null,
       rate_limit: null,
       recent_errors: [],
     })
 
     const top1 = JSON.parse(
-      (await cli(['stats', '--json', '--top', '1', '--data-dir', mirror.dataDir])).stdout,
+      (await runCli(['stats', '--json', '--top', '1', '--data-dir', mirror.dataDir])).stdout,
     )
     expect(top1.top_repositories.map((r: { repo: string }) => r.repo)).toEqual([ALPHA])
   })
 
   test('pullcache stats prints a table with the repositories and their hit rates', async () => {
-    const { code, stdout } = await cli(['stats', '--data-dir', mirror.dataDir, '--since', '24h'])
+    const { code, stdout } = await runCli(['stats', '--data-dir', mirror.dataDir, '--since', '24h'])
     expect(code).toBe(0)
     expect(stdout).toMatch(/^overall\s+16\s+66\.7%/m)
     expect(stdout).toMatch(/^blob\s+10\s+66\.7%/m)
@@ -346,7 +336,7 @@ describe('stats: the numbers match the requests made', () => {
     await mirror.close({ wipe: false })
     const db = join(mirror.dataDir, 'index.db')
     const before = sha256(await readFile(db))
-    const { code, stdout } = await cli(['stats', '--json', '--data-dir', mirror.dataDir])
+    const { code, stdout } = await runCli(['stats', '--json', '--data-dir', mirror.dataDir])
     expect(code).toBe(0)
     expectTotals(JSON.parse(stdout) as StatsReport)
     // Looking changed nothing: SQLite may leave an empty -wal beside the file, never data.
@@ -358,65 +348,62 @@ describe('stats: the numbers match the requests made', () => {
 })
 
 describe('stats: concurrent manifest requests', () => {
+  const fake = useFakeUpstream()
+
   test('requests that join another one’s manifest download are coalesced: one pull spent, the rest avoided', async () => {
-    const up = await startFakeUpstream()
-    const mirror = await startMirror({ upstream: up.url })
-    try {
-      const image = up.addImage(ALPHA, 'busy')
-      const byDigest = `/v2/${ALPHA}/manifests/${image.manifestDigest}`
-      // Slow enough that all five are in flight together.
-      up.fault({ method: 'GET', path: byDigest }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
-      const byTag = await Promise.all(
-        Array.from({ length: 5 }, () => mirror.get(`/v2/${ALPHA}/manifests/busy`, { accept: ACCEPT })),
-      )
-      for (const r of byTag) expect(sha256(r.body)).toBe(image.manifestDigest)
-      expect(byTag.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
-        'coalesced',
-        'coalesced',
-        'coalesced',
-        'coalesced',
-        'miss',
-      ])
-      expect(up.count('GET', byDigest)).toBe(1)
+    const up = fake.up
+    const mirror = await fake.mirror()
+    const image = up.addImage(ALPHA, 'busy')
+    const byDigest = `/v2/${ALPHA}/manifests/${image.manifestDigest}`
+    // Slow enough that all five are in flight together.
+    up.fault({ method: 'GET', path: byDigest }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
+    const byTag = await Promise.all(
+      Array.from({ length: 5 }, () => mirror.get(`/v2/${ALPHA}/manifests/busy`, { accept: ACCEPT })),
+    )
+    for (const r of byTag) expect(sha256(r.body)).toBe(image.manifestDigest)
+    expect(byTag.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
+      'coalesced',
+      'coalesced',
+      'coalesced',
+      'coalesced',
+      'miss',
+    ])
+    expect(up.count('GET', byDigest)).toBe(1)
 
-      const other = up.addImage(BETA, 'busy')
-      const otherPath = `/v2/${BETA}/manifests/${other.manifestDigest}`
-      up.fault({ method: 'GET', path: otherPath }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
-      const direct = await Promise.all(Array.from({ length: 3 }, () => mirror.get(otherPath)))
-      expect(direct.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
-        'coalesced',
-        'coalesced',
-        'miss',
-      ])
-      expect(up.count('GET', otherPath)).toBe(1)
+    const other = up.addImage(BETA, 'busy')
+    const otherPath = `/v2/${BETA}/manifests/${other.manifestDigest}`
+    up.fault({ method: 'GET', path: otherPath }, { kind: 'slow', chunkBytes: 64, delayMs: 10 })
+    const direct = await Promise.all(Array.from({ length: 3 }, () => mirror.get(otherPath)))
+    expect(direct.map((r) => r.headers['x-pullcache-cache']).sort()).toEqual([
+      'coalesced',
+      'coalesced',
+      'miss',
+    ])
+    expect(up.count('GET', otherPath)).toBe(1)
 
-      const report = JSON.parse((await mirror.get('/_pullcache/stats')).body.toString()) as StatsReport
-      expect(report.by_kind.manifest).toMatchObject({
-        requests: 8,
-        misses: 2,
-        coalesced: 6,
-        pulls_avoided: 6,
-        bytes_from_upstream: image.manifest.length + other.manifest.length,
-        bytes_from_cache: 4 * image.manifest.length + 2 * other.manifest.length,
-      })
-      expect(report.top_tags[0]).toMatchObject({
-        tag: 'busy',
-        requests: 5,
-        hits: 4,
-        misses: 1,
-        pulls_avoided: 4,
-      })
-    } finally {
-      await mirror.close()
-      await up.close()
-    }
+    const report = JSON.parse((await mirror.get('/_pullcache/stats')).body.toString()) as StatsReport
+    expect(report.by_kind.manifest).toMatchObject({
+      requests: 8,
+      misses: 2,
+      coalesced: 6,
+      pulls_avoided: 6,
+      bytes_from_upstream: image.manifest.length + other.manifest.length,
+      bytes_from_cache: 4 * image.manifest.length + 2 * other.manifest.length,
+    })
+    expect(report.top_tags[0]).toMatchObject({
+      tag: 'busy',
+      requests: 5,
+      hits: 4,
+      misses: 1,
+      pulls_avoided: 4,
+    })
   })
 })
 
 describe('pullcache stats: usage and failures', () => {
   test('exit 1 for a data dir that does not exist, which it does not create', async () => {
     const dir = join(await tmpRoot(), 'nope')
-    const { code, stderr } = await cli(['stats', '--data-dir', dir])
+    const { code, stderr } = await runCli(['stats', '--data-dir', dir])
     expect(code).toBe(1)
     expect(stderr).toContain('does not exist')
     expect(existsSync(dir)).toBe(false)
@@ -424,7 +411,7 @@ describe('pullcache stats: usage and failures', () => {
 
   test('exit 1 for a data dir without an index, and nothing is created in it', async () => {
     const dir = await tmpRoot()
-    const { code, stderr } = await cli(['stats', '--data-dir', dir])
+    const { code, stderr } = await runCli(['stats', '--data-dir', dir])
     expect(code).toBe(1)
     expect(stderr).toContain('no index')
     expect(existsSync(join(dir, 'index.db'))).toBe(false)
@@ -439,10 +426,10 @@ describe('pullcache stats: usage and failures', () => {
       ['stats', '--frobnicate'],
       ['stats', '--config', join(dir, 'missing.json')],
     ]) {
-      const { code } = await cli(args)
+      const { code } = await runCli(args)
       expect(code, args.join(' ')).toBe(2)
     }
-    const help = await cli(['stats', '--help'])
+    const help = await runCli(['stats', '--help'])
     expect(help.code).toBe(0)
     expect(help.stdout).toContain('--since')
   })

@@ -1,13 +1,13 @@
-import { createHash } from 'node:crypto'
 import { statfsSync, statSync, unlinkSync } from 'node:fs'
 import { mkdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { IndexDb } from '../../src/store/index-db.js'
-import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
-import { type TestMirror, tmpRoot } from '../support/start-mirror.js'
+import { sha256 } from '../support/sha256.js'
+import type { TestMirror } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
 
 const REPO = 'library/scale'
 const blobPath = (digest: string) => `/v2/${REPO}/blobs/${digest}`
@@ -17,7 +17,7 @@ const fileOf = (dataDir: string, digest: string) =>
 function small(i: number): { bytes: Buffer; digest: string } {
   const bytes = Buffer.alloc(8)
   bytes.writeUInt32BE(i, 4)
-  return { bytes, digest: `sha256:${createHash('sha256').update(bytes).digest('hex')}` }
+  return { bytes, digest: sha256(bytes) }
 }
 
 /**

@@ -5,8 +5,8 @@
 //   early  (status, hang, reset)      the request is answered by the fault instead of the handler,
 //                                     before authentication, so it hits the very next matching request;
 //   body   (cut, corrupt, short,      the handler answers, and the fault mangles its body. Only a
-//           slow, stall)              GET answered 200 or 206 with a body consumes one, so a 401 or a
-//                                     307 in front of the real download does not use it up.
+//           slow, stall, empty,       GET answered 200 or 206 with a body consumes one, so a 401 or a
+//           unsized, long)            307 in front of the real download does not use it up.
 import type { ServerResponse } from 'node:http'
 import type { Reply } from './fake-upstream-http.js'
 
@@ -32,6 +32,14 @@ export type Fault =
   | { kind: 'reset' }
   // N body bytes (clamped to length - 1), then silence with the socket open until close().
   | { kind: 'stall'; afterBytes: number }
+  // Content-Length: 0 and no body, cleanly ended: a registry or CDN that lost the object.
+  | { kind: 'empty' }
+  // No Content-Length (chunked), the first N body bytes (the whole body when N is left out; else
+  // clamped to length - 1), then a clean end: a short body nothing on the wire gives away.
+  | { kind: 'unsized'; afterBytes?: number }
+  // Content-Length is one less than the body; the whole body is sent. The reader takes the
+  // declared bytes and the last byte is garbage on the connection.
+  | { kind: 'long' }
 
 export type EarlyFault = Extract<Fault, { kind: 'status' | 'hang' | 'reset' }>
 export type BodyFault = Exclude<Fault, EarlyFault>
@@ -106,6 +114,13 @@ function validate(f: Fault): void {
   if ((f.kind === 'cut' || f.kind === 'stall') && !(Number.isInteger(f.afterBytes) && f.afterBytes >= 0)) {
     throw bad('afterBytes >= 0')
   }
+  if (
+    f.kind === 'unsized' &&
+    f.afterBytes !== undefined &&
+    !(Number.isInteger(f.afterBytes) && f.afterBytes >= 0)
+  ) {
+    throw bad('afterBytes >= 0 or none')
+  }
   if (f.kind === 'slow' && !(Number.isInteger(f.chunkBytes) && f.chunkBytes > 0 && f.delayMs >= 0)) {
     throw bad('chunkBytes > 0 and delayMs >= 0')
   }
@@ -171,6 +186,21 @@ export function writeReply(
     case 'stall':
       res.writeHead(status, withLength(body.length))
       res.write(body.subarray(0, cutAt(fault.afterBytes)))
+      return
+    case 'empty':
+      res.writeHead(status, withLength(0))
+      res.end()
+      return
+    case 'unsized': {
+      // Without a content-length header Node sends the body chunked.
+      const { 'content-length': _, ...rest } = headers
+      res.writeHead(status, rest)
+      res.end(fault.afterBytes === undefined ? body : body.subarray(0, cutAt(fault.afterBytes)))
+      return
+    }
+    case 'long':
+      res.writeHead(status, withLength(Math.max(0, body.length - 1)))
+      res.end(body)
       return
     case 'slow': {
       res.writeHead(status, withLength(body.length))

@@ -33,8 +33,8 @@ import { bytesReply, codeForStatus, empty, json, ociError, type Reply, text } fr
 import { parseBasic, pullableRepos, redactAuthorization, TokenStore } from './fake-upstream-tokens.js'
 
 export type { AddedImage } from './fake-upstream-content.js'
-export { sha256 } from './fake-upstream-content.js'
 export type { Fault, FaultMatch, Host } from './fake-upstream-faults.js'
+export { sha256 } from './sha256.js'
 
 export interface RecordedRequest {
   method: string

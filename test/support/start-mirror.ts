@@ -1,13 +1,15 @@
 // Starts pullcache in-process on 127.0.0.1:0 with a fresh temp data dir, and gives tests a few
 // ways to talk to it. Logs are captured, so a test can assert what was (and was not) logged.
+// The data dir (unless the test gave one) and the config file are temp dirs: removed after the
+// file at the latest (test/support/tmp.ts).
 
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { request } from 'undici'
 import { loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/log.js'
 import { type RunningServer, startServer } from '../../src/server.js'
+import { tmpRoot } from './tmp.js'
 
 export interface TestMirror {
   url: string
@@ -24,10 +26,6 @@ export interface TestResponse {
   status: number
   headers: Record<string, string | string[] | undefined>
   body: Buffer
-}
-
-export async function tmpRoot(): Promise<string> {
-  return mkdtemp(join(tmpdir(), 'pullcache-test-'))
 }
 
 export async function startMirror(opts: {

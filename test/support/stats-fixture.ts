@@ -41,7 +41,15 @@ export function emptyReport(): StatsReport {
     top_tags: [],
     hourly: [],
     store: { blobs: 0, bytes: 0, allocated_bytes: 0, manifests: 0, tags: 0, budget_bytes: null },
-    upstream: { url: 'https://registry-1.docker.io', offline: false, rate_limit: null, recent_errors: [] },
+    upstream: {
+      url: 'https://registry-1.docker.io',
+      offline: false,
+      state: 'online',
+      last_answer: GENERATED_AT,
+      last_failure: null,
+      rate_limit: null,
+      recent_errors: [],
+    },
   }
 }
 
@@ -105,6 +113,10 @@ export function busyReport(): StatsReport {
     upstream: {
       url: 'https://registry-1.docker.io',
       offline: false,
+      state: 'online',
+      last_answer: '2026-05-01T14:21:40.000Z',
+      // The hostile message once more, where the page says why upstream was last unreachable.
+      last_failure: { at: '2026-05-01T14:02:11.000Z', message: HOSTILE_MESSAGE },
       rate_limit: { limit: 200, remaining: 143, window_seconds: 21_600, at: '2026-05-01T14:21:40.000Z' },
       recent_errors: [
         {

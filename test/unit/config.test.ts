@@ -1,18 +1,18 @@
-import { mkdtemp, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import {
   ConfigError,
   compileTagPattern,
-  describeConfig,
+  fileForm,
   loadConfig,
   parseDuration,
   parseSize,
 } from '../../src/config.js'
+import { tmpRoot } from '../support/tmp.js'
 
 async function file(content: unknown): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'pullcache-conf-'))
+  const dir = await tmpRoot('pullcache-conf')
   const path = join(dir, 'pullcache.json')
   await writeFile(path, typeof content === 'string' ? content : JSON.stringify(content))
   return path
@@ -85,7 +85,7 @@ describe('config', () => {
     expect(problems(() => loadConfig({ file: path, env: {} }))[0]).toContain(path)
   })
 
-  test('credentials never come from the URL and the password is masked when described', () => {
+  test('credentials never come from the URL and the password is left out of the file form', () => {
     expect(
       problems(() => loadConfig({ env: { PULLCACHE_UPSTREAM: 'https://u:p@registry.example' } }))[0],
     ).toContain('credentials')
@@ -93,7 +93,7 @@ describe('config', () => {
       env: { PULLCACHE_UPSTREAM_USERNAME: 'me', PULLCACHE_UPSTREAM_PASSWORD: 'hunter2' },
     })
     expect(c.upstream.password).toBe('hunter2')
-    expect(JSON.stringify(describeConfig(c))).not.toContain('hunter2')
+    expect(JSON.stringify(fileForm(c))).not.toContain('hunter2')
   })
 
   test('a password without a username is refused', () => {
@@ -110,6 +110,61 @@ describe('config', () => {
     expect(parseSize('1.5GB')).toBe(1.5e9)
     expect(parseSize('1024')).toBe(1024)
     expect(parseSize('many')).toBeUndefined()
+  })
+
+  // Each key where 0 is a mistake, with what 0 would have done.
+  const ZERO_REFUSED: [string, string, string][] = [
+    ['upstream.connect_timeout', '0s', 'turn the timeout off'],
+    ['upstream.header_timeout', '0ms', 'turn the timeout off'],
+    ['upstream.idle_timeout', '0m', 'turn the timeout off'],
+    ['cache.revalidate_timeout', '0s', 'serve every cached tag stale'],
+    ['cache.eviction_interval', '0s', 'run eviction in a busy loop'],
+    ['index.flush_interval', '0.1ms', 'flush in a busy loop'],
+    ['cache.max_size', '0GiB', 'evict everything'],
+    ['cache.max_unused_age', '0d', 'evict everything'],
+  ]
+
+  test.each(ZERO_REFUSED)('%s of %s is refused: 0 would %s', (key, zero, would) => {
+    const found = problems(() => loadConfig({ env: {}, flags: { [key]: zero } }))
+    expect(found).toHaveLength(1)
+    expect(found[0]).toContain(`${key}: must be more than zero (0 would `)
+    expect(found[0]).toContain(would)
+    expect(found[0]).toContain(JSON.stringify(zero))
+  })
+
+  test('every zero is reported at once, the environment included', () => {
+    const flags = Object.fromEntries(
+      ZERO_REFUSED.filter(([key]) => key !== 'cache.max_size').map(([k]) => [k, '0s']),
+    )
+    const found = problems(() => loadConfig({ env: { PULLCACHE_MAX_SIZE: '0' }, flags }))
+    expect(found.map((p) => p.split(':')[0]).sort()).toEqual(ZERO_REFUSED.map(([key]) => key).sort())
+  })
+
+  test('zero stays a choice where it means one: no grace, always revalidate, no manifests in memory', () => {
+    const c = loadConfig({
+      env: {},
+      flags: { shutdown_grace: '0s', 'cache.tag_freshness': '0s', 'cache.manifest_memory': '0' },
+    })
+    expect(c.shutdown_grace).toBe(0)
+    expect(c.cache.tag_freshness).toBe(0)
+    expect(c.cache.manifest_memory).toBe(0)
+  })
+
+  test('a delay longer than a timer can wait is refused instead of firing after 1 ms', () => {
+    const found = problems(() =>
+      loadConfig({ env: {}, flags: { 'cache.eviction_interval': '30d', shutdown_grace: '25d' } }),
+    )
+    expect(found).toEqual([
+      'shutdown_grace: must be at most 24d: a longer delay is more than a timer can wait',
+      'cache.eviction_interval: must be at most 24d: a longer delay is more than a timer can wait',
+    ])
+    // Text that is no duration at all gets that one problem, not a second about its length.
+    expect(problems(() => loadConfig({ env: {}, flags: { 'upstream.connect_timeout': 'soon' } }))).toEqual([
+      'upstream.connect_timeout: not a duration like "60s", "5m" or "500ms": "soon"',
+    ])
+    expect(loadConfig({ env: {}, flags: { 'cache.eviction_interval': '24d' } }).cache.eviction_interval).toBe(
+      24 * 86_400_000,
+    )
   })
 
   test('cache policy keys are checked: budgets, water marks, patterns', async () => {
@@ -135,7 +190,18 @@ describe('config', () => {
     })
     expect(ok.cache.max_size).toBe(50 * 2 ** 30)
     expect(ok.cache.max_unused_age).toBe(30 * 86_400_000)
-    expect(describeConfig(ok)).toMatchObject({ cache: { pins: ['library/postgres:16*'] } })
+    expect(fileForm(ok)).toMatchObject({ cache: { pins: ['library/postgres:16*'] } })
+  })
+
+  test('accounting retention: 30 days by default, from the environment, and never under an hour', () => {
+    expect(loadConfig({ env: {} }).index.accounting_retention).toBe(30 * 86_400_000)
+    expect(loadConfig({ env: { PULLCACHE_ACCOUNTING_RETENTION: '90d' } }).index.accounting_retention).toBe(
+      90 * 86_400_000,
+    )
+    for (const bad of ['0s', '30m', 'forever']) {
+      const text = problems(() => loadConfig({ env: { PULLCACHE_ACCOUNTING_RETENTION: bad } })).join('\n')
+      expect(text).toContain('index.accounting_retention')
+    }
   })
 
   test('tag patterns: tag globs, repo:tag globs, regular expressions', () => {
@@ -149,5 +215,43 @@ describe('config', () => {
     expect(t('/^v?\\d+\\.\\d+\\.\\d+$/', 'x', 'v1.2.3')).toBe(true)
     expect(t('/^v?\\d+\\.\\d+\\.\\d+$/', 'x', 'latest')).toBe(false)
     expect(compileTagPattern('/[/')).toBeUndefined()
+  })
+
+  test('limits: defaults, environment, and no zero that would mean "never"', () => {
+    expect(loadConfig({ env: {} }).limits).toEqual({
+      header_timeout: 20_000,
+      send_timeout: 60_000,
+      keepalive_timeout: 65_000,
+      max_connections: 1024,
+    })
+    const c = loadConfig({
+      env: {
+        PULLCACHE_HEADER_TIMEOUT: '2s',
+        PULLCACHE_SEND_TIMEOUT: '500ms',
+        PULLCACHE_KEEPALIVE_TIMEOUT: '5s',
+        PULLCACHE_MAX_CONNECTIONS: '10',
+      },
+    })
+    expect(c.limits).toEqual({
+      header_timeout: 2000,
+      send_timeout: 500,
+      keepalive_timeout: 5000,
+      max_connections: 10,
+    })
+    const found = problems(() =>
+      loadConfig({
+        env: {
+          PULLCACHE_HEADER_TIMEOUT: '0s',
+          PULLCACHE_SEND_TIMEOUT: '0',
+          PULLCACHE_KEEPALIVE_TIMEOUT: 'never',
+          PULLCACHE_MAX_CONNECTIONS: '0',
+        },
+      }),
+    )
+    for (const key of ['header_timeout', 'send_timeout', 'keepalive_timeout', 'max_connections'])
+      expect(
+        found.some((p) => p.startsWith(`limits.${key}:`)),
+        key,
+      ).toBe(true)
   })
 })

@@ -49,7 +49,10 @@ describe('image references are normalised as Docker does', () => {
     ['Alpine', 'lowercase'],
     ['alpine:', 'invalid tag'],
     ['alpine:-x', 'invalid tag'],
-    ['alpine@sha256:abc', 'malformed digest'],
+    // The OCI image spec's digest grammar: a short sha256 is well-formed but not a sha256 digest;
+    // an algorithm in capitals is not a digest at all.
+    ['alpine@sha256:abc', 'lowercase hex'],
+    [`alpine@SHA256:${'a'.repeat(64)}`, 'malformed digest'],
     [`alpine@sha512:${'a'.repeat(128)}`, 'only sha256'],
     [`alpine@sha256:${'A'.repeat(64)}`, 'lowercase hex'],
     ['ab'.repeat(32), 'image ID'],

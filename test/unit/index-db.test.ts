@@ -1,12 +1,11 @@
-import { mkdtemp } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { describe, expect, test } from 'vitest'
 import { IndexDb } from '../../src/store/index-db.js'
+import { tmpRoot } from '../support/tmp.js'
 
 async function dbPath(): Promise<string> {
-  return join(await mkdtemp(join(tmpdir(), 'pullcache-index-')), 'index.db')
+  return join(await tmpRoot('pullcache-index'), 'index.db')
 }
 
 describe('index', () => {
@@ -78,5 +77,44 @@ describe('index', () => {
     expect(index.getTag('one.example', 'library/a', 'latest')?.digest).toBe(`sha256:${'a'.repeat(64)}`)
     expect(index.getTag('two.example', 'library/a', 'latest')?.digest).toBe(`sha256:${'b'.repeat(64)}`)
     index.close()
+  })
+
+  test('old accounting hours are pruned in batches, newer ones and other tables stay', async () => {
+    const path = await dbPath()
+    const index = new IndexDb(path)
+    try {
+      const hour = 3_600_000
+      const now = 1000 * hour
+      for (let h = 0; h < 30; h++) {
+        for (const repo of ['library/a', 'library/b']) {
+          index.account(
+            {
+              registry: 'r',
+              repo,
+              kind: 'blob',
+              method: 'GET',
+              result: 'hit',
+              bytesCache: 1,
+              bytesUpstream: 0,
+              pullsAvoided: 0,
+            },
+            now - h * hour,
+          )
+        }
+      }
+      index.flush()
+      const rows = () =>
+        index.database.prepare('SELECT hour FROM accounting ORDER BY hour').pluck().all() as number[]
+      expect(rows()).toHaveLength(60)
+      // One small batch takes only what it is allowed to, oldest first.
+      expect(index.pruneAccounting(now - 9.5 * hour, 7)).toBe(7)
+      expect(rows()).toHaveLength(53)
+      // The loop takes the rest of the hours before the cutoff, and nothing after it.
+      expect(await index.pruneAccountingBefore(now - 9.5 * hour, 4)).toBe(40 - 7)
+      expect(rows()).toHaveLength(20)
+      expect(Math.min(...rows())).toBe(now - 9 * hour)
+    } finally {
+      index.close()
+    }
   })
 })

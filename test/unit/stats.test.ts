@@ -1,5 +1,3 @@
-import { mkdtemp } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { statsReport } from '../../src/mirror/stats-report.js'
@@ -14,12 +12,13 @@ import {
   storeCounts,
   tagStats,
 } from '../../src/store/stats.js'
+import { tmpRoot } from '../support/tmp.js'
 
 const HOUR = 3_600_000
 const T0 = Date.UTC(2024, 0, 1, 10) // an hour boundary
 
 async function dbPath(): Promise<string> {
-  return join(await mkdtemp(join(tmpdir(), 'pullcache-stats-')), 'index.db')
+  return join(await tmpRoot('pullcache-stats'), 'index.db')
 }
 
 function account(
@@ -232,7 +231,15 @@ describe('stats from the index', () => {
       since: T0,
       top: 5,
       budgetBytes: 1000,
-      upstream: { url: 'https://registry-1.docker.io', offline: false, rate_limit: null, recent_errors: [] },
+      upstream: {
+        url: 'https://registry-1.docker.io',
+        offline: false,
+        state: 'unknown',
+        last_answer: null,
+        last_failure: null,
+        rate_limit: null,
+        recent_errors: [],
+      },
       uptimeSeconds: 12,
       now: T0 + 60_000,
     })

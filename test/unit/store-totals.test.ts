@@ -1,24 +1,17 @@
-import { createHash } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import fc from 'fast-check'
-import { afterEach, describe, expect, test } from 'vitest'
+import { describe, expect, test } from 'vitest'
 import { OLDEST_SQL } from '../../src/store/eviction.js'
 import { IndexDb } from '../../src/store/index-db.js'
 import { storeCounts, TOP_TAGS_SQL } from '../../src/store/stats.js'
+import { sha256 } from '../support/sha256.js'
+import { tmpRoot } from '../support/tmp.js'
 
-const dirs: string[] = []
 async function open(): Promise<IndexDb> {
-  const dir = await mkdtemp(join(tmpdir(), 'pullcache-totals-'))
-  dirs.push(dir)
-  return new IndexDb(join(dir, 'index.db'))
+  return new IndexDb(join(await tmpRoot('pullcache-totals'), 'index.db'))
 }
-afterEach(async () => {
-  for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true })
-})
 
-const digest = (i: number) => `sha256:${createHash('sha256').update(String(i)).digest('hex')}`
+const digest = (i: number) => sha256(String(i))
 
 describe('running store totals', () => {
   test('follow every insert, re-commit, measurement and delete, as a sum over the rows would', async () => {

@@ -1,27 +1,21 @@
-import { createHash } from 'node:crypto'
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterEach, describe, expect, test } from 'vitest'
+import { describe, expect, test } from 'vitest'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { IndexDb } from '../../src/store/index-db.js'
 import { verifyStore } from '../../src/store/verify.js'
-
-const dirs: string[] = []
-afterEach(async () => {
-  for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true })
-})
+import { sha256 } from '../support/sha256.js'
+import { tmpRoot } from '../support/tmp.js'
 
 async function storeOf(n: number): Promise<{ store: BlobStore; index: IndexDb; corrupt: string }> {
-  const root = await mkdtemp(join(tmpdir(), 'pullcache-verify-'))
-  dirs.push(root)
+  const root = await tmpRoot('pullcache-verify')
   const store = new BlobStore(root)
   await store.open()
   const index = new IndexDb(join(root, 'index.db'))
   let corrupt = ''
   for (let i = 0; i < n; i++) {
     const bytes = Buffer.from(`blob ${i}`)
-    const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+    const digest = sha256(bytes)
     await mkdir(join(store.path(digest), '..'), { recursive: true })
     // One file whose bytes are not what its name says.
     if (i === n - 1) corrupt = digest

@@ -1,4 +1,4 @@
-// Byte counts for people: the commands' summaries and progress lines. JSON output keeps the
+// Byte counts for people: the commands' summaries and progress lines, the status page. JSON keeps the
 // exact numbers.
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
