@@ -140,6 +140,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     account: config.upstream.username !== null,
   })
 
+  // WAL checkpoints (a copy and an fsync) run in a thread of their own, not inside whichever
+  // commit of an eviction or a reconciliation crosses SQLite's threshold.
+  index.checkpointInBackground(CHECKPOINT_INTERVAL_MS, (message) =>
+    log.error('index.checkpointer_failed', { error: message, fallback: 'automatic checkpoints' }),
+  )
   const reconciliation = trusted ? undefined : reconcileInBackground(store, index, log)
 
   const flushTimer = setInterval(() => {
@@ -233,6 +238,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       clearInterval(evictionTimer)
       await reconciliation?.stop()
       await evictor.idle()
+      await index.stopCheckpoints()
       await upstream.close().catch(() => {})
       // The last write: index and files agree, the next start need not check. Not after a
       // reconciliation that was stopped halfway: the next start runs it again.
@@ -245,6 +251,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   }
   return { url, mirror, index, metrics, evictor, reconciliation, reload, close }
 }
+
+/** How often the checkpointer thread copies the WAL back into the index file. */
+const CHECKPOINT_INTERVAL_MS = 200
 
 /** Settings that are read once, at start: a reload reports them as needing a restart. */
 const RESTART_KEYS = [

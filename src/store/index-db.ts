@@ -8,6 +8,8 @@
 // Repositories and tags are keyed by (registry, repo): serving a second upstream later needs no
 // migration. Blobs and manifests are keyed by digest alone: content is shared across repos.
 
+import { createRequire } from 'node:module'
+import { Worker } from 'node:worker_threads'
 import Database from 'better-sqlite3'
 import type { ManifestRef } from '../oci.js'
 
@@ -259,16 +261,49 @@ interface Pending {
 
 const HOUR = 3_600_000
 
+/**
+ * The checkpointer thread (see IndexDb.checkpointInBackground): its own connection to the same
+ * file, a PASSIVE checkpoint every interval, a message when one copied pages back or failed.
+ * PASSIVE never waits for the server's connection: it copies what no reader still needs, and
+ * writers go on appending to the WAL meanwhile.
+ */
+const CHECKPOINTER = `
+const { parentPort, workerData } = require('node:worker_threads')
+const Database = require(workerData.module)
+const db = new Database(workerData.path, { fileMustExist: true })
+let last = ''
+const timer = setInterval(() => {
+  try {
+    const [r] = db.pragma('wal_checkpoint(PASSIVE)')
+    const seen = r.log + '/' + r.checkpointed
+    if (seen !== last && r.checkpointed > 0) parentPort.postMessage({ checkpointed: r.checkpointed })
+    last = seen
+  } catch (err) {
+    parentPort.postMessage({ failed: String((err && err.message) || err) })
+  }
+}, workerData.intervalMs)
+parentPort.on('message', () => {
+  clearInterval(timer)
+  db.close()
+  parentPort.close()
+})
+`
+
 export class IndexDb {
   private readonly db: Database.Database
   private pending: Pending = emptyPending()
   private readonly stmt: ReturnType<typeof prepare>
+  private readonly path: string
+  private checkpointer: Worker | undefined
+  /** Checkpoints the checkpointer thread has reported, for tests and logs. */
+  checkpoints = 0
 
   /**
    * `readonly` is for commands that only look (stats) while a server may be writing: the file
    * must exist, it is never created or migrated, and the buffered writes must not be used.
    */
   constructor(path: string, opts: { readonly?: boolean } = {}) {
+    this.path = path
     if (opts.readonly) {
       this.db = new Database(path, { readonly: true, fileMustExist: true })
       this.db.pragma('busy_timeout = 5000')
@@ -618,8 +653,68 @@ export class IndexDb {
     return this.stmt.totals.all() as ReturnType<IndexDb['accountingTotals']>
   }
 
+  // --- checkpoints ---------------------------------------------------------------------------
+
+  /**
+   * Moves WAL checkpoints off the event loop, for the server. SQLite's automatic checkpoint runs
+   * inside whichever commit makes the WAL cross 1000 pages: that commit then copies those pages
+   * into the database file and fsyncs it, tens to hundreds of milliseconds during which no
+   * request is answered (an eviction or a reconciliation commits often). Here the automatic
+   * checkpoint is off and a worker thread with its own connection checkpoints every
+   * `intervalMs` instead. If that thread fails, `onFailure` is told and the automatic
+   * checkpoint comes back, so the WAL never grows without bound.
+   */
+  checkpointInBackground(intervalMs: number, onFailure: (message: string) => void): void {
+    if (this.checkpointer !== undefined) return
+    const worker = new Worker(CHECKPOINTER, {
+      eval: true,
+      workerData: {
+        module: createRequire(import.meta.url).resolve('better-sqlite3'),
+        path: this.path,
+        intervalMs,
+      },
+    })
+    worker.unref()
+    const fallBack = (message: string) => {
+      if (this.checkpointer !== worker) return
+      this.checkpointer = undefined
+      void worker.terminate()
+      if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000')
+      onFailure(message)
+    }
+    worker.on('message', (m: { checkpointed?: number; failed?: string }) => {
+      if (m.failed !== undefined) fallBack(m.failed)
+      else this.checkpoints++
+    })
+    worker.on('error', (err) => fallBack(err.message))
+    worker.on('exit', (code) => {
+      if (code !== 0) fallBack(`the checkpointer thread exited with code ${code}`)
+    })
+    this.checkpointer = worker
+    this.db.pragma('wal_autocheckpoint = 0')
+  }
+
+  /** Stops the checkpointer thread and waits for it to close its connection. */
+  async stopCheckpoints(): Promise<void> {
+    const worker = this.checkpointer
+    if (worker === undefined) return
+    this.checkpointer = undefined
+    const exited = new Promise((resolve) => worker.once('exit', resolve))
+    worker.postMessage('stop')
+    await exited
+    if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000')
+  }
+
+  /**
+   * Closes the connection; as the last one it checkpoints the WAL into the file. A checkpointer
+   * still running is terminated (stopCheckpoints first lets it close cleanly).
+   */
   close(): void {
     this.flush()
+    if (this.checkpointer !== undefined) {
+      void this.checkpointer.terminate()
+      this.checkpointer = undefined
+    }
     this.db.close()
   }
 }
