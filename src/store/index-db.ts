@@ -700,6 +700,9 @@ export class IndexDb {
     if (worker === undefined) return
     this.checkpointer = undefined
     const exited = new Promise((resolve) => worker.once('exit', resolve))
+    // Unreferenced while it ran, so that it never kept a process alive; waited for now, or a
+    // process with nothing else to do would end here, in the middle of its close.
+    worker.ref()
     worker.postMessage('stop')
     await exited
     if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000')
