@@ -63,11 +63,12 @@ export interface EvictionResult {
 }
 
 /**
- * Blobs taken out between two yields to the event loop, in one transaction. Each costs about a
- * millisecond of synchronous work (two row deletes and a rename; measured on a loaded 2-core
- * machine), so a page stalls requests for ~16 ms at most; the unlinks run in the thread pool.
+ * Blobs taken out between two yields to the event loop, in one transaction. Each costs up to a
+ * millisecond of synchronous work on a loaded 2-core machine (two row deletes, their index
+ * pages, the totals trigger, and a rename), so a page holds requests up for a few ms; the
+ * unlinks run in the thread pool, and WAL checkpoints in a thread of their own (IndexDb).
  */
-const BATCH = 16
+const BATCH = 8
 /** Unlinks running at once; each is a thread-pool job (libuv has 4 threads by default). */
 const UNLINKS = 2
 
@@ -194,7 +195,9 @@ export class Evictor {
   private async drain(now: number): Promise<EvictionResult> {
     const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0, errors: 0 }
     const { maxSize, lowWater, maxUnusedAgeMs } = this.policy
-    const ageDue = maxUnusedAgeMs !== null && this.oldest(now - maxUnusedAgeMs, 1).next().done !== true
+    // Read to the end (one row): an iterator left open keeps the statement busy, and the
+    // connection then refuses every write of this run.
+    const ageDue = maxUnusedAgeMs !== null && [...this.oldest(now - maxUnusedAgeMs, 1)].length > 0
     if (!ageDue && !this.overBudget()) return result
     // Last-access times of recent requests are still in the write buffer.
     this.index.flush()
