@@ -11,7 +11,7 @@ export type Metrics = ReturnType<typeof createMetrics>
 export interface MetricSources {
   inflightFills: () => number
   inflightFollowers: () => number
-  storeTotals: () => { blobs: number; bytes: number }
+  storeTotals: () => { blobs: number; bytes: number; allocated: number }
   storeBudget: () => number
 }
 
@@ -19,7 +19,7 @@ export function createMetrics() {
   const sources: MetricSources = {
     inflightFills: () => 0,
     inflightFollowers: () => 0,
-    storeTotals: () => ({ blobs: 0, bytes: 0 }),
+    storeTotals: () => ({ blobs: 0, bytes: 0, allocated: 0 }),
     storeBudget: () => 0,
   }
   const registry = new Registry()
@@ -103,10 +103,18 @@ export function createMetrics() {
     }),
     storeBytes: new Gauge({
       name: 'pullcache_store_bytes',
-      help: 'Bytes of blobs in the store.',
+      help: 'Bytes of blobs in the store, logical (the sum of their sizes).',
       registers,
       collect() {
         this.set(sources.storeTotals().bytes)
+      },
+    }),
+    storeAllocatedBytes: new Gauge({
+      name: 'pullcache_store_allocated_bytes',
+      help: 'Bytes the blob files take on disk (allocated blocks); what the budget counts.',
+      registers,
+      collect() {
+        this.set(sources.storeTotals().allocated)
       },
     }),
     storeBlobs: new Gauge({
@@ -138,7 +146,7 @@ export function createMetrics() {
     }),
     evictedBytes: new Counter({
       name: 'pullcache_evicted_bytes_total',
-      help: 'Blob bytes removed from the store by eviction.',
+      help: 'Bytes on disk (allocated blocks) freed by evicting blobs.',
       registers,
     }),
   }

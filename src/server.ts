@@ -1,6 +1,6 @@
-// Wires one running pullcache: store and index opened and reconciled, upstream client, mirror,
-// routes, and the HTTP server, each request's outcome written once when it is over
-// (http/outcome.ts). main.ts and the tests both start it here.
+// Wires one running pullcache: store and index opened (and reconciled in the background after a
+// crash), upstream client, mirror, routes, and the HTTP server, each request's outcome written
+// once when it is over (http/outcome.ts). main.ts and the tests both start it here.
 
 import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
@@ -17,6 +17,7 @@ import { Mirror } from './mirror/mirror.js'
 import { BlobStore } from './store/blob-store.js'
 import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
+import { type BackgroundReconcile, reconcileInBackground } from './store/reconcile.js'
 import { lockStore } from './store/store-lock.js'
 import { Upstream } from './upstream/client.js'
 
@@ -27,6 +28,8 @@ export interface RunningServer {
   index: IndexDb
   metrics: Metrics
   evictor: Evictor
+  /** The background reconciliation, when the last stop was not clean. */
+  reconciliation: BackgroundReconcile | undefined
   /**
    * Applies what can change without a restart (credentials, freshness, budget, pins, offline,
    * rate-limit reserve) and returns the keys that changed; keys that need a restart are listed
@@ -49,12 +52,14 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     throw err
   })
   const index = new IndexDb(join(root, 'index.db'))
-  const reconciled = await reconcile(store, index)
+  // After a clean stop the index is trusted as it is; otherwise it is reconciled with the files
+  // in the background once the server listens (store/reconcile.ts).
+  const trusted = index.takeCleanMark()
   log.info('store.opened', {
     data_dir: root,
     removed_temp_files: removedTemp,
     schema: index.schemaVersion,
-    ...reconciled,
+    index_trusted: trusted,
   })
 
   const metrics = createMetrics()
@@ -139,6 +144,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     upstream: upstream.origin.origin,
     account: config.upstream.username !== null,
   })
+
+  // WAL checkpoints (a copy and an fsync) run in a thread of their own, not inside whichever
+  // commit of an eviction or a reconciliation crosses SQLite's threshold.
+  index.checkpointInBackground(CHECKPOINT_INTERVAL_MS, (message) =>
+    log.error('index.checkpointer_failed', { error: message, fallback: 'automatic checkpoints' }),
+  )
+  const reconciliation = trusted ? undefined : reconcileInBackground(store, index, log)
 
   const flushTimer = setInterval(() => {
     try {
@@ -231,16 +243,24 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       clearInterval(flushTimer)
       clearInterval(pruneTimer)
       clearInterval(evictionTimer)
+      await reconciliation?.stop()
       await evictor.idle()
+      await index.stopCheckpoints()
       await upstream.close().catch(() => {})
+      // The last write: index and files agree, the next start need not check. Not after a
+      // reconciliation that was stopped halfway: the next start runs it again.
+      if (reconciliation === undefined || reconciliation.completed) index.markClean()
       index.close()
       unlock()
       log.info('stopped', {})
     })()
     return closing
   }
-  return { url, mirror, index, metrics, evictor, reload, close }
+  return { url, mirror, index, metrics, evictor, reconciliation, reload, close }
 }
+
+/** How often the checkpointer thread copies the WAL back into the index file. */
+const CHECKPOINT_INTERVAL_MS = 200
 
 /** Settings that are read once, at start: a reload reports them as needing a restart. */
 const RESTART_KEYS = [
@@ -276,32 +296,4 @@ function watchGauges(metrics: Metrics, mirror: Mirror, index: IndexDb): void {
   metrics.sources.inflightFollowers = () =>
     mirror.inflight().reduce((n, f) => n + Math.max(0, f.readers - 1), 0)
   metrics.sources.storeTotals = () => index.storeTotals()
-}
-
-/** Makes the index and the files agree: rows without files go, files without rows are added. */
-async function reconcile(
-  store: BlobStore,
-  index: IndexDb,
-): Promise<{ dropped_rows: number; adopted_files: number }> {
-  const onDisk = new Map<string, number>()
-  for await (const { digest, size } of store.list()) onDisk.set(digest, size)
-  let dropped = 0
-  for (const row of index.allBlobs()) {
-    const size = onDisk.get(row.digest)
-    if (size === row.size) {
-      onDisk.delete(row.digest)
-      continue
-    }
-    if (size !== undefined) {
-      // Not the size it was committed with: the file is not what its name says.
-      await store.remove(row.digest)
-      onDisk.delete(row.digest)
-    }
-    index.deleteBlob(row.digest)
-    dropped++
-  }
-  // A file reaches blobs/ only after verification, so one without a row is a commit whose
-  // index write was cut short: adopt it.
-  for (const [digest, size] of onDisk) index.addBlob(digest, size)
-  return { dropped_rows: dropped, adopted_files: onDisk.size }
 }

@@ -16,6 +16,7 @@ export const GC_USAGE = `Usage: pullcache gc [options]
 
 Removes what the eviction policy says should go: least recently used blobs above the
 high-water mark of cache.max_size, and blobs and manifests unused for cache.max_unused_age.
+Sizes are what the blob files take on disk (allocated blocks), which is what the budget counts.
 Pinned images (cache.pins) and everything they reference stay.
 
   --dry-run              list what would be removed and the bytes it frees; change nothing
@@ -80,7 +81,7 @@ function print(
   const lines: string[] = []
   for (const b of plan.blobs) {
     lines.push(
-      `blob      ${b.digest}  ${humanBytes(b.size).padStart(10)}  ${b.reason}  last used ${iso(b.lastAccess)}`,
+      `blob      ${b.digest}  ${humanBytes(b.allocated).padStart(10)}  ${b.reason}  last used ${iso(b.lastAccess)}`,
     )
   }
   for (const m of plan.manifests) lines.push(`manifest  ${m.digest}  last used ${iso(m.lastAccess)}`)
@@ -94,7 +95,7 @@ function print(
   }
   lines.push(
     `${verb} ${humanBytes(count.bytes)} (${count.bytes} bytes): ${count.blobs} blobs, ${count.manifests} manifests, ${count.tags} tags; ` +
-      `store ${humanBytes(plan.storeBytes)} -> ${humanBytes(plan.storeBytes - count.bytes)}; ${plan.pinned} pinned digests kept`,
+      `store ${humanBytes(plan.storeBytes)} -> ${humanBytes(plan.storeBytes - count.bytes)} on disk; ${plan.pinned} pinned digests kept`,
   )
   process.stdout.write(`${lines.join('\n')}\n`)
 }

@@ -151,7 +151,8 @@ export function renderTable(report: StatsReport, dataDir: string): string {
   }
   const s = report.store
   out.push(
-    `store: ${s.blobs} blobs, ${humanBytes(s.bytes)}${s.budget_bytes === null ? '' : ` of ${humanBytes(s.budget_bytes)}`}; ` +
+    `store: ${s.blobs} blobs, ${humanBytes(s.allocated_bytes)} on disk` +
+      `${s.budget_bytes === null ? '' : ` of ${humanBytes(s.budget_bytes)}`} (${humanBytes(s.bytes)} logical); ` +
       `${s.manifests} manifests; ${s.tags} tags`,
     '',
   )

@@ -359,21 +359,30 @@ function byKind(report: StatsReport): Html {
 }
 
 function disk(report: StatsReport): Html {
-  const { bytes, budget_bytes: budget, blobs, manifests, tags } = report.store
+  // The budget counts what the files take on disk; the logical size is shown beside it.
+  const {
+    allocated_bytes: bytes,
+    bytes: logical,
+    budget_bytes: budget,
+    blobs,
+    manifests,
+    tags,
+  } = report.store
   const counts = html`<div class="counts">
         <span><b>${formatCount(blobs)}</b> blobs</span>
         <span><b>${formatCount(manifests)}</b> manifests</span>
         <span><b>${formatCount(tags)}</b> tags</span>
+        <span data-testid="logical"><b>${humanBytes(logical)}</b> logical</span>
       </div>`
   if (budget === null || budget <= 0) {
     return html`<div class="big" data-testid="disk">${humanBytes(bytes)}</div>
-      <div class="note" data-testid="budget">no budget: the store grows as needed</div>
+      <div class="note" data-testid="budget">on disk; no budget: the store grows as needed</div>
       ${counts}`
   }
   const used = bytes / budget
   const tone = used >= 0.95 ? 'full' : used >= 0.8 ? 'high' : ''
   return html`<div class="big" data-testid="disk">${humanBytes(bytes)}</div>
-      <div class="note" data-testid="budget">of ${humanBytes(budget)} budget (${formatPercent(used)})</div>
+      <div class="note" data-testid="budget">on disk, of ${humanBytes(budget)} budget (${formatPercent(used)})</div>
       <div class="meter ${tone}" role="meter" aria-valuemin="0" aria-valuemax="${budget}" aria-valuenow="${bytes}" aria-label="disk use against the budget">
         <div style="width: ${round(Math.min(1, used) * 100)}%"></div>
       </div>

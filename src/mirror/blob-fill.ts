@@ -35,8 +35,8 @@ type FillRead = (buffer: Buffer, length: number, position: number) => Promise<nu
 export interface FillSource {
   /** Resolves with the upstream body once upstream has answered 200; `signal` aborts it. */
   open(signal: AbortSignal): Promise<BlobBody>
-  /** Called once the blob is on disk, verified and renamed into place. */
-  onCommit(size: number): void
+  /** Called once the blob is on disk, verified and renamed into place; `allocated` is its bytes on disk. */
+  onCommit(size: number, allocated: number): void
   /**
    * Called when the fill has committed or failed, before it lets go of its temp file: the owner
    * stops handing the fill to new readers here, so none can arrive after the file is closed.
@@ -175,10 +175,10 @@ export class Fill {
         throw new UpstreamError('INVALID', `blob ${this.digest}: upstream bytes hash to ${actual}`)
       }
       await this.handle.sync()
-      await this.store.commit(this.tempPath, this.digest)
+      const { allocated } = await this.store.commit(this.tempPath, this.digest)
       this.size = this.written
       this.state = 'committed'
-      source.onCommit(this.written)
+      source.onCommit(this.written, allocated)
       this.settle.doneResolve()
     } catch (err) {
       const error = this.aborted ?? (err instanceof UpstreamError ? err : networkOrDisk(err))

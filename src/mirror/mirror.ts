@@ -38,7 +38,7 @@ export interface ManifestAnswer {
 }
 
 export type BlobAnswer =
-  | { kind: 'file'; handle: FileHandle; size: number; cache: Outcome; release: () => void }
+  | { kind: 'file'; handle: FileHandle; size: number; allocated: number; cache: Outcome; release: () => void }
   | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
   | { kind: 'remote'; size: number; cache: 'miss' }
 
@@ -147,7 +147,14 @@ export class Mirror {
       release()
       return undefined
     }
-    return { kind: 'file', handle: opened.handle, size: opened.size, cache: 'hit', release }
+    return {
+      kind: 'file',
+      handle: opened.handle,
+      size: opened.size,
+      allocated: opened.allocated,
+      cache: 'hit',
+      release,
+    }
   }
 
   /** Marks the digest in use (eviction leaves it alone) until the returned function is called. */
@@ -227,17 +234,39 @@ export class Mirror {
   // --- blobs -------------------------------------------------------------------------------
 
   async blob(name: RepoName, digest: string, method: 'GET' | 'HEAD'): Promise<BlobAnswer> {
-    if (this.index.getBlob(digest)) {
+    const row = this.index.getBlob(digest)
+    if (row) {
       const stored = await this.openStored(digest)
       if (stored) return stored
-      // The file went away behind our back (a disk repair, an operator): forget it, fetch again.
+      // The file went away behind our back (a crash, a disk repair, an operator): forget it,
+      // fetch again. Looked at once more in the tick that deletes the row: a fill may have
+      // committed the file while we waited on the open.
       this.log.warn('store.blob_missing', { digest })
-      this.index.deleteBlob(digest)
+      if (this.store.measureNow(digest) === undefined) this.index.deleteBlob(digest)
     }
 
-    const running = this.fills.get(digest)
     // A fill that has failed but not yet let go of its temp file is not joined: start afresh.
-    if (running && running.state !== 'failed') {
+    const joinable = (): Fill | undefined => {
+      const fill = this.fills.get(digest)
+      return fill && fill.state !== 'failed' ? fill : undefined
+    }
+    let running = joinable()
+    if (!running && !row) {
+      // A file without a row: only verified files are ever renamed into blobs/, so this is a
+      // commit whose index write a crash cut short (the background reconciliation adopts these
+      // too, when it gets there). Adopt it now and serve it.
+      const stored = await this.openStored(digest)
+      if (stored) {
+        if (!this.index.getBlob(digest)) {
+          this.index.addBlob(digest, stored.size, stored.allocated)
+          this.log.info('store.blob_adopted', { digest, size: stored.size })
+        }
+        return stored
+      }
+      // Another request may have started the fill while this one looked.
+      running = joinable()
+    }
+    if (running) {
       await this.settledReady(running)
       return { kind: 'fill', fill: running, cache: 'coalesced' }
     }
@@ -271,8 +300,8 @@ export class Mirror {
       .fetchLimit(() =>
         fill.run({
           open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
-          onCommit: (size) => {
-            this.index.addBlob(digest, size)
+          onCommit: (size, allocated) => {
+            this.index.addBlob(digest, size, allocated)
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted()
             this.log.info('store.blob_committed', { digest, size, repo: name.upstream })

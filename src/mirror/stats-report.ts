@@ -59,7 +59,15 @@ export interface StatsReport {
   /** As the index keeps them, with last_request as an ISO time. */
   top_tags: (Omit<TagTotals, 'last_request'> & { last_request: string })[]
   hourly: (Totals & { hour: string })[]
-  store: { blobs: number; bytes: number; manifests: number; tags: number; budget_bytes: number | null }
+  /** bytes: logical (sum of sizes); allocated_bytes: on disk, what budget_bytes is compared with. */
+  store: {
+    blobs: number
+    bytes: number
+    allocated_bytes: number
+    manifests: number
+    tags: number
+    budget_bytes: number | null
+  }
   upstream: UpstreamReport
 }
 

@@ -590,9 +590,9 @@ async function importBlob(
     }
     await temp.handle.sync()
     await temp.handle.close()
-    await store.commit(temp.path, digest)
+    const { allocated } = await store.commit(temp.path, digest)
     committed = true
-    index.addBlob(digest, size)
+    index.addBlob(digest, size, allocated)
     return { added: true }
   } finally {
     if (!committed) {

@@ -12,8 +12,8 @@
 // module have passed http/reference.ts, so they are [0-9a-f]{64} and cannot name another path.
 
 import { randomBytes } from 'node:crypto'
-import { constants, renameSync } from 'node:fs'
-import { type FileHandle, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
+import { constants, renameSync, statSync } from 'node:fs'
+import { type FileHandle, mkdir, open, opendir, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 
 export class BlobStore {
@@ -51,8 +51,13 @@ export class BlobStore {
     }
   }
 
-  /** Opens a committed blob for reading, or undefined when it is not on disk. */
-  async openBlob(digest: string): Promise<{ handle: FileHandle; size: number } | undefined> {
+  /**
+   * Opens a committed blob for reading, or undefined when it is not on disk. `allocated` is what
+   * the file takes on disk (st_blocks * 512), the figure the budget counts.
+   */
+  async openBlob(
+    digest: string,
+  ): Promise<{ handle: FileHandle; size: number; allocated: number } | undefined> {
     let handle: FileHandle
     try {
       handle = await open(this.path(digest), constants.O_RDONLY)
@@ -61,7 +66,8 @@ export class BlobStore {
       throw err
     }
     try {
-      return { handle, size: (await handle.stat()).size }
+      const info = await handle.stat()
+      return { handle, size: info.size, allocated: allocatedBytes(info) }
     } catch (err) {
       await handle.close()
       throw err
@@ -75,12 +81,17 @@ export class BlobStore {
     return { path, handle }
   }
 
-  /** Moves a verified, fsynced temp file into place and makes the rename itself durable. */
-  async commit(tempPath: string, digest: string): Promise<void> {
+  /**
+   * Moves a verified, fsynced temp file into place and makes the rename itself durable.
+   * Returns the bytes the file takes on disk (st_blocks * 512), for the index.
+   */
+  async commit(tempPath: string, digest: string): Promise<{ allocated: number }> {
     const dir = join(this.blobDir, hexOf(digest).slice(0, 2))
     await mkdir(dir, { recursive: true })
+    const info = await stat(tempPath)
     await rename(tempPath, this.path(digest))
     await fsyncDir(dir)
+    return { allocated: allocatedBytes(info) }
   }
 
   async discardTemp(tempPath: string): Promise<void> {
@@ -118,17 +129,57 @@ export class BlobStore {
     }
   }
 
-  /** Every committed blob with its size; names that are not digests are skipped. */
-  async *list(): AsyncGenerator<{ digest: string; size: number }> {
-    for (const prefix of await readdir(this.blobDir).catch(() => [] as string[])) {
-      if (!/^[0-9a-f]{2}$/.test(prefix)) continue
-      for (const name of await readdir(join(this.blobDir, prefix))) {
-        if (!/^[0-9a-f]{64}$/.test(name) || !name.startsWith(prefix)) continue
-        const info = await stat(join(this.blobDir, prefix, name)).catch(() => undefined)
-        if (info?.isFile()) yield { digest: `sha256:${name}`, size: info.size }
-      }
+  /**
+   * The digests of the files under one prefix directory (two hex digits), sorted; names that are
+   * not digests of that prefix are skipped, and a missing directory holds none. The directory is
+   * streamed (opendir), so memory holds this prefix's names only: 1/256 of the store.
+   */
+  async listPrefix(prefix: string): Promise<string[]> {
+    if (!/^[0-9a-f]{2}$/.test(prefix)) throw new Error(`not a blob prefix: ${prefix}`)
+    const names: string[] = []
+    let dir: Awaited<ReturnType<typeof opendir>>
+    try {
+      dir = await opendir(join(this.blobDir, prefix), { bufferSize: 256 })
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return names
+      throw err
+    }
+    for await (const entry of dir) {
+      if (/^[0-9a-f]{64}$/.test(entry.name) && entry.name.startsWith(prefix))
+        names.push(`sha256:${entry.name}`)
+    }
+    return names.sort()
+  }
+
+  /** Size and bytes on disk of a committed blob, or undefined when it is not on disk. */
+  async measure(digest: string): Promise<{ size: number; allocated: number } | undefined> {
+    try {
+      const info = await stat(this.path(digest))
+      return info.isFile() ? { size: info.size, allocated: allocatedBytes(info) } : undefined
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw err
     }
   }
+
+  /**
+   * The same, synchronously: for a last look taken in the same tick as the index write it
+   * decides, so that no commit or eviction can slip in between.
+   */
+  measureNow(digest: string): { size: number; allocated: number } | undefined {
+    const info = statSync(this.path(digest), { throwIfNoEntry: false })
+    return info?.isFile() ? { size: info.size, allocated: allocatedBytes(info) } : undefined
+  }
+}
+
+/** The 256 prefix directories under blobs/sha256/, in order. */
+export const PREFIXES: readonly string[] = Array.from({ length: 256 }, (_, i) =>
+  i.toString(16).padStart(2, '0'),
+)
+
+/** What a file takes on disk: st_blocks counts 512-byte units whatever the filesystem's block size. */
+export function allocatedBytes(info: { blocks: number }): number {
+  return info.blocks * 512
 }
 
 function hexOf(digest: string): string {

@@ -3,17 +3,24 @@
 // for longer than max_unused_age. Pinned images (tag patterns) are never evicted, nor anything
 // their manifests reference, down through an index's child manifests.
 //
-// Planning only reads; executing deletes in small batches so requests keep flowing between
-// them. Each blob leaves in one synchronous step: a last check that no response is streaming
-// it, its index rows (so no new request sees a hit), then its file is renamed out of blobs/ into
-// tmp/ (a rename is cheap; no request can start streaming between the row and the file). A
-// request that read the row just before is safe too: the mirror opens the file before
-// answering, and a file already open stays readable after unlink. The unlink itself, which
-// frees the blocks and takes tens of milliseconds for a large layer, runs off the event loop
-// (fs/promises), a few at a time. A blob that cannot be removed (EACCES, EISDIR, ...) is logged
-// and counted, its row restored, and eviction goes on with the next one: no eviction error
-// ever ends the process. Manifests are only removed by age: they are tiny, and removing one
-// costs a counted Docker Hub pull to get it back.
+// Sizes here are bytes on disk (st_blocks * 512, the blobs.allocated column; the logical size
+// until a file is measured): the budget is about the disk, and small blobs take a whole block.
+//
+// The server's runs never plan the whole store: they walk the last_access index in pages of
+// BATCH (keyset: after the last row seen), evict each page, yield to the event loop, and stop as
+// soon as the running totals are under the low-water mark. A plan (gc --dry-run) reads the same
+// walk into a list; executing it goes through the same pages.
+//
+// A page leaves in one synchronous step: a last check that no response is streaming each blob,
+// their index rows in one transaction (so no new request sees a hit), then each file is renamed
+// out of blobs/ into tmp/ (a rename is cheap; no request can start streaming between the row and
+// the file). A request that read the row just before is safe too: the mirror opens the file
+// before answering, and a file already open stays readable after unlink. The unlink itself,
+// which frees the blocks and takes tens of milliseconds for a large layer, runs off the event
+// loop (fs/promises), a few at a time. A blob that cannot be removed (EACCES, EISDIR, ...) is
+// logged and counted, its row restored, and eviction goes on with the next one: no eviction
+// error ever ends the process. Manifests are only removed by age: they are tiny, and removing
+// one costs a counted Docker Hub pull to get it back.
 
 import pLimit from 'p-limit'
 import type { TagPattern } from '../config.js'
@@ -31,12 +38,13 @@ export interface EvictionPolicy {
 }
 
 export interface EvictionPlan {
-  blobs: { digest: string; size: number; lastAccess: number; reason: 'size' | 'age' }[]
+  /** `size` is the blob's length, `allocated` what its file takes on disk. */
+  blobs: { digest: string; size: number; allocated: number; lastAccess: number; reason: 'size' | 'age' }[]
   manifests: { digest: string; lastAccess: number }[]
   tags: { registry: string; repo: string; tag: string }[]
-  /** Bytes of blob files the plan frees. */
+  /** Bytes on disk the plan frees. */
   bytes: number
-  /** Store bytes before and after the plan. */
+  /** Store bytes on disk before and after the plan. */
   storeBytes: number
   storeBytesAfter: number
   pinned: number
@@ -44,6 +52,7 @@ export interface EvictionPlan {
 
 export interface EvictionResult {
   blobs: number
+  /** Bytes on disk freed. */
   bytes: number
   manifests: number
   tags: number
@@ -54,13 +63,23 @@ export interface EvictionResult {
 }
 
 /**
- * Blobs taken out between two yields to the event loop. Each costs about a millisecond of
- * synchronous work (two row deletes and a rename; measured on a loaded 2-core machine), so a
- * batch stalls requests for ~16 ms at most; the unlinks themselves run in the thread pool.
+ * Blobs taken out between two yields to the event loop, in one transaction. Each costs up to a
+ * millisecond of synchronous work on a loaded 2-core machine (two row deletes, their index
+ * pages, the totals trigger, and a rename), so a page holds requests up for a few ms; the
+ * unlinks run in the thread pool, and WAL checkpoints in a thread of their own (IndexDb).
  */
-const BATCH = 16
+const BATCH = 8
 /** Unlinks running at once; each is a thread-pool job (libuv has 4 threads by default). */
 const UNLINKS = 2
+
+/** Blobs oldest first, before a cutoff, after a cursor: one range over blobs_last_access. */
+export const OLDEST_SQL = `SELECT digest, size, coalesce(allocated, size) AS allocated, last_access AS lastAccess
+  FROM blobs WHERE last_access < ? AND (last_access, digest) > (?, ?) ORDER BY last_access, digest LIMIT ?`
+
+interface Cursor {
+  lastAccess: number
+  digest: string
+}
 
 export class Evictor {
   private policy: EvictionPolicy
@@ -70,6 +89,7 @@ export class Evictor {
   private readonly log: Logger
   private readonly metrics: Metrics | undefined
   private readonly inUse: (digest: string) => boolean
+  private readonly unlinks = pLimit(UNLINKS)
 
   constructor(opts: {
     store: BlobStore
@@ -95,10 +115,10 @@ export class Evictor {
     return this.policy.maxSize
   }
 
-  /** True when the store is above its high-water mark. */
+  /** True when the store is above its high-water mark (bytes on disk, from the running totals). */
   overBudget(): boolean {
     const { maxSize, highWater } = this.policy
-    return maxSize !== null && this.index.storeTotals().bytes > maxSize * highWater
+    return maxSize !== null && this.index.storeTotals().allocated > maxSize * highWater
   }
 
   /** What eviction would remove now, without removing anything. */
@@ -110,34 +130,25 @@ export class Evictor {
     const { maxSize, highWater, lowWater, maxUnusedAgeMs } = this.policy
     const blobs: EvictionPlan['blobs'] = []
     const chosen = new Set<string>()
-    const storeBytes = this.index.storeTotals().bytes
+    const storeBytes = this.index.storeTotals().allocated
     let remaining = storeBytes
-    type Row = { digest: string; size: number; last_access: number }
     // Both walks use the last_access index and stop early: no full scan of a large store.
     if (maxUnusedAgeMs !== null) {
-      const old = db
-        .prepare(
-          'SELECT digest, size, last_access FROM blobs WHERE last_access < ? ORDER BY last_access, digest',
-        )
-        .iterate(now - maxUnusedAgeMs) as IterableIterator<Row>
-      for (const row of old) {
+      for (const row of this.oldest(now - maxUnusedAgeMs)) {
         if (pinned.has(row.digest)) continue
-        blobs.push({ digest: row.digest, size: row.size, lastAccess: row.last_access, reason: 'age' })
+        blobs.push({ ...row, reason: 'age' })
         chosen.add(row.digest)
-        remaining -= row.size
+        remaining -= row.allocated
       }
     }
     if (maxSize !== null && remaining > maxSize * highWater) {
       const target = maxSize * lowWater
-      const lru = db
-        .prepare('SELECT digest, size, last_access FROM blobs ORDER BY last_access, digest')
-        .iterate() as IterableIterator<Row>
-      for (const row of lru) {
+      for (const row of this.oldest(null)) {
         if (remaining <= target) break
         if (pinned.has(row.digest) || chosen.has(row.digest)) continue
-        blobs.push({ digest: row.digest, size: row.size, lastAccess: row.last_access, reason: 'size' })
+        blobs.push({ ...row, reason: 'size' })
         chosen.add(row.digest)
-        remaining -= row.size
+        remaining -= row.allocated
       }
     }
 
@@ -170,82 +181,172 @@ export class Evictor {
     await this.running?.catch(() => undefined)
   }
 
-  /** Plans and executes, one run at a time; a run asked for while one is going joins it. */
-  run(): Promise<EvictionResult> {
-    this.running ??= this.execute(this.plan()).finally(() => {
+  /**
+   * Evicts what the policy says, one run at a time; a run asked for while one is going joins it.
+   * Never plans the whole store: pages of BATCH, deleted as they are read, until under budget.
+   */
+  run(now = Date.now()): Promise<EvictionResult> {
+    this.running ??= this.drain(now).finally(() => {
       this.running = undefined
     })
     return this.running
   }
 
-  /** Carries out a plan (e.g. one shown by a dry run), re-checking use and pins as it goes. */
-  async execute(plan: EvictionPlan): Promise<EvictionResult> {
+  private async drain(now: number): Promise<EvictionResult> {
     const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0, errors: 0 }
-    if (plan.blobs.length + plan.manifests.length === 0) return result
-    const pinned = this.pinnedDigests()
-    const db = this.index.database
-    const dropBlob = db.transaction((digest: string) => {
-      db.prepare('DELETE FROM blobs WHERE digest = ?').run(digest)
-      db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
-    })
-    const unlinks = pLimit(UNLINKS)
-    const failed = (digest: string, stage: string, err: unknown) => {
-      result.errors++
-      this.metrics?.evictionErrors.inc()
-      this.log.error('store.eviction_error', { digest, stage, error: err })
-    }
-    for (let i = 0; i < plan.blobs.length; i += BATCH) {
-      const removing: Promise<void>[] = []
-      for (const blob of plan.blobs.slice(i, i + BATCH)) {
-        if (pinned.has(blob.digest)) continue
-        if (this.inUse(blob.digest)) {
-          result.skippedInUse++
-          continue
-        }
-        let detached: string | undefined
-        try {
-          const row = this.index.getBlob(blob.digest)
-          dropBlob(blob.digest)
-          try {
-            detached = this.store.detach(blob.digest)
-          } catch (err) {
-            // The file stays where it is: so does its row, and the budget keeps counting it.
-            if (row) this.index.addBlob(blob.digest, row.size, row.last_access)
-            throw err
-          }
-        } catch (err) {
-          failed(blob.digest, 'detach', err)
-          continue
-        }
-        result.blobs++
-        result.bytes += blob.size
-        this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
-        this.metrics?.evictedBytes.inc(blob.size)
-        if (detached !== undefined) {
-          const path = detached
-          removing.push(
-            unlinks(() => this.store.unlinkDetached(path)).catch((err: unknown) =>
-              failed(blob.digest, 'unlink', err),
-            ),
-          )
-        }
+    const { maxSize, lowWater, maxUnusedAgeMs } = this.policy
+    // Read to the end (one row): an iterator left open keeps the statement busy, and the
+    // connection then refuses every write of this run.
+    const ageDue = maxUnusedAgeMs !== null && [...this.oldest(now - maxUnusedAgeMs, 1)].length > 0
+    if (!ageDue && !this.overBudget()) return result
+    // Last-access times of recent requests are still in the write buffer.
+    this.index.flush()
+    const pinned = await this.pinnedDigestsPaged()
+    const walk = async (cutoff: number | null, reason: 'age' | 'size', done: () => boolean) => {
+      let after: Cursor | undefined
+      while (!done()) {
+        const page = [...this.oldest(cutoff, BATCH, after)]
+        if (page.length === 0) break
+        after = { lastAccess: page.at(-1)!.lastAccess, digest: page.at(-1)!.digest }
+        await this.evictPage(
+          page.map((b) => ({ ...b, reason })),
+          pinned,
+          result,
+          done,
+        )
+        await new Promise((resolve) => setImmediate(resolve))
       }
-      await Promise.all(removing)
-      await new Promise((resolve) => setImmediate(resolve))
     }
-    const dropManifest = db.transaction((digest: string) => {
+    if (maxUnusedAgeMs !== null) await walk(now - maxUnusedAgeMs, 'age', () => false)
+    if (maxSize !== null && this.overBudget()) {
+      const target = maxSize * lowWater
+      await walk(null, 'size', () => this.index.storeTotals().allocated <= target)
+    }
+    if (maxUnusedAgeMs !== null) {
+      const manifests = this.index.database
+        .prepare('SELECT digest FROM manifests WHERE last_access < ? ORDER BY last_access LIMIT ?')
+        .pluck()
+      const dropManifest = this.manifestDropper()
+      let skipped = 0
+      for (;;) {
+        const page = manifests.all(now - maxUnusedAgeMs, skipped + BATCH) as string[]
+        const todo = page.slice(skipped)
+        if (todo.length === 0) break
+        for (const digest of todo) {
+          if (pinned.has(digest)) {
+            skipped++
+            continue
+          }
+          result.tags += dropManifest(digest)
+          result.manifests++
+          this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
+        }
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+    }
+    if (result.blobs + result.manifests > 0) this.logResult(result)
+    return result
+  }
+
+  /**
+   * Blobs in last-access order (the blobs_last_access index, digest breaking ties), accessed
+   * before `cutoff` when given, after the cursor when given.
+   */
+  private *oldest(
+    cutoff: number | null,
+    limit = -1,
+    after?: Cursor,
+  ): Generator<{ digest: string; size: number; allocated: number; lastAccess: number }> {
+    const rows = this.index.database
+      .prepare(OLDEST_SQL)
+      .iterate(
+        cutoff ?? Number.MAX_SAFE_INTEGER,
+        after?.lastAccess ?? Number.MIN_SAFE_INTEGER,
+        after?.digest ?? '',
+        limit,
+      ) as IterableIterator<{ digest: string; size: number; allocated: number; lastAccess: number }>
+    yield* rows
+  }
+
+  private manifestDropper(): (digest: string) => number {
+    const db = this.index.database
+    return db.transaction((digest: string) => {
       const gone = db.prepare('DELETE FROM tags WHERE digest = ?').run(digest).changes
       db.prepare('DELETE FROM manifest_refs WHERE manifest = ?').run(digest)
       db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
       db.prepare('DELETE FROM manifests WHERE digest = ?').run(digest)
       return gone
     })
-    for (const m of plan.manifests) {
-      if (pinned.has(m.digest)) continue
-      result.tags += dropManifest(m.digest)
-      result.manifests++
-      this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
+  }
+
+  /**
+   * One page of blobs. In one synchronous step: a last check that no response streams each one,
+   * their rows deleted in one transaction (so no new request sees a hit), then their files
+   * renamed into tmp/; no request can start streaming between a row and its file. Then the
+   * unlinks, off the event loop. `done` is asked before each blob. A blob whose file cannot be
+   * moved gets its row back and counts as an error; the page goes on.
+   */
+  private async evictPage(
+    blobs: EvictionPlan['blobs'],
+    pinned: Set<string>,
+    result: EvictionResult,
+    done: () => boolean = () => false,
+  ): Promise<void> {
+    const db = this.index.database
+    const gone: EvictionPlan['blobs'] = []
+    db.transaction(() => {
+      const blobRow = db.prepare('DELETE FROM blobs WHERE digest = ?')
+      const links = db.prepare('DELETE FROM repo_links WHERE digest = ?')
+      for (const blob of blobs) {
+        if (done()) break
+        if (pinned.has(blob.digest)) continue
+        if (this.inUse(blob.digest)) {
+          result.skippedInUse++
+          continue
+        }
+        blobRow.run(blob.digest)
+        links.run(blob.digest)
+        gone.push(blob)
+      }
+    })()
+    const failed = (digest: string, stage: string, err: unknown) => {
+      result.errors++
+      this.metrics?.evictionErrors.inc()
+      this.log.error('store.eviction_error', { digest, stage, error: err })
     }
+    const removing: Promise<void>[] = []
+    for (const blob of gone) {
+      let detached: string | undefined
+      try {
+        detached = this.store.detach(blob.digest)
+      } catch (err) {
+        // The file stays where it is: so does its row, and the budget keeps counting it.
+        try {
+          this.index.addBlob(blob.digest, blob.size, blob.allocated, blob.lastAccess)
+        } catch (restoreErr) {
+          this.log.error('store.eviction_error', { digest: blob.digest, stage: 'restore', error: restoreErr })
+        }
+        failed(blob.digest, 'detach', err)
+        continue
+      }
+      result.blobs++
+      result.bytes += blob.allocated
+      this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
+      this.metrics?.evictedBytes.inc(blob.allocated)
+      if (detached !== undefined) {
+        const path = detached
+        removing.push(
+          this.unlinks(() => this.store.unlinkDetached(path)).catch((err: unknown) =>
+            failed(blob.digest, 'unlink', err),
+          ),
+        )
+      }
+    }
+    await Promise.all(removing)
+  }
+
+  private logResult(result: EvictionResult): void {
+    const totals = this.index.storeTotals()
     this.log.info('store.evicted', {
       blobs: result.blobs,
       bytes: result.bytes,
@@ -253,9 +354,29 @@ export class Evictor {
       tags: result.tags,
       skipped_in_use: result.skippedInUse,
       errors: result.errors,
-      store_bytes: this.index.storeTotals().bytes,
+      store_bytes: totals.bytes,
+      store_allocated_bytes: totals.allocated,
       budget: this.policy.maxSize,
     })
+  }
+
+  /** Carries out a plan (e.g. one shown by a dry run), re-checking use and pins as it goes. */
+  async execute(plan: EvictionPlan): Promise<EvictionResult> {
+    const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0, errors: 0 }
+    if (plan.blobs.length + plan.manifests.length === 0) return result
+    const pinned = this.pinnedDigests()
+    for (let i = 0; i < plan.blobs.length; i += BATCH) {
+      await this.evictPage(plan.blobs.slice(i, i + BATCH), pinned, result)
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    const dropManifest = this.manifestDropper()
+    for (const m of plan.manifests) {
+      if (pinned.has(m.digest)) continue
+      result.tags += dropManifest(m.digest)
+      result.manifests++
+      this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
+    }
+    this.logResult(result)
     return result
   }
 
@@ -263,17 +384,50 @@ export class Evictor {
   private pinnedDigests(): Set<string> {
     const pinned = new Set<string>()
     if (this.policy.pins.length === 0) return pinned
-    const db = this.index.database
-    const tags = db.prepare('SELECT repo, tag, digest FROM tags').iterate() as IterableIterator<{
+    const tags = this.index.database
+      .prepare('SELECT repo, tag, digest FROM tags')
+      .iterate() as IterableIterator<{
       repo: string
       tag: string
       digest: string
     }>
-    const children = db.prepare('SELECT child FROM manifest_refs WHERE manifest = ?').pluck()
-    const stack: string[] = []
+    const roots: string[] = []
     for (const t of tags) {
-      if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) stack.push(t.digest)
+      if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
     }
+    return this.withReferences(roots)
+  }
+
+  /**
+   * The same for the server: tags are read in pages (keyset on the primary key) with a yield
+   * between pages, so a hundred thousand tags do not stall requests while patterns are tested.
+   */
+  private async pinnedDigestsPaged(): Promise<Set<string>> {
+    if (this.policy.pins.length === 0) return new Set()
+    const page = this.index.database.prepare(
+      `SELECT registry, repo, tag, digest FROM tags WHERE (registry, repo, tag) > (?, ?, ?)
+       ORDER BY registry, repo, tag LIMIT 2000`,
+    )
+    const roots: string[] = []
+    let after = ['', '', '']
+    for (;;) {
+      const rows = page.all(...after) as { registry: string; repo: string; tag: string; digest: string }[]
+      for (const t of rows) {
+        if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
+      }
+      if (rows.length < 2000) break
+      const last = rows.at(-1)!
+      after = [last.registry, last.repo, last.tag]
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+    return this.withReferences(roots)
+  }
+
+  /** Manifests and everything they reference, down through indexes. */
+  private withReferences(roots: string[]): Set<string> {
+    const pinned = new Set<string>()
+    const children = this.index.database.prepare('SELECT child FROM manifest_refs WHERE manifest = ?').pluck()
+    const stack = [...roots]
     while (stack.length > 0) {
       const digest = stack.pop()!
       if (pinned.has(digest)) continue

@@ -8,6 +8,8 @@
 // Repositories and tags are keyed by (registry, repo): serving a second upstream later needs no
 // migration. Blobs and manifests are keyed by digest alone: content is shared across repos.
 
+import { createRequire } from 'node:module'
+import { Worker } from 'node:worker_threads'
 import Database from 'better-sqlite3'
 import type { ManifestRef } from '../oci.js'
 
@@ -130,11 +132,71 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (registry, repo)
   ) WITHOUT ROWID;
   `,
+  `
+  -- What each blob takes on disk (st_blocks * 512): on ext4 a 1-byte blob takes 4096, and a
+  -- store of small blobs fills its disk long before its logical size says so. NULL until the
+  -- file is measured (rows from before this column; the background reconciliation fills them);
+  -- until then the logical size stands in for it.
+  ALTER TABLE blobs ADD COLUMN allocated INTEGER;
+
+  -- Running totals, kept by triggers on every insert, delete and resize, so that the budget,
+  -- stats and metrics read one row instead of summing a million.
+  CREATE TABLE store_totals (
+    id        INTEGER PRIMARY KEY CHECK (id = 0),
+    blobs     INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL,      -- logical: sum of blob sizes
+    allocated INTEGER NOT NULL,      -- on disk: sum of coalesce(allocated, size)
+    manifests INTEGER NOT NULL,
+    tags      INTEGER NOT NULL
+  );
+  INSERT INTO store_totals (id, blobs, bytes, allocated, manifests, tags)
+    SELECT 0, count(*), coalesce(sum(size), 0), coalesce(sum(size), 0),
+      (SELECT count(*) FROM manifests), (SELECT count(*) FROM tags) FROM blobs;
+  CREATE TRIGGER blobs_totals_insert AFTER INSERT ON blobs BEGIN
+    UPDATE store_totals SET blobs = blobs + 1, bytes = bytes + new.size,
+      allocated = allocated + coalesce(new.allocated, new.size);
+  END;
+  CREATE TRIGGER blobs_totals_delete AFTER DELETE ON blobs BEGIN
+    UPDATE store_totals SET blobs = blobs - 1, bytes = bytes - old.size,
+      allocated = allocated - coalesce(old.allocated, old.size);
+  END;
+  CREATE TRIGGER blobs_totals_update AFTER UPDATE OF size, allocated ON blobs BEGIN
+    UPDATE store_totals SET bytes = bytes - old.size + new.size,
+      allocated = allocated - coalesce(old.allocated, old.size) + coalesce(new.allocated, new.size);
+  END;
+  CREATE TRIGGER manifests_totals_insert AFTER INSERT ON manifests BEGIN
+    UPDATE store_totals SET manifests = manifests + 1;
+  END;
+  CREATE TRIGGER manifests_totals_delete AFTER DELETE ON manifests BEGIN
+    UPDATE store_totals SET manifests = manifests - 1;
+  END;
+  CREATE TRIGGER tags_totals_insert AFTER INSERT ON tags BEGIN
+    UPDATE store_totals SET tags = tags + 1;
+  END;
+  CREATE TRIGGER tags_totals_delete AFTER DELETE ON tags BEGIN
+    UPDATE store_totals SET tags = tags - 1;
+  END;
+
+  -- Small facts about the store as a whole; 'clean_shutdown' is written by the last step of a
+  -- clean stop and taken away at start: while it is there, index and files agree.
+  CREATE TABLE store_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+  ) WITHOUT ROWID;
+
+  -- The top-tags query walks this index and stops after N rows instead of sorting every tag.
+  CREATE INDEX tag_stats_requests ON tag_stats (requests DESC, last_request DESC);
+  `,
 ]
+
+/** Pages of the SQLite cache; negative means KiB. Bounds the index's memory at any store size. */
+const CACHE_KIB = 8192
 
 export interface BlobRow {
   digest: string
   size: number
+  /** Bytes on disk (st_blocks * 512); null until measured. */
+  allocated: number | null
   media_type: string | null
   first_cached: number
   last_access: number
@@ -161,6 +223,16 @@ export type RepoAccess = 'public' | 'private' | 'assumed'
 export interface RepoAccessRow {
   access: RepoAccess
   checked_at: number
+}
+
+export interface StoreTotals {
+  blobs: number
+  /** Sum of blob sizes. */
+  bytes: number
+  /** What the blob files take on disk; logical size for blobs not measured yet. */
+  allocated: number
+  manifests: number
+  tags: number
 }
 
 export type CacheResult = 'hit' | 'miss' | 'coalesced' | 'stale' | 'error'
@@ -210,19 +282,53 @@ interface Pending {
 
 const HOUR = 3_600_000
 
+/**
+ * The checkpointer thread (see IndexDb.checkpointInBackground): its own connection to the same
+ * file, a PASSIVE checkpoint every interval, a message when one copied pages back or failed.
+ * PASSIVE never waits for the server's connection: it copies what no reader still needs, and
+ * writers go on appending to the WAL meanwhile.
+ */
+const CHECKPOINTER = `
+const { parentPort, workerData } = require('node:worker_threads')
+const Database = require(workerData.module)
+const db = new Database(workerData.path, { fileMustExist: true })
+let last = ''
+const timer = setInterval(() => {
+  try {
+    const [r] = db.pragma('wal_checkpoint(PASSIVE)')
+    const seen = r.log + '/' + r.checkpointed
+    if (seen !== last && r.checkpointed > 0) parentPort.postMessage({ checkpointed: r.checkpointed })
+    last = seen
+  } catch (err) {
+    parentPort.postMessage({ failed: String((err && err.message) || err) })
+  }
+}, workerData.intervalMs)
+parentPort.on('message', () => {
+  clearInterval(timer)
+  db.close()
+  parentPort.close()
+})
+`
+
 export class IndexDb {
   private readonly db: Database.Database
   private pending: Pending = emptyPending()
   private readonly stmt: ReturnType<typeof prepare>
+  private readonly path: string
+  private checkpointer: Worker | undefined
+  /** Checkpoints the checkpointer thread has reported, for tests and logs. */
+  checkpoints = 0
 
   /**
    * `readonly` is for commands that only look (stats) while a server may be writing: the file
    * must exist, it is never created or migrated, and the buffered writes must not be used.
    */
   constructor(path: string, opts: { readonly?: boolean } = {}) {
+    this.path = path
     if (opts.readonly) {
       this.db = new Database(path, { readonly: true, fileMustExist: true })
       this.db.pragma('busy_timeout = 5000')
+      this.db.pragma(`cache_size = -${CACHE_KIB}`)
       checkVersion(this.db)
     } else {
       this.db = new Database(path)
@@ -231,6 +337,10 @@ export class IndexDb {
       this.db.pragma('journal_mode = WAL')
       this.db.pragma('synchronous = NORMAL')
       this.db.pragma('busy_timeout = 5000')
+      // The page cache is the index's only memory that could grow with the store: keep it fixed,
+      // and keep the file out of the address space (no mmap), so RSS does not follow the index.
+      this.db.pragma(`cache_size = -${CACHE_KIB}`)
+      this.db.pragma('mmap_size = 0')
       migrate(this.db)
     }
     this.stmt = prepare(this.db)
@@ -246,21 +356,64 @@ export class IndexDb {
     return this.stmt.getBlob.get(digest) as BlobRow | undefined
   }
 
-  addBlob(digest: string, size: number, now = Date.now()): void {
-    this.stmt.addBlob.run(digest, size, this.stmt.refMediaType.pluck().get(digest) ?? null, now, now)
+  /** `allocated`: bytes the file takes on disk (st_blocks * 512), null when not measured. */
+  addBlob(digest: string, size: number, allocated: number | null, now = Date.now()): void {
+    this.stmt.addBlob.run(
+      digest,
+      size,
+      allocated,
+      this.stmt.refMediaType.pluck().get(digest) ?? null,
+      now,
+      now,
+    )
   }
 
   deleteBlob(digest: string): void {
     this.stmt.deleteBlob.run(digest)
   }
 
-  /** Blob count and bytes, for metrics and the budget. */
-  storeTotals(): { blobs: number; bytes: number } {
-    return this.stmt.storeTotals.get() as { blobs: number; bytes: number }
+  /** Records what a blob's file takes on disk; no-op when the row is gone. */
+  setAllocated(digest: string, allocated: number): void {
+    this.stmt.setAllocated.run(allocated, digest, allocated)
   }
 
-  allBlobs(): { digest: string; size: number }[] {
-    return this.stmt.allBlobs.all() as { digest: string; size: number }[]
+  /**
+   * Blob count, logical bytes and bytes on disk, for metrics and the budget: one row kept by
+   * triggers, never a sum over the blobs.
+   */
+  storeTotals(): StoreTotals {
+    return this.stmt.storeTotals.get() as StoreTotals
+  }
+
+  /**
+   * Up to `limit` blob rows with digests in [from, to), in digest order: whole-store passes
+   * (reconciliation, verify) page through the index with these instead of loading it.
+   */
+  blobPage(
+    from: string,
+    to: string,
+    limit: number,
+  ): { digest: string; size: number; allocated: number | null }[] {
+    return this.stmt.blobPage.all(from, to, limit) as ReturnType<IndexDb['blobPage']>
+  }
+
+  // --- the clean-shutdown marker -----------------------------------------------------------
+
+  /** Written as the last step of a clean stop: index and files agree. */
+  markClean(now = Date.now()): void {
+    this.stmt.setState.run('clean_shutdown', String(now))
+  }
+
+  /**
+   * Whether the last stop was clean; the mark is removed in the same step, so a crash from
+   * here on leaves an index that is not trusted next time.
+   */
+  takeCleanMark(): boolean {
+    return this.db.transaction(() => {
+      const was = this.stmt.getState.pluck().get('clean_shutdown') !== undefined
+      this.stmt.deleteState.run('clean_shutdown')
+      return was
+    })()
   }
 
   // --- manifests ---------------------------------------------------------------------------
@@ -321,9 +474,9 @@ export class IndexDb {
 
   // --- whole-store passes (verify, export) ------------------------------------------------
 
-  /** Every stored manifest's digest; callers read the bodies one at a time with getManifest. */
-  manifestDigests(): string[] {
-    return this.stmt.manifestDigests.pluck().all() as string[]
+  /** Up to `limit` stored manifests' digests after `after`, in order; bodies via getManifest. */
+  manifestDigests(after = '', limit = 1000): string[] {
+    return this.stmt.manifestDigests.pluck().all(after, limit) as string[]
   }
 
   /**
@@ -568,8 +721,71 @@ export class IndexDb {
     return this.stmt.totals.all() as ReturnType<IndexDb['accountingTotals']>
   }
 
+  // --- checkpoints ---------------------------------------------------------------------------
+
+  /**
+   * Moves WAL checkpoints off the event loop, for the server. SQLite's automatic checkpoint runs
+   * inside whichever commit makes the WAL cross 1000 pages: that commit then copies those pages
+   * into the database file and fsyncs it, tens to hundreds of milliseconds during which no
+   * request is answered (an eviction or a reconciliation commits often). Here the automatic
+   * checkpoint is off and a worker thread with its own connection checkpoints every
+   * `intervalMs` instead. If that thread fails, `onFailure` is told and the automatic
+   * checkpoint comes back, so the WAL never grows without bound.
+   */
+  checkpointInBackground(intervalMs: number, onFailure: (message: string) => void): void {
+    if (this.checkpointer !== undefined) return
+    const worker = new Worker(CHECKPOINTER, {
+      eval: true,
+      workerData: {
+        module: createRequire(import.meta.url).resolve('better-sqlite3'),
+        path: this.path,
+        intervalMs,
+      },
+    })
+    worker.unref()
+    const fallBack = (message: string) => {
+      if (this.checkpointer !== worker) return
+      this.checkpointer = undefined
+      void worker.terminate()
+      if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000')
+      onFailure(message)
+    }
+    worker.on('message', (m: { checkpointed?: number; failed?: string }) => {
+      if (m.failed !== undefined) fallBack(m.failed)
+      else this.checkpoints++
+    })
+    worker.on('error', (err) => fallBack(err.message))
+    worker.on('exit', (code) => {
+      if (code !== 0) fallBack(`the checkpointer thread exited with code ${code}`)
+    })
+    this.checkpointer = worker
+    this.db.pragma('wal_autocheckpoint = 0')
+  }
+
+  /** Stops the checkpointer thread and waits for it to close its connection. */
+  async stopCheckpoints(): Promise<void> {
+    const worker = this.checkpointer
+    if (worker === undefined) return
+    this.checkpointer = undefined
+    const exited = new Promise((resolve) => worker.once('exit', resolve))
+    // Unreferenced while it ran, so that it never kept a process alive; waited for now, or a
+    // process with nothing else to do would end here, in the middle of its close.
+    worker.ref()
+    worker.postMessage('stop')
+    await exited
+    if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000')
+  }
+
+  /**
+   * Closes the connection; as the last one it checkpoints the WAL into the file. A checkpointer
+   * still running is terminated (stopCheckpoints first lets it close cleanly).
+   */
   close(): void {
     this.flush()
+    if (this.checkpointer !== undefined) {
+      void this.checkpointer.terminate()
+      this.checkpointer = undefined
+    }
     this.db.close()
   }
 }
@@ -609,12 +825,21 @@ function prepare(db: Database.Database) {
   return {
     getBlob: db.prepare('SELECT * FROM blobs WHERE digest = ?'),
     addBlob: db.prepare(
-      `INSERT INTO blobs (digest, size, media_type, first_cached, last_access) VALUES (?, ?, ?, ?, ?)
-       ON CONFLICT (digest) DO UPDATE SET size = excluded.size, last_access = excluded.last_access`,
+      `INSERT INTO blobs (digest, size, allocated, media_type, first_cached, last_access) VALUES (?, ?, ?, ?, ?, ?)
+       ON CONFLICT (digest) DO UPDATE SET size = excluded.size,
+         allocated = coalesce(excluded.allocated, allocated), last_access = excluded.last_access`,
     ),
     deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
-    allBlobs: db.prepare('SELECT digest, size FROM blobs'),
-    storeTotals: db.prepare('SELECT count(*) AS blobs, coalesce(sum(size), 0) AS bytes FROM blobs'),
+    setAllocated: db.prepare('UPDATE blobs SET allocated = ? WHERE digest = ? AND allocated IS NOT ?'),
+    blobPage: db.prepare(
+      'SELECT digest, size, allocated FROM blobs WHERE digest >= ? AND digest < ? ORDER BY digest LIMIT ?',
+    ),
+    storeTotals: db.prepare('SELECT blobs, bytes, allocated, manifests, tags FROM store_totals'),
+    getState: db.prepare('SELECT value FROM store_state WHERE key = ?'),
+    setState: db.prepare(
+      'INSERT INTO store_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+    ),
+    deleteState: db.prepare('DELETE FROM store_state WHERE key = ?'),
     refMediaType: db.prepare(
       'SELECT media_type FROM manifest_refs WHERE child = ? AND media_type IS NOT NULL LIMIT 1',
     ),
@@ -697,7 +922,7 @@ function prepare(db: Database.Database) {
       `DELETE FROM accounting WHERE (hour, registry, repo, kind, method, result) IN (
          SELECT hour, registry, repo, kind, method, result FROM accounting WHERE hour < ? LIMIT ?)`,
     ),
-    manifestDigests: db.prepare('SELECT digest FROM manifests ORDER BY digest'),
+    manifestDigests: db.prepare('SELECT digest FROM manifests WHERE digest > ? ORDER BY digest LIMIT ?'),
     deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
     deleteManifestRefs: db.prepare('DELETE FROM manifest_refs WHERE manifest = ?'),
     tagsOf: db.prepare(

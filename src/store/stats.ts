@@ -80,7 +80,10 @@ export interface BlobTotals {
 
 export interface StoreCounts {
   blobs: number
+  /** Logical: the sum of blob sizes. */
   bytes: number
+  /** What the blob files take on disk (allocated blocks): what the budget counts. */
+  allocated_bytes: number
   manifests: number
   tags: number
 }
@@ -214,15 +217,19 @@ export function hourlyStats(index: IndexDb, q: StatsQuery = {}): HourTotals[] {
   return rows.map((r) => withRate(r))
 }
 
+/**
+ * The top-tags query: it walks the tag_stats_requests index and stops after LIMIT rows, so it
+ * costs the same with a hundred tags or a hundred thousand (exported for the plan's test).
+ */
+export const TOP_TAGS_SQL = `SELECT registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
+    bytes_cache AS bytes_from_cache, bytes_upstream AS bytes_from_upstream, last_request
+  FROM tag_stats WHERE last_request >= ?
+  ORDER BY requests DESC, last_request DESC, registry, repo, tag LIMIT ?`
+
 /** Tags by requests, most first (lifetime counts; `since` filters on the last request). */
 export function tagStats(index: IndexDb, q: TopQuery): TagTotals[] {
   return current(index)
-    .database.prepare(
-      `SELECT registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
-         bytes_cache AS bytes_from_cache, bytes_upstream AS bytes_from_upstream, last_request
-       FROM tag_stats WHERE last_request >= ?
-       ORDER BY requests DESC, last_request DESC, registry, repo, tag LIMIT ?`,
-    )
+    .database.prepare(TOP_TAGS_SQL)
     .all(q.since ?? 0, q.limit) as TagTotals[]
 }
 
@@ -245,12 +252,14 @@ export function blobStats(index: IndexDb, q: TopQuery): BlobTotals[] {
   })
 }
 
-/** What the store holds now, whatever `since` says. */
+/** What the store holds now, whatever `since` says: the running totals, no count over the tables. */
 export function storeCounts(index: IndexDb): StoreCounts {
-  return current(index)
-    .database.prepare(
-      `SELECT (SELECT count(*) FROM blobs) AS blobs, (SELECT coalesce(sum(size), 0) FROM blobs) AS bytes,
-         (SELECT count(*) FROM manifests) AS manifests, (SELECT count(*) FROM tags) AS tags`,
-    )
-    .get() as StoreCounts
+  const t = index.storeTotals()
+  return {
+    blobs: t.blobs,
+    bytes: t.bytes,
+    allocated_bytes: t.allocated,
+    manifests: t.manifests,
+    tags: t.tags,
+  }
 }

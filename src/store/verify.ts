@@ -16,7 +16,7 @@ import { createReadStream } from 'node:fs'
 import { mkdir, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { sha256 } from '../oci.js'
-import type { BlobStore } from './blob-store.js'
+import { type BlobStore, PREFIXES } from './blob-store.js'
 import type { IndexDb } from './index-db.js'
 
 export type ProblemKind =
@@ -46,19 +46,38 @@ export interface Problem {
   action: string | null
 }
 
+export interface VerifyOptions {
+  repair: boolean
+  /** Start at this prefix directory (two hex digits): resumes a pass that was stopped. */
+  fromPrefix?: string | undefined
+  /** Stops the pass between two blobs; what was checked (and repaired) stays so. */
+  signal?: AbortSignal | undefined
+  /** Called after each blob and each prefix, e.g. to draw progress. */
+  onProgress?: ((p: VerifyProgress) => void) | undefined
+}
+
+export interface VerifyProgress {
+  /** The prefix directory being checked, 00..ff. */
+  prefix: string
+  blobs: number
+  bytes: number
+  problems: number
+}
+
 export interface VerifyReport {
   blobs: { checked: number; bytes: number }
   manifests: { checked: number; bytes: number }
   problems: Problem[]
   repair: boolean
-}
-
-export interface VerifyOptions {
-  repair: boolean
+  /** Null when every prefix was checked; else the prefix to resume from (--from). */
+  stoppedAt: string | null
 }
 
 /** Blob files are read this many bytes at a time; memory stays flat whatever the blob size. */
 const READ_CHUNK = 1024 * 1024
+
+/** Index rows read per page: memory holds a page and one prefix's file names, never the store. */
+const PAGE = 1000
 
 export async function verifyStore(
   store: BlobStore,
@@ -70,74 +89,126 @@ export async function verifyStore(
     manifests: { checked: 0, bytes: 0 },
     problems: [],
     repair: opts.repair,
+    stoppedAt: null,
   }
-  // Rows as they were when we started; a row added later belongs to a commit we will see as a
-  // file, or to one made after the walk, which is the server's and not ours to judge.
-  const rows = new Map(index.allBlobs().map((r) => [r.digest, r.size]))
+  const first = PREFIXES.indexOf(opts.fromPrefix ?? '00')
+  if (first < 0) throw new Error(`not a prefix of two hex digits: ${opts.fromPrefix}`)
+  const progress = (prefix: string) =>
+    opts.onProgress?.({
+      prefix,
+      blobs: report.blobs.checked,
+      bytes: report.blobs.bytes,
+      problems: report.problems.length,
+    })
 
-  for await (const { digest } of store.list()) {
-    const hashed = await hashFile(store.path(digest))
-    // Gone before or while we read it (eviction deletes a file whose reader keeps the bytes):
-    // nothing left to judge here; a row it left behind is looked at with the other rows below.
-    if (hashed === undefined || (await store.size(digest)) === undefined) continue
-    rows.delete(digest)
-    report.blobs.checked++
-    report.blobs.bytes += hashed.size
-    // Read the row now, not from the start: the server may have committed this blob meanwhile.
-    const indexSize = index.getBlob(digest)?.size ?? null
-    if (hashed.digest !== digest) {
-      const problem = blobProblem('corrupt_blob', digest, hashed.size, indexSize, hashed.digest)
-      if (opts.repair) await quarantine(store, index, problem)
-      report.problems.push(problem)
-    } else if (indexSize === null) {
-      const problem = blobProblem('orphan_file', digest, hashed.size, null, null)
-      if (opts.repair) adopt(index, problem, hashed.size, 'adopted: index row added')
-      report.problems.push(problem)
-    } else if (indexSize !== hashed.size) {
-      const problem = blobProblem('size_mismatch', digest, hashed.size, indexSize, null)
-      if (opts.repair) adopt(index, problem, hashed.size, `index row corrected to ${hashed.size} bytes`)
-      report.problems.push(problem)
+  // Prefix by prefix (blobs/sha256/00 .. ff): the files of one prefix, and the index rows of the
+  // same digest range, paged. A stop between two prefixes or two blobs loses nothing: every
+  // finding was acted on when it was made.
+  for (let i = first; i < PREFIXES.length; i++) {
+    const prefix = PREFIXES[i]!
+    if (opts.signal?.aborted) {
+      report.stoppedAt = prefix
+      break
     }
+    const files = await store.listPrefix(prefix)
+    for (const digest of files) {
+      if (opts.signal?.aborted) break
+      await checkFile(store, index, digest, opts, report)
+      progress(prefix)
+    }
+    if (opts.signal?.aborted) {
+      report.stoppedAt = prefix
+      break
+    }
+    // Rows of this range whose file the listing did not have.
+    const listed = new Set(files)
+    const to = `sha256:${PREFIXES[i + 1] ?? 'g'}`
+    let cursor = `sha256:${prefix}`
+    for (;;) {
+      const rows = index.blobPage(cursor, to, PAGE)
+      for (const row of rows) {
+        if (listed.has(row.digest)) continue
+        if ((await store.size(row.digest)) !== undefined) continue // committed after the listing
+        const still = index.getBlob(row.digest)
+        if (still === undefined) continue // deleted meanwhile (eviction, a server)
+        const problem = blobProblem('missing_file', row.digest, null, still.size, null)
+        if (opts.repair && store.measureNow(row.digest) === undefined) {
+          index.deleteBlob(row.digest)
+          problem.repaired = true
+          problem.action = 'index row deleted'
+        }
+        report.problems.push(problem)
+      }
+      if (rows.length < PAGE) break
+      cursor = `${rows.at(-1)!.digest}\0`
+    }
+    progress(prefix)
   }
+  if (report.stoppedAt !== null) return report
 
-  // Rows whose file the walk did not see.
-  for (const digest of rows.keys()) {
-    const row = index.getBlob(digest)
-    if (row === undefined) continue // deleted meanwhile (eviction, a server)
-    if ((await store.size(digest)) !== undefined) continue // committed after the walk passed it
-    const problem = blobProblem('missing_file', digest, null, row.size, null)
-    if (opts.repair) {
-      index.deleteBlob(digest)
-      problem.repaired = true
-      problem.action = 'index row deleted'
+  let after = ''
+  for (;;) {
+    const digests = index.manifestDigests(after, PAGE)
+    for (const digest of digests) {
+      const row = index.getManifest(digest)
+      if (row === undefined) continue
+      report.manifests.checked++
+      report.manifests.bytes += row.body.length
+      const actual = sha256(row.body)
+      if (actual === digest && row.size === row.body.length) continue
+      const problem: Problem = {
+        kind: 'corrupt_manifest',
+        digest,
+        size: row.body.length,
+        indexSize: row.size,
+        actual,
+        repaired: false,
+        action: null,
+      }
+      if (opts.repair) {
+        index.deleteManifest(digest)
+        problem.repaired = true
+        problem.action = 'deleted from the index; the next pull fetches it again'
+      }
+      report.problems.push(problem)
     }
-    report.problems.push(problem)
-  }
-
-  for (const digest of index.manifestDigests()) {
-    const row = index.getManifest(digest)
-    if (row === undefined) continue
-    report.manifests.checked++
-    report.manifests.bytes += row.body.length
-    const actual = sha256(row.body)
-    if (actual === digest && row.size === row.body.length) continue
-    const problem: Problem = {
-      kind: 'corrupt_manifest',
-      digest,
-      size: row.body.length,
-      indexSize: row.size,
-      actual,
-      repaired: false,
-      action: null,
-    }
-    if (opts.repair) {
-      index.deleteManifest(digest)
-      problem.repaired = true
-      problem.action = 'deleted from the index; the next pull fetches it again'
-    }
-    report.problems.push(problem)
+    if (digests.length < PAGE) break
+    after = digests.at(-1)!
   }
   return report
+}
+
+/** Re-hashes one listed file and compares it with its row (read now: the server may have committed it). */
+async function checkFile(
+  store: BlobStore,
+  index: IndexDb,
+  digest: string,
+  opts: VerifyOptions,
+  report: VerifyReport,
+): Promise<void> {
+  const hashed = await hashFile(store.path(digest))
+  // Gone before or while we read it (eviction deletes a file whose reader keeps the bytes):
+  // nothing left to judge; a row it left behind is looked at with the other rows.
+  const measured = hashed === undefined ? undefined : await store.measure(digest)
+  if (hashed === undefined || measured === undefined) return
+  report.blobs.checked++
+  report.blobs.bytes += hashed.size
+  const indexSize = index.getBlob(digest)?.size ?? null
+  if (hashed.digest !== digest) {
+    const problem = blobProblem('corrupt_blob', digest, hashed.size, indexSize, hashed.digest)
+    if (opts.repair) await quarantine(store, index, problem)
+    report.problems.push(problem)
+  } else if (indexSize === null) {
+    const problem = blobProblem('orphan_file', digest, hashed.size, null, null)
+    if (opts.repair) adopt(index, problem, hashed.size, measured.allocated, 'adopted: index row added')
+    report.problems.push(problem)
+  } else if (indexSize !== hashed.size) {
+    const problem = blobProblem('size_mismatch', digest, hashed.size, indexSize, null)
+    if (opts.repair) {
+      adopt(index, problem, hashed.size, measured.allocated, `index row corrected to ${hashed.size} bytes`)
+    }
+    report.problems.push(problem)
+  }
 }
 
 function blobProblem(
@@ -183,15 +254,15 @@ async function quarantine(store: BlobStore, index: IndexDb, problem: Problem): P
     problem.action = 'file already gone'
   }
   index.deleteBlob(problem.digest)
-  const refilled = await store.size(problem.digest)
-  if (refilled !== undefined) index.addBlob(problem.digest, refilled)
+  const refilled = await store.measure(problem.digest)
+  if (refilled !== undefined) index.addBlob(problem.digest, refilled.size, refilled.allocated)
   problem.repaired = true
   problem.action ??= `quarantined to ${target}; index row deleted`
 }
 
 /** A file that hashes to its name is good: its row is what must change. */
-function adopt(index: IndexDb, problem: Problem, size: number, action: string): void {
-  index.addBlob(problem.digest, size)
+function adopt(index: IndexDb, problem: Problem, size: number, allocated: number, action: string): void {
+  index.addBlob(problem.digest, size, allocated)
   problem.repaired = true
   problem.action = action
 }

@@ -262,6 +262,8 @@ describe('eviction', () => {
 
   test('an eviction error is logged and counted, the server lives on, and a download in progress completes', async () => {
     const mirror = await fake.mirror()
+    // A new store is reconciled in the background; done first, it cannot drop a's row below.
+    await mirror.server.reconciliation?.done
     const a = fake.up.addBlob(REPO, randomBytes(50_000))
     expect((await mirror.get(blobPath(a))).status).toBe(200)
     // Where blob a's file was, a directory: unlink fails with EISDIR.

@@ -40,7 +40,7 @@ export function emptyReport(): StatsReport {
     top_repositories: [],
     top_tags: [],
     hourly: [],
-    store: { blobs: 0, bytes: 0, manifests: 0, tags: 0, budget_bytes: null },
+    store: { blobs: 0, bytes: 0, allocated_bytes: 0, manifests: 0, tags: 0, budget_bytes: null },
     upstream: {
       url: 'https://registry-1.docker.io',
       offline: false,
@@ -104,7 +104,8 @@ export function busyReport(): StatsReport {
     hourly,
     store: {
       blobs: 4211,
-      bytes: 86_000_000_000,
+      bytes: 85_000_000_000,
+      allocated_bytes: 86_000_000_000,
       manifests: 1380,
       tags: 212,
       budget_bytes: 100 * 1024 ** 3,

@@ -1,8 +1,11 @@
+import { renameSync } from 'node:fs'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import { describe, expect, test } from 'vitest'
 import { IndexDb } from '../../src/store/index-db.js'
+import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
+import { waitFor } from '../support/wait-for.js'
 
 async function dbPath(): Promise<string> {
   return join(await tmpRoot('pullcache-index'), 'index.db')
@@ -35,7 +38,7 @@ describe('index', () => {
     const path = await dbPath()
     const index = new IndexDb(path)
     const digest = `sha256:${'1'.repeat(64)}`
-    index.addBlob(digest, 10, 1000)
+    index.addBlob(digest, 10, null, 1000)
     for (let i = 0; i < 5; i++) index.touchBlob(digest, 'hit', 10, 2000 + i)
     const request = {
       registry: 'r',
@@ -116,5 +119,38 @@ describe('index', () => {
     } finally {
       index.close()
     }
+  })
+})
+
+describe('checkpoints in a thread of their own', () => {
+  test('the automatic checkpoint is off and a worker thread copies the WAL back into the file', async () => {
+    const path = await dbPath()
+    const index = new IndexDb(path)
+    const failures: string[] = []
+    index.checkpointInBackground(20, (m) => failures.push(m))
+    expect(index.database.pragma('wal_autocheckpoint', { simple: true })).toBe(0)
+    index.database.transaction(() => {
+      for (let i = 0; i < 500; i++) index.addBlob(sha256(`blob ${i}`), i, null)
+    })()
+    await waitFor(() => index.checkpoints > 0, { what: 'a checkpoint by the worker thread' })
+    // Everything the WAL held is in the file now: nothing is left for this connection to copy.
+    const [left] = index.database.pragma('wal_checkpoint(PASSIVE)') as { log: number; checkpointed: number }[]
+    expect(left?.log).toBe(left?.checkpointed)
+    await index.stopCheckpoints()
+    expect(index.database.pragma('wal_autocheckpoint', { simple: true })).toBe(1000)
+    expect(failures).toEqual([])
+    index.close()
+  })
+
+  test('when the thread fails, the failure is reported and the automatic checkpoint comes back', async () => {
+    const path = await dbPath()
+    const index = new IndexDb(path)
+    // The thread opens the file by name, and finds none.
+    renameSync(path, `${path}.moved`)
+    const failures: string[] = []
+    index.checkpointInBackground(20, (m) => failures.push(m))
+    await waitFor(() => failures.length > 0, { what: 'the checkpointer failure' })
+    expect(index.database.pragma('wal_autocheckpoint', { simple: true })).toBe(1000)
+    index.close()
   })
 })

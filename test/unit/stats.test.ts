@@ -73,7 +73,7 @@ describe('stats from the index', () => {
     expect(repositoryStats(index, { limit: 10 })).toEqual([])
     expect(hourlyStats(index)).toEqual([])
     expect(tagStats(index, { limit: 10 })).toEqual([])
-    expect(storeCounts(index)).toEqual({ blobs: 0, bytes: 0, manifests: 0, tags: 0 })
+    expect(storeCounts(index)).toEqual({ blobs: 0, bytes: 0, allocated_bytes: 0, manifests: 0, tags: 0 })
     index.close()
   })
 
@@ -145,8 +145,8 @@ describe('stats from the index', () => {
     const index = new IndexDb(await dbPath())
     const d1 = `sha256:${'1'.repeat(64)}`
     const d2 = `sha256:${'2'.repeat(64)}`
-    index.addBlob(d1, 1000, T0)
-    index.addBlob(d2, 50, T0)
+    index.addBlob(d1, 1000, null, T0)
+    index.addBlob(d2, 50, null, T0)
     index.touchBlob(d1, 'miss', 1000, T0 + 1)
     index.touchBlob(d1, 'coalesced', 1000, T0 + 2)
     index.touchBlob(d1, 'hit', 1000, T0 + 3)
@@ -194,7 +194,13 @@ describe('stats from the index', () => {
     expect(tags.map((t) => t.tag)).toEqual(['latest', '1.0', 'old'])
     expect(tagStats(index, { limit: 10, since: T0 + HOUR }).map((t) => t.tag)).toEqual(['1.0'])
     expect(tagStats(index, { limit: 1 })).toHaveLength(1)
-    expect(storeCounts(index)).toEqual({ blobs: 2, bytes: 1050, manifests: 0, tags: 1 })
+    expect(storeCounts(index)).toEqual({
+      blobs: 2,
+      bytes: 1050,
+      allocated_bytes: 1050,
+      manifests: 0,
+      tags: 1,
+    })
     index.close()
   })
 
@@ -211,7 +217,7 @@ describe('stats from the index', () => {
     expect(overallStats(reader).requests).toBe(1)
     writer.flush()
     expect(overallStats(reader).requests).toBe(2)
-    expect(() => reader.addBlob(`sha256:${'4'.repeat(64)}`, 1)).toThrow(/readonly/i)
+    expect(() => reader.addBlob(`sha256:${'4'.repeat(64)}`, 1, null)).toThrow(/readonly/i)
     reader.close()
     writer.close()
   })
@@ -255,7 +261,14 @@ describe('stats from the index', () => {
     expect(report.hourly).toEqual([{ hour: '2024-01-01T10:00:00.000Z', ...report.overall }])
     expect(report.top_tags[0]?.last_request).toBe('2024-01-01T10:00:00.005Z')
     expect(report.overall.pulls_avoided).toBe(1)
-    expect(report.store).toEqual({ blobs: 0, bytes: 0, manifests: 0, tags: 0, budget_bytes: 1000 })
+    expect(report.store).toEqual({
+      blobs: 0,
+      bytes: 0,
+      allocated_bytes: 0,
+      manifests: 0,
+      tags: 0,
+      budget_bytes: 1000,
+    })
     index.close()
   })
 })

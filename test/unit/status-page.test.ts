@@ -171,7 +171,7 @@ describe('renderStatusPage', () => {
     expect(big('bytes-cache')).toBe('171.6 GiB')
     expect(big('bytes-upstream')).toBe('21.5 GiB')
     expect(big('disk')).toBe('80.1 GiB')
-    expect(big('budget')).toBe('of 100.0 GiB budget (80.1%)')
+    expect(big('budget')).toBe('on disk, of 100.0 GiB budget (80.1%)')
     expect(page).toContain('1,105 of 1,564 answered from cache')
     expect(page).toContain('<span class="of">of 200 per 6 h</span>')
     expect(page).toContain('pulls left, reported 3 min ago')
