@@ -4,11 +4,11 @@
 
 import { type Context, Hono } from 'hono'
 import { RegistryError } from './errors.js'
-import { type Access, ANONYMOUS } from './http/access.js'
+import { type Access, ANONYMOUS, type RegistryEnv } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
 import { healthRoutes } from './http/health.js'
 import { noteOf } from './http/outcome.js'
-import { type RegistryEnv, rawPath, registryRoutes } from './http/registry.js'
+import { rawPath, registryRoutes } from './http/registry.js'
 import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'

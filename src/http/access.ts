@@ -17,6 +17,7 @@
 import { createHmac, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { BlockList, isIPv4 } from 'node:net'
+import type { HttpBindings } from '@hono/node-server'
 import bcrypt from 'bcryptjs'
 import { LRUCache } from 'lru-cache'
 import pLimit from 'p-limit'
@@ -28,6 +29,9 @@ import type { Logger } from '../log.js'
 export interface Viewer {
   user: string | null
 }
+
+/** The Hono environment of every route that knows who is asking (set by the app's middleware). */
+export type RegistryEnv = { Bindings: HttpBindings; Variables: { viewer: Viewer } }
 
 export const ANONYMOUS: Viewer = Object.freeze({ user: null })
 

@@ -7,9 +7,9 @@ import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import type { Context } from 'hono'
 import type { Fill } from '../mirror/blob-fill.js'
 import type { BlobAnswer, Mirror } from '../mirror/mirror.js'
+import type { RegistryEnv } from './access.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
 import { type ByteRange, parseRange, type RepoName } from './reference.js'
-import type { RegistryEnv } from './registry.js'
 import { sendBytes } from './send-bytes.js'
 
 /** If-None-Match names this digest: the client has these bytes (content-addressed, never stale). */

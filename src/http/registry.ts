@@ -3,17 +3,14 @@
 // read). Manifests and small answers go through Hono; blob bodies are in blob-route.ts.
 // Errors are thrown as RegistryError and rendered by the app.
 
-import type { HttpBindings } from '@hono/node-server'
 import { type Context, Hono } from 'hono'
 import { RegistryError } from '../errors.js'
 import { acceptedTypes } from '../mirror/manifest.js'
 import type { Mirror } from '../mirror/mirror.js'
-import { type Access, challenge, REALM, type Viewer } from './access.js'
+import { type Access, challenge, REALM, type RegistryEnv, type Viewer } from './access.js'
 import { blob, matchesEtag } from './blob-route.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
 import { parseDigest, parseName, parseReference, type RepoName } from './reference.js'
-
-export type RegistryEnv = { Bindings: HttpBindings; Variables: { viewer: Viewer } }
 
 /** Manifests, blobs and tags/list: the last path segments after the repository name. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
