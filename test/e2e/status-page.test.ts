@@ -159,7 +159,7 @@ describe('the status page of a running pullcache', () => {
         expect(await text(page, 'rate-limit')).toBe(
           `${formatCount(rl.remaining)} of ${formatCount(rl.limit)} per 6 h`,
         )
-        expect(await text(page, 'budget')).toMatch(/^no budget/)
+        expect(await text(page, 'budget')).toMatch(/^on disk; no budget/)
         expect(await text(page, 'version')).toBe(doc.version)
         // The page and the document each read the clock: the same unit, not the same second.
         expect(await text(page, 'uptime')).toMatch(/^\d+ (s|min)$/)
