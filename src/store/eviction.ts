@@ -207,13 +207,17 @@ export class Evictor {
       while (!done()) {
         const page = [...this.oldest(cutoff, BATCH, after)]
         if (page.length === 0) break
-        after = { lastAccess: page.at(-1)!.lastAccess, digest: page.at(-1)!.digest }
-        await this.evictPage(
+        const looked = await this.evictPage(
           page.map((b) => ({ ...b, reason })),
           pinned,
           result,
           done,
         )
+        // The next page starts after the last blob this one looked at, not after its end: when
+        // the page stopped early (under the mark) and a commit has since put the store over it
+        // again, the older blobs it did not reach come before the newcomer.
+        if (looked === 0) break
+        after = { lastAccess: page[looked - 1]!.lastAccess, digest: page[looked - 1]!.digest }
         await new Promise((resolve) => setImmediate(resolve))
       }
     }
@@ -284,21 +288,24 @@ export class Evictor {
    * their rows deleted in one transaction (so no new request sees a hit), then their files
    * renamed into tmp/; no request can start streaming between a row and its file. Then the
    * unlinks, off the event loop. `done` is asked before each blob. A blob whose file cannot be
-   * moved gets its row back and counts as an error; the page goes on.
+   * moved gets its row back and counts as an error; the page goes on. Returns how many of the
+   * page's blobs were looked at (evicted or passed over) before `done`.
    */
   private async evictPage(
     blobs: EvictionPlan['blobs'],
     pinned: Set<string>,
     result: EvictionResult,
     done: () => boolean = () => false,
-  ): Promise<void> {
+  ): Promise<number> {
     const db = this.index.database
     const gone: EvictionPlan['blobs'] = []
+    let looked = 0
     db.transaction(() => {
       const blobRow = db.prepare('DELETE FROM blobs WHERE digest = ?')
       const links = db.prepare('DELETE FROM repo_links WHERE digest = ?')
       for (const blob of blobs) {
         if (done()) break
+        looked++
         if (pinned.has(blob.digest)) continue
         if (this.inUse(blob.digest)) {
           result.skippedInUse++
@@ -343,6 +350,7 @@ export class Evictor {
       }
     }
     await Promise.all(removing)
+    return looked
   }
 
   private logResult(result: EvictionResult): void {
