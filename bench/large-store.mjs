@@ -67,6 +67,8 @@ const hexOf = (i) => createHash('sha256').update(blobBytes(i)).digest('hex')
 const pcRoot = join(work, 'pullcache')
 const distRoot = join(work, 'distribution')
 const probe = hexOf(Math.floor(BLOBS / 2))
+/** A closed port: pullcache runs offline and never needs its upstream here. */
+const UPSTREAM_HOST = '127.0.0.1:9'
 
 let t0 = performance.now()
 {
@@ -106,6 +108,16 @@ let t0 = performance.now()
       tagStat.run(repo, `v${i}`, i % 97, i % 89, Date.now() - i)
     }
   })()
+  // The probe blob linked to a public repository (as a pull through pullcache leaves it), so
+  // that an anonymous client may read it without asking upstream, which this bench never has.
+  const registry = UPSTREAM_HOST
+  db.prepare("INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, 'library/probe', ?, 'blob')").run(
+    registry,
+    `sha256:${probe}`,
+  )
+  db.prepare(
+    "INSERT INTO repo_access (registry, repo, access, checked_at) VALUES (?, 'library/probe', 'public', ?)",
+  ).run(registry, Date.now())
   index.close() // a built store has no clean-shutdown mark: the first start reconciles
   figures.block_size = statfsSync(blobDir).bsize
   figures.allocated_per_blob = allocated
@@ -143,7 +155,7 @@ async function startPullcache(extraEnv = {}, dataDir = pcRoot) {
       ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PULLCACHE_'))),
       PULLCACHE_DATA_DIR: dataDir,
       PULLCACHE_LISTEN: `127.0.0.1:${port}`,
-      PULLCACHE_UPSTREAM: 'http://127.0.0.1:9',
+      PULLCACHE_UPSTREAM: `http://${UPSTREAM_HOST}`,
       PULLCACHE_ACCESS_LOG: 'false',
       PULLCACHE_OFFLINE: 'true',
       ...extraEnv,
