@@ -111,10 +111,9 @@ let t0 = performance.now()
   // The probe blob linked to a public repository (as a pull through pullcache leaves it), so
   // that an anonymous client may read it without asking upstream, which this bench never has.
   const registry = UPSTREAM_HOST
-  db.prepare("INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, 'library/probe', ?, 'blob')").run(
-    registry,
-    `sha256:${probe}`,
-  )
+  db.prepare(
+    "INSERT INTO repo_links (registry, repo, digest, kind) VALUES (?, 'library/probe', ?, 'blob')",
+  ).run(registry, `sha256:${probe}`)
   db.prepare(
     "INSERT INTO repo_access (registry, repo, access, checked_at) VALUES (?, 'library/probe', 'public', ?)",
   ).run(registry, Date.now())
