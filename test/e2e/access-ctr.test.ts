@@ -4,10 +4,11 @@
 // repository; ctr then falls back to Docker Hub, unreachable here, and the pull fails.
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createSecretImage, startAccessMirror, writeHtpasswd } from './accounts.js'
 import { type Containerd, startPrivateContainerd } from './containerd.js'
-import { AMD64, createImage, type TestImage } from './images.js'
-import { makeTempDir, removeDir, requireBinary, run } from './processes.js'
-import { type Pullcache, startPullcache } from './pullcache.js'
+import type { TestImage } from './images.js'
+import { makeTempDir, removeDir } from './processes.js'
+import type { Pullcache } from './pullcache.js'
 import { createSkopeo, expectedBlobDigests } from './skopeo.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
@@ -22,24 +23,11 @@ let secret: TestImage
 
 beforeAll(async () => {
   work = await makeTempDir('accctr')
-  secret = await createImage(join(work, 'images'), {
-    shortName: 'secret',
-    tag: 'v1',
-    format: 'docker',
-    platforms: [AMD64],
-    layerSizes: [40 * 1024, 8 * 1024],
-  })
+  secret = await createSecretImage(join(work, 'images'), [40 * 1024, 8 * 1024])
   upstream = await startUpstream({ privateRepos: [secret.name] })
   const skopeo = await createSkopeo(join(work, 'skopeo'))
   await skopeo.push(secret, upstream.registry.hostPort, upstream.pusher)
-  const htpasswd = join(work, 'htpasswd')
-  await run(requireBinary('htpasswd'), ['-c', '-B', '-b', htpasswd, CLIENT.username, CLIENT.password])
-  pullcache = await startPullcache({
-    upstream: upstream.url,
-    username: upstream.puller.username,
-    password: upstream.puller.password,
-    env: { PULLCACHE_AUTH_HTPASSWD: htpasswd },
-  })
+  pullcache = await startAccessMirror(upstream, await writeHtpasswd(work, CLIENT))
   containerd = await startPrivateContainerd()
 })
 

@@ -4,10 +4,11 @@
 // then falls back to Docker Hub, which is unreachable here, so the private pull fails.
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { createSecretImage, startAccessMirror, writeHtpasswd } from './accounts.js'
 import { type Dockerd, startDockerd } from './dockerd.js'
-import { AMD64, createImage, createStandardImages, manifestFor, type TestImage } from './images.js'
-import { makeTempDir, removeDir, requireBinary, run } from './processes.js'
-import { type Pullcache, startPullcache } from './pullcache.js'
+import { createStandardImages, manifestFor, type TestImage } from './images.js'
+import { makeTempDir, removeDir } from './processes.js'
+import type { Pullcache } from './pullcache.js'
 import { createSkopeo, type Skopeo } from './skopeo.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
@@ -23,24 +24,11 @@ const CLIENT = { username: 'ci-runner', password: 'runner-pass-0d93aa' }
 beforeAll(async () => {
   work = await makeTempDir('accdockerd')
   small = (await createStandardImages(join(work, 'images'))).small
-  secret = await createImage(join(work, 'images'), {
-    shortName: 'secret',
-    tag: 'v1',
-    format: 'docker',
-    platforms: [AMD64],
-    layerSizes: [40 * 1024, 8 * 1024],
-  })
+  secret = await createSecretImage(join(work, 'images'), [40 * 1024, 8 * 1024])
   upstream = await startUpstream({ privateRepos: [secret.name] })
   skopeo = await createSkopeo(join(work, 'skopeo'))
   for (const image of [small, secret]) await skopeo.push(image, upstream.registry.hostPort, upstream.pusher)
-  const htpasswd = join(work, 'htpasswd')
-  await run(requireBinary('htpasswd'), ['-c', '-B', '-b', htpasswd, CLIENT.username, CLIENT.password])
-  pullcache = await startPullcache({
-    upstream: upstream.url,
-    username: upstream.puller.username,
-    password: upstream.puller.password,
-    env: { PULLCACHE_AUTH_HTPASSWD: htpasswd },
-  })
+  pullcache = await startAccessMirror(upstream, await writeHtpasswd(work, CLIENT))
   dockerd = await startDockerd({ mirror: pullcache.url })
 })
 

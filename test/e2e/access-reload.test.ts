@@ -5,9 +5,10 @@
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { sha256 } from '../support/sha256.js'
-import { AMD64, createImage, type TestImage } from './images.js'
-import { makeTempDir, removeDir, requireBinary, run } from './processes.js'
-import { type Pullcache, startPullcache } from './pullcache.js'
+import { createSecretImage, htpasswd, startAccessMirror, writeHtpasswd } from './accounts.js'
+import type { TestImage } from './images.js'
+import { makeTempDir, removeDir } from './processes.js'
+import type { Pullcache } from './pullcache.js'
 import { ACCEPT_ALL_MANIFESTS, closeRegistryClient, fetchHashed } from './registry-client.js'
 import { type Creds, createSkopeo, type Skopeo } from './skopeo.js'
 import { startUpstream, type Upstream } from './upstream.js'
@@ -21,28 +22,15 @@ let skopeo: Skopeo
 let secret: TestImage
 let pullcache: Pullcache
 let htpasswdFile: string
-const htpasswd = (args: readonly string[]) => run(requireBinary('htpasswd'), args)
 
 beforeAll(async () => {
   work = await makeTempDir('accreload')
-  secret = await createImage(join(work, 'images'), {
-    shortName: 'secret',
-    tag: 'v1',
-    format: 'docker',
-    platforms: [AMD64],
-    layerSizes: [32 * 1024],
-  })
+  secret = await createSecretImage(join(work, 'images'), [32 * 1024])
   upstream = await startUpstream({ privateRepos: [secret.name] })
   skopeo = await createSkopeo(join(work, 'skopeo'))
   await skopeo.push(secret, upstream.registry.hostPort, upstream.pusher)
-  htpasswdFile = join(work, 'htpasswd')
-  await htpasswd(['-c', '-B', '-b', htpasswdFile, ALICE.username, ALICE.password])
-  pullcache = await startPullcache({
-    upstream: upstream.url,
-    username: upstream.puller.username,
-    password: upstream.puller.password,
-    env: { PULLCACHE_AUTH_HTPASSWD: htpasswdFile },
-  })
+  htpasswdFile = await writeHtpasswd(work, ALICE)
+  pullcache = await startAccessMirror(upstream, htpasswdFile)
 })
 
 afterAll(async () => {

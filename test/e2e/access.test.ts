@@ -3,9 +3,10 @@
 // it through pullcache only with --creds of a pullcache account (made by the real htpasswd -B).
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startAccessMirror, writeHtpasswd } from './accounts.js'
 import { createStandardImages, type TestImage } from './images.js'
-import { makeTempDir, removeDir, requireBinary, run } from './processes.js'
-import { type Pullcache, startPullcache } from './pullcache.js'
+import { makeTempDir, removeDir } from './processes.js'
+import type { Pullcache } from './pullcache.js'
 import { createSkopeo, type Skopeo } from './skopeo.js'
 import { startUpstream, type Upstream } from './upstream.js'
 
@@ -44,14 +45,7 @@ afterAll(async () => {
 
 describe('access control with skopeo', () => {
   it('anonymous skopeo gets public images only; with --creds it gets the private one', async () => {
-    const htpasswd = join(work, 'htpasswd')
-    await run(requireBinary('htpasswd'), ['-c', '-B', '-b', htpasswd, CLIENT.username, CLIENT.password])
-    pullcache = await startPullcache({
-      upstream: upstream.url,
-      username: upstream.puller.username,
-      password: upstream.puller.password,
-      env: { PULLCACHE_AUTH_HTPASSWD: htpasswd },
-    })
+    pullcache = await startAccessMirror(upstream, await writeHtpasswd(work, CLIENT))
     const host = pullcache.hostPort
     upstream.tokens.reset()
 
