@@ -279,9 +279,17 @@ describe('with JWT tokens, as Docker Hub hands them out', () => {
       expect((await mirror.get('/v2/', basic({ user, password: 'wrong' }))).status).toBe(401)
       return performance.now() - started
     }
-    const known = await time(ALICE.user)
-    const unknown = await time('mallory')
-    expect(unknown).toBeGreaterThan(known / 3)
+    // The first comparison also pays for compiling bcrypt's code: one before measuring. Then
+    // alternate, so that a burst of load on the machine falls on both sides, and compare medians.
+    await time('warm-up')
+    const known: number[] = []
+    const unknown: number[] = []
+    for (let i = 0; i < 3; i++) {
+      known.push(await time(ALICE.user))
+      unknown.push(await time('mallory'))
+    }
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[1]!
+    expect(median(unknown)).toBeGreaterThan(median(known) / 3)
   })
 
   test('stats and the status page name private repositories only to signed-in viewers', async () => {
