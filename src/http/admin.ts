@@ -41,13 +41,13 @@ export function serverStats(
   viewer: Viewer,
 ): StatsReport {
   const now = Date.now()
-  const visible = viewer.user === null ? anonymousView(mirror) : undefined
+  const view = viewer.user === null ? anonymousView(mirror, deps.index) : undefined
   return statsReport({
     index: deps.index,
     since,
-    visible,
+    view,
     budgetBytes: deps.budget ? deps.budget() : budgetBytes(deps.config),
-    upstream: liveUpstream(mirror, visible),
+    upstream: liveUpstream(mirror, view?.visible),
     uptimeSeconds: Math.floor((now - startedAt) / 1000),
     now,
   })

@@ -21,10 +21,20 @@ import { VERSION } from '../version.js'
 import type { Mirror } from './mirror.js'
 
 /** What an anonymous viewer may see named: the repositories anonymous pulls may read. */
-export function anonymousView(mirror: Mirror): (registry: string, repo: string) => boolean {
-  const registry = mirror.upstream.registry
-  const names = mirror.visibility.publicRepos()
-  return (r, repo) => r === registry && names.has(repo)
+export interface PublicView {
+  /** For the index's top lists, filtered in SQL (TopQuery.publicOf). */
+  scope: { registry: string; assumed: boolean }
+  /** For anything else that names a repository: one lookup each. */
+  visible: (registry: string, repo: string) => boolean
+}
+
+export function anonymousView(mirror: Mirror, index: IndexDb): PublicView {
+  const scope = mirror.visibility.publicScope()
+  return {
+    scope,
+    visible: (registry, repo) =>
+      registry === scope.registry && index.isPublicRepo(registry, repo, scope.assumed),
+  }
 }
 
 /** How many repositories and tags the document lists unless asked otherwise. */
@@ -85,19 +95,17 @@ export interface StatsReportOptions {
    * Which repositories the reader may see named (anonymous viewers: those anonymous pulls may
    * read); undefined for all of them.
    */
-  visible?: ((registry: string, repo: string) => boolean) | undefined
+  view?: PublicView | undefined
 }
 
 export function statsReport(opts: StatsReportOptions): StatsReport {
   const { index, since } = opts
   const now = opts.now ?? Date.now()
   const limit = opts.top ?? DEFAULT_TOP
-  const visible = opts.visible
-  // Filtered readers get the top `limit` of what they may see: the queries then list everything
-  // (SQLite's LIMIT -1) and the filter cuts.
-  const fetch = visible === undefined ? limit : -1
-  const repos = repositoryStats(index, { since, limit: fetch })
-  const tags = tagStats(index, { since, limit: fetch })
+  // Filtered readers get the top `limit` of what they may see, filtered by the queries.
+  const publicOf = opts.view?.scope
+  const repos = repositoryStats(index, { since, limit, publicOf })
+  const tags = tagStats(index, { since, limit, publicOf })
   return {
     generated_at: iso(now),
     since: since === undefined ? null : iso(since),
@@ -105,8 +113,8 @@ export function statsReport(opts: StatsReportOptions): StatsReport {
     uptime_seconds: opts.uptimeSeconds,
     overall: overallStats(index, { since }),
     by_kind: kindStats(index, { since }),
-    top_repositories: visible ? repos.filter((r) => visible(r.registry, r.repo)).slice(0, limit) : repos,
-    top_tags: (visible ? tags.filter((t) => visible(t.registry, t.repo)).slice(0, limit) : tags).map((t) => ({
+    top_repositories: repos,
+    top_tags: tags.map((t) => ({
       ...t,
       last_request: iso(t.last_request),
     })),

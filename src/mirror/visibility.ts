@@ -97,9 +97,12 @@ export class Visibility {
     })
   }
 
-  /** Repositories anonymous viewers may see named (status page, stats). */
-  publicRepos(): Set<string> {
-    return this.index.publicRepos(this.upstream.registry, !this.withAccount())
+  /**
+   * Which repositories anonymous viewers may see named (status page, stats): those of this
+   * registry recorded public, and 'assumed' ones while no account is configured.
+   */
+  publicScope(): { registry: string; assumed: boolean } {
+    return { registry: this.upstream.registry, assumed: !this.withAccount() }
   }
 
   /** Whether an account is configured now; forgets 'assumed' answers when one has appeared. */

@@ -618,8 +618,9 @@ export class IndexDb {
   }
 
   /** Repositories recorded as readable by anonymous pulls ('assumed' ones with `assumed`). */
-  publicRepos(registry: string, assumed: boolean): Set<string> {
-    return new Set(this.stmt.publicRepos.pluck().all(registry, assumed ? 1 : 0) as string[])
+  /** Whether anonymous pulls may read the repository ('assumed' counts when `assumed`). */
+  isPublicRepo(registry: string, repo: string, assumed: boolean): boolean {
+    return this.stmt.isPublicRepo.get(registry, repo, assumed ? 1 : 0) !== undefined
   }
 
   account(entry: Accounted, now = Date.now()): void {
@@ -905,8 +906,8 @@ function prepare(db: Database.Database) {
       `INSERT INTO repo_access (registry, repo, access, checked_at) VALUES (?, ?, ?, ?)
        ON CONFLICT (registry, repo) DO UPDATE SET access = excluded.access, checked_at = excluded.checked_at`,
     ),
-    publicRepos: db.prepare(
-      `SELECT repo FROM repo_access WHERE registry = ? AND (access = 'public' OR (access = 'assumed' AND ?))`,
+    isPublicRepo: db.prepare(
+      `SELECT 1 FROM repo_access WHERE registry = ? AND repo = ? AND (access = 'public' OR (access = 'assumed' AND ?))`,
     ),
     account: db.prepare(
       `INSERT INTO accounting (hour, registry, repo, kind, method, result, requests, bytes_cache, bytes_upstream,

@@ -95,6 +95,22 @@ export interface StatsQuery {
 
 export interface TopQuery extends StatsQuery {
   limit: number
+  /**
+   * Only repositories of this registry that anonymous pulls may read (repo_access: 'public', and
+   * 'assumed' when `assumed`); undefined for every repository. Filtered in SQL, so a top list
+   * for an anonymous viewer stops after `limit` rows like any other.
+   */
+  publicOf?: { registry: string; assumed: boolean } | undefined
+}
+
+/** The WHERE terms and parameters of TopQuery.publicOf, for a table aliased `t`. */
+function publicTerms(q: Pick<TopQuery, 'publicOf'>): { sql: string; params: (string | number)[] } {
+  if (q.publicOf === undefined) return { sql: '', params: [] }
+  return {
+    sql: `AND +t.registry = ? AND EXISTS (SELECT 1 FROM repo_access a WHERE a.registry = t.registry
+      AND a.repo = t.repo AND (a.access = 'public' OR (a.access = 'assumed' AND ?)))`,
+    params: [q.publicOf.registry, q.publicOf.assumed ? 1 : 0],
+  }
 }
 
 /** The hit rate as defined at the top of this module. */
@@ -198,12 +214,13 @@ export function kindStats(index: IndexDb, q: StatsQuery = {}): Record<Kind, Tota
 
 /** Repositories by requests, most first. */
 export function repositoryStats(index: IndexDb, q: TopQuery): RepoTotals[] {
+  const only = publicTerms(q)
   const rows = current(index)
     .database.prepare(
-      `SELECT registry, repo, ${SUMS} FROM accounting WHERE hour >= ?
+      `SELECT registry, repo, ${SUMS} FROM accounting t WHERE hour >= ? ${only.sql}
        GROUP BY registry, repo ORDER BY requests DESC, bytes_from_cache DESC, registry, repo LIMIT ?`,
     )
-    .all(fromHour(q.since), q.limit) as (Sums & { registry: string; repo: string })[]
+    .all(fromHour(q.since), ...only.params, q.limit) as (Sums & { registry: string; repo: string })[]
   return rows.map((r) => withRate(r))
 }
 
@@ -221,16 +238,23 @@ export function hourlyStats(index: IndexDb, q: StatsQuery = {}): HourTotals[] {
  * The top-tags query: it walks the tag_stats_requests index and stops after LIMIT rows, so it
  * costs the same with a hundred tags or a hundred thousand (exported for the plan's test).
  */
-export const TOP_TAGS_SQL = `SELECT registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
+/**
+ * The walk down tag_stats_requests stops after LIMIT rows (or matches). The unary plus on the
+ * registry term keeps SQLite from using it: it would otherwise pick the primary key and sort
+ * every tag of the registry, or sort ties by repo and tag.
+ */
+export function topTagsSql(q: Pick<TopQuery, 'publicOf'> = {}): string {
+  return `SELECT registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
     bytes_cache AS bytes_from_cache, bytes_upstream AS bytes_from_upstream, last_request
-  FROM tag_stats WHERE last_request >= ?
+  FROM tag_stats t WHERE last_request >= ? ${publicTerms(q).sql}
   ORDER BY requests DESC, last_request DESC, registry, repo, tag LIMIT ?`
+}
 
 /** Tags by requests, most first (lifetime counts; `since` filters on the last request). */
 export function tagStats(index: IndexDb, q: TopQuery): TagTotals[] {
   return current(index)
-    .database.prepare(TOP_TAGS_SQL)
-    .all(q.since ?? 0, q.limit) as TagTotals[]
+    .database.prepare(topTagsSql(q))
+    .all(q.since ?? 0, ...publicTerms(q).params, q.limit) as TagTotals[]
 }
 
 /**

@@ -3,7 +3,7 @@ import fc from 'fast-check'
 import { describe, expect, test } from 'vitest'
 import { OLDEST_SQL } from '../../src/store/eviction.js'
 import { IndexDb } from '../../src/store/index-db.js'
-import { storeCounts, TOP_TAGS_SQL } from '../../src/store/stats.js'
+import { storeCounts, topTagsSql } from '../../src/store/stats.js'
 import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
 
@@ -56,15 +56,22 @@ describe('running store totals', () => {
     index.close()
   })
 
-  test('the top-tags query walks an index and sorts nothing', async () => {
+  test('the top-tags query walks an index and sorts nothing, for every viewer', async () => {
     const index = await open()
-    const plan = index.database
-      .prepare(`EXPLAIN QUERY PLAN ${TOP_TAGS_SQL}`)
-      .all(0, 10)
-      .map((r) => (r as { detail: string }).detail)
-      .join('\n')
-    expect(plan).toContain('tag_stats_requests')
-    expect(plan).not.toContain('TEMP B-TREE')
+    const planOf = (sql: string, params: unknown[]) =>
+      index.database
+        .prepare(`EXPLAIN QUERY PLAN ${sql}`)
+        .all(...params)
+        .map((r) => (r as { detail: string }).detail)
+        .join('\n')
+    const all = planOf(topTagsSql(), [0, 10])
+    expect(all).toContain('tag_stats_requests')
+    expect(all).not.toContain('TEMP B-TREE')
+    // An anonymous viewer's list: the same walk, each row checked by repo_access's primary key.
+    const anonymous = planOf(topTagsSql({ publicOf: { registry: 'r', assumed: true } }), [0, 'r', 1, 10])
+    expect(anonymous).toContain('tag_stats_requests')
+    expect(anonymous).toMatch(/SEARCH a EXISTS USING PRIMARY KEY/)
+    expect(anonymous).not.toContain('TEMP B-TREE')
     index.close()
   })
 
