@@ -107,7 +107,7 @@ export interface TopQuery extends StatsQuery {
 function publicTerms(q: Pick<TopQuery, 'publicOf'>): { sql: string; params: (string | number)[] } {
   if (q.publicOf === undefined) return { sql: '', params: [] }
   return {
-    sql: `AND +t.registry = ? AND EXISTS (SELECT 1 FROM repo_access a WHERE a.registry = t.registry
+    sql: `AND t.registry = ? AND EXISTS (SELECT 1 FROM repo_access a WHERE a.registry = t.registry
       AND a.repo = t.repo AND (a.access = 'public' OR (a.access = 'assumed' AND ?)))`,
     params: [q.publicOf.registry, q.publicOf.assumed ? 1 : 0],
   }
@@ -239,14 +239,24 @@ export function hourlyStats(index: IndexDb, q: StatsQuery = {}): HourTotals[] {
  * costs the same with a hundred tags or a hundred thousand (exported for the plan's test).
  */
 /**
- * The walk down tag_stats_requests stops after LIMIT rows (or matches). The unary plus on the
- * registry term keeps SQLite from using it: it would otherwise pick the primary key and sort
- * every tag of the registry, or sort ties by repo and tag.
+ * How many of the most requested tags an anonymous viewer's list is chosen from. Which of them it
+ * may see is one lookup each; without a bound, a store whose tags are mostly private or unknown to
+ * repo_access would have every request walk all of them (~200 ms at 100,000 tags).
+ */
+export const PUBLIC_TOP_TAGS_SCAN = 10_000
+
+/**
+ * Walks tag_stats_requests and stops after LIMIT rows: the same cost at a hundred tags or a
+ * hundred thousand (exported for the plan's test). With `publicOf`, the walk is bounded by
+ * PUBLIC_TOP_TAGS_SCAN and the rows the viewer may not see are dropped.
  */
 export function topTagsSql(q: Pick<TopQuery, 'publicOf'> = {}): string {
-  return `SELECT registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
+  const top = `SELECT registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
     bytes_cache AS bytes_from_cache, bytes_upstream AS bytes_from_upstream, last_request
-  FROM tag_stats t WHERE last_request >= ? ${publicTerms(q).sql}
+  FROM tag_stats WHERE last_request >= ?
+  ORDER BY requests DESC, last_request DESC, registry, repo, tag LIMIT`
+  if (q.publicOf === undefined) return `${top} ?`
+  return `SELECT * FROM (${top} ${PUBLIC_TOP_TAGS_SCAN}) t WHERE 1 ${publicTerms(q).sql}
   ORDER BY requests DESC, last_request DESC, registry, repo, tag LIMIT ?`
 }
 
