@@ -6,7 +6,6 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { parseDuration } from '../config.js'
 import { humanBytes } from '../human-bytes.js'
 import {
   budgetBytes,
@@ -17,6 +16,7 @@ import {
 } from '../mirror/stats-report.js'
 import { IndexDb } from '../store/index-db.js'
 import type { Totals } from '../store/stats.js'
+import { parseDuration } from '../units.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
 
 export const STATS_USAGE = `Usage: pullcache stats [options]

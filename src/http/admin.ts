@@ -4,7 +4,6 @@
 
 import { Hono } from 'hono'
 import type { Config } from '../config.js'
-import { parseDuration } from '../config.js'
 import { RegistryError } from '../errors.js'
 import type { Mirror } from '../mirror/mirror.js'
 import {
@@ -15,6 +14,7 @@ import {
   statsReport,
 } from '../mirror/stats-report.js'
 import type { IndexDb } from '../store/index-db.js'
+import { parseDuration } from '../units.js'
 import type { Viewer } from './access.js'
 
 export const ADMIN_PREFIX = '/_pullcache'

@@ -5,8 +5,9 @@
 
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response'
 import type { Context } from 'hono'
+import type { BlobAnswer } from '../mirror/answers.js'
 import type { Fill } from '../mirror/blob-fill.js'
-import type { BlobAnswer, Mirror } from '../mirror/mirror.js'
+import type { Mirror } from '../mirror/mirror.js'
 import type { RegistryEnv } from './access.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
 import { type ByteRange, parseRange, type RepoName } from './reference.js'

@@ -7,7 +7,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import type { Mirror, Outcome } from '../mirror/mirror.js'
+import type { Outcome } from '../mirror/answers.js'
+import type { Mirror } from '../mirror/mirror.js'
 import type { RepoName } from './reference.js'
 
 export const CACHE_HEADER = 'X-Pullcache-Cache'

@@ -3,7 +3,9 @@
 //                     scope="repository:library/alpine:pull"
 // and a GET of realm?service=&scope= (with HTTP Basic when we have an account) answers
 // {"token"|"access_token", "expires_in", "issued_at"}. Tokens are cached per scope until shortly
-// before they expire, and concurrent requests for one scope share one token fetch.
+// before they expire, and concurrent requests for one scope share one token fetch. A JWT token's
+// access claim says what it grants. These are the formats and the cache, with no I/O; the
+// exchange itself (sending, retrying on a 401, the credentials) is token-exchange.ts's.
 
 import { LRUCache } from 'lru-cache'
 
@@ -70,6 +72,35 @@ export function parseTokenResponse(body: unknown): TokenResponse | undefined {
 }
 
 /**
+ * Whether a JWT bearer token grants pull of the repository, from its `access` claim
+ * ([{type: "repository", name, actions: ["pull"]}], as Docker Hub and distribution's token
+ * servers write it). Undefined for a token that is not a JWT with such a claim: opaque tokens say
+ * nothing. The signature is not checked: the token came straight from the token service, and
+ * it is read only to learn what the service granted.
+ */
+export function jwtGrantsPull(token: string, repo: string): boolean | undefined {
+  const parts = token.split('.')
+  if (parts.length !== 3) return undefined
+  let claims: unknown
+  try {
+    claims = JSON.parse(Buffer.from(parts[1]!, 'base64url').toString('utf8'))
+  } catch {
+    return undefined
+  }
+  const access = (claims as { access?: unknown } | null)?.access
+  if (!Array.isArray(access)) return undefined
+  return access.some((entry: unknown) => {
+    const e = entry as { type?: unknown; name?: unknown; actions?: unknown } | null
+    return (
+      e?.type === 'repository' &&
+      e.name === repo &&
+      Array.isArray(e.actions) &&
+      (e.actions.includes('pull') || e.actions.includes('*'))
+    )
+  })
+}
+
+/**
  * Whether an account's password may go to a token realm. Only to the upstream's own host or a
  * host of the same registrable domain (registry-1.docker.io -> auth.docker.io), and never over
  * plain http unless the upstream itself was configured as plain http.
@@ -87,7 +118,7 @@ export function realmMayReceiveCredentials(realm: URL, upstream: URL): boolean {
   )
 }
 
-/** Tokens per (realm, service, scope); the fetch itself is injected by the upstream client. */
+/** Tokens per (realm, service, scope); the fetch itself is injected by token-exchange.ts. */
 export class TokenCache {
   private readonly tokens: LRUCache<string, string>
   private readonly inflight = new Map<string, Promise<string>>()

@@ -4,7 +4,7 @@ import { describe, expect, test } from 'vitest'
 import { ConfigError, loadConfig } from '../../src/config.js'
 import { Access, parseHtpasswd } from '../../src/http/access.js'
 import { silentLogger } from '../../src/log.js'
-import { jwtGrantsPull } from '../../src/upstream/client.js'
+import { jwtGrantsPull } from '../../src/upstream/auth.js'
 import { tmpRoot } from '../support/tmp.js'
 
 // `htpasswd -nbB alice secret` (cost 5), and `htpasswd -nbm carol x` (MD5).

@@ -8,18 +8,10 @@ import { join } from 'node:path'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { z } from 'zod'
-import {
-  type Config,
-  configSchema,
-  fileForm,
-  formatDuration,
-  formatSize,
-  loadConfig,
-  parseDuration,
-  parseSize,
-  secret,
-  toFileForm,
-} from '../../src/config.js'
+import { type Config, fileForm, loadConfig } from '../../src/config.js'
+import { secret, toFileForm } from '../../src/config-file-form.js'
+import { configSchema } from '../../src/config-schema.js'
+import { formatDuration, formatSize, parseDuration, parseSize } from '../../src/units.js'
 
 let dir: string
 beforeAll(async () => {

@@ -1,14 +1,9 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
-import {
-  ConfigError,
-  compileTagPattern,
-  fileForm,
-  loadConfig,
-  parseDuration,
-  parseSize,
-} from '../../src/config.js'
+import { ConfigError, fileForm, loadConfig } from '../../src/config.js'
+import { compileTagPattern } from '../../src/tag-pattern.js'
+import { parseDuration, parseSize } from '../../src/units.js'
 import { tmpRoot } from '../support/tmp.js'
 
 async function file(content: unknown): Promise<string> {

@@ -2,7 +2,7 @@
 // only while upstream answers, never while the last contact failed.
 
 import { describe, expect, test } from 'vitest'
-import { renderStatusPage } from '../../src/http/status-page.js'
+import { renderStatusPage } from '../../src/http/status-page-render.js'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
 import { busyReport, emptyReport, GENERATED_AT, HOSTILE_MESSAGE } from '../support/stats-fixture.js'
 

@@ -1,12 +1,7 @@
 import { describe, expect, test } from 'vitest'
-import {
-  escapeHtml,
-  formatCount,
-  formatDuration,
-  formatPercent,
-  html,
-  renderStatusPage,
-} from '../../src/http/status-page.js'
+import { escapeHtml, html } from '../../src/http/html.js'
+import { formatCount, formatDuration, formatPercent } from '../../src/http/status-page-numbers.js'
+import { renderStatusPage } from '../../src/http/status-page-render.js'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
 import {
   busyReport,

@@ -1,0 +1,259 @@
+// The config's schema: every key, its default and the text forms it accepts, validated in one
+// pass so an operator sees every problem at once, each with its path; unknown keys are errors,
+// not silently ignored. The value types that parse text (durations, sizes, listen addresses,
+// the upstream URL, tag patterns, networks) are defined here with how each is written back.
+// Where the values come from (file, environment, flags, secrets) is config.ts's.
+
+import { isIP } from 'node:net'
+import { z } from 'zod'
+import { writtenAs } from './config-file-form.js'
+import { compileTagPattern } from './tag-pattern.js'
+import { formatDuration, formatSize, parseDuration, parseSize } from './units.js'
+
+export const DOCKER_HUB = 'https://registry-1.docker.io'
+
+/** How unitString's values are written back, by the parser that reads them. */
+const FORMAT_OF = new Map<(text: string) => number | undefined, (value: number) => string>([
+  [parseDuration, formatDuration],
+  [parseSize, formatSize],
+])
+
+/**
+ * A string in units, parsed by `parse`. `positive` refuses zero where zero would be a typo rather
+ * than a setting: a timeout of 0 turns the timeout off, an interval of 0 is a busy loop, a budget
+ * of 0 bytes empties the store. Given as a string, it says what zero would do, for the message.
+ */
+function unitString(
+  parse: (text: string) => number | undefined,
+  example: string,
+  positive: boolean | string = false,
+) {
+  const format = FORMAT_OF.get(parse)
+  if (format === undefined) throw new Error('unitString: no format for this parser')
+  const schema = z.string().transform((text, ctx) => {
+    const value = parse(text)
+    if (value === undefined) {
+      ctx.addIssue({ code: 'custom', message: `not ${example}: ${JSON.stringify(text)}` })
+      return z.NEVER
+    }
+    if (positive !== false && value <= 0) {
+      const why = typeof positive === 'string' ? ` (0 would ${positive})` : ''
+      ctx.addIssue({ code: 'custom', message: `must be more than zero${why}: ${JSON.stringify(text)}` })
+      return z.NEVER
+    }
+    return value
+  })
+  return writtenAs(schema, format)
+}
+
+const duration = unitString(parseDuration, 'a duration like "60s", "5m" or "500ms"')
+const size = unitString(parseSize, 'a size like "64MiB" or "50GiB"')
+// Node's timers take at most 2^31 - 1 ms (24.8 days); a longer delay fires after 1 ms instead, which
+// turns a long interval into a busy loop and a long timeout into none.
+const MAX_TIMER_MS = 2 ** 31 - 1
+const timerLimit = {
+  message: 'must be at most 24d: a longer delay is more than a timer can wait',
+}
+/** A duration a timer waits; `zeroWould` says what zero would do, which makes it a mistake. */
+const timerDuration = (zeroWould?: string) =>
+  unitString(parseDuration, 'a duration like "60s", "5m" or "500ms"', zeroWould ?? false).refine(
+    (ms) => ms <= MAX_TIMER_MS,
+    timerLimit,
+  )
+
+/** "host:port", ":port" or "[::1]:port". */
+const listen = z.string().transform((text, ctx) => {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text)
+  const port = m ? Number(m[3]) : Number.NaN
+  if (!m || port > 65535) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `not a listen address like ":5000" or "127.0.0.1:5000": ${text}`,
+    })
+    return z.NEVER
+  }
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port }
+})
+writtenAs(listen, ({ host, port }) =>
+  host === '0.0.0.0' ? `:${port}` : host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
+)
+
+const upstreamUrl = z.string().transform((text, ctx) => {
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `not a URL: ${text}` })
+    return z.NEVER
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    ctx.addIssue({ code: 'custom', message: `upstream must be http or https: ${text}` })
+    return z.NEVER
+  }
+  if (url.username || url.password) {
+    // A password in a URL ends up in logs and process listings; make the operator move it.
+    ctx.addIssue({
+      code: 'custom',
+      message: 'put credentials in upstream.username and a password file, not the URL',
+    })
+    return z.NEVER
+  }
+  if (url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
+    ctx.addIssue({ code: 'custom', message: `upstream must be a registry root like ${DOCKER_HUB}: ${text}` })
+    return z.NEVER
+  }
+  return url.origin
+})
+writtenAs(upstreamUrl, (origin) => origin)
+
+/**
+ * A tag pattern: a glob over "repo:tag" ("*:latest", "library/*:*"), a glob over the tag alone
+ * when it has no ':' ("latest", "v*"), or a regular expression over the tag in slashes
+ * ("/^v?\\d+\\.\\d+\\.\\d+$/"). `*` matches within one path component; `**` across '/'.
+ */
+const tagPattern = z.string().transform((text, ctx) => {
+  const compiled = compileTagPattern(text)
+  if (compiled === undefined) {
+    ctx.addIssue({ code: 'custom', message: `not a valid pattern: ${text}` })
+    return z.NEVER
+  }
+  return { text, test: compiled }
+})
+writtenAs(tagPattern, (pattern) => pattern.text)
+
+/** "10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8": one network or address of admin.allow. */
+const network = z.string().transform((text, ctx) => {
+  const parsed = parseNetwork(text)
+  if (parsed === undefined) {
+    ctx.addIssue({ code: 'custom', message: `not an address or CIDR network like "10.0.0.0/8": ${text}` })
+    return z.NEVER
+  }
+  return text.trim()
+})
+writtenAs(network, (text) => text)
+
+export function parseNetwork(text: string): { address: string; prefix: number; family: 4 | 6 } | undefined {
+  const m = /^\s*([^/\s]+)(?:\/(\d{1,3}))?\s*$/.exec(text)
+  if (!m) return undefined
+  const family = isIP(m[1]!)
+  if (family !== 4 && family !== 6) return undefined
+  const max = family === 4 ? 32 : 128
+  const prefix = m[2] === undefined ? max : Number(m[2])
+  if (prefix > max) return undefined
+  return { address: m[1]!, prefix, family }
+}
+
+const nullableSize = unitString(
+  parseSize,
+  'a size like "50GiB"',
+  'evict everything as soon as it is stored; null means no limit',
+).nullable()
+const nullableDuration = unitString(
+  parseDuration,
+  'a duration like "30d"',
+  'evict everything as soon as it is stored; null means never',
+).nullable()
+
+const schema = z.strictObject({
+  listen: listen.prefault(':5000'),
+  data_dir: z.string().min(1).default('./data'),
+  // Never contact upstream; uncached requests fail at once. Switchable at run time (SIGHUP).
+  offline: z.boolean().default(false),
+  // On SIGTERM: how long responses in flight may take to finish before connections are cut.
+  // 0 is a choice: cut the connections at once.
+  shutdown_grace: timerDuration().prefault('10s'),
+  upstream: z
+    .strictObject({
+      url: upstreamUrl.prefault(DOCKER_HUB),
+      username: z.string().min(1).nullable().default(null),
+      password_file: z.string().min(1).nullable().default(null),
+      connect_timeout: timerDuration('turn the timeout off').prefault('10s'),
+      header_timeout: timerDuration('turn the timeout off').prefault('30s'),
+      idle_timeout: timerDuration('turn the timeout off').prefault('30s'),
+      max_concurrent_fetches: z.number().int().min(1).max(1024).default(16),
+      connections: z.number().int().min(1).max(1024).default(32),
+      // Below this many pulls left (Docker Hub's ratelimit-remaining), cached tags are served
+      // without revalidation until the rate-limit window has passed.
+      rate_limit_reserve: z.number().int().min(0).default(10),
+      // Docker Hub keeps official images under library/: a one-component name ("alpine") is
+      // asked for upstream as "library/alpine". Turn off for a registry with one-component names.
+      library_prefix: z.boolean().default(true),
+    })
+    .prefault({}),
+  cache: z
+    .strictObject({
+      tag_freshness: duration.prefault('60s'),
+      // How long a client with a cached copy waits on a tag revalidation before it gets the
+      // cached copy, marked stale; the revalidation goes on and updates the tag when it ends.
+      revalidate_timeout: timerDuration('serve every cached tag stale without waiting').prefault('5s'),
+      manifest_memory: size.prefault('64MiB'),
+      // Per-pattern freshness, first match wins; tags matching none get tag_freshness.
+      tag_freshness_rules: z.array(z.strictObject({ match: tagPattern, freshness: duration })).prefault([]),
+      // The store's byte budget (null: unlimited). Above high_water * max_size, the least
+      // recently used blobs go until the store is under low_water * max_size.
+      max_size: nullableSize.prefault(null),
+      high_water: z.number().gt(0).max(1).default(0.95),
+      low_water: z.number().gt(0).max(1).default(0.85),
+      // Blobs and manifests unused this long are removed whatever the budget (null: never).
+      max_unused_age: nullableDuration.prefault(null),
+      // Never evicted, with everything their manifests reference: "repo:tag" patterns as above.
+      pins: z.array(tagPattern).prefault([]),
+      eviction_interval: timerDuration('run eviction in a busy loop').prefault('1m'),
+    })
+    .refine((c) => c.low_water < c.high_water, {
+      message: 'low_water must be below high_water',
+      path: ['low_water'],
+      // Checked even when other cache keys are wrong, so every problem is reported at once.
+      when: ({ value }) => {
+        const v = value as { low_water?: unknown; high_water?: unknown } | undefined
+        return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
+      },
+    })
+    .prefault({}),
+  // What one client connection may hold, and for how long (src/http/limits.ts).
+  limits: z
+    .strictObject({
+      header_timeout: timerDuration('leave a slow request head waiting forever').prefault('20s'),
+      send_timeout: timerDuration('let a client that reads nothing hold its response forever').prefault(
+        '60s',
+      ),
+      keepalive_timeout: timerDuration('close every keep-alive connection at once').prefault('65s'),
+      max_connections: z.number().int().min(1).max(1_000_000).default(1024),
+    })
+    .prefault({}),
+  index: z
+    .strictObject({
+      flush_interval: timerDuration('flush in a busy loop').prefault('1s'),
+      // Hourly accounting rows older than this are pruned (every hour, in small batches). At
+      // least an hour: a shorter retention would prune the hour being written.
+      accounting_retention: duration
+        .refine((ms) => ms >= 3_600_000, { message: 'must be at least 1h' })
+        .prefault('30d'),
+    })
+    .prefault({}),
+  auth: z
+    .strictObject({
+      // htpasswd file of client accounts (bcrypt entries, as `htpasswd -B` writes); re-read on
+      // SIGHUP. null: no accounts, every client is anonymous.
+      htpasswd: z.string().min(1).nullable().default(null),
+      // Whether clients without an account may pull what anonymous pulls upstream may read.
+      anonymous: z.boolean().default(true),
+    })
+    .prefault({}),
+  admin: z
+    .strictObject({
+      // Networks allowed to reach the status page, /_pullcache/* and /metrics (health checks
+      // excepted); empty: no restriction.
+      allow: z.array(network).prefault([]),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+      access: z.boolean().default(true),
+    })
+    .prefault({}),
+})
+
+/** The schema, for config.ts and for the tests that walk every key. */
+export { schema as configSchema }

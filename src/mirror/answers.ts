@@ -1,0 +1,40 @@
+// What the mirror answers the routes with: a manifest, a blob (a stored file, a fill in
+// progress, or only upstream's size for a HEAD), a tag list, each saying where it came from
+// (Outcome: hit, miss, coalesced onto another request's fetch, or stale). And the other kind of
+// answer: an upstream failure as the registry error a client gets. Shared by the blob and
+// manifest lookups, the mirror and http/, so it sits below all of them.
+
+import type { FileHandle } from 'node:fs/promises'
+import { UpstreamError } from '../errors.js'
+import type { CacheResult } from '../store/index-db.js'
+import type { Fill } from './blob-fill.js'
+
+export type Outcome = Exclude<CacheResult, 'error'>
+
+export interface ManifestAnswer {
+  digest: string
+  mediaType: string
+  size: number
+  /** Absent only for a HEAD that upstream answered and we did not download. */
+  bytes: Buffer | undefined
+  cache: Outcome
+}
+
+export type BlobAnswer =
+  | { kind: 'file'; handle: FileHandle; size: number; allocated: number; cache: Outcome; release: () => void }
+  | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
+  | { kind: 'remote'; size: number; cache: 'miss' }
+
+export interface TagListAnswer {
+  bytes: Buffer
+  link: string | null
+  cache: Outcome
+}
+
+export function asRegistryError(
+  err: unknown,
+  notFound: 'BLOB_UNKNOWN' | 'MANIFEST_UNKNOWN' | 'NAME_UNKNOWN',
+): Error {
+  if (err instanceof UpstreamError) return err.toRegistryError(notFound)
+  return err as Error
+}

@@ -1,0 +1,65 @@
+// What an upstream answer says, and reading its body without trusting it. Every part of the
+// client (token fetches, the registry API, pings, redirects) reads answers the same way: one
+// header value, a body read whole only up to a limit (and dropped past it, so undici's
+// connection is freed), upstream's own error message, and the failure kind a status means.
+// Kept apart so the transport, the token exchange and the registry requests share one reading.
+
+import type { IncomingHttpHeaders } from 'node:http'
+import type { Dispatcher } from 'undici'
+import { networkFailure, type UpstreamFailure } from '../errors.js'
+
+export type Response = Dispatcher.ResponseData
+
+/** Error bodies we read to report upstream's message; anything longer is cut. */
+export const MAX_ERROR_BODY = 16 * 1024
+
+export function isRedirect(status: number): boolean {
+  return status === 301 || status === 302 || status === 303 || status === 307 || status === 308
+}
+
+export function header(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const v = headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+export function mediaTypeOf(headers: IncomingHttpHeaders): string {
+  // Parameters such as "; charset=utf-8" are not part of a manifest media type.
+  return (header(headers, 'content-type') ?? '').split(';')[0]!.trim()
+}
+
+export function kindOfStatus(status: number): UpstreamFailure {
+  if (status === 404) return 'NOT_FOUND'
+  if (status === 401 || status === 403) return 'UNAUTHORIZED'
+  if (status === 429) return 'RATE_LIMITED'
+  return 'SERVER'
+}
+
+/** Reads a whole body, or returns undefined (and drops the rest) past `limit` bytes. */
+export async function readLimited(res: Response, limit: number): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = []
+  let total = 0
+  try {
+    for await (const chunk of res.body) {
+      total += (chunk as Buffer).length
+      if (total > limit) {
+        res.body.destroy()
+        return undefined
+      }
+      chunks.push(chunk as Buffer)
+    }
+  } catch (err) {
+    throw networkFailure(err)
+  }
+  return Buffer.concat(chunks)
+}
+
+export function upstreamMessage(bytes: Buffer): string | undefined {
+  try {
+    const parsed = JSON.parse(bytes.toString('utf8')) as { errors?: { code?: string; message?: string }[] }
+    const first = parsed.errors?.[0]
+    if (first) return [first.code, first.message].filter(Boolean).join(': ')
+  } catch {
+    // not JSON: say nothing rather than echo arbitrary upstream text
+  }
+  return undefined
+}
