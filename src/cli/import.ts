@@ -10,6 +10,7 @@ import { humanBytes } from '../human-bytes.js'
 import { ArchiveError, importArchive } from '../store/archive.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
+import { Store } from '../store/store.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
 
 export const IMPORT_USAGE = `Usage: pullcache import FILE [options]
@@ -64,8 +65,7 @@ export async function importArchiveCommand(args: string[]): Promise<number> {
   try {
     report = await importArchive(
       input,
-      new BlobStore(root),
-      index,
+      new Store(new BlobStore(root), index),
       override === undefined ? {} : { registry: override },
     )
   } catch (err) {

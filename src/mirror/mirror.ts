@@ -12,15 +12,15 @@
 // everyone waiting on it gets UNAVAILABLE at once: a request arriving later starts afresh and is
 // never joined to a fetch that upstream has stopped answering.
 
-import type { FileHandle } from 'node:fs/promises'
 import { LRUCache } from 'lru-cache'
 import type { TagPattern } from '../config.js'
 import { RegistryError, UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { INDEX_TYPES, MEDIA_TYPES, manifestRefs, type RepoName, sha256 } from '../oci.js'
-import type { BlobStore } from '../store/blob-store.js'
+import type { BlobHandle } from '../store/blob-storage.js'
 import type { CacheResult, IndexDb, ManifestRow } from '../store/index-db.js'
+import type { Store } from '../store/store.js'
 import type { Upstream } from '../upstream/client.js'
 import { Fill } from './blob-fill.js'
 import { accepts } from './manifest.js'
@@ -38,7 +38,7 @@ export interface ManifestAnswer {
 }
 
 export type BlobAnswer =
-  | { kind: 'file'; handle: FileHandle; size: number; allocated: number; cache: Outcome; release: () => void }
+  | { kind: 'file'; handle: BlobHandle; size: number; allocated: number; cache: Outcome; release: () => void }
   | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
   | { kind: 'remote'; size: number; cache: 'miss' }
 
@@ -55,7 +55,7 @@ export interface FreshnessRule {
 
 export interface MirrorOptions {
   upstream: Upstream
-  store: BlobStore
+  store: Store
   index: IndexDb
   log: Logger
   metrics: Metrics
@@ -79,7 +79,7 @@ export class Mirror {
   readonly upstream: Upstream
   /** What anonymous clients may read. */
   readonly visibility: Visibility
-  private readonly store: BlobStore
+  private readonly store: Store
   private readonly index: IndexDb
   private readonly log: Logger
   private readonly metrics: Metrics
@@ -242,7 +242,7 @@ export class Mirror {
       // fetch again. Looked at once more in the tick that deletes the row: a fill may have
       // committed the file while we waited on the open.
       this.log.warn('store.blob_missing', { digest })
-      if (this.store.measureNow(digest) === undefined) this.index.deleteBlob(digest)
+      this.store.dropIfMissing(digest)
     }
 
     // A fill that has failed but not yet let go of its temp file is not joined: start afresh.
@@ -258,7 +258,7 @@ export class Mirror {
       const stored = await this.openStored(digest)
       if (stored) {
         if (!this.index.getBlob(digest)) {
-          this.index.addBlob(digest, stored.size, stored.allocated)
+          this.store.adopt(digest, stored)
           this.log.info('store.blob_adopted', { digest, size: stored.size })
         }
         return stored
@@ -300,8 +300,7 @@ export class Mirror {
       .fetchLimit(() =>
         fill.run({
           open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
-          onCommit: (size, allocated) => {
-            this.index.addBlob(digest, size, allocated)
+          onCommit: (size) => {
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted()
             this.log.info('store.blob_committed', { digest, size, repo: name.upstream })

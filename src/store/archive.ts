@@ -10,23 +10,24 @@
 //
 // Export reads only what the store holds, and hashes every blob as it copies it, so a store
 // corrupted on disk cannot produce an archive. Import trusts nothing in the file: each manifest
-// and blob is hashed as it streams in; a blob goes to tmp/, is hashed, fsynced and renamed into
-// place by the store's own commit path; what an image needs is worked out from its verified
+// and blob is hashed as it streams in; a blob goes in through the store's verified writer (the
+// fill's too: hashed, size-checked, fsynced, renamed, then its row); what an image needs is worked out from its verified
 // manifest bytes, not from the archive's lists; and an image is recorded (manifests, then its
 // tag) only when all of it verified. Nothing is ever held in memory but manifests, which are
 // small and live in the index anyway.
 
 import { createHash, randomBytes } from 'node:crypto'
-import { createReadStream, createWriteStream } from 'node:fs'
-import { mkdir, open, rename, rm } from 'node:fs/promises'
+import { createWriteStream } from 'node:fs'
+import { open, rename, rm } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import type { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { extract as tarExtract, pack as tarPack } from 'tar-stream'
 import { z } from 'zod'
 import { INDEX_TYPES, isDigest, isTag, MAX_MANIFEST_BYTES, manifestRefs, REPO_NAME, sha256 } from '../oci.js'
-import type { BlobStore } from './blob-store.js'
+import { BlobMismatch } from './blob-storage.js'
 import type { IndexDb } from './index-db.js'
+import type { Store } from './store.js'
 
 export const ARCHIVE_FORMAT = 'pullcache-archive'
 export const ARCHIVE_VERSION = 1
@@ -93,11 +94,11 @@ export interface ExportPlan {
  * cached tag of `registry` and every other cached image pulled by digest, each if complete.
  */
 export async function planExport(
-  store: BlobStore,
-  index: IndexDb,
+  store: Store,
   registry: string,
   requests: ImageRequest[] | 'all',
 ): Promise<ExportPlan> {
+  const index = store.index
   const plan: ExportPlan = {
     index: {
       format: ARCHIVE_FORMAT,
@@ -115,7 +116,7 @@ export async function planExport(
   const blobs = new Map<string, number>()
   const list = requests === 'all' ? everything(index, registry) : requests
   for (const request of list) {
-    const found = await closure(store, index, registry, request)
+    const found = await closure(store, registry, request)
     plan.notes.push(...found.notes.map((n) => `${request.label}: ${n}`))
     if (found.missing.length > 0) {
       plan.incomplete.push({ label: request.label, missing: found.missing })
@@ -169,12 +170,8 @@ interface Closure {
   notes: string[]
 }
 
-async function closure(
-  store: BlobStore,
-  index: IndexDb,
-  registry: string,
-  request: ImageRequest,
-): Promise<Closure> {
+async function closure(store: Store, registry: string, request: ImageRequest): Promise<Closure> {
+  const index = store.index
   const out: Closure = {
     digest: '',
     mediaType: '',
@@ -218,7 +215,7 @@ async function closure(
   for (const image of images) {
     for (const ref of manifestRefs(image.body)) {
       const row = index.getBlob(ref.child)
-      const size = row && isDigest(ref.child) ? await store.size(ref.child) : undefined
+      const size = row && isDigest(ref.child) ? (await store.blobs.stat(ref.child))?.size : undefined
       if (row === undefined || size !== row.size) {
         out.missing.push(
           `blob ${ref.child}${image.platform === null ? '' : ` (${image.platform})`} is not cached`,
@@ -241,8 +238,7 @@ export interface WriteProgress {
  * fsynced: a failed export leaves no partial archive behind.
  */
 export async function writeArchive(
-  store: BlobStore,
-  index: IndexDb,
+  store: Store,
   plan: ExportPlan,
   path: string,
   onProgress: (p: WriteProgress) => void = () => {},
@@ -256,14 +252,14 @@ export async function writeArchive(
     const mtime = new Date(plan.index.created)
     await addBuffer(pack, INDEX_ENTRY, Buffer.from(`${JSON.stringify(plan.index, null, 1)}\n`), mtime)
     for (const m of plan.index.manifests) {
-      const row = index.getManifest(m.digest)
+      const row = store.index.getManifest(m.digest)
       if (row === undefined || sha256(row.body) !== m.digest) {
         throw new Error(`manifest ${m.digest} changed in the store while exporting; run pullcache verify`)
       }
       await addBuffer(pack, `manifests/sha256/${hex(m.digest)}`, row.body, mtime)
     }
     for (const b of plan.index.blobs) {
-      await addFile(pack, store.path(b.digest), b, mtime, (n) => {
+      await addFile(pack, store.blobs.stream(b.digest), b, mtime, (n) => {
         progress.bytes += n
         onProgress({ ...progress })
       })
@@ -297,7 +293,7 @@ function addBuffer(pack: ReturnType<typeof tarPack>, name: string, body: Buffer,
 /** Copies a blob file into the archive, hashing it on the way: a corrupt file fails the export. */
 async function addFile(
   pack: ReturnType<typeof tarPack>,
-  path: string,
+  bytes: Readable,
   blob: { digest: string; size: number },
   mtime: Date,
   onBytes: (n: number) => void,
@@ -312,7 +308,7 @@ async function addFile(
   )
   const hash = createHash('sha256')
   let size = 0
-  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) {
+  for await (const chunk of bytes) {
     const buf = chunk as Buffer
     size += buf.length
     if (size > blob.size) break
@@ -355,13 +351,12 @@ export interface ImportReport {
 
 export async function importArchive(
   input: Readable,
-  store: BlobStore,
-  index: IndexDb,
+  store: Store,
   opts: ImportOptions = {},
 ): Promise<ImportReport> {
-  // Not store.open(): that empties tmp/, which may hold a running server's fills.
-  await mkdir(store.blobDir, { recursive: true })
-  await mkdir(store.tmpDir, { recursive: true })
+  const index = store.index
+  // Not a server's start: that empties tmp/, which may hold a running server's fills.
+  await store.blobs.prepare()
   const extract = tarExtract()
   const reading = pipeline(input, extract)
   reading.catch(() => {}) // the iteration below sees the same failure
@@ -427,7 +422,7 @@ export async function importArchive(
         entry.resume()
         continue
       }
-      const outcome = await importBlob(entry, d, size, store, index, opts.onProgress)
+      const outcome = await importBlob(entry, d, size, store, opts.onProgress)
       if (outcome.error !== undefined) fail(d, outcome.error)
       else {
         goodBlobs.add(d)
@@ -453,7 +448,7 @@ export async function importArchive(
   const recorded = new Set<string>()
   for (const image of archive.images) {
     const label = image.repo === null ? image.digest : `${image.repo}:${image.tag ?? image.digest}`
-    const reasons = await checkImage(image, expectedManifests, manifests, goodBlobs, bad, index, store)
+    const reasons = await checkImage(image, expectedManifests, manifests, goodBlobs, bad, store)
     if (reasons.length > 0) {
       report.refused.push({ label, reasons })
       continue
@@ -495,9 +490,9 @@ async function checkImage(
   manifests: Map<string, Buffer>,
   goodBlobs: Set<string>,
   bad: Map<string, string>,
-  index: IndexDb,
-  store: BlobStore,
+  store: Store,
 ): Promise<string[]> {
+  const index = store.index
   const reasons: string[] = []
   const bodyOf = (d: string): Buffer | undefined => manifests.get(d) ?? index.getManifest(d)?.body
   const top = bodyOf(image.digest)
@@ -533,7 +528,7 @@ async function checkImage(
       else if (
         !isDigest(ref.child) ||
         index.getBlob(ref.child) === undefined ||
-        (await store.size(ref.child)) === undefined
+        (await store.blobs.stat(ref.child)) === undefined
       ) {
         reasons.push(`blob ${ref.child} is not in the archive`)
       }
@@ -543,26 +538,22 @@ async function checkImage(
 }
 
 /**
- * One blob entry into the store: temp file, hashed and measured as it is written, fsynced,
- * renamed into place, then indexed. A blob the store already holds is still hashed (the entry
- * must be read anyway) so that a tampered archive is refused whatever the store has.
+ * One blob entry into the store through its verified writer: hashed and counted as it streams
+ * in, committed (file, then row) only when it matches. A blob the store already holds is still
+ * hashed (the entry must be read anyway) so that a tampered archive is refused whatever the
+ * store has.
  */
 async function importBlob(
   entry: AsyncIterable<unknown>,
   digest: string,
   size: number,
-  store: BlobStore,
-  index: IndexDb,
+  store: Store,
   onProgress: ((bytes: number) => void) | undefined,
 ): Promise<{ added: boolean; error?: string }> {
-  const row = index.getBlob(digest)
-  const present = row !== undefined && row.size === size && (await store.size(digest)) === size
-  const hash = createHash('sha256')
-  let received = 0
-  if (present) {
+  if (await store.holds(digest, size)) {
+    const hash = createHash('sha256')
     for await (const chunk of entry) {
       hash.update(chunk as Buffer)
-      received += (chunk as Buffer).length
       onProgress?.((chunk as Buffer).length)
     }
     const actual = `sha256:${hash.digest('hex')}`
@@ -570,35 +561,21 @@ async function importBlob(
       ? { added: false }
       : { added: false, error: `blob ${digest}: its bytes hash to ${actual}` }
   }
-  const temp = await store.createTemp(digest)
-  let committed = false
+  const writer = await store.write(digest, size)
   try {
     for await (const chunk of entry) {
-      const buf = chunk as Buffer
-      hash.update(buf)
-      let offset = 0
-      while (offset < buf.length) {
-        const { bytesWritten } = await temp.handle.write(buf, offset, buf.length - offset, received + offset)
-        offset += bytesWritten
-      }
-      received += buf.length
-      onProgress?.(buf.length)
+      writer.write(chunk as Buffer)
+      await writer.flush()
+      onProgress?.((chunk as Buffer).length)
     }
-    const actual = `sha256:${hash.digest('hex')}`
-    if (received !== size || actual !== digest) {
-      return { added: false, error: `blob ${digest}: its ${received} bytes hash to ${actual}` }
-    }
-    await temp.handle.sync()
-    await temp.handle.close()
-    const { allocated } = await store.commit(temp.path, digest)
-    committed = true
-    index.addBlob(digest, size, allocated)
+    await writer.commit()
     return { added: true }
+  } catch (err) {
+    await writer.abort()
+    if (!(err instanceof BlobMismatch)) throw err
+    return { added: false, error: `blob ${digest}: its ${err.received} bytes hash to ${err.actual}` }
   } finally {
-    if (!committed) {
-      await temp.handle.close().catch(() => {})
-      await store.discardTemp(temp.path)
-    }
+    await writer.close().catch(() => {})
   }
 }
 

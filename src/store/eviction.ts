@@ -26,8 +26,8 @@ import pLimit from 'p-limit'
 import type { TagPattern } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import type { BlobStore } from './blob-store.js'
 import type { IndexDb } from './index-db.js'
+import type { Store } from './store.js'
 
 export interface EvictionPolicy {
   maxSize: number | null
@@ -84,7 +84,7 @@ interface Cursor {
 export class Evictor {
   private policy: EvictionPolicy
   private running: Promise<EvictionResult> | undefined
-  private readonly store: BlobStore
+  private readonly store: Store
   private readonly index: IndexDb
   private readonly log: Logger
   private readonly metrics: Metrics | undefined
@@ -92,15 +92,14 @@ export class Evictor {
   private readonly unlinks = pLimit(UNLINKS)
 
   constructor(opts: {
-    store: BlobStore
-    index: IndexDb
+    store: Store
     log: Logger
     policy: EvictionPolicy
     metrics?: Metrics
     inUse?: (digest: string) => boolean
   }) {
     this.store = opts.store
-    this.index = opts.index
+    this.index = opts.store.index
     this.log = opts.log
     this.policy = opts.policy
     this.metrics = opts.metrics
@@ -284,12 +283,11 @@ export class Evictor {
   }
 
   /**
-   * One page of blobs. In one synchronous step: a last check that no response streams each one,
-   * their rows deleted in one transaction (so no new request sees a hit), then their files
-   * renamed into tmp/; no request can start streaming between a row and its file. Then the
-   * unlinks, off the event loop. `done` is asked before each blob. A blob whose file cannot be
-   * moved gets its row back and counts as an error; the page goes on. Returns how many of the
-   * page's blobs were looked at (evicted or passed over) before `done`.
+   * One page of blobs, taken out by the store in one synchronous step (Store.evict: a last
+   * check that no response streams each one, their rows in one transaction, then their files
+   * out of reach), then the space freed off the event loop. `done` is asked before each blob. A
+   * blob whose file cannot be moved keeps its row and counts as an error; the page goes on.
+   * Returns how many of the page's blobs were looked at (evicted or passed over) before `done`.
    */
   private async evictPage(
     blobs: EvictionPlan['blobs'],
@@ -297,55 +295,34 @@ export class Evictor {
     result: EvictionResult,
     done: () => boolean = () => false,
   ): Promise<number> {
-    const db = this.index.database
-    const gone: EvictionPlan['blobs'] = []
-    let looked = 0
-    db.transaction(() => {
-      const blobRow = db.prepare('DELETE FROM blobs WHERE digest = ?')
-      const links = db.prepare('DELETE FROM repo_links WHERE digest = ?')
-      for (const blob of blobs) {
-        if (done()) break
-        looked++
-        if (pinned.has(blob.digest)) continue
-        if (this.inUse(blob.digest)) {
-          result.skippedInUse++
-          continue
-        }
-        blobRow.run(blob.digest)
-        links.run(blob.digest)
-        gone.push(blob)
+    const { looked, taken, failed } = this.store.evict(blobs, (blob) => {
+      if (done()) return 'stop'
+      if (pinned.has(blob.digest)) return 'skip'
+      if (this.inUse(blob.digest)) {
+        result.skippedInUse++
+        return 'skip'
       }
-    })()
-    const failed = (digest: string, stage: string, err: unknown) => {
+      return 'take'
+    })
+    const fail = (digest: string, stage: string, err: unknown) => {
       result.errors++
       this.metrics?.evictionErrors.inc()
       this.log.error('store.eviction_error', { digest, stage, error: err })
     }
+    for (const { blob, error, restoreError } of failed) {
+      if (restoreError !== undefined)
+        this.log.error('store.eviction_error', { digest: blob.digest, stage: 'restore', error: restoreError })
+      fail(blob.digest, 'detach', error)
+    }
     const removing: Promise<void>[] = []
-    for (const blob of gone) {
-      let detached: string | undefined
-      try {
-        detached = this.store.detach(blob.digest)
-      } catch (err) {
-        // The file stays where it is: so does its row, and the budget keeps counting it.
-        try {
-          this.index.addBlob(blob.digest, blob.size, blob.allocated, blob.lastAccess)
-        } catch (restoreErr) {
-          this.log.error('store.eviction_error', { digest: blob.digest, stage: 'restore', error: restoreErr })
-        }
-        failed(blob.digest, 'detach', err)
-        continue
-      }
+    for (const { blob, detached } of taken) {
       result.blobs++
       result.bytes += blob.allocated
       this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
       this.metrics?.evictedBytes.inc(blob.allocated)
       if (detached !== undefined) {
-        const path = detached
         removing.push(
-          this.unlinks(() => this.store.unlinkDetached(path)).catch((err: unknown) =>
-            failed(blob.digest, 'unlink', err),
-          ),
+          this.unlinks(() => detached.remove()).catch((err: unknown) => fail(blob.digest, 'unlink', err)),
         )
       }
     }

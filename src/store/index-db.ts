@@ -372,6 +372,17 @@ export class IndexDb {
     this.stmt.deleteBlob.run(digest)
   }
 
+  /** An evicted blob's row and its repository links; its counters go with it. */
+  evictBlob(digest: string): void {
+    this.stmt.deleteBlob.run(digest)
+    this.stmt.unlinkDigest.run(digest)
+  }
+
+  /** Runs `fn` in one transaction: its writes land together, and nothing else runs meanwhile. */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)()
+  }
+
   /** Records what a blob's file takes on disk; no-op when the row is gone. */
   setAllocated(digest: string, allocated: number): void {
     this.stmt.setAllocated.run(allocated, digest, allocated)
@@ -830,6 +841,7 @@ function prepare(db: Database.Database) {
          allocated = coalesce(excluded.allocated, allocated), last_access = excluded.last_access`,
     ),
     deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+    unlinkDigest: db.prepare('DELETE FROM repo_links WHERE digest = ?'),
     setAllocated: db.prepare('UPDATE blobs SET allocated = ? WHERE digest = ? AND allocated IS NOT ?'),
     blobPage: db.prepare(
       'SELECT digest, size, allocated FROM blobs WHERE digest >= ? AND digest < ? ORDER BY digest LIMIT ?',
