@@ -27,6 +27,7 @@ import type { TagPattern } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { IndexDb } from './index-db.js'
+import { type EvictionQueries, TAG_PAGE, type TagKey } from './index-eviction.js'
 import type { Store } from './store.js'
 
 export interface EvictionPolicy {
@@ -72,10 +73,6 @@ const BATCH = 8
 /** Unlinks running at once; each is a thread-pool job (libuv has 4 threads by default). */
 const UNLINKS = 2
 
-/** Blobs oldest first, before a cutoff, after a cursor: one range over blobs_last_access. */
-export const OLDEST_SQL = `SELECT digest, size, coalesce(allocated, size) AS allocated, last_access AS lastAccess
-  FROM blobs WHERE last_access < ? AND (last_access, digest) > (?, ?) ORDER BY last_access, digest LIMIT ?`
-
 interface Cursor {
   lastAccess: number
   digest: string
@@ -86,6 +83,7 @@ export class Evictor {
   private running: Promise<EvictionResult> | undefined
   private readonly store: Store
   private readonly index: IndexDb
+  private readonly queries: EvictionQueries
   private readonly log: Logger
   private readonly metrics: Metrics | undefined
   private readonly inUse: (digest: string) => boolean
@@ -100,6 +98,7 @@ export class Evictor {
   }) {
     this.store = opts.store
     this.index = opts.store.index
+    this.queries = opts.store.index.eviction
     this.log = opts.log
     this.policy = opts.policy
     this.metrics = opts.metrics
@@ -124,7 +123,6 @@ export class Evictor {
   plan(now = Date.now()): EvictionPlan {
     // Last-access times of recent requests are still in the write buffer.
     this.index.flush()
-    const db = this.index.database
     const pinned = this.pinnedDigests()
     const { maxSize, highWater, lowWater, maxUnusedAgeMs } = this.policy
     const blobs: EvictionPlan['blobs'] = []
@@ -133,7 +131,7 @@ export class Evictor {
     let remaining = storeBytes
     // Both walks use the last_access index and stop early: no full scan of a large store.
     if (maxUnusedAgeMs !== null) {
-      for (const row of this.oldest(now - maxUnusedAgeMs)) {
+      for (const row of this.queries.oldest(now - maxUnusedAgeMs)) {
         if (pinned.has(row.digest)) continue
         blobs.push({ ...row, reason: 'age' })
         chosen.add(row.digest)
@@ -142,7 +140,7 @@ export class Evictor {
     }
     if (maxSize !== null && remaining > maxSize * highWater) {
       const target = maxSize * lowWater
-      for (const row of this.oldest(null)) {
+      for (const row of this.queries.oldest(null)) {
         if (remaining <= target) break
         if (pinned.has(row.digest) || chosen.has(row.digest)) continue
         blobs.push({ ...row, reason: 'size' })
@@ -154,14 +152,10 @@ export class Evictor {
     const manifests: EvictionPlan['manifests'] = []
     const tags: EvictionPlan['tags'] = []
     if (maxUnusedAgeMs !== null) {
-      const old = db
-        .prepare('SELECT digest, last_access FROM manifests WHERE last_access < ? ORDER BY last_access')
-        .all(now - maxUnusedAgeMs) as { digest: string; last_access: number }[]
-      const tagsOf = db.prepare('SELECT registry, repo, tag FROM tags WHERE digest = ?')
-      for (const m of old) {
+      for (const m of this.queries.unusedManifests(now - maxUnusedAgeMs)) {
         if (pinned.has(m.digest)) continue
         manifests.push({ digest: m.digest, lastAccess: m.last_access })
-        tags.push(...(tagsOf.all(m.digest) as EvictionPlan['tags']))
+        tags.push(...this.queries.tagsAt(m.digest))
       }
     }
     return {
@@ -196,7 +190,7 @@ export class Evictor {
     const { maxSize, lowWater, maxUnusedAgeMs } = this.policy
     // Read to the end (one row): an iterator left open keeps the statement busy, and the
     // connection then refuses every write of this run.
-    const ageDue = maxUnusedAgeMs !== null && [...this.oldest(now - maxUnusedAgeMs, 1)].length > 0
+    const ageDue = maxUnusedAgeMs !== null && [...this.queries.oldest(now - maxUnusedAgeMs, 1)].length > 0
     if (!ageDue && !this.overBudget()) return result
     // Last-access times of recent requests are still in the write buffer.
     this.index.flush()
@@ -204,7 +198,7 @@ export class Evictor {
     const walk = async (cutoff: number | null, reason: 'age' | 'size', done: () => boolean) => {
       let after: Cursor | undefined
       while (!done()) {
-        const page = [...this.oldest(cutoff, BATCH, after)]
+        const page = [...this.queries.oldest(cutoff, BATCH, after)]
         if (page.length === 0) break
         const looked = await this.evictPage(
           page.map((b) => ({ ...b, reason })),
@@ -226,13 +220,9 @@ export class Evictor {
       await walk(null, 'size', () => this.index.storeTotals().allocated <= target)
     }
     if (maxUnusedAgeMs !== null) {
-      const manifests = this.index.database
-        .prepare('SELECT digest FROM manifests WHERE last_access < ? ORDER BY last_access LIMIT ?')
-        .pluck()
-      const dropManifest = this.manifestDropper()
       let skipped = 0
       for (;;) {
-        const page = manifests.all(now - maxUnusedAgeMs, skipped + BATCH) as string[]
+        const page = this.queries.unusedManifestPage(now - maxUnusedAgeMs, skipped + BATCH)
         const todo = page.slice(skipped)
         if (todo.length === 0) break
         for (const digest of todo) {
@@ -240,7 +230,7 @@ export class Evictor {
             skipped++
             continue
           }
-          result.tags += dropManifest(digest)
+          result.tags += this.queries.dropManifest(digest)
           result.manifests++
           this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
         }
@@ -249,37 +239,6 @@ export class Evictor {
     }
     if (result.blobs + result.manifests > 0) this.logResult(result)
     return result
-  }
-
-  /**
-   * Blobs in last-access order (the blobs_last_access index, digest breaking ties), accessed
-   * before `cutoff` when given, after the cursor when given.
-   */
-  private *oldest(
-    cutoff: number | null,
-    limit = -1,
-    after?: Cursor,
-  ): Generator<{ digest: string; size: number; allocated: number; lastAccess: number }> {
-    const rows = this.index.database
-      .prepare(OLDEST_SQL)
-      .iterate(
-        cutoff ?? Number.MAX_SAFE_INTEGER,
-        after?.lastAccess ?? Number.MIN_SAFE_INTEGER,
-        after?.digest ?? '',
-        limit,
-      ) as IterableIterator<{ digest: string; size: number; allocated: number; lastAccess: number }>
-    yield* rows
-  }
-
-  private manifestDropper(): (digest: string) => number {
-    const db = this.index.database
-    return db.transaction((digest: string) => {
-      const gone = db.prepare('DELETE FROM tags WHERE digest = ?').run(digest).changes
-      db.prepare('DELETE FROM manifest_refs WHERE manifest = ?').run(digest)
-      db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
-      db.prepare('DELETE FROM manifests WHERE digest = ?').run(digest)
-      return gone
-    })
   }
 
   /**
@@ -354,10 +313,9 @@ export class Evictor {
       await this.evictPage(plan.blobs.slice(i, i + BATCH), pinned, result)
       await new Promise((resolve) => setImmediate(resolve))
     }
-    const dropManifest = this.manifestDropper()
     for (const m of plan.manifests) {
       if (pinned.has(m.digest)) continue
-      result.tags += dropManifest(m.digest)
+      result.tags += this.queries.dropManifest(m.digest)
       result.manifests++
       this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
     }
@@ -369,15 +327,8 @@ export class Evictor {
   private pinnedDigests(): Set<string> {
     const pinned = new Set<string>()
     if (this.policy.pins.length === 0) return pinned
-    const tags = this.index.database
-      .prepare('SELECT repo, tag, digest FROM tags')
-      .iterate() as IterableIterator<{
-      repo: string
-      tag: string
-      digest: string
-    }>
     const roots: string[] = []
-    for (const t of tags) {
+    for (const t of this.queries.allTags()) {
       if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
     }
     return this.withReferences(roots)
@@ -389,20 +340,16 @@ export class Evictor {
    */
   private async pinnedDigestsPaged(): Promise<Set<string>> {
     if (this.policy.pins.length === 0) return new Set()
-    const page = this.index.database.prepare(
-      `SELECT registry, repo, tag, digest FROM tags WHERE (registry, repo, tag) > (?, ?, ?)
-       ORDER BY registry, repo, tag LIMIT 2000`,
-    )
     const roots: string[] = []
-    let after = ['', '', '']
+    let after: TagKey = { registry: '', repo: '', tag: '' }
     for (;;) {
-      const rows = page.all(...after) as { registry: string; repo: string; tag: string; digest: string }[]
+      const rows = this.queries.tagPage(after)
       for (const t of rows) {
         if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
       }
-      if (rows.length < 2000) break
+      if (rows.length < TAG_PAGE) break
       const last = rows.at(-1)!
-      after = [last.registry, last.repo, last.tag]
+      after = { registry: last.registry, repo: last.repo, tag: last.tag }
       await new Promise((resolve) => setImmediate(resolve))
     }
     return this.withReferences(roots)
@@ -411,13 +358,12 @@ export class Evictor {
   /** Manifests and everything they reference, down through indexes. */
   private withReferences(roots: string[]): Set<string> {
     const pinned = new Set<string>()
-    const children = this.index.database.prepare('SELECT child FROM manifest_refs WHERE manifest = ?').pluck()
     const stack = [...roots]
     while (stack.length > 0) {
       const digest = stack.pop()!
       if (pinned.has(digest)) continue
       pinned.add(digest)
-      for (const child of children.all(digest) as string[]) stack.push(child)
+      for (const child of this.queries.children(digest)) stack.push(child)
     }
     return pinned
   }

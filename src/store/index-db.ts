@@ -1,5 +1,5 @@
 // The SQLite index: what is cached, where it came from, how it is used. All SQL of pullcache
-// lives in this module. Reads are synchronous and cheap (better-sqlite3, prepared statements);
+// lives in this module and the index-*.ts modules beside it. Reads are synchronous and cheap (better-sqlite3, prepared statements);
 // writes that happen on every request (hit counters, last access, accounting) are buffered in
 // memory and flushed in one transaction every flush interval, so the hot path never waits on
 // a disk write. Writes that record new content (a committed blob, a stored manifest, a moved
@@ -12,6 +12,8 @@ import { createRequire } from 'node:module'
 import { Worker } from 'node:worker_threads'
 import Database from 'better-sqlite3'
 import type { ManifestRef } from '../oci.js'
+import { EvictionQueries } from './index-eviction.js'
+import { UsageQueries } from './index-usage.js'
 
 /** Each entry migrates the schema from version i to i + 1. Never edit one that has shipped. */
 const MIGRATIONS: string[] = [
@@ -318,6 +320,10 @@ export class IndexDb {
   private checkpointer: Worker | undefined
   /** Checkpoints the checkpointer thread has reported, for tests and logs. */
   checkpoints = 0
+  /** The queries behind the stats (store/stats.ts). */
+  readonly usage: UsageQueries
+  /** The queries behind eviction (store/eviction.ts). */
+  readonly eviction: EvictionQueries
 
   /**
    * `readonly` is for commands that only look (stats) while a server may be writing: the file
@@ -344,6 +350,8 @@ export class IndexDb {
       migrate(this.db)
     }
     this.stmt = prepare(this.db)
+    this.usage = new UsageQueries(this.db)
+    this.eviction = new EvictionQueries(this.db)
   }
 
   get schemaVersion(): number {
@@ -715,7 +723,10 @@ export class IndexDb {
     }
   }
 
-  /** The database, for the other store modules' read-only queries (stats, eviction). */
+  /**
+   * The connection itself, for tests that look at the tables or at query plans. In src, SQL
+   * stays in the index modules (store/index-*.ts): test/unit/sql-owner.test.ts fails otherwise.
+   */
   get database(): Database.Database {
     return this.db
   }

@@ -1,9 +1,10 @@
 import { join } from 'node:path'
 import fc from 'fast-check'
 import { describe, expect, test } from 'vitest'
-import { OLDEST_SQL } from '../../src/store/eviction.js'
 import { IndexDb } from '../../src/store/index-db.js'
-import { storeCounts, TOP_TAGS_SQL } from '../../src/store/stats.js'
+import { OLDEST_SQL } from '../../src/store/index-eviction.js'
+import { TOP_TAGS_SQL } from '../../src/store/index-usage.js'
+import { storeCounts } from '../../src/store/stats.js'
 import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
 
