@@ -1,7 +1,7 @@
 // The SQLite index: what is cached, where it came from, how it is used. All SQL of pullcache
 // lives in this module and the index-*.ts modules beside it:
 //
-//   index-schema.ts        the tables, as their migrations
+//   index-schema.ts        opening a connection; the tables, as their migrations
 //   index-statements.ts    the statements IndexDb runs on its rows (this module's methods)
 //   index-writes.ts        per-request writes, buffered and flushed in one transaction
 //   index-usage.ts         the stats' queries (index.usage)
@@ -15,61 +15,33 @@
 // Repositories and tags are keyed by (registry, repo): serving a second upstream later needs no
 // migration. Blobs and manifests are keyed by digest alone: content is shared across repos.
 
-import Database from 'better-sqlite3'
+import type Database from 'better-sqlite3'
 import type { ManifestRef } from '../oci.js'
 import { Checkpointer } from './index-checkpointer.js'
 import { EvictionQueries } from './index-eviction.js'
-import { checkVersion, migrate } from './index-schema.js'
-import { prepare, type Statements } from './index-statements.js'
+import { connect } from './index-schema.js'
+import {
+  type BlobRow,
+  type ManifestRow,
+  prepare,
+  type RepoAccess,
+  type RepoAccessRow,
+  type Statements,
+  type StoreTotals,
+  type TagRow,
+} from './index-statements.js'
 import { UsageQueries } from './index-usage.js'
 import { type Accounted, type CacheResult, WriteBuffer } from './index-writes.js'
 
-/** Pages of the SQLite cache; negative means KiB. Bounds the index's memory at any store size. */
-const CACHE_KIB = 8192
-
-export interface BlobRow {
-  digest: string
-  size: number
-  /** Bytes on disk (st_blocks * 512); null until measured. */
-  allocated: number | null
-  media_type: string | null
-  first_cached: number
-  last_access: number
-  hits: number
-}
-
-export interface ManifestRow {
-  digest: string
-  media_type: string
-  size: number
-  body: Buffer
-}
-
-export interface TagRow {
-  digest: string
-  media_type: string
-  last_checked: number
-}
-
 export type { ManifestRef } from '../oci.js'
-
-export type RepoAccess = 'public' | 'private' | 'assumed'
-
-export interface RepoAccessRow {
-  access: RepoAccess
-  checked_at: number
-}
-
-export interface StoreTotals {
-  blobs: number
-  /** Sum of blob sizes. */
-  bytes: number
-  /** What the blob files take on disk; logical size for blobs not measured yet. */
-  allocated: number
-  manifests: number
-  tags: number
-}
-
+export type {
+  BlobRow,
+  ManifestRow,
+  RepoAccess,
+  RepoAccessRow,
+  StoreTotals,
+  TagRow,
+} from './index-statements.js'
 export type { Accounted, CacheResult } from './index-writes.js'
 
 export class IndexDb {
@@ -87,24 +59,7 @@ export class IndexDb {
    * must exist, it is never created or migrated, and the buffered writes must not be used.
    */
   constructor(path: string, opts: { readonly?: boolean } = {}) {
-    if (opts.readonly) {
-      this.db = new Database(path, { readonly: true, fileMustExist: true })
-      this.db.pragma('busy_timeout = 5000')
-      this.db.pragma(`cache_size = -${CACHE_KIB}`)
-      checkVersion(this.db)
-    } else {
-      this.db = new Database(path)
-      // WAL lets readers go on while a flush writes; NORMAL sync is durable across process crashes
-      // and the store can always be reconciled from the files after a power loss.
-      this.db.pragma('journal_mode = WAL')
-      this.db.pragma('synchronous = NORMAL')
-      this.db.pragma('busy_timeout = 5000')
-      // The page cache is the index's only memory that could grow with the store: keep it fixed,
-      // and keep the file out of the address space (no mmap), so RSS does not follow the index.
-      this.db.pragma(`cache_size = -${CACHE_KIB}`)
-      this.db.pragma('mmap_size = 0')
-      migrate(this.db)
-    }
+    this.db = connect(path, opts.readonly === true)
     this.stmt = prepare(this.db)
     this.writes = new WriteBuffer(this.db)
     this.checkpointer = new Checkpointer(this.db, path)

@@ -1,9 +1,9 @@
-// The index's tables, drawn once, as the migrations that build them: each entry of MIGRATIONS
+// Opening the index, and its tables, drawn once, as the migrations that build them: each entry of MIGRATIONS
 // takes the schema from version i to i + 1, inside one transaction, and user_version records how
 // far a file got. A server migrates at open; a read-only connection (stats, verify) only accepts
 // the version this pullcache writes.
 
-import type Database from 'better-sqlite3'
+import Database from 'better-sqlite3'
 
 /** Each entry migrates the schema from version i to i + 1. Never edit one that has shipped. */
 export const MIGRATIONS: string[] = [
@@ -182,7 +182,7 @@ export const MIGRATIONS: string[] = [
 ]
 
 /** A read-only connection cannot migrate, so it only accepts the schema this pullcache writes. */
-export function checkVersion(db: Database.Database): void {
+function checkVersion(db: Database.Database): void {
   const current = db.pragma('user_version', { simple: true }) as number
   if (current !== MIGRATIONS.length) {
     throw new Error(
@@ -193,7 +193,7 @@ export function checkVersion(db: Database.Database): void {
   }
 }
 
-export function migrate(db: Database.Database): void {
+function migrate(db: Database.Database): void {
   const current = db.pragma('user_version', { simple: true }) as number
   if (current > MIGRATIONS.length) {
     throw new Error(
@@ -206,4 +206,35 @@ export function migrate(db: Database.Database): void {
       db.pragma(`user_version = ${v + 1}`)
     })()
   }
+}
+
+/** Pages of the SQLite cache; negative means KiB. Bounds the index's memory at any store size. */
+const CACHE_KIB = 8192
+
+/**
+ * A connection to the index file, set up as every user of it needs. `readonly` is for commands
+ * that only look while a server may be writing: the file must exist, and is never created or
+ * migrated.
+ */
+export function connect(path: string, readonly: boolean): Database.Database {
+  let db: Database.Database
+  if (readonly) {
+    db = new Database(path, { readonly: true, fileMustExist: true })
+    db.pragma('busy_timeout = 5000')
+    db.pragma(`cache_size = -${CACHE_KIB}`)
+    checkVersion(db)
+  } else {
+    db = new Database(path)
+    // WAL lets readers go on while a flush writes; NORMAL sync is durable across process crashes
+    // and the store can always be reconciled from the files after a power loss.
+    db.pragma('journal_mode = WAL')
+    db.pragma('synchronous = NORMAL')
+    db.pragma('busy_timeout = 5000')
+    // The page cache is the index's only memory that could grow with the store: keep it fixed,
+    // and keep the file out of the address space (no mmap), so RSS does not follow the index.
+    db.pragma(`cache_size = -${CACHE_KIB}`)
+    db.pragma('mmap_size = 0')
+    migrate(db)
+  }
+  return db
 }

@@ -1,7 +1,49 @@
 // The statements IndexDb runs on its rows (blobs, manifests, tags, repositories, the store's
-// running totals and state), prepared once per connection. The tables are in index-schema.ts.
+// running totals and state), prepared once per connection, and the rows they return. The tables
+// are in index-schema.ts.
 
 import type Database from 'better-sqlite3'
+
+export interface BlobRow {
+  digest: string
+  size: number
+  /** Bytes on disk (st_blocks * 512); null until measured. */
+  allocated: number | null
+  media_type: string | null
+  first_cached: number
+  last_access: number
+  hits: number
+}
+
+export interface ManifestRow {
+  digest: string
+  media_type: string
+  size: number
+  body: Buffer
+}
+
+export interface TagRow {
+  digest: string
+  media_type: string
+  last_checked: number
+}
+
+export type RepoAccess = 'public' | 'private' | 'assumed'
+
+export interface RepoAccessRow {
+  access: RepoAccess
+  checked_at: number
+}
+
+export interface StoreTotals {
+  blobs: number
+  /** Sum of blob sizes. */
+  bytes: number
+  /** What the blob files take on disk; logical size for blobs not measured yet. */
+  allocated: number
+  manifests: number
+  tags: number
+}
 
 export type Statements = ReturnType<typeof prepare>
 
