@@ -115,7 +115,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     mirror,
     log,
     metrics,
-    admin: { index, config, budget: () => evictor?.budget ?? null },
+    admin: { index, store, config, budget: () => evictor?.budget ?? null },
     access,
   })
   const listener = getRequestListener(app.fetch, { errorHandler: requestError })

@@ -95,6 +95,11 @@ export interface Detached {
 export interface BlobStorage {
   /** Prepares the store for use without disturbing a server that may be writing to it. */
   prepare(): Promise<void>
+  /**
+   * Whether the store takes writes now (readiness): a small write and its removal where blobs
+   * are written. Resolves with a line for people; rejects with one when it cannot.
+   */
+  probe(): Promise<string>
   /** A committed blob, open for reads by range, or undefined when absent. */
   openBlob(digest: string): Promise<{ handle: BlobHandle; size: number; allocated: number } | undefined>
   /** A committed blob (or its bytes [start, end], inclusive) as a stream; fails when absent. */

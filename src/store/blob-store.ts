@@ -16,7 +16,18 @@
 
 import { createHash, type Hash, randomBytes } from 'node:crypto'
 import { constants, createReadStream, renameSync, statSync } from 'node:fs'
-import { type FileHandle, mkdir, open, opendir, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
+import {
+  type FileHandle,
+  mkdir,
+  open,
+  opendir,
+  readdir,
+  rename,
+  rm,
+  stat,
+  unlink,
+  writeFile,
+} from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import {
@@ -57,6 +68,20 @@ export class BlobStore implements BlobStorage {
   async prepare(): Promise<void> {
     await mkdir(this.blobDir, { recursive: true })
     await mkdir(this.tmpDir, { recursive: true })
+  }
+
+  /** Creates, writes and removes a small file in tmp/, where blobs are written; no fsync, it is a probe. */
+  async probe(): Promise<string> {
+    // Not a write's name (<hex>.<random>.part), and tmp/ is emptied at start should one be left.
+    const probe = join(this.tmpDir, `readyz.${randomBytes(6).toString('hex')}.probe`)
+    try {
+      await writeFile(probe, 'pullcache readiness probe\n', { flag: 'wx' })
+      await rm(probe)
+      return `${this.tmpDir} is writable`
+    } catch (err) {
+      await rm(probe, { force: true }).catch(() => {})
+      throw new Error(`${this.tmpDir} is not writable: ${(err as Error).message}`, { cause: err })
+    }
   }
 
   /** Where a committed blob lives; for this module and for tests that lay out a store by hand. */
