@@ -16,6 +16,11 @@
 
 import type { Readable } from 'node:stream'
 
+/** The 256 prefixes (two hex digits) digests are listed by, in order: blobs/sha256/<prefix>/ on disk. */
+export const PREFIXES: readonly string[] = Array.from({ length: 256 }, (_, i) =>
+  i.toString(16).padStart(2, '0'),
+)
+
 /** A committed blob open for reading: positional reads, as many and in any order as wanted. */
 export interface BlobHandle {
   read(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>

@@ -280,11 +280,6 @@ class LocalBlobWriter implements BlobWriter {
   }
 }
 
-/** The 256 prefix directories under blobs/sha256/, in order. */
-export const PREFIXES: readonly string[] = Array.from({ length: 256 }, (_, i) =>
-  i.toString(16).padStart(2, '0'),
-)
-
 /** What a file takes on disk: st_blocks counts 512-byte units whatever the filesystem's block size. */
 export function allocatedBytes(info: { blocks: number }): number {
   return info.blocks * 512

@@ -26,7 +26,7 @@
 // with each digest is the store's rule (Store.reconcile); this module walks the store.
 
 import type { Logger } from '../log.js'
-import { PREFIXES } from './blob-store.js'
+import { PREFIXES } from './blob-storage.js'
 import type { Settled, Store } from './store.js'
 
 /**
@@ -90,14 +90,14 @@ export async function reconcileStore(store: Store, opts: ReconcileOptions = {}):
       const full = rows.length === BATCH
       // This page covers [cursor, end): every row in it, and the files listed in that range.
       const end = full ? `${rows.at(-1)!.digest}\0` : to
-      const byDigest = new Map(rows.map((r) => [r.digest, r]))
+      const unlisted = new Set(rows.map((r) => r.digest))
       const entries: Entry[] = []
       while (f < files.length && files[f]! < end) {
         const digest = files[f++]!
-        entries.push({ digest, row: byDigest.get(digest), listed: true })
-        byDigest.delete(digest)
+        entries.push({ digest, listed: true })
+        unlisted.delete(digest)
       }
-      for (const row of byDigest.values()) entries.push({ digest: row.digest, row, listed: false })
+      for (const digest of unlisted) entries.push({ digest, listed: false })
       for (let b = 0; b < entries.length; b += BATCH) {
         if (opts.signal?.aborted) break
         const batch = entries.slice(b, b + BATCH)
@@ -127,8 +127,6 @@ export async function reconcileStore(store: Store, opts: ReconcileOptions = {}):
 
 interface Entry {
   digest: string
-  /** The row as the page read it; undefined when the index had none. */
-  row: { size: number; allocated: number | null } | undefined
   /** Whether the directory listing had the file. */
   listed: boolean
 }

@@ -14,7 +14,7 @@
 import { createHash } from 'node:crypto'
 import type { Readable } from 'node:stream'
 import { sha256 } from '../oci.js'
-import { PREFIXES } from './blob-store.js'
+import { PREFIXES } from './blob-storage.js'
 import type { Store } from './store.js'
 
 export type ProblemKind =
