@@ -156,9 +156,8 @@ async function closure(store: Store, registry: string, request: ImageRequest): P
   }
   for (const image of images) {
     for (const ref of manifestRefs(image.body)) {
-      const row = index.getBlob(ref.child)
-      const size = row && isDigest(ref.child) ? (await store.blobs.stat(ref.child))?.size : undefined
-      if (row === undefined || size !== row.size) {
+      const size = isDigest(ref.child) ? await store.sizeOf(ref.child) : undefined
+      if (size === undefined) {
         out.missing.push(
           `blob ${ref.child}${image.platform === null ? '' : ` (${image.platform})`} is not cached`,
         )

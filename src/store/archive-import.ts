@@ -239,7 +239,7 @@ async function importBlob(
   store: Store,
   onProgress: ((bytes: number) => void) | undefined,
 ): Promise<{ added: boolean; error?: string }> {
-  if (await store.holds(digest, size)) {
+  if ((await store.sizeOf(digest)) === size) {
     const hash = createHash('sha256')
     for await (const chunk of entry) {
       hash.update(chunk as Buffer)

@@ -79,13 +79,13 @@ export class Store {
   }
 
   /**
-   * Whether the store holds the blob whole: a row, and a file of the row's size. A file being
-   * written has no row yet and does not count.
+   * The size of a blob the store holds whole (a row, and a file of the row's size), or
+   * undefined. A blob being written has no row yet and does not count.
    */
-  async holds(digest: string, size?: number): Promise<boolean> {
+  async sizeOf(digest: string): Promise<number | undefined> {
     const row = this.index.getBlob(digest)
-    if (row === undefined || (size !== undefined && row.size !== size)) return false
-    return (await this.blobs.stat(digest))?.size === row.size
+    if (row === undefined) return undefined
+    return (await this.blobs.stat(digest))?.size === row.size ? row.size : undefined
   }
 
   /** A file without a row (or with a wrong one): the row is written from what the file is. */
