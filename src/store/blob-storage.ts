@@ -124,7 +124,9 @@ export interface BlobStorage {
   remove(digest: string): Promise<boolean>
   /**
    * Takes a blob out of reach at once (nobody can open it afterwards), leaving the freeing of
-   * its space for later; undefined when it was not there. Throws when it cannot be moved.
+   * its space for later; undefined when it was not there. Throws when it cannot be moved. The
+   * disk renames it into tmp/; an object store would mark it gone in memory here (openBlob and
+   * statNow then miss it) and DELETE it in remove().
    */
   detach(digest: string): Detached | undefined
   /** Moves a blob aside for inspection; says where, or undefined when it was not there. */
