@@ -3,16 +3,17 @@
 //
 //   <data_dir>/
 //     blobs/sha256/<first 2 hex>/<64 hex>    committed blobs: verified, fsynced, immutable
-//     tmp/<64 hex>.<random>.part             writes in progress (fills, imports); emptied at every start
+//     tmp/<64 hex>.<random>.part             writes in progress (fills, imports); emptied at start
 //     tmp/<64 hex>.<random>.evicted          evicted blobs whose blocks are being freed
 //     quarantine/<64 hex>.<ms>               blobs verify --repair found corrupt, kept for a look
 //     index.db (+ -wal, -shm)                the SQLite index (store/index-db.ts)
 //     pullcache.lock                         held by the server using this store (store/store-lock.ts)
 //
-// A blob reaches blobs/ only through a LocalBlobWriter: by rename(2) from tmp/ (same filesystem,
-// so the rename is atomic) after its size and sha256 were checked and the bytes fsynced. A racing writer of the same
-// digest renames identical bytes over identical bytes, which is harmless. Digests reaching this
-// module have passed http/reference.ts, so they are [0-9a-f]{64} and cannot name another path.
+// A blob reaches blobs/ only through a LocalBlobWriter: by rename(2) from tmp/ (same
+// filesystem, so the rename is atomic) after its size and sha256 were checked and the bytes
+// fsynced. A racing writer of the same digest renames identical bytes over identical bytes,
+// which is harmless. Digests reaching this module have passed http/reference.ts, so they are
+// [0-9a-f]{64} and cannot name another path.
 
 import { createHash, type Hash, randomBytes } from 'node:crypto'
 import { constants, createReadStream, renameSync, statSync } from 'node:fs'

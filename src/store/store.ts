@@ -3,12 +3,12 @@
 // that a row and a file disagree goes through here: the fill, import, reconciliation, eviction,
 // verify and the mirror's own checks.
 //
-//   commit    file, then row: a row never points at bytes that are not in place yet
-//   adopt     file without a row: only verified bytes ever reach the store, so the file is good
-//             and a commit lost its row (a crash); the row is (re)written from the file
-//   drop      row without a file: the row goes, the next request fetches the blob again
-//   evict     rows, then files, in one synchronous step; the space is freed later, off the loop
-//   mismatch  a file whose size is not its row's is not what its name says: both go
+//   commit      file, then row: a row never points at bytes that are not in place yet
+//   adopt       file without a row: only verified bytes ever reach the store, so the file is good
+//               and a commit lost its row (a crash); the row is (re)written from the file
+//   drop        row without a file: the row goes, the next request fetches the blob again
+//   evict       rows, then files, in one synchronous step; the space is freed later, off the loop
+//   mismatch    a file whose size is not its row's is not what its name says: both go
 //   quarantine  a file whose bytes do not hash to its name: moved aside, then its row goes
 //
 // Decisions about one digest are taken again in the synchronous step that acts on them (a
