@@ -1,7 +1,7 @@
 // `pullcache import FILE`: load an archive written by 'pullcache export' into this store. Every
 // manifest and blob is verified while it is read; an image is recorded only when all of it
-// verified (store/archive.ts). Safe while pullcache serve runs on the same store: blobs arrive
-// through tmp/ and rename like any fill, and tmp/ is not emptied.
+// verified (store/archive-import.ts). Safe while pullcache serve runs on the same store: blobs arrive
+// through the store's verified writer like any fill, and tmp/ is not emptied.
 
 import { createReadStream } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
