@@ -33,6 +33,7 @@ const { IndexDb } = await import(new URL('store/index-db.js', DIST).href)
 const { BlobStore } = await import(new URL('store/blob-store.js', DIST).href)
 const { Evictor } = await import(new URL('store/eviction.js', DIST).href)
 const { reconcileStore } = await import(new URL('store/reconcile.js', DIST).href)
+const { Store } = await import(new URL('store/store.js', DIST).href)
 
 const work = mkdtempSync(join(process.env.TMPDIR ?? tmpdir(), 'pullcache-stalls-'))
 process.on('exit', () => rmSync(work, { recursive: true, force: true }))
@@ -76,8 +77,9 @@ let index = new IndexDb(join(work, 'index.db'))
 }
 
 index = new IndexDb(join(work, 'index.db'))
-const store = new BlobStore(work)
-await store.open()
+const blobs = new BlobStore(work)
+await blobs.open()
+const store = new Store(blobs, index)
 if (!values['auto-checkpoint']) {
   index.checkpointInBackground(200, (m) => console.error('checkpointer failed:', m))
 }
@@ -120,7 +122,6 @@ if (values.pass === 'evict') {
   const total = index.storeTotals().allocated
   const evictor = new Evictor({
     store,
-    index,
     log,
     policy: {
       maxSize: Math.floor((total * 0.9) / 0.85),
@@ -133,7 +134,7 @@ if (values.pass === 'evict') {
   const r = await evictor.run()
   outcome = { evicted: r.blobs, errors: r.errors }
 } else {
-  const r = await reconcileStore(store, index)
+  const r = await reconcileStore(store)
   outcome = { files: r.files, measured_rows: r.measured_rows }
 }
 const figures = {

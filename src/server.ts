@@ -18,6 +18,7 @@ import { BlobStore } from './store/blob-store.js'
 import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
 import { type BackgroundReconcile, reconcileInBackground } from './store/reconcile.js'
+import { Store } from './store/store.js'
 import { lockStore } from './store/store-lock.js'
 import { Upstream } from './upstream/client.js'
 
@@ -45,9 +46,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const access = new Access({ config, log })
   const root = resolve(config.data_dir)
   await mkdir(root, { recursive: true })
-  const store = new BlobStore(root)
+  const blobs = new BlobStore(root)
   const unlock = lockStore(root)
-  const { removedTemp } = await store.open().catch((err: unknown) => {
+  const { removedTemp } = await blobs.open().catch((err: unknown) => {
     unlock()
     throw err
   })
@@ -55,6 +56,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   // After a clean stop the index is trusted as it is; otherwise it is reconciled with the files
   // in the background once the server listens (store/reconcile.ts).
   const trusted = index.takeCleanMark()
+  const store = new Store(blobs, index)
   log.info('store.opened', {
     data_dir: root,
     removed_temp_files: removedTemp,
@@ -102,7 +104,6 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   })
   evictor = new Evictor({
     store,
-    index,
     log,
     metrics,
     policy: policyFrom(config.cache),
@@ -114,7 +115,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     mirror,
     log,
     metrics,
-    admin: { index, config, budget: () => evictor?.budget ?? null },
+    admin: { index, store, config, budget: () => evictor?.budget ?? null },
     access,
   })
   const listener = getRequestListener(app.fetch, { errorHandler: requestError })
@@ -150,7 +151,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   index.checkpointInBackground(CHECKPOINT_INTERVAL_MS, (message) =>
     log.error('index.checkpointer_failed', { error: message, fallback: 'automatic checkpoints' }),
   )
-  const reconciliation = trusted ? undefined : reconcileInBackground(store, index, log)
+  const reconciliation = trusted ? undefined : reconcileInBackground(store, log)
 
   const flushTimer = setInterval(() => {
     try {

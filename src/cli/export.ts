@@ -6,9 +6,10 @@ import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { humanBytes } from '../human-bytes.js'
 import { InvalidReference, isDockerHubReference, parseImageReference } from '../prefetch/reference.js'
-import { type ImageRequest, planExport, writeArchive } from '../store/archive.js'
+import { type ImageRequest, planExport, writeArchive } from '../store/archive-export.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
+import { Store } from '../store/store.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
 
 export const EXPORT_USAGE = `Usage: pullcache export FILE [IMAGE...] [options]
@@ -74,10 +75,10 @@ export async function exportArchive(args: string[]): Promise<number> {
   if (!existsSync(dbPath)) throw new CliExit(EXIT_FAILED, `no pullcache store at ${root}`)
   // Tags are keyed by the upstream's host, as the mirror records them (upstream/client.ts).
   const registry = new URL(config.upstream.url).host
-  const store = new BlobStore(root)
   const index = new IndexDb(dbPath, { readonly: true })
+  const store = new Store(new BlobStore(root), index)
   try {
-    const plan = await planExport(store, index, registry, all ? 'all' : requests)
+    const plan = await planExport(store, registry, all ? 'all' : requests)
     for (const note of plan.notes) process.stderr.write(`pullcache: note: ${note}\n`)
     if (plan.incomplete.length > 0) {
       const lines = plan.incomplete.map((i) => `${i.label}: ${i.missing.join('; ')}`)
@@ -88,7 +89,7 @@ export async function exportArchive(args: string[]): Promise<number> {
     }
     if (plan.index.images.length === 0)
       throw new CliExit(EXIT_FAILED, 'nothing to export: no image is completely cached')
-    const { bytes } = await writeArchive(store, index, plan, resolve(file))
+    const { bytes } = await writeArchive(store, plan, resolve(file))
     const lines = plan.index.images.map(
       (i) => `exported ${i.repo ?? '(by digest)'}${i.tag === null ? '' : `:${i.tag}`} ${i.digest}`,
     )

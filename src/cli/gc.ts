@@ -10,6 +10,7 @@ import { createLogger, silentLogger } from '../log.js'
 import { BlobStore } from '../store/blob-store.js'
 import { type EvictionPlan, Evictor, policyFrom } from '../store/eviction.js'
 import { IndexDb } from '../store/index-db.js'
+import { Store } from '../store/store.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, parseCommand } from './args.js'
 
 export const GC_USAGE = `Usage: pullcache gc [options]
@@ -49,8 +50,7 @@ export async function gc(args: string[]): Promise<number> {
   const index = new IndexDb(join(root, 'index.db'))
   try {
     const evictor = new Evictor({
-      store: new BlobStore(root),
-      index,
+      store: new Store(new BlobStore(root), index),
       log: values.json ? silentLogger : createLogger('warn'),
       policy: policyFrom(config.cache),
     })

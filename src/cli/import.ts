@@ -1,15 +1,17 @@
 // `pullcache import FILE`: load an archive written by 'pullcache export' into this store. Every
 // manifest and blob is verified while it is read; an image is recorded only when all of it
-// verified (store/archive.ts). Safe while pullcache serve runs on the same store: blobs arrive
-// through tmp/ and rename like any fill, and tmp/ is not emptied.
+// verified (store/archive-import.ts). Safe while pullcache serve runs on the same store: blobs arrive
+// through the store's verified writer like any fill, and tmp/ is not emptied.
 
 import { createReadStream } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { humanBytes } from '../human-bytes.js'
-import { ArchiveError, importArchive } from '../store/archive.js'
+import { ArchiveError } from '../store/archive.js'
+import { importArchive } from '../store/archive-import.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
+import { Store } from '../store/store.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
 
 export const IMPORT_USAGE = `Usage: pullcache import FILE [options]
@@ -64,8 +66,7 @@ export async function importArchiveCommand(args: string[]): Promise<number> {
   try {
     report = await importArchive(
       input,
-      new BlobStore(root),
-      index,
+      new Store(new BlobStore(root), index),
       override === undefined ? {} : { registry: override },
     )
   } catch (err) {

@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path'
 import { humanBytes } from '../human-bytes.js'
 import { BlobStore } from '../store/blob-store.js'
 import { IndexDb } from '../store/index-db.js'
+import { Store } from '../store/store.js'
 import { type Problem, type VerifyProgress, type VerifyReport, verifyStore } from '../store/verify.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
 
@@ -73,7 +74,7 @@ export async function verify(args: string[]): Promise<number> {
   const progress = process.stderr.isTTY ? progressLine() : undefined
   let report: VerifyReport
   try {
-    report = await verifyStore(new BlobStore(root), index, {
+    report = await verifyStore(new Store(new BlobStore(root), index), {
       repair,
       fromPrefix: from,
       signal: controller.signal,

@@ -14,6 +14,7 @@ import {
   statsReport,
 } from '../mirror/stats-report.js'
 import type { IndexDb } from '../store/index-db.js'
+import type { Store } from '../store/store.js'
 import { parseDuration } from '../units.js'
 import type { Viewer } from './access.js'
 
@@ -21,6 +22,8 @@ export const ADMIN_PREFIX = '/_pullcache'
 
 export interface AdminDeps {
   index: IndexDb
+  /** The store, for readiness (does it take writes). */
+  store: Store
   config: Config
   /** The budget in force now: a SIGHUP may have changed it since the server started. */
   budget?: () => number | null

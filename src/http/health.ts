@@ -3,9 +3,6 @@
 // index answers, and upstream answers (or is not meant to be asked: offline on purpose, when the
 // cache alone serves). No check may hang a probe, so each has a deadline.
 
-import { randomBytes } from 'node:crypto'
-import { rm, writeFile } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
 import { Hono } from 'hono'
 import type { Mirror } from '../mirror/mirror.js'
 import { VERSION } from '../version.js'
@@ -28,8 +25,6 @@ export interface Readiness {
 export function healthRoutes(mirror: Mirror, deps: AdminDeps): Hono {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
-  // BlobStore's tmp/: where fills are written, so the directory whose writability matters.
-  const tmpDir = join(resolve(deps.config.data_dir), 'tmp')
   const health = new Hono()
 
   health.get('/healthz', (c) =>
@@ -42,7 +37,7 @@ export function healthRoutes(mirror: Mirror, deps: AdminDeps): Hono {
 
   health.get('/readyz', async (c) => {
     const [store, index, upstream] = await Promise.all([
-      deadline(checkStore(tmpDir)),
+      deadline(checkStore(deps)),
       deadline(checkIndex(deps)),
       upstreamCheck(mirror),
     ])
@@ -54,17 +49,12 @@ export function healthRoutes(mirror: Mirror, deps: AdminDeps): Hono {
   return health
 }
 
-/** Creates, writes and removes a small file where blobs are written; no fsync, it is a probe. */
-async function checkStore(tmpDir: string): Promise<Check> {
-  // Not a fill's name (<hex>.<random>.part), and tmp/ is emptied at start should one be left.
-  const probe = join(tmpDir, `readyz.${randomBytes(6).toString('hex')}.probe`)
+/** Whether the store takes writes: a small write and its removal, where blobs are written. */
+async function checkStore(deps: AdminDeps): Promise<Check> {
   try {
-    await writeFile(probe, 'pullcache readiness probe\n', { flag: 'wx' })
-    await rm(probe)
-    return { ok: true, detail: `${tmpDir} is writable` }
+    return { ok: true, detail: await deps.store.blobs.probe() }
   } catch (err) {
-    await rm(probe, { force: true }).catch(() => {})
-    return { ok: false, detail: `${tmpDir} is not writable: ${(err as Error).message}` }
+    return { ok: false, detail: (err as Error).message }
   }
 }
 

@@ -4,8 +4,8 @@
 // answer: an upstream failure as the registry error a client gets. Shared by the blob and
 // manifest lookups, the mirror and http/, so it sits below all of them.
 
-import type { FileHandle } from 'node:fs/promises'
 import { UpstreamError } from '../errors.js'
+import type { BlobHandle } from '../store/blob-storage.js'
 import type { CacheResult } from '../store/index-db.js'
 import type { Fill } from './blob-fill.js'
 
@@ -21,7 +21,7 @@ export interface ManifestAnswer {
 }
 
 export type BlobAnswer =
-  | { kind: 'file'; handle: FileHandle; size: number; allocated: number; cache: Outcome; release: () => void }
+  | { kind: 'file'; handle: BlobHandle; size: number; allocated: number; cache: Outcome; release: () => void }
   | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
   | { kind: 'remote'; size: number; cache: 'miss' }
 

@@ -10,11 +10,10 @@
 // a clean end of bytes pullcache did not verify. An upstream that declares an empty body for a
 // digest that is not the empty blob's fails the fill before anything is answered.
 
-import { createHash } from 'node:crypto'
-import type { FileHandle } from 'node:fs/promises'
 import type { Readable } from 'node:stream'
 import { isNetworkError, networkFailure, UpstreamError } from '../errors.js'
-import type { BlobStore } from '../store/blob-store.js'
+import { BlobMismatch, type BlobWriter } from '../store/blob-storage.js'
+import type { Store } from '../store/store.js'
 import type { BlobBody } from '../upstream/client.js'
 
 /**
@@ -35,7 +34,7 @@ type FillRead = (buffer: Buffer, length: number, position: number) => Promise<nu
 export interface FillSource {
   /** Resolves with the upstream body once upstream has answered 200; `signal` aborts it. */
   open(signal: AbortSignal): Promise<BlobBody>
-  /** Called once the blob is on disk, verified and renamed into place; `allocated` is its bytes on disk. */
+  /** Called once the blob is verified and in the store, row included; `allocated` is its bytes on disk. */
   onCommit(size: number, allocated: number): void
   /**
    * Called when the fill has committed or failed, before it lets go of its temp file: the owner
@@ -62,17 +61,16 @@ export class Fill {
   readonly ready: Promise<void>
   /** Settles when the fill has committed (resolves) or failed (rejects). */
   readonly done: Promise<void>
-  private handle: FileHandle | undefined
-  private refs = 1 // the fill's own reference to the temp file handle
+  private writer: BlobWriter | undefined
+  private refs = 1 // the fill's own reference to the writer (its temp file)
   private readonly waiters = new Set<() => void>()
-  private readonly store: BlobStore
-  private tempPath: string | undefined
+  private readonly store: Store
   private body: Readable | undefined
   private aborted: Error | undefined
   private readonly controller = new AbortController()
   private running: Promise<void> | undefined
 
-  constructor(digest: string, repo: string, store: BlobStore) {
+  constructor(digest: string, repo: string, store: Store) {
     this.digest = digest
     this.repo = repo
     this.store = store
@@ -123,38 +121,28 @@ export class Fill {
         throw new UpstreamError('INVALID', `blob ${this.digest}: upstream declared an empty body`)
       }
       this.size = upstream.size
-      const temp = await this.store.createTemp(this.digest)
-      this.tempPath = temp.path
-      this.handle = temp.handle
+      // The store's verified writer hashes each chunk as it is given (here, as it arrives) and
+      // refuses at commit whatever does not match the digest and the declared size.
+      const writer = await this.store.write(this.digest, this.size)
+      this.writer = writer
       if (this.aborted) throw this.aborted
       this.state = 'streaming'
       this.settle.readyResolve()
 
-      const hash = createHash('sha256')
-      let batch: Buffer[] = []
-      let batched = 0
       // One write in flight while the next batch arrives: the network and the disk overlap,
       // and upstream is still paused (backpressure) if the disk falls behind.
       let writing: Promise<void> = Promise.resolve()
       const flush = async () => {
-        const chunks = batch
-        const length = batched
-        batch = []
-        batched = 0
         await writing
-        const at = this.received - length
-        // writev: the upstream chunks go to disk as they are, without a copy into one buffer.
-        writing = writeAll(this.handle!, chunks, length, at).then(() => {
-          this.written = at + length
+        writing = writer.flush().then((written) => {
+          this.written = written
           this.wake()
         })
         writing.catch(() => {}) // awaited below; a failure mid-body must not go unhandled meanwhile
       }
       for await (const chunk of upstream.body) {
         const buf = chunk as Buffer
-        hash.update(buf)
-        batch.push(buf)
-        batched += buf.length
+        writer.write(buf)
         this.received += buf.length
         if (this.size !== undefined && this.received > this.size) {
           throw new UpstreamError(
@@ -162,20 +150,19 @@ export class Fill {
             `blob ${this.digest}: upstream sent more than ${this.size} bytes`,
           )
         }
-        if (batched >= WRITE_BATCH) await flush()
+        if (writer.buffered >= WRITE_BATCH) await flush()
       }
-      if (batched > 0) await flush()
+      if (writer.buffered > 0) await flush()
       await writing
 
-      if (this.size !== undefined && this.written !== this.size) {
-        throw new UpstreamError('INVALID', `blob ${this.digest}: got ${this.written} of ${this.size} bytes`)
-      }
-      const actual = `sha256:${hash.digest('hex')}`
-      if (actual !== this.digest) {
-        throw new UpstreamError('INVALID', `blob ${this.digest}: upstream bytes hash to ${actual}`)
-      }
-      await this.handle.sync()
-      const { allocated } = await this.store.commit(this.tempPath, this.digest)
+      const { allocated } = await writer.commit().catch((err: unknown) => {
+        if (!(err instanceof BlobMismatch)) throw err
+        const why =
+          err.received !== err.expected && err.expected !== undefined
+            ? `got ${err.received} of ${err.expected} bytes`
+            : `upstream bytes hash to ${err.actual}`
+        throw new UpstreamError('INVALID', `blob ${this.digest}: ${why}`, { cause: err })
+      })
       this.size = this.written
       this.state = 'committed'
       source.onCommit(this.written, allocated)
@@ -185,7 +172,7 @@ export class Fill {
       this.error ??= error
       this.state = 'failed'
       upstream?.body.destroy()
-      if (this.tempPath !== undefined) await this.store.discardTemp(this.tempPath).catch(() => {})
+      await this.writer?.abort().catch(() => {})
       this.settle.readyReject(error)
       this.settle.doneReject(error)
     } finally {
@@ -260,41 +247,18 @@ export class Fill {
     return new Promise((resolve) => this.waiters.add(resolve))
   }
 
-  async read(buffer: Buffer, length: number, position: number): Promise<number> {
-    const { bytesRead } = await this.handle!.read(buffer, 0, length, position)
-    return bytesRead
+  read(buffer: Buffer, length: number, position: number): Promise<number> {
+    return this.writer!.read(buffer, length, position)
   }
 
   async release(): Promise<void> {
-    if (--this.refs === 0 && this.handle) await this.handle.close().catch(() => {})
+    if (--this.refs === 0 && this.writer) await this.writer.close().catch(() => {})
   }
 
   private wake(): void {
     const waiters = [...this.waiters]
     this.waiters.clear()
     for (const w of waiters) w()
-  }
-}
-
-async function writeAll(
-  handle: FileHandle,
-  chunks: Buffer[],
-  length: number,
-  position: number,
-): Promise<void> {
-  const { bytesWritten } = await handle.writev(chunks, position)
-  if (bytesWritten === length) return
-  // A short write (rare on regular files): finish the rest from one buffer.
-  const rest = Buffer.concat(chunks, length).subarray(bytesWritten)
-  let offset = 0
-  while (offset < rest.length) {
-    const { bytesWritten: n } = await handle.write(
-      rest,
-      offset,
-      rest.length - offset,
-      position + bytesWritten + offset,
-    )
-    offset += n
   }
 }
 

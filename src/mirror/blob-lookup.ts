@@ -8,8 +8,8 @@ import { RegistryError, UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { RepoName } from '../oci.js'
-import type { BlobStore } from '../store/blob-store.js'
 import type { IndexDb } from '../store/index-db.js'
+import type { Store } from '../store/store.js'
 import type { Upstream } from '../upstream/client.js'
 import { asRegistryError, type BlobAnswer, type Outcome } from './answers.js'
 import { Fill } from './blob-fill.js'
@@ -17,7 +17,7 @@ import { type Flights, timedOut } from './flights.js'
 
 export interface BlobLookupOptions {
   upstream: Upstream
-  store: BlobStore
+  store: Store
   index: IndexDb
   log: Logger
   metrics: Metrics
@@ -28,7 +28,7 @@ export interface BlobLookupOptions {
 
 export class BlobLookup {
   private readonly upstream: Upstream
-  private readonly store: BlobStore
+  private readonly store: Store
   private readonly index: IndexDb
   private readonly log: Logger
   private readonly metrics: Metrics
@@ -135,7 +135,7 @@ export class BlobLookup {
       // fetch again. Looked at once more in the tick that deletes the row: a fill may have
       // committed the file while we waited on the open.
       this.log.warn('store.blob_missing', { digest })
-      if (this.store.measureNow(digest) === undefined) this.index.deleteBlob(digest)
+      this.store.dropIfMissing(digest)
     }
 
     // A fill that has failed but not yet let go of its temp file is not joined: start afresh.
@@ -151,7 +151,7 @@ export class BlobLookup {
       const stored = await this.openStored(digest)
       if (stored) {
         if (!this.index.getBlob(digest)) {
-          this.index.addBlob(digest, stored.size, stored.allocated)
+          this.store.adopt(digest, stored)
           this.log.info('store.blob_adopted', { digest, size: stored.size })
         }
         return stored
@@ -195,8 +195,7 @@ export class BlobLookup {
       .fetchLimit(() =>
         fill.run({
           open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
-          onCommit: (size, allocated) => {
-            this.index.addBlob(digest, size, allocated)
+          onCommit: (size) => {
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted()
             this.log.info('store.blob_committed', { digest, size, repo: name.upstream })

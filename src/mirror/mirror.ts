@@ -20,8 +20,8 @@ import { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { RepoName } from '../oci.js'
-import type { BlobStore } from '../store/blob-store.js'
 import type { IndexDb } from '../store/index-db.js'
+import type { Store } from '../store/store.js'
 import type { Upstream } from '../upstream/client.js'
 import { Accounting, type RequestRecord } from './accounting.js'
 import {
@@ -39,7 +39,7 @@ import { Visibility } from './visibility.js'
 
 export interface MirrorOptions {
   upstream: Upstream
-  store: BlobStore
+  store: Store
   index: IndexDb
   log: Logger
   metrics: Metrics

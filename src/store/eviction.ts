@@ -26,8 +26,9 @@ import pLimit from 'p-limit'
 import type { TagPattern } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import type { BlobStore } from './blob-store.js'
 import type { IndexDb } from './index-db.js'
+import { type EvictionQueries, TAG_PAGE, type TagKey } from './index-eviction.js'
+import type { Store } from './store.js'
 
 export interface EvictionPolicy {
   maxSize: number | null
@@ -72,10 +73,6 @@ const BATCH = 8
 /** Unlinks running at once; each is a thread-pool job (libuv has 4 threads by default). */
 const UNLINKS = 2
 
-/** Blobs oldest first, before a cutoff, after a cursor: one range over blobs_last_access. */
-export const OLDEST_SQL = `SELECT digest, size, coalesce(allocated, size) AS allocated, last_access AS lastAccess
-  FROM blobs WHERE last_access < ? AND (last_access, digest) > (?, ?) ORDER BY last_access, digest LIMIT ?`
-
 interface Cursor {
   lastAccess: number
   digest: string
@@ -84,23 +81,24 @@ interface Cursor {
 export class Evictor {
   private policy: EvictionPolicy
   private running: Promise<EvictionResult> | undefined
-  private readonly store: BlobStore
+  private readonly store: Store
   private readonly index: IndexDb
+  private readonly queries: EvictionQueries
   private readonly log: Logger
   private readonly metrics: Metrics | undefined
   private readonly inUse: (digest: string) => boolean
   private readonly unlinks = pLimit(UNLINKS)
 
   constructor(opts: {
-    store: BlobStore
-    index: IndexDb
+    store: Store
     log: Logger
     policy: EvictionPolicy
     metrics?: Metrics
     inUse?: (digest: string) => boolean
   }) {
     this.store = opts.store
-    this.index = opts.index
+    this.index = opts.store.index
+    this.queries = opts.store.index.eviction
     this.log = opts.log
     this.policy = opts.policy
     this.metrics = opts.metrics
@@ -125,7 +123,6 @@ export class Evictor {
   plan(now = Date.now()): EvictionPlan {
     // Last-access times of recent requests are still in the write buffer.
     this.index.flush()
-    const db = this.index.database
     const pinned = this.pinnedDigests()
     const { maxSize, highWater, lowWater, maxUnusedAgeMs } = this.policy
     const blobs: EvictionPlan['blobs'] = []
@@ -134,7 +131,7 @@ export class Evictor {
     let remaining = storeBytes
     // Both walks use the last_access index and stop early: no full scan of a large store.
     if (maxUnusedAgeMs !== null) {
-      for (const row of this.oldest(now - maxUnusedAgeMs)) {
+      for (const row of this.queries.oldest(now - maxUnusedAgeMs)) {
         if (pinned.has(row.digest)) continue
         blobs.push({ ...row, reason: 'age' })
         chosen.add(row.digest)
@@ -143,7 +140,7 @@ export class Evictor {
     }
     if (maxSize !== null && remaining > maxSize * highWater) {
       const target = maxSize * lowWater
-      for (const row of this.oldest(null)) {
+      for (const row of this.queries.oldest(null)) {
         if (remaining <= target) break
         if (pinned.has(row.digest) || chosen.has(row.digest)) continue
         blobs.push({ ...row, reason: 'size' })
@@ -155,14 +152,10 @@ export class Evictor {
     const manifests: EvictionPlan['manifests'] = []
     const tags: EvictionPlan['tags'] = []
     if (maxUnusedAgeMs !== null) {
-      const old = db
-        .prepare('SELECT digest, last_access FROM manifests WHERE last_access < ? ORDER BY last_access')
-        .all(now - maxUnusedAgeMs) as { digest: string; last_access: number }[]
-      const tagsOf = db.prepare('SELECT registry, repo, tag FROM tags WHERE digest = ?')
-      for (const m of old) {
+      for (const m of this.queries.unusedManifests(now - maxUnusedAgeMs)) {
         if (pinned.has(m.digest)) continue
         manifests.push({ digest: m.digest, lastAccess: m.last_access })
-        tags.push(...(tagsOf.all(m.digest) as EvictionPlan['tags']))
+        tags.push(...this.queries.tagsAt(m.digest))
       }
     }
     return {
@@ -197,7 +190,7 @@ export class Evictor {
     const { maxSize, lowWater, maxUnusedAgeMs } = this.policy
     // Read to the end (one row): an iterator left open keeps the statement busy, and the
     // connection then refuses every write of this run.
-    const ageDue = maxUnusedAgeMs !== null && [...this.oldest(now - maxUnusedAgeMs, 1)].length > 0
+    const ageDue = maxUnusedAgeMs !== null && [...this.queries.oldest(now - maxUnusedAgeMs, 1)].length > 0
     if (!ageDue && !this.overBudget()) return result
     // Last-access times of recent requests are still in the write buffer.
     this.index.flush()
@@ -205,7 +198,7 @@ export class Evictor {
     const walk = async (cutoff: number | null, reason: 'age' | 'size', done: () => boolean) => {
       let after: Cursor | undefined
       while (!done()) {
-        const page = [...this.oldest(cutoff, BATCH, after)]
+        const page = [...this.queries.oldest(cutoff, BATCH, after)]
         if (page.length === 0) break
         const looked = await this.evictPage(
           page.map((b) => ({ ...b, reason })),
@@ -227,13 +220,9 @@ export class Evictor {
       await walk(null, 'size', () => this.index.storeTotals().allocated <= target)
     }
     if (maxUnusedAgeMs !== null) {
-      const manifests = this.index.database
-        .prepare('SELECT digest FROM manifests WHERE last_access < ? ORDER BY last_access LIMIT ?')
-        .pluck()
-      const dropManifest = this.manifestDropper()
       let skipped = 0
       for (;;) {
-        const page = manifests.all(now - maxUnusedAgeMs, skipped + BATCH) as string[]
+        const page = this.queries.unusedManifestPage(now - maxUnusedAgeMs, skipped + BATCH)
         const todo = page.slice(skipped)
         if (todo.length === 0) break
         for (const digest of todo) {
@@ -241,7 +230,7 @@ export class Evictor {
             skipped++
             continue
           }
-          result.tags += dropManifest(digest)
+          result.tags += this.queries.dropManifest(digest)
           result.manifests++
           this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
         }
@@ -253,43 +242,11 @@ export class Evictor {
   }
 
   /**
-   * Blobs in last-access order (the blobs_last_access index, digest breaking ties), accessed
-   * before `cutoff` when given, after the cursor when given.
-   */
-  private *oldest(
-    cutoff: number | null,
-    limit = -1,
-    after?: Cursor,
-  ): Generator<{ digest: string; size: number; allocated: number; lastAccess: number }> {
-    const rows = this.index.database
-      .prepare(OLDEST_SQL)
-      .iterate(
-        cutoff ?? Number.MAX_SAFE_INTEGER,
-        after?.lastAccess ?? Number.MIN_SAFE_INTEGER,
-        after?.digest ?? '',
-        limit,
-      ) as IterableIterator<{ digest: string; size: number; allocated: number; lastAccess: number }>
-    yield* rows
-  }
-
-  private manifestDropper(): (digest: string) => number {
-    const db = this.index.database
-    return db.transaction((digest: string) => {
-      const gone = db.prepare('DELETE FROM tags WHERE digest = ?').run(digest).changes
-      db.prepare('DELETE FROM manifest_refs WHERE manifest = ?').run(digest)
-      db.prepare('DELETE FROM repo_links WHERE digest = ?').run(digest)
-      db.prepare('DELETE FROM manifests WHERE digest = ?').run(digest)
-      return gone
-    })
-  }
-
-  /**
-   * One page of blobs. In one synchronous step: a last check that no response streams each one,
-   * their rows deleted in one transaction (so no new request sees a hit), then their files
-   * renamed into tmp/; no request can start streaming between a row and its file. Then the
-   * unlinks, off the event loop. `done` is asked before each blob. A blob whose file cannot be
-   * moved gets its row back and counts as an error; the page goes on. Returns how many of the
-   * page's blobs were looked at (evicted or passed over) before `done`.
+   * One page of blobs, taken out by the store in one synchronous step (Store.evict: a last
+   * check that no response streams each one, their rows in one transaction, then their files
+   * out of reach), then the space freed off the event loop. `done` is asked before each blob. A
+   * blob whose file cannot be moved keeps its row and counts as an error; the page goes on.
+   * Returns how many of the page's blobs were looked at (evicted or passed over) before `done`.
    */
   private async evictPage(
     blobs: EvictionPlan['blobs'],
@@ -297,55 +254,34 @@ export class Evictor {
     result: EvictionResult,
     done: () => boolean = () => false,
   ): Promise<number> {
-    const db = this.index.database
-    const gone: EvictionPlan['blobs'] = []
-    let looked = 0
-    db.transaction(() => {
-      const blobRow = db.prepare('DELETE FROM blobs WHERE digest = ?')
-      const links = db.prepare('DELETE FROM repo_links WHERE digest = ?')
-      for (const blob of blobs) {
-        if (done()) break
-        looked++
-        if (pinned.has(blob.digest)) continue
-        if (this.inUse(blob.digest)) {
-          result.skippedInUse++
-          continue
-        }
-        blobRow.run(blob.digest)
-        links.run(blob.digest)
-        gone.push(blob)
+    const { looked, taken, failed } = this.store.evict(blobs, (blob) => {
+      if (done()) return 'stop'
+      if (pinned.has(blob.digest)) return 'skip'
+      if (this.inUse(blob.digest)) {
+        result.skippedInUse++
+        return 'skip'
       }
-    })()
-    const failed = (digest: string, stage: string, err: unknown) => {
+      return 'take'
+    })
+    const fail = (digest: string, stage: string, err: unknown) => {
       result.errors++
       this.metrics?.evictionErrors.inc()
       this.log.error('store.eviction_error', { digest, stage, error: err })
     }
+    for (const { blob, error, restoreError } of failed) {
+      if (restoreError !== undefined)
+        this.log.error('store.eviction_error', { digest: blob.digest, stage: 'restore', error: restoreError })
+      fail(blob.digest, 'detach', error)
+    }
     const removing: Promise<void>[] = []
-    for (const blob of gone) {
-      let detached: string | undefined
-      try {
-        detached = this.store.detach(blob.digest)
-      } catch (err) {
-        // The file stays where it is: so does its row, and the budget keeps counting it.
-        try {
-          this.index.addBlob(blob.digest, blob.size, blob.allocated, blob.lastAccess)
-        } catch (restoreErr) {
-          this.log.error('store.eviction_error', { digest: blob.digest, stage: 'restore', error: restoreErr })
-        }
-        failed(blob.digest, 'detach', err)
-        continue
-      }
+    for (const { blob, detached } of taken) {
       result.blobs++
       result.bytes += blob.allocated
       this.metrics?.evictions.inc({ kind: 'blob', reason: blob.reason })
       this.metrics?.evictedBytes.inc(blob.allocated)
       if (detached !== undefined) {
-        const path = detached
         removing.push(
-          this.unlinks(() => this.store.unlinkDetached(path)).catch((err: unknown) =>
-            failed(blob.digest, 'unlink', err),
-          ),
+          this.unlinks(() => detached.remove()).catch((err: unknown) => fail(blob.digest, 'unlink', err)),
         )
       }
     }
@@ -377,10 +313,9 @@ export class Evictor {
       await this.evictPage(plan.blobs.slice(i, i + BATCH), pinned, result)
       await new Promise((resolve) => setImmediate(resolve))
     }
-    const dropManifest = this.manifestDropper()
     for (const m of plan.manifests) {
       if (pinned.has(m.digest)) continue
-      result.tags += dropManifest(m.digest)
+      result.tags += this.queries.dropManifest(m.digest)
       result.manifests++
       this.metrics?.evictions.inc({ kind: 'manifest', reason: 'age' })
     }
@@ -392,15 +327,8 @@ export class Evictor {
   private pinnedDigests(): Set<string> {
     const pinned = new Set<string>()
     if (this.policy.pins.length === 0) return pinned
-    const tags = this.index.database
-      .prepare('SELECT repo, tag, digest FROM tags')
-      .iterate() as IterableIterator<{
-      repo: string
-      tag: string
-      digest: string
-    }>
     const roots: string[] = []
-    for (const t of tags) {
+    for (const t of this.queries.allTags()) {
       if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
     }
     return this.withReferences(roots)
@@ -412,20 +340,16 @@ export class Evictor {
    */
   private async pinnedDigestsPaged(): Promise<Set<string>> {
     if (this.policy.pins.length === 0) return new Set()
-    const page = this.index.database.prepare(
-      `SELECT registry, repo, tag, digest FROM tags WHERE (registry, repo, tag) > (?, ?, ?)
-       ORDER BY registry, repo, tag LIMIT 2000`,
-    )
     const roots: string[] = []
-    let after = ['', '', '']
+    let after: TagKey = { registry: '', repo: '', tag: '' }
     for (;;) {
-      const rows = page.all(...after) as { registry: string; repo: string; tag: string; digest: string }[]
+      const rows = this.queries.tagPage(after)
       for (const t of rows) {
         if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
       }
-      if (rows.length < 2000) break
+      if (rows.length < TAG_PAGE) break
       const last = rows.at(-1)!
-      after = [last.registry, last.repo, last.tag]
+      after = { registry: last.registry, repo: last.repo, tag: last.tag }
       await new Promise((resolve) => setImmediate(resolve))
     }
     return this.withReferences(roots)
@@ -434,13 +358,12 @@ export class Evictor {
   /** Manifests and everything they reference, down through indexes. */
   private withReferences(roots: string[]): Set<string> {
     const pinned = new Set<string>()
-    const children = this.index.database.prepare('SELECT child FROM manifest_refs WHERE manifest = ?').pluck()
     const stack = [...roots]
     while (stack.length > 0) {
       const digest = stack.pop()!
       if (pinned.has(digest)) continue
       pinned.add(digest)
-      for (const child of children.all(digest) as string[]) stack.push(child)
+      for (const child of this.queries.children(digest)) stack.push(child)
     }
     return pinned
   }

@@ -21,13 +21,13 @@
 //
 // The server commits and evicts while the pass runs. Every decision is therefore made again in
 // the one synchronous step that acts on it, with a fresh look at the row and at the file
-// (statSync): a commit renames the file before it writes the row, and eviction deletes the row
-// and the file in one step, so neither can fall between the look and the write.
+// (statNow): a commit renames the file before it writes the row, and eviction deletes the row
+// and the file in one step, so neither can fall between the look and the write. What to do
+// with each digest is the store's rule (Store.reconcile); this module walks the store.
 
-import { rmSync } from 'node:fs'
 import type { Logger } from '../log.js'
-import { type BlobStore, PREFIXES } from './blob-store.js'
-import type { IndexDb } from './index-db.js'
+import { PREFIXES } from './blob-storage.js'
+import type { Settled, Store } from './store.js'
 
 /**
  * Entries handled between two yields to the event loop. Each is a row lookup and a stat in the
@@ -60,11 +60,8 @@ export interface ReconcileOptions {
 }
 
 /** One whole pass; see the top of this module. Resolves when done or stopped, never rejects on a stop. */
-export async function reconcileStore(
-  store: BlobStore,
-  index: IndexDb,
-  opts: ReconcileOptions = {},
-): Promise<ReconcileResult> {
+export async function reconcileStore(store: Store, opts: ReconcileOptions = {}): Promise<ReconcileResult> {
+  const { blobs, index } = store
   const started = performance.now()
   const result: ReconcileResult = {
     files: 0,
@@ -75,12 +72,13 @@ export async function reconcileStore(
     completed: false,
     duration_ms: 0,
   }
-  const act = index.database.transaction((batch: Entry[]) => {
-    for (const entry of batch) settle(store, index, entry, result)
-  })
+  const act = (batch: Entry[], freeing: Promise<void>[]) =>
+    index.transaction(() => {
+      for (const entry of batch) count(store.reconcile(entry.digest, freeing), result)
+    })
   for (const [i, prefix] of PREFIXES.entries()) {
     if (opts.signal?.aborted) break
-    const files = await store.listPrefix(prefix)
+    const files = await blobs.list(prefix)
     const from = `sha256:${prefix}`
     // 'g' sorts after every hex digit: the last prefix's range ends past every digest.
     const to = `sha256:${PREFIXES[i + 1] ?? 'g'}`
@@ -92,25 +90,27 @@ export async function reconcileStore(
       const full = rows.length === BATCH
       // This page covers [cursor, end): every row in it, and the files listed in that range.
       const end = full ? `${rows.at(-1)!.digest}\0` : to
-      const byDigest = new Map(rows.map((r) => [r.digest, r]))
+      const unlisted = new Set(rows.map((r) => r.digest))
       const entries: Entry[] = []
       while (f < files.length && files[f]! < end) {
         const digest = files[f++]!
-        entries.push({ digest, row: byDigest.get(digest), listed: true })
-        byDigest.delete(digest)
+        entries.push({ digest, listed: true })
+        unlisted.delete(digest)
       }
-      for (const row of byDigest.values()) entries.push({ digest: row.digest, row, listed: false })
+      for (const digest of unlisted) entries.push({ digest, listed: false })
       for (let b = 0; b < entries.length; b += BATCH) {
         if (opts.signal?.aborted) break
         const batch = entries.slice(b, b + BATCH)
-        // Stat'ed off the event loop first: the synchronous second look in settle() then finds
+        // Stat'ed off the event loop first: the synchronous second look in Store.reconcile then finds
         // the inodes cached and costs microseconds, even on a cold disk.
         await Promise.all(
           batch.map(async (e) => {
-            if (e.listed) e.measured = await store.measure(e.digest)
+            if (e.listed) await blobs.stat(e.digest)
           }),
         )
-        act(batch)
+        const freeing: Promise<void>[] = []
+        act(batch, freeing)
+        await Promise.all(freeing)
         result.files += batch.filter((e) => e.listed).length
         await new Promise((resolve) => setImmediate(resolve))
       }
@@ -127,46 +127,15 @@ export async function reconcileStore(
 
 interface Entry {
   digest: string
-  /** The row as the page read it; undefined when the index had none. */
-  row: { size: number; allocated: number | null } | undefined
   /** Whether the directory listing had the file. */
   listed: boolean
-  /** The file's stat, taken after the listing; undefined when it is gone (or was never there). */
-  measured?: { size: number; allocated: number } | undefined
 }
 
-/**
- * Acts on one entry, synchronously, inside the batch's transaction. What the page and the
- * listing said may be stale by now: row and file are looked at again here.
- */
-function settle(store: BlobStore, index: IndexDb, entry: Entry, result: ReconcileResult): void {
-  const { digest } = entry
-  const row = index.getBlob(digest)
-  const file = store.measureNow(digest)
-  if (row === undefined) {
-    // No row: a file here is verified content whose row a crash lost (or an eviction of this
-    // very moment, which removes the file too, so there is then no file to adopt).
-    if (file === undefined) return
-    index.addBlob(digest, file.size, file.allocated)
-    result.adopted_files++
-    return
-  }
-  if (file === undefined) {
-    index.deleteBlob(digest)
-    result.dropped_rows++
-    return
-  }
-  if (file.size !== row.size) {
-    // Not the size it was committed with: the file is not what its name says.
-    rmSync(store.path(digest), { force: true })
-    index.deleteBlob(digest)
-    result.removed_files++
-    return
-  }
-  if (row.allocated !== file.allocated) {
-    index.setAllocated(digest, file.allocated)
-    result.measured_rows++
-  }
+function count(settled: Settled, result: ReconcileResult): void {
+  if (settled === 'adopted') result.adopted_files++
+  else if (settled === 'dropped') result.dropped_rows++
+  else if (settled === 'removed') result.removed_files++
+  else if (settled === 'measured') result.measured_rows++
 }
 
 export interface BackgroundReconcile {
@@ -179,11 +148,11 @@ export interface BackgroundReconcile {
 }
 
 /** Starts a pass that runs while the server serves; logs its start and its outcome. */
-export function reconcileInBackground(store: BlobStore, index: IndexDb, log: Logger): BackgroundReconcile {
+export function reconcileInBackground(store: Store, log: Logger): BackgroundReconcile {
   const controller = new AbortController()
   let completed = false
   log.info('store.reconcile_started', { reason: 'the last stop was not clean' })
-  const done = reconcileStore(store, index, { signal: controller.signal }).then(
+  const done = reconcileStore(store, { signal: controller.signal }).then(
     (result) => {
       completed = result.completed
       log.info(result.completed ? 'store.reconciled' : 'store.reconcile_stopped', { ...result })

@@ -14,6 +14,7 @@
 // last requested at or after it, and their counts are still lifetime counts.
 
 import type { IndexDb } from './index-db.js'
+import type { BlobUsage, PublicScope, TagUsage, UsageSums } from './index-usage.js'
 
 const HOUR = 3_600_000
 
@@ -45,37 +46,11 @@ export interface HourTotals extends Totals {
   hour: number
 }
 
-export interface TagTotals {
-  registry: string
-  repo: string
-  tag: string
-  requests: number
-  /** Includes coalesced answers; tag_stats does not keep them apart. */
-  hits: number
-  misses: number
-  stale: number
-  errors: number
-  pulls_avoided: number
-  bytes_from_cache: number
-  bytes_from_upstream: number
-  /** ms since epoch */
-  last_request: number
-}
+/** Lifetime counters of one tag (tag_stats). */
+export type TagTotals = TagUsage
 
-export interface BlobTotals {
-  digest: string
-  size: number
-  media_type: string | null
-  requests: number
-  hits: number
-  coalesced: number
-  misses: number
+export interface BlobTotals extends BlobUsage {
   hit_rate: number | null
-  bytes_from_cache: number
-  bytes_from_upstream: number
-  /** ms since epoch */
-  first_cached: number
-  last_access: number
 }
 
 export interface StoreCounts {
@@ -96,21 +71,10 @@ export interface StatsQuery {
 export interface TopQuery extends StatsQuery {
   limit: number
   /**
-   * Only repositories of this registry that anonymous pulls may read (repo_access: 'public', and
-   * 'assumed' when `assumed`); undefined for every repository. Filtered in SQL, so a top list
-   * for an anonymous viewer stops after `limit` rows like any other.
+   * Only repositories of this registry that anonymous pulls may read; undefined for every
+   * repository. Filtered in SQL, so an anonymous viewer's list costs what anyone's does.
    */
-  publicOf?: { registry: string; assumed: boolean } | undefined
-}
-
-/** The WHERE terms and parameters of TopQuery.publicOf, for a table aliased `t`. */
-function publicTerms(q: Pick<TopQuery, 'publicOf'>): { sql: string; params: (string | number)[] } {
-  if (q.publicOf === undefined) return { sql: '', params: [] }
-  return {
-    sql: `AND t.registry = ? AND EXISTS (SELECT 1 FROM repo_access a WHERE a.registry = t.registry
-      AND a.repo = t.repo AND (a.access = 'public' OR (a.access = 'assumed' AND ?)))`,
-    params: [q.publicOf.registry, q.publicOf.assumed ? 1 : 0],
-  }
+  publicOf?: PublicScope | undefined
 }
 
 /** The hit rate as defined at the top of this module. */
@@ -124,19 +88,7 @@ export function hitRate(c: {
   return answered === 0 ? null : (c.hits + c.coalesced + c.stale) / answered
 }
 
-/** The sums every accounting query selects; `sum` of no rows is NULL, hence coalesce. */
-const SUMS = `
-  coalesce(sum(requests), 0) AS requests,
-  coalesce(sum(CASE result WHEN 'hit' THEN requests END), 0) AS hits,
-  coalesce(sum(CASE result WHEN 'miss' THEN requests END), 0) AS misses,
-  coalesce(sum(CASE result WHEN 'coalesced' THEN requests END), 0) AS coalesced,
-  coalesce(sum(CASE result WHEN 'stale' THEN requests END), 0) AS stale,
-  coalesce(sum(CASE result WHEN 'error' THEN requests END), 0) AS errors,
-  coalesce(sum(bytes_cache), 0) AS bytes_from_cache,
-  coalesce(sum(bytes_upstream), 0) AS bytes_from_upstream,
-  coalesce(sum(pulls_avoided), 0) AS pulls_avoided`
-
-type Sums = Omit<Totals, 'hit_rate'>
+type Sums = UsageSums
 
 function withRate<T extends Sums>(row: T): T & { hit_rate: number | null } {
   const {
@@ -182,17 +134,12 @@ function current(index: IndexDb): IndexDb {
 }
 
 export function overallStats(index: IndexDb, q: StatsQuery = {}): Totals {
-  const row = current(index)
-    .database.prepare(`SELECT ${SUMS} FROM accounting WHERE hour >= ?`)
-    .get(fromHour(q.since)) as Sums
-  return withRate(row)
+  return withRate(current(index).usage.overall(fromHour(q.since)))
 }
 
 /** Every kind is present, with zeros when it had no requests. */
 export function kindStats(index: IndexDb, q: StatsQuery = {}): Record<Kind, Totals> {
-  const rows = current(index)
-    .database.prepare(`SELECT kind, ${SUMS} FROM accounting WHERE hour >= ? GROUP BY kind`)
-    .all(fromHour(q.since)) as (Sums & { kind: string })[]
+  const rows = current(index).usage.byKind(fromHour(q.since))
   const zero: Sums = {
     requests: 0,
     hits: 0,
@@ -214,57 +161,24 @@ export function kindStats(index: IndexDb, q: StatsQuery = {}): Record<Kind, Tota
 
 /** Repositories by requests, most first. */
 export function repositoryStats(index: IndexDb, q: TopQuery): RepoTotals[] {
-  const only = publicTerms(q)
-  const rows = current(index)
-    .database.prepare(
-      `SELECT registry, repo, ${SUMS} FROM accounting t WHERE hour >= ? ${only.sql}
-       GROUP BY registry, repo ORDER BY requests DESC, bytes_from_cache DESC, registry, repo LIMIT ?`,
-    )
-    .all(fromHour(q.since), ...only.params, q.limit) as (Sums & { registry: string; repo: string })[]
-  return rows.map((r) => withRate(r))
+  return current(index)
+    .usage.byRepo(fromHour(q.since), q.limit, q.publicOf)
+    .map((r) => withRate(r))
 }
 
 /** Hours that had requests, oldest first. */
 export function hourlyStats(index: IndexDb, q: StatsQuery = {}): HourTotals[] {
-  const rows = current(index)
-    .database.prepare(
-      `SELECT hour, ${SUMS} FROM accounting WHERE hour >= ? GROUP BY hour HAVING requests > 0 ORDER BY hour`,
-    )
-    .all(fromHour(q.since)) as (Sums & { hour: number })[]
-  return rows.map((r) => withRate(r))
-}
-
-/**
- * The top-tags query: it walks the tag_stats_requests index and stops after LIMIT rows, so it
- * costs the same with a hundred tags or a hundred thousand (exported for the plan's test).
- */
-/**
- * How many of the most requested tags an anonymous viewer's list is chosen from. Which of them it
- * may see is one lookup each; without a bound, a store whose tags are mostly private or unknown to
- * repo_access would have every request walk all of them (~200 ms at 100,000 tags).
- */
-export const PUBLIC_TOP_TAGS_SCAN = 10_000
-
-/**
- * Walks tag_stats_requests and stops after LIMIT rows: the same cost at a hundred tags or a
- * hundred thousand (exported for the plan's test). With `publicOf`, the walk is bounded by
- * PUBLIC_TOP_TAGS_SCAN and the rows the viewer may not see are dropped.
- */
-export function topTagsSql(q: Pick<TopQuery, 'publicOf'> = {}): string {
-  const top = `SELECT registry, repo, tag, requests, hits, misses, stale, errors, pulls_avoided,
-    bytes_cache AS bytes_from_cache, bytes_upstream AS bytes_from_upstream, last_request
-  FROM tag_stats WHERE last_request >= ?
-  ORDER BY requests DESC, last_request DESC, registry, repo, tag LIMIT`
-  if (q.publicOf === undefined) return `${top} ?`
-  return `SELECT * FROM (${top} ${PUBLIC_TOP_TAGS_SCAN}) t WHERE 1 ${publicTerms(q).sql}
-  ORDER BY requests DESC, last_request DESC, registry, repo, tag LIMIT ?`
-}
-
-/** Tags by requests, most first (lifetime counts; `since` filters on the last request). */
-export function tagStats(index: IndexDb, q: TopQuery): TagTotals[] {
   return current(index)
-    .database.prepare(topTagsSql(q))
-    .all(q.since ?? 0, ...publicTerms(q).params, q.limit) as TagTotals[]
+    .usage.byHour(fromHour(q.since))
+    .map((r) => withRate(r))
+}
+
+/**
+ * Tags by requests, most first (lifetime counts; `since` filters on the last request). The
+ * query walks an index and stops after `limit` rows, whatever the number of tags.
+ */
+export function tagStats(index: IndexDb, q: TopQuery): TagTotals[] {
+  return current(index).usage.topTags(q.since ?? 0, q.limit, q.publicOf)
 }
 
 /**
@@ -272,18 +186,12 @@ export function tagStats(index: IndexDb, q: TopQuery): TagTotals[] {
  * Only blobs still in the store: an evicted blob's counters go with its row.
  */
 export function blobStats(index: IndexDb, q: TopQuery): BlobTotals[] {
-  const rows = current(index)
-    .database.prepare(
-      `SELECT digest, size, media_type, hits + coalesced + misses AS requests, hits, coalesced, misses,
-         bytes_cache AS bytes_from_cache, bytes_upstream AS bytes_from_upstream, first_cached, last_access
-       FROM blobs WHERE last_access >= ?
-       ORDER BY requests DESC, bytes_from_cache DESC, digest LIMIT ?`,
-    )
-    .all(q.since ?? 0, q.limit) as Omit<BlobTotals, 'hit_rate'>[]
-  return rows.map((r) => {
-    const { first_cached, last_access, ...rest } = r
-    return { ...rest, hit_rate: hitRate({ ...r, stale: 0 }), first_cached, last_access }
-  })
+  return current(index)
+    .usage.topBlobs(q.since ?? 0, q.limit)
+    .map((r) => {
+      const { first_cached, last_access, ...rest } = r
+      return { ...rest, hit_rate: hitRate({ ...r, stale: 0 }), first_cached, last_access }
+    })
 }
 
 /** What the store holds now, whatever `since` says: the running totals, no count over the tables. */

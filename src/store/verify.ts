@@ -12,12 +12,10 @@
 // never touched: it holds the running server's fills.
 
 import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
-import { mkdir, rename } from 'node:fs/promises'
-import { join } from 'node:path'
+import type { Readable } from 'node:stream'
 import { sha256 } from '../oci.js'
-import { type BlobStore, PREFIXES } from './blob-store.js'
-import type { IndexDb } from './index-db.js'
+import { PREFIXES } from './blob-storage.js'
+import type { Store } from './store.js'
 
 export type ProblemKind =
   /** A blob file whose bytes do not hash to its name. */
@@ -73,17 +71,11 @@ export interface VerifyReport {
   stoppedAt: string | null
 }
 
-/** Blob files are read this many bytes at a time; memory stays flat whatever the blob size. */
-const READ_CHUNK = 1024 * 1024
-
 /** Index rows read per page: memory holds a page and one prefix's file names, never the store. */
 const PAGE = 1000
 
-export async function verifyStore(
-  store: BlobStore,
-  index: IndexDb,
-  opts: VerifyOptions,
-): Promise<VerifyReport> {
+export async function verifyStore(store: Store, opts: VerifyOptions): Promise<VerifyReport> {
+  const { blobs, index } = store
   const report: VerifyReport = {
     blobs: { checked: 0, bytes: 0 },
     manifests: { checked: 0, bytes: 0 },
@@ -110,10 +102,10 @@ export async function verifyStore(
       report.stoppedAt = prefix
       break
     }
-    const files = await store.listPrefix(prefix)
+    const files = await blobs.list(prefix)
     for (const digest of files) {
       if (opts.signal?.aborted) break
-      await checkFile(store, index, digest, opts, report)
+      await checkFile(store, digest, opts, report)
       progress(prefix)
     }
     if (opts.signal?.aborted) {
@@ -128,12 +120,11 @@ export async function verifyStore(
       const rows = index.blobPage(cursor, to, PAGE)
       for (const row of rows) {
         if (listed.has(row.digest)) continue
-        if ((await store.size(row.digest)) !== undefined) continue // committed after the listing
+        if ((await blobs.stat(row.digest)) !== undefined) continue // committed after the listing
         const still = index.getBlob(row.digest)
         if (still === undefined) continue // deleted meanwhile (eviction, a server)
         const problem = blobProblem('missing_file', row.digest, null, still.size, null)
-        if (opts.repair && store.measureNow(row.digest) === undefined) {
-          index.deleteBlob(row.digest)
+        if (opts.repair && store.dropIfMissing(row.digest)) {
           problem.repaired = true
           problem.action = 'index row deleted'
         }
@@ -180,32 +171,31 @@ export async function verifyStore(
 
 /** Re-hashes one listed file and compares it with its row (read now: the server may have committed it). */
 async function checkFile(
-  store: BlobStore,
-  index: IndexDb,
+  store: Store,
   digest: string,
   opts: VerifyOptions,
   report: VerifyReport,
 ): Promise<void> {
-  const hashed = await hashFile(store.path(digest))
+  const hashed = await hashBytes(store.blobs.stream(digest))
   // Gone before or while we read it (eviction deletes a file whose reader keeps the bytes):
   // nothing left to judge; a row it left behind is looked at with the other rows.
-  const measured = hashed === undefined ? undefined : await store.measure(digest)
+  const measured = hashed === undefined ? undefined : await store.blobs.stat(digest)
   if (hashed === undefined || measured === undefined) return
   report.blobs.checked++
   report.blobs.bytes += hashed.size
-  const indexSize = index.getBlob(digest)?.size ?? null
+  const indexSize = store.index.getBlob(digest)?.size ?? null
   if (hashed.digest !== digest) {
     const problem = blobProblem('corrupt_blob', digest, hashed.size, indexSize, hashed.digest)
-    if (opts.repair) await quarantine(store, index, problem)
+    if (opts.repair) await quarantine(store, problem)
     report.problems.push(problem)
   } else if (indexSize === null) {
     const problem = blobProblem('orphan_file', digest, hashed.size, null, null)
-    if (opts.repair) adopt(index, problem, hashed.size, measured.allocated, 'adopted: index row added')
+    if (opts.repair) adopt(store, problem, { ...measured, size: hashed.size }, 'adopted: index row added')
     report.problems.push(problem)
   } else if (indexSize !== hashed.size) {
     const problem = blobProblem('size_mismatch', digest, hashed.size, indexSize, null)
     if (opts.repair) {
-      adopt(index, problem, hashed.size, measured.allocated, `index row corrected to ${hashed.size} bytes`)
+      adopt(store, problem, { ...measured, size: hashed.size }, `index row corrected to ${hashed.size} bytes`)
     }
     report.problems.push(problem)
   }
@@ -221,12 +211,12 @@ function blobProblem(
   return { kind, digest, size, indexSize, actual, repaired: false, action: null }
 }
 
-/** sha256 and size of a file, read in chunks; undefined if the file is not there. */
-export async function hashFile(path: string): Promise<{ digest: string; size: number } | undefined> {
+/** sha256 and size of a stored blob, read in chunks; undefined if the blob is not there. */
+async function hashBytes(bytes: Readable): Promise<{ digest: string; size: number } | undefined> {
   const hash = createHash('sha256')
   let size = 0
   try {
-    for await (const chunk of createReadStream(path, { highWaterMark: READ_CHUNK })) {
+    for await (const chunk of bytes) {
       hash.update(chunk as Buffer)
       size += (chunk as Buffer).length
     }
@@ -237,32 +227,21 @@ export async function hashFile(path: string): Promise<{ digest: string; size: nu
   return { digest: `sha256:${hash.digest('hex')}`, size }
 }
 
-/**
- * Moves a corrupt blob out of blobs/ and forgets it. The file goes first: a request arriving
- * between the two steps finds a row without a file, which the mirror already treats as "fetch it
- * again". If a fetch committed a good copy in that moment, its row is put back.
- */
-async function quarantine(store: BlobStore, index: IndexDb, problem: Problem): Promise<void> {
-  const dir = join(store.root, 'quarantine')
-  await mkdir(dir, { recursive: true })
-  // A digest quarantined before keeps its earlier file: the names never collide.
-  const target = join(dir, `${problem.digest.slice('sha256:'.length)}.${Date.now()}`)
-  try {
-    await rename(store.path(problem.digest), target)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-    problem.action = 'file already gone'
-  }
-  index.deleteBlob(problem.digest)
-  const refilled = await store.measure(problem.digest)
-  if (refilled !== undefined) index.addBlob(problem.digest, refilled.size, refilled.allocated)
+/** Moves a corrupt blob aside and forgets it (Store.quarantine says in which order, and why). */
+async function quarantine(store: Store, problem: Problem): Promise<void> {
+  const target = await store.quarantine(problem.digest)
   problem.repaired = true
-  problem.action ??= `quarantined to ${target}; index row deleted`
+  problem.action = target === undefined ? 'file already gone' : `quarantined to ${target}; index row deleted`
 }
 
 /** A file that hashes to its name is good: its row is what must change. */
-function adopt(index: IndexDb, problem: Problem, size: number, allocated: number, action: string): void {
-  index.addBlob(problem.digest, size, allocated)
+function adopt(
+  store: Store,
+  problem: Problem,
+  file: { size: number; allocated: number },
+  action: string,
+): void {
+  store.adopt(problem.digest, file)
   problem.repaired = true
   problem.action = action
 }

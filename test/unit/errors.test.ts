@@ -22,7 +22,10 @@ import { PullError } from '../../src/prefetch/puller.js'
 import { InvalidReference } from '../../src/prefetch/reference.js'
 import { SourceError } from '../../src/prefetch/sources.js'
 import { ArchiveError } from '../../src/store/archive.js'
+import { BlobMismatch } from '../../src/store/blob-storage.js'
 import { BlobStore } from '../../src/store/blob-store.js'
+import { IndexDb } from '../../src/store/index-db.js'
+import { Store } from '../../src/store/store.js'
 import { StoreLocked } from '../../src/store/store-lock.js'
 import { tmpRoot } from '../support/tmp.js'
 
@@ -130,10 +133,12 @@ describe('network errors', () => {
   })
 
   test('a fill whose upstream body fails with a socket timeout fails as TIMEOUT, not as a disk error', async () => {
-    const store = new BlobStore(await tmpRoot('pullcache-errors'))
-    await store.open()
+    const root = await tmpRoot('pullcache-errors')
+    const blobs = new BlobStore(root)
+    await blobs.open()
+    const index = new IndexDb(join(root, 'index.db'))
     const digest = `sha256:${'c'.repeat(64)}`
-    const fill = new Fill(digest, 'library/x', store)
+    const fill = new Fill(digest, 'library/x', new Store(blobs, index))
     const body = new Readable({
       read() {
         this.push(Buffer.alloc(10))
@@ -165,6 +170,7 @@ describe('error classes', () => {
     CliExit: new CliExit(2, 'x'),
     ArchiveError: new ArchiveError('x'),
     StoreLocked: new StoreLocked('/root', '/root/lock'),
+    BlobMismatch: new BlobMismatch(`sha256:${'a'.repeat(64)}`, `sha256:${'b'.repeat(64)}`, 1, 1),
   }
 
   test('every error class in src has a stable string code', () => {

@@ -7,6 +7,7 @@ import { expect, test } from 'vitest'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { Evictor } from '../../src/store/eviction.js'
 import { IndexDb } from '../../src/store/index-db.js'
+import { Store } from '../../src/store/store.js'
 import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
 
@@ -16,9 +17,16 @@ test('a blob committed during a run does not take the place of an older one', as
   const root = await tmpRoot('pullcache-eviction-order')
   let onUnlink = () => {}
   class Hooked extends BlobStore {
-    override async unlinkDetached(path: string): Promise<void> {
-      await super.unlinkDetached(path)
-      onUnlink()
+    override detach(digest: string) {
+      const detached = super.detach(digest)
+      return (
+        detached && {
+          remove: async () => {
+            await detached.remove()
+            onUnlink()
+          },
+        }
+      )
     }
   }
   const store = new Hooked(root)
@@ -37,8 +45,7 @@ test('a blob committed during a run does not take the place of an older one', as
   for (let i = 0; i < 6; i++) old.push(add(i, 1000 + i))
   // 600 bytes against a high mark of 500: the run takes out the two oldest to reach 400.
   const evictor = new Evictor({
-    store,
-    index,
+    store: new Store(store, index),
     log: silent,
     policy: { maxSize: 1000, highWater: 0.5, lowWater: 0.4, maxUnusedAgeMs: null, pins: [] },
   })

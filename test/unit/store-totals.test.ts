@@ -1,9 +1,10 @@
 import { join } from 'node:path'
 import fc from 'fast-check'
 import { describe, expect, test } from 'vitest'
-import { OLDEST_SQL } from '../../src/store/eviction.js'
 import { IndexDb } from '../../src/store/index-db.js'
-import { storeCounts, topTagsSql } from '../../src/store/stats.js'
+import { OLDEST_SQL } from '../../src/store/index-eviction.js'
+import { PUBLIC_TOP_TAGS_SQL, TOP_TAGS_SQL } from '../../src/store/index-usage.js'
+import { storeCounts } from '../../src/store/stats.js'
 import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
 
@@ -64,11 +65,12 @@ describe('running store totals', () => {
         .all(...params)
         .map((r) => (r as { detail: string }).detail)
         .join('\n')
-    const all = planOf(topTagsSql(), [0, 10])
+    const all = planOf(TOP_TAGS_SQL, [0, 10])
     expect(all).toContain('tag_stats_requests')
     expect(all).not.toContain('TEMP B-TREE')
-    // An anonymous viewer's list: the same walk, each row checked by repo_access's primary key.
-    const anonymous = planOf(topTagsSql({ publicOf: { registry: 'r', assumed: true } }), [0, 'r', 1, 10])
+    // An anonymous viewer's list: a bounded walk of the same index, each row checked by
+    // repo_access's primary key.
+    const anonymous = planOf(PUBLIC_TOP_TAGS_SQL, [0, 'r', 1, 10])
     expect(anonymous).toContain('tag_stats_requests')
     expect(anonymous).toMatch(/SEARCH a EXISTS USING PRIMARY KEY/)
     expect(anonymous).not.toContain('TEMP B-TREE')

@@ -3,6 +3,7 @@ import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { IndexDb } from '../../src/store/index-db.js'
+import { Store } from '../../src/store/store.js'
 import { verifyStore } from '../../src/store/verify.js'
 import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
@@ -29,7 +30,7 @@ describe('verify on a big store', () => {
   test('stopped halfway it keeps what it checked and repaired, and --from resumes where it stopped', async () => {
     const { store, index, corrupt } = await storeOf(300)
     const controller = new AbortController()
-    const first = await verifyStore(store, index, {
+    const first = await verifyStore(new Store(store, index), {
       repair: true,
       signal: controller.signal,
       onProgress: (p) => {
@@ -41,13 +42,13 @@ describe('verify on a big store', () => {
     expect(first.blobs.checked).toBeLessThan(300)
     // Nothing was checked twice or skipped: the rest, from the prefix it stopped at.
     const stoppedAt = first.stoppedAt!
-    const rest = await verifyStore(store, index, { repair: true, fromPrefix: stoppedAt })
+    const rest = await verifyStore(new Store(store, index), { repair: true, fromPrefix: stoppedAt })
     expect(rest.stoppedAt).toBeNull()
     const checkedBefore = first.blobs.checked
     const inEarlierPrefixes = (
       await Promise.all(
         Array.from({ length: Number.parseInt(stoppedAt, 16) }, (_, i) =>
-          store.listPrefix(i.toString(16).padStart(2, '0')),
+          store.list(i.toString(16).padStart(2, '0')),
         ),
       )
     ).flat().length

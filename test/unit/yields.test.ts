@@ -8,6 +8,7 @@ import { BlobStore } from '../../src/store/blob-store.js'
 import { Evictor } from '../../src/store/eviction.js'
 import { IndexDb } from '../../src/store/index-db.js'
 import { reconcileStore } from '../../src/store/reconcile.js'
+import { Store } from '../../src/store/store.js'
 import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
 
@@ -58,8 +59,7 @@ describe('passes over the whole store yield to requests', () => {
     const { store, index } = await storeOf(200)
     const { most, total } = await mostPerTurn(async (work) => {
       const evictor = new Evictor({
-        store,
-        index,
+        store: new Store(store, index),
         log: silent,
         // Everything is older than a minute: the whole store goes, by age.
         policy: { maxSize: null, highWater: 0.9, lowWater: 0.8, maxUnusedAgeMs: 60_000, pins: [] },
@@ -82,15 +82,15 @@ describe('passes over the whole store yield to requests', () => {
     const { store, index } = await storeOf(400, '00')
     class Counting extends BlobStore {
       work: () => void = () => {}
-      override measureNow(digest: string) {
+      override statNow(digest: string) {
         this.work()
-        return super.measureNow(digest)
+        return super.statNow(digest)
       }
     }
     const counting = new Counting(store.root)
     const { most, total } = await mostPerTurn(async (work) => {
       counting.work = work
-      const result = await reconcileStore(counting, index)
+      const result = await reconcileStore(new Store(counting, index))
       expect(result).toMatchObject({ completed: true, files: 400, measured_rows: 400 })
     })
     expect(total).toBe(400)
