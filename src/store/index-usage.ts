@@ -26,6 +26,7 @@ export interface UsageSums {
   errors: number
   bytes_from_cache: number
   bytes_from_upstream: number
+  /** Manifest GETs answered without a manifest GET upstream: Docker Hub pulls not spent. */
   pulls_avoided: number
 }
 

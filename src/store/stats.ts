@@ -21,19 +21,10 @@ const HOUR = 3_600_000
 export const KINDS = ['manifest', 'blob', 'tags'] as const
 export type Kind = (typeof KINDS)[number]
 
-export interface Totals {
-  requests: number
-  hits: number
-  misses: number
-  coalesced: number
-  stale: number
-  errors: number
+/** The sums with their hit rate (withRate puts it among the counts in the JSON). */
+export interface Totals extends UsageSums {
   /** 0..1, null when no request was answered (see the definition at the top). */
   hit_rate: number | null
-  bytes_from_cache: number
-  bytes_from_upstream: number
-  /** Manifest GETs answered without a manifest GET upstream: Docker Hub pulls not spent. */
-  pulls_avoided: number
 }
 
 export interface RepoTotals extends Totals {
