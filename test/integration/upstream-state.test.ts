@@ -5,8 +5,12 @@
 
 import { describe, expect, test } from 'vitest'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
-import { type FakeUpstream, startFakeUpstream } from '../support/fake-upstream.js'
-import { startMirror, type TestMirror } from '../support/start-mirror.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import type { TestMirror } from '../support/start-mirror.js'
+
+// Each test takes its own upstream (fx.upstream()), since some stop theirs halfway; the fixture
+// closes what is left, and every mirror, after each test.
+const fx = useFakeUpstream()
 
 async function page(mirror: TestMirror): Promise<string> {
   const res = await mirror.get('/')
@@ -30,97 +34,75 @@ async function freshPing(mirror: TestMirror, step: number): Promise<void> {
 
 describe('the status page badge follows upstream', () => {
   test('online while upstream answers; unreachable, still serving the cache, once it is stopped', async () => {
-    let up: FakeUpstream | undefined = await startFakeUpstream({})
+    const up = await fx.upstream()
     const image = up.addImage('library/alpine', '3.20')
-    const mirror = await startMirror({ upstream: up.url })
-    try {
-      const path = '/v2/library/alpine/manifests/3.20'
-      expect((await mirror.get(path)).status).toBe(200)
-      const online = await page(mirror)
-      expect(badgeState(online)).toBe('online')
-      expect(online).toContain('>online</span>')
-      expect((await stats(mirror)).state).toBe('online')
+    const mirror = await fx.mirror({ upstream: up.url })
+    const path = '/v2/library/alpine/manifests/3.20'
+    expect((await mirror.get(path)).status).toBe(200)
+    const online = await page(mirror)
+    expect(badgeState(online)).toBe('online')
+    expect(online).toContain('>online</span>')
+    expect((await stats(mirror)).state).toBe('online')
 
-      await up.close()
-      up = undefined
-      // Something not cached: the mirror has to ask upstream, which is not there.
-      expect((await mirror.get('/v2/library/busybox/manifests/latest')).status).toBe(503)
-      const down = await page(mirror)
-      expect(badgeState(down)).toBe('unreachable')
-      expect(down).toContain('upstream unreachable (serving from cache)')
-      expect(down).not.toContain('>online</span>')
-      expect(down).toContain('data-testid="unreachable-banner"')
-      expect(down).toContain('<title>pullcache (upstream unreachable)</title>')
-      const report = await stats(mirror)
-      expect(report.state).toBe('unreachable')
-      expect(report.last_failure?.message).toMatch(/ECONNREFUSED/)
-      // What is cached is still served.
-      const cached = await mirror.get(path)
-      expect(cached.status).toBe(200)
-      expect(cached.headers['docker-content-digest']).toBe(image.manifestDigest)
-    } finally {
-      await mirror.close()
-      await up?.close()
-    }
+    await up.close()
+    // Something not cached: the mirror has to ask upstream, which is not there.
+    expect((await mirror.get('/v2/library/busybox/manifests/latest')).status).toBe(503)
+    const down = await page(mirror)
+    expect(badgeState(down)).toBe('unreachable')
+    expect(down).toContain('upstream unreachable (serving from cache)')
+    expect(down).not.toContain('>online</span>')
+    expect(down).toContain('data-testid="unreachable-banner"')
+    expect(down).toContain('<title>pullcache (upstream unreachable)</title>')
+    const report = await stats(mirror)
+    expect(report.state).toBe('unreachable')
+    expect(report.last_failure?.message).toMatch(/ECONNREFUSED/)
+    // What is cached is still served.
+    const cached = await mirror.get(path)
+    expect(cached.status).toBe(200)
+    expect(cached.headers['docker-content-digest']).toBe(image.manifestDigest)
   })
 
   test('a mirror whose upstream never answered is not shown online', async () => {
-    const up = await startFakeUpstream({})
-    const url = up.url
+    const up = await fx.upstream()
     await up.close()
-    const mirror = await startMirror({ upstream: url })
-    try {
-      // Loading the page pings upstream (the readiness check) before it draws the badge.
-      const html = await page(mirror)
-      expect(badgeState(html)).toBe('unreachable')
-      expect(html).toContain('no answer from upstream yet')
-    } finally {
-      await mirror.close()
-    }
+    const mirror = await fx.mirror({ upstream: up.url })
+    // Loading the page pings upstream (the readiness check) before it draws the badge.
+    const html = await page(mirror)
+    expect(badgeState(html)).toBe('unreachable')
+    expect(html).toContain('no answer from upstream yet')
   })
 
   test('offline on purpose: "offline mode", and upstream is not asked', async () => {
-    const up = await startFakeUpstream({})
-    const mirror = await startMirror({ upstream: up.url, config: { offline: true } })
-    try {
-      const html = await page(mirror)
-      expect(badgeState(html)).toBe('offline')
-      expect(html).toContain('offline mode')
-      expect(up.requests).toHaveLength(0)
-    } finally {
-      await mirror.close()
-      await up.close()
-    }
+    const mirror = await fx.mirror({ config: { offline: true } })
+    const html = await page(mirror)
+    expect(badgeState(html)).toBe('offline')
+    expect(html).toContain('offline mode')
+    expect(fx.up.requests).toHaveLength(0)
   })
 })
 
 describe('failed readiness pings in the upstream error list', () => {
   test('one entry per outage, however many pings fail; a new outage gets a new one', async () => {
-    const up = await startFakeUpstream({})
-    const mirror = await startMirror({ upstream: up.url })
+    const up = fx.up
+    const mirror = await fx.mirror()
     const pingErrors = async () =>
       (await stats(mirror)).recent_errors.filter((e) => e.message.startsWith('ping '))
-    try {
-      up.fault({ path: '/v2/' }, { kind: 'reset' })
-      expect((await mirror.get('/_pullcache/readyz')).status).toBe(503)
-      for (let step = 1; step <= 6; step++) await freshPing(mirror, step)
-      expect(up.count('GET', '/v2/')).toBe(7)
-      expect(await pingErrors()).toHaveLength(1)
-      expect((await stats(mirror)).state).toBe('unreachable')
+    up.fault({ path: '/v2/' }, { kind: 'reset' })
+    expect((await mirror.get('/_pullcache/readyz')).status).toBe(503)
+    for (let step = 1; step <= 6; step++) await freshPing(mirror, step)
+    expect(up.count('GET', '/v2/')).toBe(7)
+    expect(await pingErrors()).toHaveLength(1)
+    expect((await stats(mirror)).state).toBe('unreachable')
 
-      // Upstream is back: the next ping succeeds and the badge says online again.
-      up.clearFaults()
-      await freshPing(mirror, 7)
-      expect(badgeState(await page(mirror))).toBe('online')
+    // Upstream is back: the next ping succeeds and the badge says online again.
+    up.clearFaults()
+    await freshPing(mirror, 7)
+    expect(badgeState(await page(mirror))).toBe('online')
 
-      // A second outage is listed once more.
-      up.fault({ path: '/v2/' }, { kind: 'reset' })
-      for (let step = 8; step <= 10; step++) await freshPing(mirror, step)
-      expect(await pingErrors()).toHaveLength(2)
-      expect((await stats(mirror)).state).toBe('unreachable')
-    } finally {
-      await mirror.close()
-      await up.close()
-    }
+    // A second outage is listed once more.
+    up.fault({ path: '/v2/' }, { kind: 'reset' })
+    for (let step = 8; step <= 10; step++) await freshPing(mirror, step)
+    expect(await pingErrors()).toHaveLength(2)
+    expect((await stats(mirror)).state).toBe('unreachable')
   })
 })

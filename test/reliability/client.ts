@@ -1,13 +1,10 @@
 // How the reliability checks talk to a server and read its process: a blob pull judged by what the
 // client ends up holding, a raw HTTP/1.1 exchange for requests no HTTP library would send, and the
 // /proc figures (resident memory, open descriptors).
-import { createHash } from 'node:crypto'
 import { readdirSync, readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { request } from 'undici'
-
-export const sha256 = (bytes: Uint8Array): string =>
-  `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+import { sha256 } from '../support/sha256.js'
 
 /**
  * What a client got from a pull:
