@@ -2,13 +2,12 @@
 // document cut at the pipe's buffer size because the process exited before stdout drained.
 // Runs the built CLI (`npm run build` first).
 
-import { spawn } from 'node:child_process'
 import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { expect, test } from 'vitest'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
 import { IndexDb } from '../../src/store/index-db.js'
-import { MAIN_JS, runCli } from '../support/run-cli.js'
+import { runCli } from '../support/run-cli.js'
 import { tmpRoot } from '../support/tmp.js'
 
 const REPOS = 6_000
@@ -59,24 +58,9 @@ test('stats --json of more than 1 MB arrives whole through a pipe', async () => 
 test('a reader that goes away early (| head) ends the command with status 1, not a stack trace', async () => {
   const dir = await busyDataDir()
   try {
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PULLCACHE_')))
-    const child = spawn(
-      process.execPath,
-      [MAIN_JS, 'stats', '--json', '--top', String(REPOS), '--data-dir', dir],
-      {
-        env,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    )
-    let stderr = ''
-    child.stderr.setEncoding('utf8').on('data', (s: string) => {
-      stderr += s
+    const { code, stderr } = await runCli(['stats', '--json', '--top', String(REPOS), '--data-dir', dir], {
+      closeStdoutEarly: true,
     })
-    // Like head: take the first chunk, then close the pipe.
-    child.stdout.once('data', () => child.stdout.destroy())
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000)
-    const code = await new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)))
-    clearTimeout(timer)
     expect(stderr).toBe('')
     expect(code).toBe(1)
   } finally {

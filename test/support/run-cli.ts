@@ -35,9 +35,14 @@ function spawnCli(args: string[], opts: CliOptions): ChildProcessByStdio<null, R
 
 export async function runCli(
   args: string[],
-  opts: CliOptions & { timeoutMs?: number } = {},
+  opts: CliOptions & {
+    timeoutMs?: number
+    /** Like `| head`: take the first chunk of stdout, then close the pipe. */
+    closeStdoutEarly?: boolean
+  } = {},
 ): Promise<CliResult> {
   const child = spawnCli(args, opts)
+  if (opts.closeStdoutEarly) child.stdout.once('data', () => child.stdout.destroy())
   let stdout = ''
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (s: string) => {
