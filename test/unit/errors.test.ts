@@ -24,6 +24,7 @@ import { SourceError } from '../../src/prefetch/sources.js'
 import { ArchiveError } from '../../src/store/archive.js'
 import { BlobStore } from '../../src/store/blob-store.js'
 import { StoreLocked } from '../../src/store/store-lock.js'
+import { TlsError } from '../../src/tls.js'
 import { tmpRoot } from '../support/tmp.js'
 
 const CODES = Object.keys(OCI_ERRORS) as OciCode[]
@@ -165,6 +166,7 @@ describe('error classes', () => {
     CliExit: new CliExit(2, 'x'),
     ArchiveError: new ArchiveError('x'),
     StoreLocked: new StoreLocked('/root', '/root/lock'),
+    TlsError: new TlsError(['x']),
   }
 
   test('every error class in src has a stable string code', () => {
