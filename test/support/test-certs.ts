@@ -1,5 +1,5 @@
 // Certificates made for a test by the real `openssl` CLI, as an operator would make them: a CA,
-// server certificates it signs for 127.0.0.1 and localhost, client certificates with a CN. Each
+// server certificates it signs for 127.0.0.1, ::1 and localhost, client certificates with a CN. Each
 // set lives in a temp dir removed after the test file (tmp.ts).
 
 import { execFile } from 'node:child_process'
@@ -81,7 +81,7 @@ export async function makeTestCa(label = 'test CA'): Promise<TestCa> {
       const { leaf, key: leafKey } = await issue(
         name,
         `/CN=${name}`,
-        'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n',
+        'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n',
       )
       // The file an operator installs: the leaf, then the chain up to (here: including) the CA.
       const chain = join(dir, `${name}.crt`)
