@@ -165,14 +165,23 @@ export async function startDockerd(options: DockerdOptions): Promise<Dockerd> {
 export const DOCKER_CERTS_DIR = '/etc/docker/certs.d'
 
 /**
- * Installs `caFile` as <certs.d>/<hostPort>/ca.crt, as the README tells operators to; resolves with
- * the function that removes it again (and certs.d itself when this made it and it is left empty).
+ * Installs `caFile` as <certs.d>/<hostPort>/ca.crt, and a client certificate as client.cert with
+ * client.key, as the README tells operators to; resolves with the function that removes them again
+ * (and certs.d itself when this made it and it is left empty).
  */
-export async function trustRegistryCa(hostPort: string, caFile: string): Promise<() => Promise<void>> {
+export async function trustRegistryCa(
+  hostPort: string,
+  caFile: string,
+  client?: { cert: string; key: string },
+): Promise<() => Promise<void>> {
   const madeRoot = !existsSync(DOCKER_CERTS_DIR)
   const dir = join(DOCKER_CERTS_DIR, hostPort)
   await mkdir(dir, { recursive: true })
   await copyFile(caFile, join(dir, 'ca.crt'))
+  if (client !== undefined) {
+    await copyFile(client.cert, join(dir, 'client.cert'))
+    await copyFile(client.key, join(dir, 'client.key'))
+  }
   return async () => {
     await rm(dir, { recursive: true, force: true })
     if (madeRoot && (await readdir(DOCKER_CERTS_DIR).catch(() => ['?'])).length === 0) {

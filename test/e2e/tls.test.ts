@@ -1,7 +1,7 @@
 // pullcache serving HTTPS with a certificate from a CA made in the test (openssl), to real clients
 // configured the way the README tells operators to: skopeo with --src-cert-dir (the layout of
 // /etc/containers/certs.d/<host:port>/), containerd's ctr with hosts.toml `ca` and `client`, and
-// dockerd with certs.d/<host:port>/ca.crt. A client certificate the CA signed signs its client in
+// dockerd with certs.d/<host:port>/ca.crt and client.cert. A client certificate the CA signed signs its client in
 // (the access log names its CN). A real SIGHUP puts a renewed certificate in place for new
 // connections while a keep-alive connection opened before keeps working.
 import { copyFile, mkdir, readFile } from 'node:fs/promises'
@@ -189,7 +189,7 @@ describe('a renewed certificate and SIGHUP', () => {
   })
 })
 
-describe('dockerd with certs.d/<host:port>/ca.crt', () => {
+describe('dockerd with certs.d/<host:port>/ca.crt and client.cert', () => {
   let mirror: Pullcache
   let dockerd: Dockerd
   let untrust: (() => Promise<void>) | undefined
@@ -198,7 +198,12 @@ describe('dockerd with certs.d/<host:port>/ca.crt', () => {
     mirror = await startPullcache({
       upstream: upstream.url,
       ca: await readFile(ca.cert, 'utf8'),
-      env: { PULLCACHE_LISTEN: '[::1]:0', PULLCACHE_TLS_CERT: live.cert, PULLCACHE_TLS_KEY: live.key },
+      env: {
+        PULLCACHE_LISTEN: '[::1]:0',
+        PULLCACHE_TLS_CERT: live.cert,
+        PULLCACHE_TLS_KEY: live.key,
+        PULLCACHE_TLS_CLIENT_CA: ca.cert,
+      },
     })
     dockerd = await startDockerd({ mirror: mirror.url })
   })
@@ -208,13 +213,13 @@ describe('dockerd with certs.d/<host:port>/ca.crt', () => {
     await mirror?.close()
   })
 
-  it('does not trust the mirror without the CA, and pulls through it with the CA', async () => {
+  it('does not trust the mirror without the CA, and pulls through it with the CA and a client certificate', async () => {
     const ref = `${image.shortName}:${image.tag}`
     const refused = await dockerd.pull(ref, { timeoutMs: 60_000 })
     expect(refused.code).not.toBe(0)
     expect(dockerd.logs().join('\n')).toMatch(/x509|certificate signed by unknown authority/)
 
-    untrust = await trustRegistryCa(mirror.hostPort, ca.cert)
+    untrust = await trustRegistryCa(mirror.hostPort, ca.cert, client)
     const mark = mirror.mark()
     const result = await dockerd.pull(ref)
     expect(result.code, `${result.stderr}\n${dockerd.logs().slice(-20).join('\n')}`).toBe(0)
@@ -225,7 +230,7 @@ describe('dockerd with certs.d/<host:port>/ca.crt', () => {
       const line = served.find(
         (l) => l.method === 'GET' && l.path === `/v2/${image.name}/blobs/${blob.digest}`,
       )
-      expect(line?.status).toBe(200)
+      expect(line).toMatchObject({ status: 200, user: CLIENT_CN })
     }
   })
 })
