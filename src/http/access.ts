@@ -131,7 +131,8 @@ export class Access {
   private accounts = new Map<string, string>()
   private dummyHash = ''
   private anonymous: boolean
-  private certificates: boolean
+  /** Whether client certificates sign in: settled at start, as whether the handshake asks for one. */
+  private readonly certificates: boolean
   private adminAllow: BlockList | null
   private adminAllowText: readonly string[]
   private readonly hmacKey = randomBytes(32)
@@ -187,8 +188,6 @@ export class Access {
         })
       }
     }
-    // Whether certificates are asked for is settled at start (a restart key); this follows it.
-    this.certificates = config.tls.client_ca !== null
     if (config.auth.anonymous !== this.anonymous) {
       this.anonymous = config.auth.anonymous
       changed.push('auth.anonymous')

@@ -4,6 +4,7 @@
 // connection opened before goes on, a broken new set keeps the old one, and a client
 // certificate the CA signed signs its client in.
 
+import { randomBytes } from 'node:crypto'
 import { copyFile, readFile } from 'node:fs/promises'
 import type { IncomingMessage } from 'node:http'
 import { Agent, request } from 'node:https'
@@ -236,6 +237,36 @@ describe('an HTTPS listener', () => {
     // Cut by the head's clock (300 ms), not at once and not at Node's 120 s handshake default.
     expect(Date.now() - started).toBeGreaterThanOrEqual(250)
     expect(Date.now() - started).toBeLessThan(5_000)
+  })
+
+  test('the send clock holds over TLS: a client that takes nothing is cut after send_timeout', async () => {
+    const env = { PULLCACHE_TLS_CERT: first.cert, PULLCACHE_TLS_KEY: first.key, PULLCACHE_SEND_TIMEOUT: '1s' }
+    const mirror = await fx.mirror({ env })
+    const caPem = await readFile(ca.cert)
+    const repo = 'library/tls-limits'
+    // Larger than what the kernel and the TLS layer buffer on loopback for a reader that reads nothing.
+    const digest = fx.up.addBlob(repo, randomBytes(24 * 1024 * 1024))
+    const agent = new Agent({ ca: caPem })
+    try {
+      expect((await get(mirror.url, `/v2/${repo}/blobs/${digest}`, agent)).status).toBe(200)
+    } finally {
+      agent.destroy()
+    }
+    const { hostname, port } = new URL(mirror.url)
+    const socket = await new Promise<TLSSocket>((resolve, reject) => {
+      const s = connect({ host: hostname, port: Number(port), ca: caPem }, () => resolve(s))
+      s.once('error', reject)
+    })
+    socket.on('error', () => {})
+    socket.pause()
+    socket.write(`GET /v2/${repo}/blobs/${digest} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    const started = Date.now()
+    while (!mirror.logs.some((l) => l.event === 'http.send_timeout')) {
+      if (Date.now() - started > 8_000) throw new Error('the client that reads nothing was not cut')
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900)
+    socket.destroy()
   })
 
   test('client certificates: the CA signed one signs in by its CN; others are anonymous or refused', async () => {
