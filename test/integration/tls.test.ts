@@ -13,6 +13,7 @@ import { connect, type PeerCertificate, type TLSSocket } from 'node:tls'
 import { beforeAll, describe, expect, test } from 'vitest'
 import { ConfigError, loadConfig } from '../../src/config.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
 import { makeTestCa, type TestCa } from '../support/test-certs.js'
 import { tmpRoot } from '../support/tmp.js'
@@ -99,6 +100,44 @@ describe('the tls config', () => {
     }
     expect(problems(() => loadConfig({ env }))[0]).toContain('auth.anonymous')
     expect(loadConfig({ env: { ...env, PULLCACHE_TLS_CLIENT_CA: ca.cert } }).auth.anonymous).toBe(false)
+  })
+})
+
+describe('the command line', () => {
+  test('a key of another certificate: config check and serve both stop with exit 2 and say which', async () => {
+    const env = { PULLCACHE_TLS_CERT: first.cert, PULLCACHE_TLS_KEY: second.key }
+    const problem = `tls.key: ${second.key} is not the key of the certificate in ${first.cert}`
+    const check = await runCli(['config', 'check'], { env })
+    expect(check.code).toBe(2)
+    expect(check.stderr).toContain(problem)
+    // serve by its flags this time.
+    const serve = await runCli([
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--data-dir',
+      join(ca.dir, 'never'),
+      '--tls-cert',
+      first.cert,
+      '--tls-key',
+      second.key,
+    ])
+    expect(serve.code).toBe(2)
+    expect(serve.stderr).toContain(problem)
+    const keyLine = (await readFile(second.key, 'utf8')).split('\n')[1]!
+    expect(check.stderr + serve.stderr + serve.stdout).not.toContain(keyLine)
+
+    // Good files: config check prints the tls section, client_auth as it applies.
+    const good = await runCli(['config', 'check'], {
+      env: { PULLCACHE_TLS_CERT: first.cert, PULLCACHE_TLS_KEY: first.key, PULLCACHE_TLS_CLIENT_CA: ca.cert },
+    })
+    expect(good.code).toBe(0)
+    expect(JSON.parse(good.stdout).tls).toEqual({
+      cert: first.cert,
+      key: first.key,
+      client_ca: ca.cert,
+      client_auth: 'optional',
+    })
   })
 })
 
