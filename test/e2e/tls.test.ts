@@ -30,11 +30,13 @@ let pullcache: Pullcache
 /** The files pullcache reads: renewed in place by the SIGHUP test. */
 let live: { cert: string; key: string }
 let client: { cert: string; key: string }
+/** The certificate pullcache starts with. */
+let first: { cert: string; key: string }
 
 beforeAll(async () => {
   work = await makeTempDir('tls')
   ca = await makeTestCa()
-  const first = await ca.server('first')
+  first = await ca.server('first')
   client = await ca.client(CLIENT_CN)
   await mkdir(join(work, 'live'))
   live = { cert: join(work, 'live', 'tls.crt'), key: join(work, 'live', 'tls.key') }
@@ -169,20 +171,34 @@ describe('a renewed certificate and SIGHUP', () => {
       })
 
       const { hostname, port } = new URL(pullcache.url)
-      const fresh = await new Promise<string>((resolve, reject) => {
-        const socket = connect({ host: hostname, port: Number(port), ca: caPem }, () => {
-          resolve(String(socket.getPeerCertificate().subject.CN))
-          socket.end()
+      const handshakeCn = () =>
+        new Promise<string>((resolve, reject) => {
+          const socket = connect({ host: hostname, port: Number(port), ca: caPem }, () => {
+            resolve(String(socket.getPeerCertificate().subject.CN))
+            socket.end()
+          })
+          socket.on('error', reject)
         })
-        socket.on('error', reject)
-      })
-      expect(fresh).toBe('second')
+      expect(await handshakeCn()).toBe('second')
       expect(await getV2(agent)).toEqual({ status: 200, cn: 'first', reused: true })
       // And a real client gets the new one, trusting the same CA.
       await skopeoCopy(join(work, 'pull-3'), ['--src-cert-dir', await certDir('after-reload', false)])
+
+      // A renewal gone wrong (the old key with the new certificate): the reload is refused with
+      // the reason, and the certificate in force stays.
+      await copyFile(first.key, live.key)
+      const broken = pullcache.mark()
+      pullcache.signal('SIGHUP')
+      const failed = await pullcache.waitForEvent('config.reload_failed', broken)
+      expect(String(failed.error)).toContain(`tls.key: ${live.key} is not the key of the certificate`)
+      expect(await handshakeCn()).toBe('second')
+      await copyFile(second.key, live.key)
+
       // No private key material in anything pullcache wrote.
-      const keyLine = (await readFile(second.key, 'utf8')).split('\n')[1]!
-      expect(pullcache.output()).not.toContain(keyLine)
+      for (const key of [first.key, second.key]) {
+        const keyLine = (await readFile(key, 'utf8')).split('\n')[1]!
+        expect(pullcache.output()).not.toContain(keyLine)
+      }
     } finally {
       agent.destroy()
     }
