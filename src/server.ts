@@ -217,7 +217,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       const [a, b] = [pick(current, key), pick(next, key)]
       if (differs(a, b)) needRestart.push(key)
     }
-    if (tlsRestart(current, next)) needRestart.push('tls')
+    // Against the start's config, not the last reload's: the listener is still the one made then.
+    if (tlsRestart(config, next)) needRestart.push('tls')
     if (
       next.upstream.username !== current.upstream.username ||
       next.upstream.password !== current.upstream.password
@@ -248,11 +249,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     // So are the TLS files, for a certificate renewed in place. Handshakes from now on get the
     // new ones; connections already open keep theirs. A set that does not check out is refused
     // and the one in force stays.
-    if (
-      tlsMaterial !== undefined &&
-      tlsEnabled(next.tls) &&
-      next.tls.client_auth === current.tls.client_auth
-    ) {
+    if (tlsMaterial !== undefined && !tlsRestart(config, next)) {
       try {
         const material = readTlsMaterial(next.tls)
         if (!sameMaterial(material, tlsMaterial) || differs(next.tls, current.tls)) {
