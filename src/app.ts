@@ -4,7 +4,7 @@
 
 import { type Context, Hono } from 'hono'
 import { RegistryError } from './errors.js'
-import { type Access, ANONYMOUS, type RegistryEnv } from './http/access.js'
+import { type Access, ANONYMOUS, certificateUser, type RegistryEnv } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
 import { healthRoutes } from './http/health.js'
 import { noteOf } from './http/outcome.js'
@@ -48,8 +48,11 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
     if (isOperatorPath(path) && !access.adminAllowed(address)) {
       throw new RegistryError('DENIED', { reason: 'this address may not reach the operator endpoints' })
     }
+    const socket = c.env.incoming.socket
     const viewer =
-      path === '/metrics' ? ANONYMOUS : await access.identify(c.req.header('authorization'), address)
+      path === '/metrics'
+        ? ANONYMOUS
+        : await access.identify(c.req.header('authorization'), address, false, certificateUser(socket))
     c.set('viewer', viewer)
     if (viewer.user !== null) noteOf(c.env.outgoing).user = viewer.user
     return next()

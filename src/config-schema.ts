@@ -240,6 +240,19 @@ const schema = z.strictObject({
       anonymous: z.boolean().default(true),
     })
     .prefault({}),
+  // TLS on the listener (src/tls.ts): PEM files, re-read on SIGHUP. null cert and key: plain HTTP.
+  tls: z
+    .strictObject({
+      cert: z.string().min(1).nullable().default(null),
+      key: z.string().min(1).nullable().default(null),
+      // CA certificates client certificates are checked against; a verified client certificate
+      // signs its client in, as an htpasswd account does.
+      client_ca: z.string().min(1).nullable().default(null),
+      // 'none', 'optional' (a client with a certificate is signed in by it) or 'require' (no
+      // handshake without one). null: 'optional' when client_ca is set, 'none' otherwise.
+      client_auth: z.enum(['none', 'optional', 'require']).nullable().default(null),
+    })
+    .prefault({}),
   admin: z
     .strictObject({
       // Networks allowed to reach the status page, /_pullcache/* and /metrics (health checks

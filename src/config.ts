@@ -7,11 +7,14 @@ import { readFileSync } from 'node:fs'
 import type { z } from 'zod'
 import { toFileForm } from './config-file-form.js'
 import { configSchema as schema } from './config-schema.js'
+import { type ClientAuth, tlsProblems } from './tls.js'
 
 type Parsed = z.output<typeof schema>
 
-export interface Config extends Omit<Parsed, 'upstream'> {
+export interface Config extends Omit<Parsed, 'upstream' | 'tls'> {
   upstream: Parsed['upstream'] & { password: string | null }
+  /** client_auth as it applies: its default depends on client_ca. */
+  tls: Omit<Parsed['tls'], 'client_auth'> & { client_auth: ClientAuth }
 }
 
 /** A tag pattern as the config holds it (cache.pins, cache.tag_freshness_rules), compiled. */
@@ -56,6 +59,10 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_AUTH_HTPASSWD: 'auth.htpasswd',
   PULLCACHE_AUTH_ANONYMOUS: 'auth.anonymous',
   PULLCACHE_ADMIN_ALLOW: 'admin.allow',
+  PULLCACHE_TLS_CERT: 'tls.cert',
+  PULLCACHE_TLS_KEY: 'tls.key',
+  PULLCACHE_TLS_CLIENT_CA: 'tls.client_ca',
+  PULLCACHE_TLS_CLIENT_AUTH: 'tls.client_auth',
 }
 
 const NUMERIC_KEYS = new Set([
@@ -125,16 +132,32 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   }
 
   const password = readPassword(result.success ? result.data.upstream.password_file : null, env, problems)
-  if (problems.length > 0 || !result.success) throw new ConfigError(problems)
+  const tls = result.success ? tlsOf(result.data.tls) : undefined
+  // The files are read now, so a missing file or a key of another certificate stops the start
+  // with the other config problems (and shows in `config check`), not at the first handshake.
+  if (
+    tls !== undefined &&
+    (tls.cert !== null || tls.key !== null || tls.client_ca !== null || tls.client_auth !== 'none')
+  ) {
+    problems.push(...tlsProblems(tls))
+  }
+  if (problems.length > 0 || !result.success || tls === undefined) throw new ConfigError(problems)
   const parsed = result.data
   if (password !== null && parsed.upstream.username === null) {
     throw new ConfigError(['upstream.username: a password is set but no username'])
   }
-  if (!parsed.auth.anonymous && parsed.auth.htpasswd === null) {
-    throw new ConfigError(['auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd'])
+  if (!parsed.auth.anonymous && parsed.auth.htpasswd === null && tls.client_ca === null) {
+    throw new ConfigError([
+      'auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd or client certificates (tls.client_ca)',
+    ])
   }
-  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password } }
+  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password }, tls }
   return deepFreeze(config)
+}
+
+/** The tls section with client_auth's default applied. */
+function tlsOf(parsed: Parsed['tls']): Config['tls'] {
+  return { ...parsed, client_auth: parsed.client_auth ?? (parsed.client_ca === null ? 'none' : 'optional') }
 }
 
 function readPassword(file: string | null, env: NodeJS.ProcessEnv, problems: string[]): string | null {

@@ -3,13 +3,14 @@
 // once when it is over (http/outcome.ts). main.ts and the tests both start it here.
 
 import { mkdir } from 'node:fs/promises'
+import type { Server as HttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { createApp } from './app.js'
 import type { Config } from './config.js'
 import { Access } from './http/access.js'
-import { createLimitedServer, requestError } from './http/limits.js'
+import { createLimitedServer, requestError, type Server } from './http/limits.js'
 import { recordOutcome } from './http/outcome.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
@@ -20,10 +21,19 @@ import { IndexDb } from './store/index-db.js'
 import { type BackgroundReconcile, reconcileInBackground } from './store/reconcile.js'
 import { Store } from './store/store.js'
 import { lockStore } from './store/store-lock.js'
+import {
+  contextOptions,
+  readTlsMaterial,
+  sameMaterial,
+  serverTlsOptions,
+  TlsError,
+  type TlsMaterial,
+  tlsEnabled,
+} from './tls.js'
 import { Upstream } from './upstream/client.js'
 
 export interface RunningServer {
-  /** http://host:port, with a loopback host when listening on every address. */
+  /** http://host:port (https:// with TLS), with a loopback host when listening on every address. */
   url: string
   mirror: Mirror
   index: IndexDb
@@ -42,8 +52,9 @@ export interface RunningServer {
 }
 
 export async function startServer(config: Config, log: Logger): Promise<RunningServer> {
-  // First: a broken htpasswd file stops the start before anything is opened.
+  // First: a broken htpasswd file or TLS file stops the start before anything is opened.
   const access = new Access({ config, log })
+  let tlsMaterial: TlsMaterial | undefined = tlsEnabled(config.tls) ? readTlsMaterial(config.tls) : undefined
   const root = resolve(config.data_dir)
   await mkdir(root, { recursive: true })
   const blobs = new BlobStore(root)
@@ -120,14 +131,22 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   })
   const listener = getRequestListener(app.fetch, { errorHandler: requestError })
 
-  const server = createLimitedServer(config.limits, log, (req, res) => {
-    res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
-    const handled = Promise.resolve(listener(req, res)).catch((err: unknown) => {
-      log.error('request.crashed', { method: req.method, error: err })
-      res.destroy()
-    })
-    recordOutcome(req, res, handled, { mirror, metrics, log, accessLog: config.log.access })
-  })
+  const server: Server = createLimitedServer(
+    config.limits,
+    log,
+    (req, res) => {
+      res.setHeader('Docker-Distribution-API-Version', 'registry/2.0')
+      const handled = Promise.resolve(listener(req, res)).catch((err: unknown) => {
+        log.error('request.crashed', { method: req.method, error: err })
+        res.destroy()
+      })
+      recordOutcome(req, res, handled, { mirror, metrics, log, accessLog: config.log.access })
+    },
+    tlsMaterial === undefined ? undefined : serverTlsOptions(config.tls, tlsMaterial),
+  )
+
+  // With TLS the server is node:https's (createLimitedServer), whose context a reload swaps.
+  const secureServer = tlsMaterial === undefined ? undefined : (server as HttpsServer)
 
   await new Promise<void>((resolveListen, reject) => {
     server.once('error', reject)
@@ -138,12 +157,22 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   })
   const address = server.address() as AddressInfo
   const host = address.address === '0.0.0.0' || address.address === '::' ? '127.0.0.1' : address.address
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${address.port}`
+  const scheme = tlsMaterial === undefined ? 'http' : 'https'
+  const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${address.port}`
   log.info('listening', {
     url,
     address: `${address.address}:${address.port}`,
     upstream: upstream.origin.origin,
     account: config.upstream.username !== null,
+    ...(tlsMaterial === undefined
+      ? {}
+      : {
+          tls: {
+            subject: tlsMaterial.subject,
+            valid_to: tlsMaterial.validTo,
+            client_auth: config.tls.client_auth,
+          },
+        }),
   })
 
   // WAL checkpoints (a copy and an fsync) run in a thread of their own, not inside whichever
@@ -189,6 +218,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       const [a, b] = [pick(current, key), pick(next, key)]
       if (differs(a, b)) needRestart.push(key)
     }
+    // Against the start's config, not the last reload's: the listener is still the one made then.
+    if (tlsRestart(config, next)) needRestart.push('tls')
     if (
       next.upstream.username !== current.upstream.username ||
       next.upstream.password !== current.upstream.password
@@ -216,6 +247,25 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }
     // The htpasswd file is read again whether or not its path changed: that is how accounts change.
     changed.push(...access.reload(next))
+    // So are the TLS files, for a certificate renewed in place. Handshakes from now on get the
+    // new ones; connections already open keep theirs. A set that does not check out is refused
+    // and the one in force stays.
+    if (tlsMaterial !== undefined && !tlsRestart(config, next)) {
+      try {
+        const material = readTlsMaterial(next.tls)
+        if (!sameMaterial(material, tlsMaterial) || differs(next.tls, current.tls)) {
+          secureServer?.setSecureContext(contextOptions(material))
+          tlsMaterial = material
+          changed.push('tls')
+          log.info('tls.loaded', { subject: material.subject, valid_to: material.validTo })
+        }
+      } catch (err) {
+        log.error('tls.rejected', {
+          error: err instanceof TlsError ? err.problems : (err as Error).message,
+          kept: { subject: tlsMaterial.subject, valid_to: tlsMaterial.validTo },
+        })
+      }
+    }
     if (next.upstream.rate_limit_reserve !== current.upstream.rate_limit_reserve) {
       upstream.rateLimitReserve = next.upstream.rate_limit_reserve
       changed.push('upstream.rate_limit_reserve')
@@ -284,6 +334,14 @@ const RESTART_KEYS = [
   'log.level',
   'log.access',
 ]
+
+/**
+ * TLS settings a reload cannot apply: turning TLS on or off changes the listener, and whether
+ * client certificates are asked for is the server's, not its secure context's.
+ */
+function tlsRestart(a: Config, b: Config): boolean {
+  return tlsEnabled(a.tls) !== tlsEnabled(b.tls) || a.tls.client_auth !== b.tls.client_auth
+}
 
 function pick(config: Config, dotted: string): unknown {
   let node: unknown = config

@@ -33,6 +33,9 @@ export const KEY_FLAGS: Readonly<Record<string, string>> = {
   'log-level': 'log.level',
   'max-size': 'cache.max_size',
   'max-unused-age': 'cache.max_unused_age',
+  'tls-cert': 'tls.cert',
+  'tls-key': 'tls.key',
+  'tls-client-ca': 'tls.client_ca',
 }
 
 /** The environment variable that does what a flag does, or undefined when there is none. */

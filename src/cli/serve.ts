@@ -15,9 +15,16 @@ Runs the mirror. Each option overrides the config file and the environment.
   --tag-freshness DUR    how long a tag is served without asking upstream (default 60s;
                          env PULLCACHE_TAG_FRESHNESS)
   --log-level LEVEL      debug, info, warn or error (default info; env PULLCACHE_LOG_LEVEL)
+  --tls-cert FILE        serve HTTPS with this PEM certificate and its chain (env PULLCACHE_TLS_CERT)
+  --tls-key FILE         the certificate's PEM private key (env PULLCACHE_TLS_KEY)
+  --tls-client-ca FILE   CA whose client certificates sign clients in (env PULLCACHE_TLS_CLIENT_CA);
+                         PULLCACHE_TLS_CLIENT_AUTH=require refuses handshakes without one
 
 The upstream account comes from PULLCACHE_UPSTREAM_USERNAME with PULLCACHE_UPSTREAM_PASSWORD
 or PULLCACHE_UPSTREAM_PASSWORD_FILE; a password is never read from the config file.
+
+SIGHUP reads the config again: accounts, freshness, budget and the TLS files (a renewed
+certificate) apply without a restart; connections already open keep going.
 `
 
 export const SERVE_OPTIONS = {
@@ -25,6 +32,9 @@ export const SERVE_OPTIONS = {
   listen: { type: 'string' },
   'tag-freshness': { type: 'string' },
   'log-level': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-client-ca': { type: 'string' },
 } as const
 
 export async function serve(args: string[]): Promise<number> {

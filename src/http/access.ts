@@ -13,10 +13,16 @@
 //   - an address with MAX_FAILURES failures within FAILURE_WINDOW_MS is answered 429 without any
 //     comparison until the window ends, so guessing is slow and never a CPU sink.
 // The Authorization header a client sends stays here: it is never logged and never goes upstream.
+//
+// With TLS and tls.client_ca, a client certificate the CA signed is the other way in: the client
+// is signed in as the certificate's subject CN, with the rights of an account, and no password is
+// asked for. Which certificates get that far is decided in the handshake (src/tls.ts); only a
+// socket Node marks `authorized` counts here.
 
 import { createHmac, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { BlockList, isIPv4 } from 'node:net'
+import { BlockList, isIPv4, type Socket } from 'node:net'
+import { TLSSocket } from 'node:tls'
 import type { HttpBindings } from '@hono/node-server'
 import bcrypt from 'bcryptjs'
 import { LRUCache } from 'lru-cache'
@@ -125,6 +131,8 @@ export class Access {
   private accounts = new Map<string, string>()
   private dummyHash = ''
   private anonymous: boolean
+  /** Whether client certificates sign in: settled at start, as whether the handshake asks for one. */
+  private readonly certificates: boolean
   private adminAllow: BlockList | null
   private adminAllowText: readonly string[]
   private readonly hmacKey = randomBytes(32)
@@ -140,6 +148,7 @@ export class Access {
     this.log = opts.log
     this.htpasswdPath = opts.config.auth.htpasswd
     this.anonymous = opts.config.auth.anonymous
+    this.certificates = opts.config.tls.client_ca !== null
     this.adminAllowText = opts.config.admin.allow
     this.adminAllow = blockList(opts.config.admin.allow)
     if (this.htpasswdPath !== null) this.setAccounts(loadHtpasswd(this.htpasswdPath))
@@ -200,15 +209,28 @@ export class Access {
   }
 
   /**
-   * The viewer behind an Authorization header, from `address`. Throws UNAUTHORIZED (with the
+   * The viewer behind a request: the user of a verified client certificate (certificateUser()),
+   * or the account of an Authorization header, from `address`. Throws UNAUTHORIZED (with the
    * Basic challenge) for wrong or required credentials, TOOMANYREQUESTS for an address that
    * failed too often or when too much bcrypt work is waiting.
    */
-  async identify(header: string | undefined, address: string, required = false): Promise<Viewer> {
+  async identify(
+    header: string | undefined,
+    address: string,
+    required = false,
+    certificate: string | null = null,
+  ): Promise<Viewer> {
+    // The handshake checked the certificate against tls.client_ca; a password adds nothing.
+    if (certificate !== null && this.certificates) return { user: certificate }
     const basic = header === undefined || !this.hasAccounts ? undefined : parseBasic(header)
     if (basic === undefined) {
       // No accounts: credentials meant for someone else (a registry's, a proxy's) change nothing.
       if (this.hasAccounts && (required || !this.anonymous)) throw challenge('authentication required')
+      if (!this.anonymous) {
+        // Client certificates are the only way in: a Basic challenge would ask for a password
+        // nothing can check.
+        throw new RegistryError('UNAUTHORIZED', { reason: 'a client certificate is required' })
+      }
       return ANONYMOUS
     }
     const now = Date.now()
@@ -265,6 +287,24 @@ export class Access {
     const plain = mapped ?? address
     return this.adminAllow.check(plain, isIPv4(plain) ? 'ipv4' : 'ipv6')
   }
+}
+
+/**
+ * The user a client certificate signs in: the subject's CN (or, without one, the whole subject),
+ * when the handshake verified the certificate against tls.client_ca; otherwise null.
+ */
+export function certificateUser(socket: Socket): string | null {
+  if (!(socket instanceof TLSSocket) || !socket.authorized) return null
+  const cert = socket.getPeerCertificate()
+  const subject = cert?.subject
+  if (subject === undefined) return null
+  const cn = (subject as unknown as Record<string, string | string[] | undefined>).CN
+  const name = Array.isArray(cn) ? cn[0] : cn
+  if (name !== undefined && name !== '') return name
+  const whole = Object.entries(subject)
+    .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : v}`)
+    .join(',')
+  return whole === '' ? null : whole
 }
 
 function blockList(networks: readonly string[]): BlockList | null {

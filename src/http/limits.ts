@@ -14,13 +14,15 @@
 
 import {
   createServer,
+  type Server as HttpServer,
   type IncomingMessage,
   type RequestListener,
-  type Server,
   type ServerResponse,
   STATUS_CODES,
 } from 'node:http'
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https'
 import type { Socket } from 'node:net'
+import type { TlsOptions } from 'node:tls'
 import { RegistryError } from '../errors.js'
 import type { Logger } from '../log.js'
 
@@ -40,32 +42,41 @@ function tickFor(limits: Limits): number {
   return Math.max(20, Math.min(1000, Math.floor(Math.min(limits.header_timeout, limits.send_timeout) / 10)))
 }
 
+export type Server = HttpServer | HttpsServer
+
 /**
- * An HTTP server with the limits in place, whose parse errors are answered with an OCI error.
- * It is not listening yet.
+ * An HTTP server with the limits in place, whose parse errors are answered with an OCI error;
+ * with `tls`, an HTTPS server (HTTP/1.1) under the same limits. It is not listening yet.
  */
-export function createLimitedServer(limits: Limits, log: Logger, handler: RequestListener): Server {
-  const server = createServer(
-    {
-      // Node checks the head deadline on its own timer; by default only every 30 s.
-      connectionsCheckingInterval: tickFor(limits),
-      headersTimeout: limits.header_timeout,
-      // Counted only until the request is read (not while answering): a read-only registry
-      // takes no bodies, so the head's deadline also serves for the whole request.
-      requestTimeout: limits.header_timeout,
-      keepAliveTimeout: limits.keepalive_timeout,
-      // A request without Host reaches the routes, which answer it with an OCI error
-      // (requestError); Node's own check would send a bare 400.
-      requireHostHeader: false,
-    },
-    handler,
-  )
+export function createLimitedServer(
+  limits: Limits,
+  log: Logger,
+  handler: RequestListener,
+  tls?: TlsOptions,
+): Server {
+  const options = {
+    // Node checks the head deadline on its own timer; by default only every 30 s.
+    connectionsCheckingInterval: tickFor(limits),
+    headersTimeout: limits.header_timeout,
+    // Counted only until the request is read (not while answering): a read-only registry
+    // takes no bodies, so the head's deadline also serves for the whole request.
+    requestTimeout: limits.header_timeout,
+    keepAliveTimeout: limits.keepalive_timeout,
+    // A request without Host reaches the routes, which answer it with an OCI error
+    // (requestError); Node's own check would send a bare 400.
+    requireHostHeader: false,
+  }
+  const server =
+    tls === undefined
+      ? createServer(options, handler)
+      : // A handshake is on the head's clock too: a client that never finishes one holds nothing.
+        createHttpsServer({ ...options, ...tls, handshakeTimeout: limits.header_timeout }, handler)
   server.maxConnections = limits.max_connections
-  hardenServer(server, limits, log)
+  hardenServer(server, limits, log, tls !== undefined)
   return server
 }
 
-function hardenServer(server: Server, limits: Limits, log: Logger): void {
+function hardenServer(server: Server, limits: Limits, log: Logger, secure: boolean): void {
   // Responses each socket has under way. A parse error behind pipelined requests is answered
   // after their answers, in order; one on a socket whose answer has gone wrong is not answered.
   const busy = new WeakMap<Socket, number>()
@@ -140,8 +151,21 @@ function hardenServer(server: Server, limits: Limits, log: Logger): void {
     }
   })
 
+  if (secure) {
+    // A failed handshake (a client that does not trust the certificate, one without the client
+    // certificate 'require' asks for, a scanner) never reaches HTTP; Node closes the socket.
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      log.debug('tls.handshake_failed', {
+        code: err.code ?? null,
+        reason: err.message,
+        remote: socket.remoteAddress ?? null,
+      })
+    })
+  }
+  // The sockets whose queued bytes the send clock watches: with TLS, the TLS socket (its
+  // encrypted stream takes over the TCP socket's handle, whose own counters stay still).
   const sockets = new Set<Socket>()
-  server.on('connection', (socket: Socket) => {
+  server.on(secure ? 'secureConnection' : 'connection', (socket: Socket) => {
     sockets.add(socket)
     socket.once('close', () => sockets.delete(socket))
   })

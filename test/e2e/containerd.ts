@@ -38,10 +38,16 @@ export type Containerd = {
     options?: { namespace?: string; timeoutMs?: number; allowFailure?: boolean },
   ): Promise<RunResult>
   /**
-   * Writes <hostsDir>/docker.io/hosts.toml with `mirror` (http://host:port) as the only host, and
-   * `headers` as that host's static headers (e.g. Authorization for a mirror with accounts).
+   * Writes <hostsDir>/docker.io/hosts.toml with `mirror` (http:// or https://host:port) as the only
+   * host, `headers` as that host's static headers (e.g. Authorization for a mirror with accounts),
+   * and `tls`: the CA file that signed an https mirror's certificate (`ca`) and a client
+   * certificate with its key (`client`).
    */
-  setMirror(mirror: string, headers?: Record<string, string>): Promise<string>
+  setMirror(
+    mirror: string,
+    headers?: Record<string, string>,
+    tls?: { ca: string; client?: { cert: string; key: string } },
+  ): Promise<string>
   /**
    * `ctr images pull --hosts-dir ... --snapshotter native docker.io/<ref>`; resolves with the result
    * even when the pull fails, so tests can assert on it.
@@ -95,7 +101,7 @@ export async function startPrivateContainerd(): Promise<Containerd> {
     socket,
     hostsDir,
     ctr,
-    async setMirror(mirror, headers = {}) {
+    async setMirror(mirror, headers = {}, tls) {
       const file = join(hostsDir, 'docker.io', 'hosts.toml')
       await mkdir(join(hostsDir, 'docker.io'), { recursive: true })
       const host = JSON.stringify(mirror)
@@ -109,6 +115,10 @@ export async function startPrivateContainerd(): Promise<Containerd> {
           '',
           `[host.${host}]`,
           '  capabilities = ["pull", "resolve"]',
+          ...(tls === undefined ? [] : [`  ca = ${JSON.stringify(tls.ca)}`]),
+          ...(tls?.client === undefined
+            ? []
+            : [`  client = [[${JSON.stringify(tls.client.cert)}, ${JSON.stringify(tls.client.key)}]]`]),
           ...(headerTable.length === 0 ? [] : [`[host.${host}.header]`, ...headerTable]),
           '',
         ].join('\n'),

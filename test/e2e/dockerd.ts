@@ -19,7 +19,7 @@
 // pull that succeeds was served by the mirror. 127.0.0.0/8 is in dockerd's default insecure
 // registries, and an http:// mirror URL is used as given.
 import { existsSync } from 'node:fs'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises'
 import { request } from 'node:http'
 import { join } from 'node:path'
 import { waitFor } from '../support/wait-for.js'
@@ -153,6 +153,40 @@ export async function startDockerd(options: DockerdOptions): Promise<Dockerd> {
     },
     logs: () => [...daemon.stdout, ...daemon.stderr],
     close: closeAll,
+  }
+}
+
+/**
+ * Where dockerd 20.10 looks for a registry's CA (registry.CertsDir): fixed for a rootful daemon, with
+ * no flag to move it. It is read for each pull, and only for a host dockerd treats as secure:
+ * 127.0.0.0/8 is always among its insecure registries (verification is skipped, certs.d never read),
+ * so a test of certs.d uses a mirror on [::1].
+ */
+export const DOCKER_CERTS_DIR = '/etc/docker/certs.d'
+
+/**
+ * Installs `caFile` as <certs.d>/<hostPort>/ca.crt, and a client certificate as client.cert with
+ * client.key, as the README tells operators to; resolves with the function that removes them again
+ * (and certs.d itself when this made it and it is left empty).
+ */
+export async function trustRegistryCa(
+  hostPort: string,
+  caFile: string,
+  client?: { cert: string; key: string },
+): Promise<() => Promise<void>> {
+  const madeRoot = !existsSync(DOCKER_CERTS_DIR)
+  const dir = join(DOCKER_CERTS_DIR, hostPort)
+  await mkdir(dir, { recursive: true })
+  await copyFile(caFile, join(dir, 'ca.crt'))
+  if (client !== undefined) {
+    await copyFile(client.cert, join(dir, 'client.cert'))
+    await copyFile(client.key, join(dir, 'client.key'))
+  }
+  return async () => {
+    await rm(dir, { recursive: true, force: true })
+    if (madeRoot && (await readdir(DOCKER_CERTS_DIR).catch(() => ['?'])).length === 0) {
+      await rmdir(DOCKER_CERTS_DIR).catch(() => {})
+    }
   }
 }
 

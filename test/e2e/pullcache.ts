@@ -9,6 +9,7 @@ import { statSync } from 'node:fs'
 import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { Agent, request } from 'undici'
 import { MAIN_JS } from '../support/run-cli.js'
 import { waitFor } from '../support/wait-for.js'
 import { type Daemon, makeTempDir, removeDir, startDaemon } from './processes.js'
@@ -36,10 +37,12 @@ export type PullcacheOptions = {
   /** Extra PULLCACHE_* (or other) variables, e.g. { PULLCACHE_TAG_FRESHNESS: '1s' }. */
   env?: Record<string, string>
   readyTimeoutMs?: number
+  /** PEM of the CA that signed pullcache's certificate (PULLCACHE_TLS_*), for settle() over HTTPS. */
+  ca?: string
 }
 
 export type Pullcache = {
-  /** http://127.0.0.1:PORT */
+  /** http://127.0.0.1:PORT (https:// with TLS) */
   readonly url: string
   /** 127.0.0.1:PORT, for docker:// references. */
   readonly hostPort: string
@@ -215,7 +218,13 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
     async settle() {
       const path = `/v2/pce2e-settle-${randomBytes(6).toString('hex')}`
       const mark = lines.length
-      await fetch(`${url}${path}`, { signal: AbortSignal.timeout(10_000) }).then((res) => res.arrayBuffer())
+      const dispatcher = new Agent(options.ca === undefined ? {} : { connect: { ca: options.ca } })
+      try {
+        const res = await request(`${url}${path}`, { dispatcher, signal: AbortSignal.timeout(10_000) })
+        await res.body.arrayBuffer()
+      } finally {
+        await dispatcher.close()
+      }
       await waitFor(() => lines.slice(mark).some((l) => l.event === 'request' && l.path === path), {
         timeoutMs: 10_000,
         what: `pullcache access line for ${path}`,

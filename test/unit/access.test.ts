@@ -64,9 +64,9 @@ describe('admin.allow', () => {
     )
   })
 
-  test('anonymous access off needs accounts', () => {
+  test('anonymous access off needs accounts (or client certificates)', () => {
     expect(problems(() => loadConfig({ env: { PULLCACHE_AUTH_ANONYMOUS: 'false' } }))).toEqual([
-      'auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd',
+      'auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd or client certificates (tls.client_ca)',
     ])
   })
 })

@@ -12,6 +12,7 @@ import { type Config, fileForm, loadConfig } from '../../src/config.js'
 import { secret, toFileForm } from '../../src/config-file-form.js'
 import { configSchema } from '../../src/config-schema.js'
 import { formatDuration, formatSize, parseDuration, parseSize } from '../../src/units.js'
+import { makeTestCa } from '../support/test-certs.js'
 
 let dir: string
 beforeAll(async () => {
@@ -89,6 +90,13 @@ const EVERYTHING = {
   auth: { htpasswd: '/etc/pullcache/htpasswd', anonymous: false },
   admin: { allow: ['10.0.0.0/8', '::1'] },
   log: { level: 'debug', access: false },
+  // Files read at load: the round trip below puts certificates made by openssl in their place.
+  tls: {
+    cert: '/etc/pullcache/tls.crt',
+    key: '/etc/pullcache/tls.key',
+    client_ca: '/etc/pullcache/clients-ca.crt',
+    client_auth: 'require',
+  },
 }
 
 describe('the file form of a config', () => {
@@ -103,10 +111,14 @@ describe('the file form of a config', () => {
     const secretDir = await mkdtemp(join(dir, 'secret-'))
     const passwordFile = join(secretDir, 'upstream-password')
     await writeFile(passwordFile, 'hunter2-very-secret\n')
-    const source = { ...EVERYTHING, upstream: { ...EVERYTHING.upstream, password_file: passwordFile } }
+    const ca = await makeTestCa()
+    const server = await ca.server('pullcache')
+    const tls = { ...EVERYTHING.tls, cert: server.cert, key: server.key, client_ca: ca.cert }
+    const source = { ...EVERYTHING, upstream: { ...EVERYTHING.upstream, password_file: passwordFile }, tls }
     const first = loadConfig({ file: await write(source), env: {} })
     const printed = fileForm(first)
     expect(JSON.stringify(printed)).not.toContain('hunter2')
+    expect(printed.tls).toEqual(tls)
     const second = loadConfig({ file: await write(printed), env: {} })
     expect(plain(second)).toEqual(plain(first))
     expect(fileForm(second)).toEqual(printed)

@@ -27,6 +27,7 @@ import { BlobStore } from '../../src/store/blob-store.js'
 import { IndexDb } from '../../src/store/index-db.js'
 import { Store } from '../../src/store/store.js'
 import { StoreLocked } from '../../src/store/store-lock.js'
+import { TlsError } from '../../src/tls.js'
 import { tmpRoot } from '../support/tmp.js'
 
 const CODES = Object.keys(OCI_ERRORS) as OciCode[]
@@ -171,6 +172,7 @@ describe('error classes', () => {
     ArchiveError: new ArchiveError('x'),
     StoreLocked: new StoreLocked('/root', '/root/lock'),
     BlobMismatch: new BlobMismatch(`sha256:${'a'.repeat(64)}`, `sha256:${'b'.repeat(64)}`, 1, 1),
+    TlsError: new TlsError(['x']),
   }
 
   test('every error class in src has a stable string code', () => {
