@@ -42,6 +42,12 @@ export function backoffDelay(backoffMs: number, attempt: number, random: () => n
   return Math.round(full / 2 + (full / 2) * random())
 }
 
+/** The configured headers, less those that describe the body: the envelope sets its own. */
+function ownHeaders(headers: Readonly<Record<string, string>>): Record<string, string> {
+  return Object.fromEntries(Object.entries(headers).filter(([name]) => !BODY_HEADERS.has(name.toLowerCase())))
+}
+const BODY_HEADERS = new Set(['content-type', 'content-length', 'transfer-encoding'])
+
 /** Whether an answer with this status is worth another try. */
 function retryable(status: number): boolean {
   return status >= 500 || status === 408 || status === 429
@@ -164,7 +170,7 @@ export class Endpoint {
           agent: this.agent,
           signal: abort.signal,
           headers: {
-            ...headers,
+            ...ownHeaders(headers),
             'Content-Type': EVENTS_MEDIA_TYPE,
             'Content-Length': Buffer.byteLength(body),
           },
