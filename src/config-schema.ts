@@ -6,7 +6,7 @@
 
 import { isIP } from 'node:net'
 import { z } from 'zod'
-import { writtenAs } from './config-file-form.js'
+import { secret, writtenAs } from './config-file-form.js'
 import { compileTagPattern } from './tag-pattern.js'
 import { formatDuration, formatSize, parseDuration, parseSize } from './units.js'
 
@@ -143,6 +143,67 @@ export function parseNetwork(text: string): { address: string; prefix: number; f
   return { address: m[1]!, prefix, family }
 }
 
+/**
+ * Where a notification endpoint receives its events: http or https, no credentials in the URL
+ * (they would end up in logs; a token goes in the endpoint's headers, which are never printed).
+ */
+const notifyUrl = z.string().transform((text, ctx) => {
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `not a URL: ${text}` })
+    return z.NEVER
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    ctx.addIssue({ code: 'custom', message: `a notification endpoint must be http or https: ${text}` })
+    return z.NEVER
+  }
+  if (url.username || url.password) {
+    ctx.addIssue({
+      code: 'custom',
+      message: "put credentials in the endpoint's headers (e.g. Authorization), not the URL",
+    })
+    return z.NEVER
+  }
+  return url.href
+})
+writtenAs(notifyUrl, (href) => href)
+
+/** The events pullcache sends (src/notify/events.ts). */
+export const NOTIFY_ACTIONS = ['pull', 'fill', 'evict'] as const
+
+/** An HTTP header name: a token (RFC 9110), so a typo cannot smuggle a second header. */
+const headerName = z.string().regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, 'not an HTTP header name')
+/** A header value: no line breaks or other control characters. */
+const headerValue = z.string().refine((text) => ![...text].some((ch) => ch < ' ' && ch !== '\t'), {
+  message: 'a header value cannot hold line breaks or control characters',
+})
+
+const notifyEndpoint = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'a name of letters, digits, "_", "." or "-"'),
+  url: notifyUrl,
+  // Sent with every POST; values often carry a token, so they are a secret: `config check`
+  // leaves them out and no log line ever holds them.
+  headers: secret(z.record(headerName, headerValue).prefault({})),
+  // How long one POST may take, response included.
+  timeout: timerDuration('turn the timeout off').prefault('5s'),
+  // The wait before the first retry; it doubles with each failure (with jitter), up to 1m.
+  backoff: timerDuration('retry in a busy loop').prefault('1s'),
+  // Tries per batch of events before it is given up and counted as failed.
+  max_attempts: z.number().int().min(1).max(100).default(5),
+  // Events waiting to be sent; when full the oldest goes (counted as dropped).
+  queue: z.number().int().min(1).max(1_000_000).default(1000),
+  // The actions this endpoint gets.
+  events: z.array(z.enum(NOTIFY_ACTIONS)).prefault([...NOTIFY_ACTIONS]),
+  ignore: z
+    .strictObject({
+      media_types: z.array(z.string().min(1)).prefault([]),
+      actions: z.array(z.enum(NOTIFY_ACTIONS)).prefault([]),
+    })
+    .prefault({}),
+})
+
 const nullableSize = unitString(
   parseSize,
   'a size like "50GiB"',
@@ -258,6 +319,18 @@ const schema = z.strictObject({
       // Networks allowed to reach the status page, /_pullcache/* and /metrics (health checks
       // excepted); empty: no restriction.
       allow: z.array(network).prefault([]),
+    })
+    .prefault({}),
+  // Webhooks, as distribution's notifications.endpoints: a JSON envelope of events POSTed to
+  // each endpoint, best effort (src/notify/). Reloaded on SIGHUP.
+  notifications: z
+    .strictObject({
+      endpoints: z
+        .array(notifyEndpoint)
+        .refine((list) => new Set(list.map((e) => e.name)).size === list.length, {
+          message: 'endpoint names must be unique',
+        })
+        .prefault([]),
     })
     .prefault({}),
   log: z

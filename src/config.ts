@@ -119,6 +119,10 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     const value = env[name]
     if (value !== undefined && value !== '') setPath(raw, key, value, problems)
   }
+  // One endpoint by environment, for a container started without a config file; it joins the
+  // file's endpoints under the name "env". Its headers, if any, need the file.
+  const notifyUrl = env.PULLCACHE_NOTIFY_URL
+  if (notifyUrl !== undefined && notifyUrl !== '') addEnvEndpoint(raw, notifyUrl, problems)
   for (const [key, value] of Object.entries(sources.flags ?? {})) {
     if (value !== undefined) setPath(raw, key, value, problems)
   }
@@ -153,6 +157,18 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   }
   const config: Config = { ...parsed, upstream: { ...parsed.upstream, password }, tls }
   return deepFreeze(config)
+}
+
+function addEnvEndpoint(raw: Record<string, unknown>, url: string, problems: string[]): void {
+  const section = raw.notifications ?? {}
+  if (typeof section !== 'object' || section === null || Array.isArray(section)) return
+  const endpoints = (section as Record<string, unknown>).endpoints ?? []
+  if (!Array.isArray(endpoints)) return
+  if (endpoints.some((e) => (e as { name?: unknown } | null)?.name === 'env')) {
+    problems.push('PULLCACHE_NOTIFY_URL: the config file already has an endpoint named "env"')
+    return
+  }
+  raw.notifications = { ...section, endpoints: [...endpoints, { name: 'env', url }] }
 }
 
 /** The tls section with client_auth's default applied. */

@@ -13,6 +13,7 @@ export interface MetricSources {
   inflightFollowers: () => number
   storeTotals: () => { blobs: number; bytes: number; allocated: number }
   storeBudget: () => number
+  notifyPending: () => { endpoint: string; events: number }[]
 }
 
 export function createMetrics() {
@@ -21,6 +22,7 @@ export function createMetrics() {
     inflightFollowers: () => 0,
     storeTotals: () => ({ blobs: 0, bytes: 0, allocated: 0 }),
     storeBudget: () => 0,
+    notifyPending: () => [],
   }
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'pullcache_' })
@@ -143,6 +145,34 @@ export function createMetrics() {
       name: 'pullcache_eviction_errors_total',
       help: 'Blobs eviction failed to remove (the error is logged); eviction goes on with the next.',
       registers,
+    }),
+    notifySent: new Counter({
+      name: 'pullcache_notification_sent_total',
+      help: 'Events a notification endpoint accepted (a 2xx answer), by endpoint.',
+      labelNames: ['endpoint'] as const,
+      registers,
+    }),
+    notifyFailed: new Counter({
+      name: 'pullcache_notification_failed_total',
+      help: 'Events given up after their tries failed (or left unsent at shutdown), by endpoint.',
+      labelNames: ['endpoint'] as const,
+      registers,
+    }),
+    notifyDropped: new Counter({
+      name: 'pullcache_notification_dropped_total',
+      help: "Events dropped unsent because the endpoint's queue was full (the oldest go), by endpoint.",
+      labelNames: ['endpoint'] as const,
+      registers,
+    }),
+    notifyPending: new Gauge({
+      name: 'pullcache_notification_pending',
+      help: 'Events queued for a notification endpoint, by endpoint.',
+      labelNames: ['endpoint'] as const,
+      registers,
+      collect() {
+        this.reset()
+        for (const { endpoint, events } of sources.notifyPending()) this.set({ endpoint }, events)
+      },
     }),
     evictedBytes: new Counter({
       name: 'pullcache_evicted_bytes_total',

@@ -2,9 +2,11 @@
 // crash), upstream client, mirror, routes, and the HTTP server, each request's outcome written
 // once when it is over (http/outcome.ts). main.ts and the tests both start it here.
 
+import { randomUUID } from 'node:crypto'
 import { mkdir } from 'node:fs/promises'
 import type { Server as HttpsServer } from 'node:https'
 import type { AddressInfo } from 'node:net'
+import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { createApp } from './app.js'
@@ -15,6 +17,8 @@ import { recordOutcome } from './http/outcome.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
 import { Mirror } from './mirror/mirror.js'
+import { evictEvents, fillEvent } from './notify/events.js'
+import { metricCounters, Notifier } from './notify/notifier.js'
 import { BlobStore } from './store/blob-store.js'
 import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
@@ -39,6 +43,7 @@ export interface RunningServer {
   index: IndexDb
   metrics: Metrics
   evictor: Evictor
+  notifier: Notifier
   /** The background reconciliation, when the last stop was not clean. */
   reconciliation: BackgroundReconcile | undefined
   /**
@@ -93,6 +98,16 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     log,
     metrics,
   })
+  // Webhooks (notifications.endpoints). The source names this instance; its address is known
+  // once the server listens.
+  const instanceID = randomUUID()
+  const notifier = new Notifier({
+    endpoints: config.notifications.endpoints,
+    log,
+    counters: metricCounters(metrics),
+    source: { addr: hostname(), instanceID },
+  })
+  metrics.sources.notifyPending = () => notifier.pending()
   let evictor: Evictor | undefined
   // A failed run (the index, the plan) is logged and counted; the next run tries again.
   const evictionFailed = (err: unknown) => {
@@ -109,7 +124,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     tagFreshnessRules: config.cache.tag_freshness_rules,
     revalidateTimeoutMs: config.cache.revalidate_timeout,
     manifestMemoryBytes: config.cache.manifest_memory,
-    onBlobCommitted: () => {
+    onBlobCommitted: (committed) => {
+      notifier.emit(fillEvent(committed))
       if (evictor?.overBudget()) void evictor.run().catch((err: unknown) => evictionFailed(err))
     },
   })
@@ -119,6 +135,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     metrics,
     policy: policyFrom(config.cache),
     inUse: (digest) => mirror.isInUse(digest),
+    onEvicted: (blobs) => {
+      for (const event of evictEvents(blobs)) notifier.emit(event)
+    },
   })
   metrics.sources.storeBudget = () => evictor?.budget ?? 0
   watchGauges(metrics, mirror, index)
@@ -140,7 +159,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         log.error('request.crashed', { method: req.method, error: err })
         res.destroy()
       })
-      recordOutcome(req, res, handled, { mirror, metrics, log, accessLog: config.log.access })
+      recordOutcome(req, res, handled, { mirror, metrics, log, accessLog: config.log.access, notifier })
     },
     tlsMaterial === undefined ? undefined : serverTlsOptions(config.tls, tlsMaterial),
   )
@@ -159,6 +178,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const host = address.address === '0.0.0.0' || address.address === '::' ? '127.0.0.1' : address.address
   const scheme = tlsMaterial === undefined ? 'http' : 'https'
   const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${address.port}`
+  notifier.setSource({ addr: `${hostname()}:${address.port}`, instanceID })
   log.info('listening', {
     url,
     address: `${address.address}:${address.port}`,
@@ -266,6 +286,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
         })
       }
     }
+    if (notifier.reload(next.notifications.endpoints)) changed.push('notifications')
     if (next.upstream.rate_limit_reserve !== current.upstream.rate_limit_reserve) {
       upstream.rateLimitReserve = next.upstream.rate_limit_reserve
       changed.push('upstream.rate_limit_reserve')
@@ -297,6 +318,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await reconciliation?.stop()
       await evictor.idle()
       await index.stopCheckpoints()
+      // Events of the last responses and evictions get a short while to go out.
+      await notifier.close()
       await upstream.close().catch(() => {})
       // The last write: index and files agree, the next start need not check. Not after a
       // reconciliation that was stopped halfway: the next start runs it again.
@@ -307,7 +330,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     })()
     return closing
   }
-  return { url, mirror, index, metrics, evictor, reconciliation, reload, close }
+  return { url, mirror, index, metrics, evictor, notifier, reconciliation, reload, close }
 }
 
 /** How often the checkpointer thread copies the WAL back into the index file. */

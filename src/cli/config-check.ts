@@ -12,8 +12,8 @@ Validates the configuration the way pullcache serve loads it: the embedded defau
 file, then PULLCACHE_* environment variables, then these flags. Prints the effective
 configuration as a JSON config file that --config accepts and loads back unchanged, or every
 problem with its path. Secrets are never printed: the upstream password stays where it comes
-from (PULLCACHE_UPSTREAM_PASSWORD, or the file upstream.password_file names), which a note on
-stderr says.
+from (PULLCACHE_UPSTREAM_PASSWORD, or the file upstream.password_file names), and the headers of
+notification endpoints are left out, which a note on stderr says.
 
   --config FILE          JSON config file (default: embedded defaults; env PULLCACHE_CONFIG)
   --data-dir DIR         as serve --data-dir (env PULLCACHE_DATA_DIR)
@@ -59,10 +59,20 @@ export async function configCommand(args: string[]): Promise<number> {
 
 /** Where the secrets left out of the printout come from, or undefined when there are none. */
 function secretNote(config: Config): string | undefined {
-  if (config.upstream.password === null) return undefined
-  const from =
-    config.upstream.password_file === null
-      ? 'PULLCACHE_UPSTREAM_PASSWORD in the environment'
-      : `upstream.password_file (${config.upstream.password_file})`
-  return `the upstream password is not printed; it comes from ${from}`
+  const notes: string[] = []
+  if (config.upstream.password !== null) {
+    const from =
+      config.upstream.password_file === null
+        ? 'PULLCACHE_UPSTREAM_PASSWORD in the environment'
+        : `upstream.password_file (${config.upstream.password_file})`
+    notes.push(`the upstream password is not printed; it comes from ${from}`)
+  }
+  // Header values often carry a token: the headers are left out, their endpoints named.
+  const withHeaders = config.notifications.endpoints.filter((e) => Object.keys(e.headers).length > 0)
+  if (withHeaders.length > 0) {
+    notes.push(
+      `the headers of notification endpoints ${withHeaders.map((e) => e.name).join(', ')} are not printed`,
+    )
+  }
+  return notes.length === 0 ? undefined : notes.join('; ')
 }

@@ -4,11 +4,13 @@
 // (mirror.record) from that note and from what was actually sent, so the log and the stats
 // cannot disagree.
 
+import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import type { Outcome } from '../mirror/answers.js'
 import type { Mirror } from '../mirror/mirror.js'
+import type { Notifier } from '../notify/notifier.js'
 import type { RepoName } from './reference.js'
 
 export const CACHE_HEADER = 'X-Pullcache-Cache'
@@ -48,6 +50,8 @@ export interface OutcomeDeps {
   log: Logger
   /** log.access: whether each request gets its line. */
   accessLog: boolean
+  /** Webhooks: a pull event for each manifest or blob sent whole or in part (2xx). */
+  notifier?: Notifier
 }
 
 /**
@@ -59,7 +63,7 @@ export function recordOutcome(
   req: IncomingMessage,
   res: ServerResponse,
   handled: Promise<unknown>,
-  { mirror, metrics, log, accessLog }: OutcomeDeps,
+  { mirror, metrics, log, accessLog, notifier }: OutcomeDeps,
 ): void {
   const started = performance.now()
   res.once('close', () => {
@@ -94,6 +98,8 @@ export function recordOutcome(
           log.error('request.record_failed', { path, error: err })
         }
       }
+      if (notifier?.active && note !== undefined && complete)
+        notifyPull(notifier, req, res, note, path, bytes)
       if (!accessLog) return
       log.info('request', {
         method: req.method,
@@ -119,4 +125,47 @@ function requestKind(path: string): 'base' | 'manifest' | 'blob' | 'tags' | 'oth
   if (path.includes('/blobs/')) return 'blob'
   if (path.endsWith('/tags/list')) return 'tags'
   return 'other'
+}
+
+/**
+ * The pull event of a manifest or blob GET answered 2xx and sent to the end (a HEAD or a 304 is a
+ * question, not a pull). Built from what the route noted and what went out.
+ */
+function notifyPull(
+  notifier: Notifier,
+  req: IncomingMessage,
+  res: ServerResponse,
+  note: ResponseNote,
+  path: string,
+  bytes: number,
+): void {
+  const status = res.statusCode
+  if (req.method !== 'GET' || status < 200 || status >= 300) return
+  if ((note.kind !== 'blob' && note.kind !== 'manifest') || note.name === undefined) return
+  // 206: the whole size is after the slash of Content-Range.
+  const range = /\/(\d+)$/.exec(String(res.getHeader('content-range') ?? ''))
+  const size = range ? Number(range[1]) : Number(res.getHeader('content-length') ?? bytes)
+  const type = res.getHeader('content-type')
+  const port = req.socket.remotePort
+  notifier.emit({
+    action: 'pull',
+    target: {
+      ...(typeof type === 'string' ? { mediaType: type } : {}),
+      ...(note.digest === undefined ? {} : { digest: note.digest }),
+      size,
+      length: bytes,
+      repository: note.name.upstream,
+      url: path,
+      ...(note.tag === undefined ? {} : { tag: note.tag }),
+      ...(note.cache === undefined ? {} : { cache: note.cache }),
+    },
+    request: {
+      id: randomUUID(),
+      addr: `${req.socket.remoteAddress ?? ''}${port === undefined ? '' : `:${port}`}`,
+      host: req.headers.host ?? '',
+      method: req.method,
+      useragent: req.headers['user-agent'] ?? '',
+    },
+    actor: note.user === undefined ? {} : { name: note.user },
+  })
 }

@@ -23,7 +23,14 @@ export interface BlobLookupOptions {
   metrics: Metrics
   flights: Flights
   /** Called after each blob is committed, e.g. to let eviction check the budget. */
-  onBlobCommitted: () => void
+  onBlobCommitted: (committed: CommittedBlob) => void
+}
+
+/** A blob just committed to the store, fetched for `repo` (upstream's name). */
+export interface CommittedBlob {
+  digest: string
+  size: number
+  repo: string
 }
 
 export class BlobLookup {
@@ -35,7 +42,7 @@ export class BlobLookup {
   private readonly flights: Flights
   private readonly fills = new Map<string, Fill>()
   private readonly inUse = new Map<string, number>()
-  private readonly onBlobCommitted: () => void
+  private readonly onBlobCommitted: (committed: CommittedBlob) => void
 
   constructor(opts: BlobLookupOptions) {
     this.upstream = opts.upstream
@@ -197,7 +204,7 @@ export class BlobLookup {
           open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
           onCommit: (size) => {
             this.metrics.fills.inc({ outcome: 'committed' })
-            this.onBlobCommitted()
+            this.onBlobCommitted({ digest, size, repo: name.upstream })
             this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
           },
           onSettled: () => {

@@ -32,7 +32,7 @@ import {
   type TagListAnswer,
 } from './answers.js'
 import type { Fill } from './blob-fill.js'
-import { BlobLookup } from './blob-lookup.js'
+import { BlobLookup, type CommittedBlob } from './blob-lookup.js'
 import { Flights } from './flights.js'
 import { type FreshnessRule, ManifestLookup } from './manifest-lookup.js'
 import { Visibility } from './visibility.js'
@@ -49,7 +49,7 @@ export interface MirrorOptions {
   revalidateTimeoutMs: number
   manifestMemoryBytes: number
   /** Called after each blob is committed, e.g. to let eviction check the budget. */
-  onBlobCommitted?: () => void
+  onBlobCommitted?: (committed: CommittedBlob) => void
 }
 
 export class Mirror {

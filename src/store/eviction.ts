@@ -87,6 +87,7 @@ export class Evictor {
   private readonly log: Logger
   private readonly metrics: Metrics | undefined
   private readonly inUse: (digest: string) => boolean
+  private readonly onEvicted: (blobs: EvictionPlan['blobs']) => void
   private readonly unlinks = pLimit(UNLINKS)
 
   constructor(opts: {
@@ -95,6 +96,8 @@ export class Evictor {
     policy: EvictionPolicy
     metrics?: Metrics
     inUse?: (digest: string) => boolean
+    /** Told of each page of blobs taken out (the server's webhooks). */
+    onEvicted?: (blobs: EvictionPlan['blobs']) => void
   }) {
     this.store = opts.store
     this.index = opts.store.index
@@ -103,6 +106,7 @@ export class Evictor {
     this.policy = opts.policy
     this.metrics = opts.metrics
     this.inUse = opts.inUse ?? (() => false)
+    this.onEvicted = opts.onEvicted ?? (() => {})
   }
 
   setPolicy(policy: EvictionPolicy): void {
@@ -285,6 +289,8 @@ export class Evictor {
         )
       }
     }
+    // Out of the index and out of reach: gone for every client, whatever the unlinks do.
+    if (taken.length > 0) this.onEvicted(taken.map((t) => t.blob))
     await Promise.all(removing)
     return looked
   }

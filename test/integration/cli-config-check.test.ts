@@ -79,6 +79,35 @@ describe('pullcache config check', () => {
     }
   })
 
+  test("a notification endpoint's headers are not printed, and credentials in its URL are refused", async () => {
+    const dir = await tmpRoot()
+    try {
+      const file = join(dir, 'hooks.json')
+      const endpoint = {
+        name: 'audit',
+        url: 'https://hooks.example/in',
+        headers: { Authorization: 'Bearer tok-9b1e' },
+      }
+      await writeFile(file, JSON.stringify({ notifications: { endpoints: [endpoint] } }))
+      const r = await runCli(['config', 'check', '--config', file])
+      expect(r.code).toBe(0)
+      expect(r.stdout + r.stderr).not.toContain('tok-9b1e')
+      expect(r.stderr).toContain('notification endpoints audit')
+      expect(JSON.parse(r.stdout).notifications.endpoints[0]).toMatchObject({
+        name: 'audit',
+        url: endpoint.url,
+      })
+      const bad = await runCli(['config', 'check'], {
+        env: { PULLCACHE_NOTIFY_URL: 'https://me:pw@hooks.example/' },
+      })
+      expect(bad.code).toBe(2)
+      expect(bad.stderr).toContain("notifications.endpoints.0.url: put credentials in the endpoint's headers")
+      expect(bad.stderr).not.toContain('pw@')
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
+  })
+
   test('what it prints is a file --config loads back to the same configuration', async () => {
     const dir = await tmpRoot()
     try {

@@ -90,6 +90,21 @@ const EVERYTHING = {
   auth: { htpasswd: '/etc/pullcache/htpasswd', anonymous: false },
   admin: { allow: ['10.0.0.0/8', '::1'] },
   log: { level: 'debug', access: false },
+  // Headers are a secret (left out of the file form), so the round trip's example has none.
+  notifications: {
+    endpoints: [
+      {
+        name: 'audit',
+        url: 'https://hooks.example/pullcache?team=infra',
+        timeout: '750ms',
+        backoff: '2s',
+        max_attempts: 3,
+        queue: 50,
+        events: ['pull', 'evict'],
+        ignore: { media_types: ['application/octet-stream'], actions: ['evict'] },
+      },
+    ],
+  },
   // Files read at load: the round trip below puts certificates made by openssl in their place.
   tls: {
     cert: '/etc/pullcache/tls.crt',
@@ -159,6 +174,26 @@ describe('the file form of a config', () => {
     const config = loadConfig({ env: { PULLCACHE_LISTEN: '[::1]:5001' } })
     expect(fileForm(config).listen).toBe('[::1]:5001')
     expect(loadConfig({ file: await write(fileForm(config)), env: {} }).listen).toEqual(config.listen)
+  })
+
+  test("an endpoint's header values (tokens) are never in the file form, which still loads", async () => {
+    const source = {
+      notifications: {
+        endpoints: [
+          { name: 'hook', url: 'http://127.0.0.1:9/x', headers: { Authorization: 'Bearer s3cret-token' } },
+        ],
+      },
+    }
+    const config = loadConfig({ file: await write(source), env: {} })
+    expect(config.notifications.endpoints[0]!.headers).toEqual({ Authorization: 'Bearer s3cret-token' })
+    const printed = fileForm(config)
+    expect(JSON.stringify(printed)).not.toContain('s3cret-token')
+    const again = loadConfig({ file: await write(printed), env: {} })
+    expect(again.notifications.endpoints[0]).toMatchObject({
+      name: 'hook',
+      url: 'http://127.0.0.1:9/x',
+      headers: {},
+    })
   })
 
   test('a password from the environment is in the config but never in its file form', () => {
