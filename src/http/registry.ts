@@ -8,7 +8,7 @@ import { type Context, Hono } from 'hono'
 import { RegistryError } from '../errors.js'
 import { acceptedTypes } from '../mirror/manifest.js'
 import type { Mirror } from '../mirror/mirror.js'
-import { MEDIA_TYPES } from '../oci.js'
+import { ANY_DIGEST, MEDIA_TYPES, SHA256_DIGEST } from '../oci.js'
 import { type Access, challenge, REALM, type RegistryEnv, type Viewer } from './access.js'
 import { blob, matchesEtag } from './blob-route.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
@@ -226,11 +226,15 @@ function nextLink(link: string, clientName: string): string | undefined {
 }
 
 /**
- * A referrers digest: malformed is DIGEST_INVALID (400); a well-formed one of another algorithm
- * has no referrers here, and the spec wants a list rather than a 404 from a registry with the API.
+ * A referrers digest: malformed is DIGEST_INVALID (400). So is a well-formed one of an algorithm
+ * pullcache does not store: the spec forbids a 404 from a registry with the referrers API.
  */
 function parseReferrersDigest(raw: string): string {
-  return parseDigest(raw, 'MANIFEST_UNKNOWN')
+  if (SHA256_DIGEST.test(raw)) return raw
+  throw new RegistryError('DIGEST_INVALID', {
+    digest: raw,
+    ...(ANY_DIGEST.test(raw) ? { reason: 'only sha256 digests are supported' } : {}),
+  })
 }
 
 async function referrersList(c: Context<RegistryEnv>, mirror: Mirror, name: RepoName, digest: string) {
