@@ -4,7 +4,8 @@
 // schema: the index clients such as cosign and oras keep under the tag `sha256-<hex>`. No such
 // tag means no referrers: an empty list, as the spec has it.
 //
-// The answer is kept per (repository, digest), never shared across repositories, and revalidated
+// The answer is kept per (repository, digest), never shared across repositories (an empty one only
+// for a manifest pullcache holds, so made-up digests leave nothing behind), and revalidated
 // like a tag (at most once per freshness window: referrers change as signatures are added). When
 // upstream cannot be asked, the kept answer is served stale.
 
@@ -81,12 +82,12 @@ export class ReferrersLookup {
       pages === undefined
         ? await this.fromTagSchema(name, digest, signal)
         : pages.flatMap((page) => descriptorsOf(page, `referrers of ${digest}`))
-    index.listings.setReferrers(
-      upstream.registry,
-      name.upstream,
-      digest,
-      Buffer.from(JSON.stringify(descriptors)),
-    )
+    // Junk must not grow the index: an empty list is kept only for a manifest pullcache holds;
+    // for any other digest (anything a client may make up) upstream is asked again next time.
+    if (descriptors.length > 0 || this.opts.cachedManifest(digest) !== undefined) {
+      const body = Buffer.from(JSON.stringify(descriptors))
+      index.listings.setReferrers(upstream.registry, name.upstream, digest, body)
+    }
     return descriptors
   }
 

@@ -149,6 +149,24 @@ describe('referrers', () => {
     expect(fake.up.count('HEAD', `/v2/${repo}/manifests/${tag}`)).toBeGreaterThanOrEqual(1)
   })
 
+  test('an empty list is kept only for a manifest pullcache holds: made-up digests leave nothing', async () => {
+    fake.up.setReferrersApi(true)
+    const repo = 'acme/empty'
+    const image = fake.up.addImage(repo, 'v1')
+    const mirror = await fake.mirror()
+    const path = `/v2/${repo}/referrers/${image.manifestDigest}`
+    for (let i = 0; i < 2; i++) expect(listOf((await mirror.get(path)).body).manifests).toEqual([])
+    expect(referrerGets(repo)).toBe(2)
+
+    expect((await mirror.get(`/v2/${repo}/manifests/v1`, { accept: ALL_TYPES })).status).toBe(200)
+    fake.up.reset()
+    expect((await mirror.get(path)).headers['x-pullcache-cache']).toBe('miss')
+    const kept = await mirror.get(path)
+    expect(kept.headers['x-pullcache-cache']).toBe('hit')
+    expect(listOf(kept.body).manifests).toEqual([])
+    expect(referrerGets(repo)).toBe(1)
+  })
+
   test('after the window it is asked again; when upstream fails, the kept list is served stale', async () => {
     fake.up.setReferrersApi(true)
     const repo = 'acme/stale'
