@@ -1,4 +1,5 @@
-// The registry read API under /v2/: the version check, manifests, blobs and tags/list, with
+// The registry read API under /v2/: the version check, manifests, blobs, tags/list, referrers and
+// _catalog, with
 // the checks every one of them passes first (the ?ns= namespace, what an anonymous client may
 // read). Manifests and small answers go through Hono; blob bodies are in blob-route.ts.
 // Errors are thrown as RegistryError and rendered by the app.
@@ -7,6 +8,7 @@ import { type Context, Hono } from 'hono'
 import { RegistryError } from '../errors.js'
 import { acceptedTypes } from '../mirror/manifest.js'
 import type { Mirror } from '../mirror/mirror.js'
+import { ANY_DIGEST, MEDIA_TYPES, SHA256_DIGEST } from '../oci.js'
 import { type Access, challenge, REALM, type RegistryEnv, type Viewer } from './access.js'
 import { blob, matchesEtag } from './blob-route.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
@@ -14,6 +16,11 @@ import { parseDigest, parseName, parseReference, type RepoName } from './referen
 
 /** Manifests, blobs and tags/list: the last path segments after the repository name. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$|^\/v2\/(.+)\/tags\/list$/
+/** The referrers API (OCI distribution 1.1): the manifests whose subject is a digest. */
+const REFERRERS = /^\/v2\/(.+)\/referrers\/([^/]+)$/
+/** _catalog pages: the default size, and the most one request may ask for. */
+const CATALOG_PAGE = 100
+const CATALOG_MAX = 1000
 
 export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv> {
   const registry = new Hono<RegistryEnv>()
@@ -46,7 +53,9 @@ export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv
       )
     }
     const m = ROUTE.exec(path)
-    if (!m) throw new RegistryError('NOT_FOUND', { path })
+    const referrers = m ? null : REFERRERS.exec(path)
+    const catalog = path === '/v2/_catalog'
+    if (!m && !referrers && !catalog) throw new RegistryError('NOT_FOUND', { path })
     // containerd names the registry it means in ?ns=. Answering for another registry would
     // serve Docker Hub's image of the same name; a 404 sends containerd to its next host.
     const ns = new URL(c.req.url).searchParams.get('ns')
@@ -57,6 +66,22 @@ export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv
       })
     }
     const viewer = c.get('viewer')
+    if (catalog) return catalogPage(c, mirror, viewer, method)
+    if (referrers) {
+      // The spec defines GET only; a HEAD could not say how many referrers there are.
+      if (method !== 'GET') {
+        throw new RegistryError(
+          'UNSUPPORTED',
+          { method, reason: 'referrers are listed by GET' },
+          { headers: { Allow: 'GET' } },
+        )
+      }
+      const name = parseName(referrers[1]!, libraryPrefix)
+      const digest = parseReferrersDigest(referrers[2]!)
+      await mayRead(viewer, mirror, name)
+      return referrersList(c, mirror, name, digest)
+    }
+    if (!m) throw new RegistryError('NOT_FOUND', { path })
     if (m[4] !== undefined) {
       const name = parseName(m[4], libraryPrefix)
       await mayRead(viewer, mirror, name)
@@ -198,4 +223,64 @@ function nextLink(link: string, clientName: string): string | undefined {
     if (v !== null) out.set(key, v)
   }
   return `</v2/${clientName}/tags/list?${out.toString()}>; rel="next"`
+}
+
+/**
+ * A referrers digest: malformed is DIGEST_INVALID (400). So is a well-formed one of an algorithm
+ * pullcache does not store: the spec forbids a 404 from a registry with the referrers API.
+ */
+function parseReferrersDigest(raw: string): string {
+  if (SHA256_DIGEST.test(raw)) return raw
+  throw new RegistryError('DIGEST_INVALID', {
+    digest: raw,
+    ...(ANY_DIGEST.test(raw) ? { reason: 'only sha256 digests are supported' } : {}),
+  })
+}
+
+async function referrersList(c: Context<RegistryEnv>, mirror: Mirror, name: RepoName, digest: string) {
+  const note = noteOf(c.env.outgoing)
+  // Accounted with tags/list: a list answer, revalidated like a tag, that is not content.
+  note.kind = 'tags'
+  note.name = name
+  const found = await mirror.referrers(name, digest)
+  note.cache = found.cache
+  const artifactType = new URL(c.req.url).searchParams.get('artifactType')
+  const manifests =
+    artifactType === null
+      ? found.descriptors
+      : found.descriptors.filter((d) => d.artifactType === artifactType)
+  const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests }))
+  const headers: Record<string, string> = {
+    'Content-Type': MEDIA_TYPES.ociIndex,
+    'Content-Length': String(bytes.length),
+    [CACHE_HEADER]: found.cache,
+  }
+  if (artifactType !== null) headers['OCI-Filters-Applied'] = 'artifactType'
+  if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
+  return new Response(bytes, { status: 200, headers })
+}
+
+/**
+ * The repositories pullcache holds, as distribution's _catalog pages them: `n` (default 100, at
+ * most 1000) after `last`, with a Link to the next page. Anonymous viewers see only what
+ * anonymous pulls may read.
+ */
+function catalogPage(c: Context<RegistryEnv>, mirror: Mirror, viewer: Viewer, method: 'GET' | 'HEAD') {
+  const url = new URL(c.req.url)
+  const nParam = url.searchParams.get('n')
+  if (nParam !== null && !/^\d{1,9}$/.test(nParam))
+    throw new RegistryError('PAGINATION_NUMBER_INVALID', { n: nParam })
+  const n = Math.min(nParam === null ? CATALOG_PAGE : Number(nParam), CATALOG_MAX)
+  const last = url.searchParams.get('last') ?? ''
+  const page = mirror.catalog(last, n, viewer.user === null)
+  const bytes = Buffer.from(JSON.stringify({ repositories: page.repositories }))
+  const headers: Record<string, string> = {
+    'Content-Type': 'application/json',
+    'Content-Length': String(bytes.length),
+  }
+  if (page.next !== undefined) {
+    const query = new URLSearchParams({ last: page.next, n: String(n) })
+    headers.Link = `</v2/_catalog?${query.toString()}>; rel="next"`
+  }
+  return new Response(method === 'GET' ? bytes : null, { status: 200, headers })
 }

@@ -11,6 +11,7 @@
 //   blob-lookup.ts      blobs: store, adopt, join or start a fill; pins against eviction
 //   blob-fill.ts        one fill: upstream body -> tee -> verify -> commit
 //   manifest-lookup.ts  manifests by digest and tag, freshness, stale-if-error, negotiation
+//   referrers.ts        referrers of a digest: upstream's API or the tag schema, kept per repo
 //   flights.ts          one exchange per key at a time, each under the upstream deadline
 //   accounting.ts       what a finished request leaves: counters, links, accounting rows
 //   visibility.ts       what anonymous clients may read
@@ -35,7 +36,11 @@ import type { Fill } from './blob-fill.js'
 import { BlobLookup, type CommittedBlob } from './blob-lookup.js'
 import { Flights } from './flights.js'
 import { type FreshnessRule, ManifestLookup } from './manifest-lookup.js'
+import { type ReferrersAnswer, ReferrersLookup } from './referrers.js'
 import { Visibility } from './visibility.js'
+
+/** How many names an anonymous catalog page may look at per name it can list. */
+const CATALOG_SCAN_FACTOR = 4
 
 export interface MirrorOptions {
   upstream: Upstream
@@ -61,6 +66,7 @@ export class Mirror {
   private readonly flights: Flights
   private readonly blobs: BlobLookup
   private readonly manifests: ManifestLookup
+  private readonly referrerLookup: ReferrersLookup
   private readonly accounting: Accounting
 
   constructor(opts: MirrorOptions) {
@@ -86,6 +92,14 @@ export class Mirror {
       tagFreshnessRules: opts.tagFreshnessRules ?? [],
       revalidateTimeoutMs: opts.revalidateTimeoutMs,
       manifestMemoryBytes: opts.manifestMemoryBytes,
+    })
+    this.referrerLookup = new ReferrersLookup({
+      upstream: opts.upstream,
+      index: opts.index,
+      log: opts.log,
+      flights: this.flights,
+      freshnessFor: (repo, tag) => this.manifests.freshnessFor(repo, tag),
+      cachedManifest: (digest) => this.manifests.cachedManifest(digest),
     })
     this.accounting = new Accounting(opts.index, opts.metrics, opts.upstream.registry)
     this.visibility = new Visibility({ upstream: opts.upstream, index: opts.index, log: opts.log })
@@ -195,6 +209,36 @@ export class Mirror {
       }
       throw asRegistryError(err, 'NAME_UNKNOWN')
     }
+  }
+
+  // --- referrers and the catalog -------------------------------------------------------------
+
+  /** The manifests whose subject is this digest, as listed under this repository. */
+  referrers(name: RepoName, digest: string): Promise<ReferrersAnswer> {
+    return this.referrerLookup.referrers(name, digest)
+  }
+
+  /**
+   * Up to `n` repositories with content here, in order, after `last` (upstream names); `more`
+   * when there may be another page. An anonymous viewer sees only those recorded readable by
+   * anonymous pulls (no upstream question per name: an unknown one stays hidden). At most
+   * CATALOG_SCAN_FACTOR * n names are looked at per page, so a page of private names ends short.
+   */
+  catalog(last: string, n: number, anonymous: boolean): { repositories: string[]; next: string | undefined } {
+    const { registry, assumed } = this.visibility.publicScope()
+    const scan = anonymous ? n * CATALOG_SCAN_FACTOR : n
+    // One name beyond the scan says whether there is another page.
+    const names = this.index.listings.repositories(registry, last, scan + 1)
+    const repositories: string[] = []
+    let seen = 0
+    for (const name of names.slice(0, scan)) {
+      if (repositories.length === n) break
+      seen++
+      if (!anonymous || this.index.isPublicRepo(registry, name, assumed)) repositories.push(name)
+    }
+    const lastSeen = seen === 0 ? undefined : names[seen - 1]
+    const more = seen < names.length
+    return { repositories, next: more ? lastSeen : undefined }
   }
 
   /** Records one finished request: counters, repo links, accounting; all buffered, no I/O. */

@@ -5,6 +5,7 @@
 //   index-statements.ts    the statements IndexDb runs on its rows (this module's methods)
 //   index-writes.ts        per-request writes, buffered and flushed in one transaction
 //   index-usage.ts         the stats' queries (index.usage)
+//   index-listings.ts      kept referrers lists, the catalog's repositories (index.listings)
 //   index-eviction.ts      eviction's queries (index.eviction)
 //   index-checkpointer.ts  WAL checkpoints in a thread of their own
 //
@@ -19,6 +20,7 @@ import type Database from 'better-sqlite3'
 import type { ManifestRef } from '../oci.js'
 import { Checkpointer } from './index-checkpointer.js'
 import { EvictionQueries } from './index-eviction.js'
+import { ListingQueries } from './index-listings.js'
 import { connect } from './index-schema.js'
 import {
   type BlobRow,
@@ -51,6 +53,8 @@ export class IndexDb {
   private readonly checkpointer: Checkpointer
   /** The queries behind the stats (store/stats.ts). */
   readonly usage: UsageQueries
+  /** The kept referrers lists and the catalog's walk over repositories (index-listings.ts). */
+  readonly listings: ListingQueries
   /** The queries behind eviction (store/eviction.ts). */
   readonly eviction: EvictionQueries
 
@@ -64,6 +68,7 @@ export class IndexDb {
     this.writes = new WriteBuffer(this.db)
     this.checkpointer = new Checkpointer(this.db, path)
     this.usage = new UsageQueries(this.db)
+    this.listings = new ListingQueries(this.db)
     this.eviction = new EvictionQueries(this.db)
   }
 

@@ -179,6 +179,20 @@ export const MIGRATIONS: string[] = [
   -- The top-tags query walks this index and stops after N rows instead of sorting every tag.
   CREATE INDEX tag_stats_requests ON tag_stats (requests DESC, last_request DESC);
   `,
+  `
+  -- The last answer to each referrers query (OCI referrers API, or the referrers tag schema on an
+  -- upstream without it), per repository: referrers are listed under the repository they were
+  -- asked of, never shared across repositories. Fetched_at dates it for the freshness window;
+  -- an old answer is served when upstream cannot be asked.
+  CREATE TABLE referrers (
+    registry   TEXT NOT NULL,
+    repo       TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    body       BLOB NOT NULL,        -- the index's manifests array, as JSON
+    fetched_at INTEGER NOT NULL,     -- ms since epoch
+    PRIMARY KEY (registry, repo, digest)
+  ) WITHOUT ROWID;
+  `,
 ]
 
 /** A read-only connection cannot migrate, so it only accepts the schema this pullcache writes. */

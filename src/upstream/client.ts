@@ -11,15 +11,17 @@
 //   state.ts           what the answers so far say: reachable, unwell, pull budget, recent errors
 //   ping.ts            the readiness ping, shared and reused so probes do not reach Hub
 //   response.ts        reading an answer: headers, bounded bodies, upstream's error message
+//   referrers-api.ts   the referrers API's pages, and telling an upstream without it
 
 import type { Readable } from 'node:stream'
 import pLimit, { type LimitFunction } from 'p-limit'
 import { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { MANIFEST_TYPES, MAX_MANIFEST_BYTES } from '../oci.js'
+import { MANIFEST_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPES } from '../oci.js'
 import { type Credentials, jwtGrantsPull } from './auth.js'
 import { type PingResult, ReadinessPing } from './ping.js'
+import { fetchReferrers } from './referrers-api.js'
 import {
   header,
   isRedirect,
@@ -281,6 +283,15 @@ export class Upstream {
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
     if (bytes === undefined) throw new UpstreamError('INVALID', `tag list of ${repo} is larger than 4 MiB`)
     return { bytes, link: header(res.headers, 'link') }
+  }
+
+  /** The referrers API's pages for a digest, or undefined without the API (referrers-api.ts). */
+  getReferrers(repo: string, digest: string, signal?: AbortSignal): Promise<Buffer[] | undefined> {
+    return fetchReferrers(repo, digest, {
+      origin: this.origin,
+      send: (path) => this.auth.send('manifest', repo, 'GET', path, { accept: MEDIA_TYPES.ociIndex }, signal),
+      failure: (res, what) => this.failure(res, what, repo),
+    })
   }
 
   // --- what anonymous pulls may read ---------------------------------------------------------

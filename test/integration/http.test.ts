@@ -85,7 +85,9 @@ describe('the HTTP surface', () => {
       [`/v2/library/x/blobs/sha512:${'b'.repeat(128)}`, 404, 'BLOB_UNKNOWN'],
       [`/v2/library/x/blobs/${digest}`, 404, 'BLOB_UNKNOWN'],
       ['/v2/library/x/nonsense', 404, 'NOT_FOUND'],
-      ['/v2/_catalog', 404, 'NOT_FOUND'],
+      ['/v2/_catalog?n=many', 400, 'PAGINATION_NUMBER_INVALID'],
+      ['/v2/library/x/referrers/sha256:1234', 400, 'DIGEST_INVALID'],
+      [`/v2/UPPER/referrers/${digest}`, 400, 'NAME_INVALID'],
       ['/elsewhere', 404, 'NOT_FOUND'],
       [`/v2/library/x/blobs/uploads/`, 404, 'NOT_FOUND'],
     ]

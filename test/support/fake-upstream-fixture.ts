@@ -38,6 +38,7 @@ export function useFakeUpstream(options?: FakeUpstreamOptions): FakeUpstreamFixt
     for (const u of extraUpstreams.splice(0)) await u.close()
     up?.clearFaults()
     up?.setRateLimit(options?.rateLimit)
+    up?.setReferrersApi(options?.referrersApi ?? false)
     up?.reset()
   })
   const fixture: FakeUpstreamFixture = {

@@ -641,3 +641,35 @@ describe('recording and counting', () => {
     await expect(get(`${u.url}/v2/`)).rejects.toThrow()
   })
 })
+
+describe('referrers', () => {
+  test('off (distribution 2.8): the route is a plain 404; on: manifests whose subject is the digest', async () => {
+    const u = await start({ auth: 'none' })
+    const image = u.addImage(REPO, 'v1')
+    const artifact = new TextEncoder().encode(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        artifactType: 'application/example',
+        config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: sha256(new Uint8Array()), size: 0 },
+        layers: [],
+        subject: { mediaType: image.mediaType, digest: image.manifestDigest, size: image.manifest.length },
+      }),
+    )
+    const digest = u.addManifest(REPO, artifact, OCI_MANIFEST)
+    const url = `${u.url}/v2/${REPO}/referrers/${image.manifestDigest}`
+    const off = await get(url)
+    expect(off.status).toBe(404)
+    expect(await off.text()).toBe('404 page not found\n')
+
+    u.setReferrersApi(true)
+    const on = await get(url)
+    expect(on.status).toBe(200)
+    expect(on.headers.get('content-type')).toBe('application/vnd.oci.image.index.v1+json')
+    expect(((await on.json()) as { manifests: unknown[] }).manifests).toEqual([
+      { mediaType: OCI_MANIFEST, digest, size: artifact.length, artifactType: 'application/example' },
+    ])
+    const none = await get(`${u.url}/v2/${REPO}/referrers/${digest}`)
+    expect(((await none.json()) as { manifests: unknown[] }).manifests).toEqual([])
+  })
+})

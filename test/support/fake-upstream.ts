@@ -73,6 +73,9 @@ export interface FakeUpstreamOptions {
   tokenFormat?: TokenFormat
   // Repositories only a user of `users` may pull from the start (setPrivate changes it later).
   privateRepos?: string[]
+  // Whether /v2/<name>/referrers/<digest> (OCI distribution 1.1) is served; without it the route is
+  // distribution 2.8's plain 404 and clients fall back to the referrers tag schema. Default off.
+  referrersApi?: boolean
 }
 
 export interface FakeUpstream {
@@ -86,6 +89,8 @@ export interface FakeUpstream {
   // A private repository: tokens grant pull of it only to a signed-in user (any of `users`), as Hub
   // does for an account's private repositories; anonymous tokens grant nothing for it.
   setPrivate(repo: string, isPrivate?: boolean): void
+  // Switches the referrers API on or off (see FakeUpstreamOptions.referrersApi).
+  setReferrersApi(on: boolean): void
   addImage(repo: string, tag: string, opts?: { layers?: number; layerBytes?: number }): AddedImage
   fault(match: FaultMatch, fault: Fault, times?: number): void
   clearFaults(): void
@@ -130,12 +135,14 @@ class FakeUpstreamServer implements FakeUpstream {
   readonly #servers: Record<Host, Server>
   readonly #urls: Record<Host, string> = { registry: '', cdn: '', auth: '' }
   #rateLimit: RateLimit | undefined
+  #referrersApi: boolean
   #leaks = 0
   #closing: Promise<void> | undefined
 
   constructor(opts: FakeUpstreamOptions) {
     this.#opts = opts
     this.#rateLimit = opts.rateLimit === undefined ? undefined : { ...opts.rateLimit }
+    this.#referrersApi = opts.referrersApi ?? false
     for (const repo of opts.privateRepos ?? []) this.#private.add(repo)
     const make = (host: Host) => {
       const server = createServer((req, res) => this.#handle(host, req, res))
@@ -193,6 +200,10 @@ class FakeUpstreamServer implements FakeUpstream {
 
   deleteTag(repo: string, tag: string): void {
     this.#store.deleteTag(repo, tag)
+  }
+
+  setReferrersApi(on: boolean): void {
+    this.#referrersApi = on
   }
 
   setPrivate(repo: string, isPrivate = true): void {
@@ -328,8 +339,8 @@ class FakeUpstreamServer implements FakeUpstream {
       if (!readOnly) return ociError(405, 'UNSUPPORTED')
       return this.#authorize(req.headers.authorization, undefined) ?? json(200, {})
     }
-    const m = /^\/v2\/(.+)\/(manifests|blobs|tags)\/(.+)$/.exec(path)
-    if (m === null) return text(404, '404 page not found\n')
+    const m = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/(.+)$/.exec(path)
+    if (m === null || (m[2] === 'referrers' && !this.#referrersApi)) return text(404, '404 page not found\n')
     const [, name = '', kind, rest = ''] = m
     // The fake is a read-only upstream: uploads, pushes and deletes are refused as distribution does.
     if (!readOnly || (kind === 'blobs' && rest.startsWith('uploads'))) return ociError(405, 'UNSUPPORTED')
@@ -341,6 +352,11 @@ class FakeUpstreamServer implements FakeUpstream {
     if (repo === undefined) return ociError(404, 'NAME_UNKNOWN', { name })
 
     if (kind === 'tags') return this.#tagsList(name, [...repo.tags.keys()], params)
+    if (kind === 'referrers') {
+      if (method !== 'GET') return ociError(405, 'UNSUPPORTED')
+      if (!DIGEST_RE.test(rest)) return ociError(400, 'DIGEST_INVALID', { digest: rest })
+      return this.#referrers(name, rest)
+    }
     if (kind === 'manifests') {
       const isDigest = DIGEST_RE.test(rest)
       if (!isDigest && !TAG_RE.test(rest)) return ociError(400, 'TAG_INVALID', { tag: rest })
@@ -410,6 +426,37 @@ class FakeUpstreamServer implements FakeUpstream {
       },
       body: stored.bytes,
     }
+  }
+
+  // The OCI referrers API: every manifest of the repository whose subject is the digest, with the
+  // artifactType the spec derives (the manifest's own, else its config's media type). No filtering.
+  #referrers(name: string, digest: string): Reply {
+    const manifests: Record<string, unknown>[] = []
+    for (const stored of this.#store.repo(name)?.manifests.values() ?? []) {
+      let body: {
+        subject?: { digest?: string }
+        artifactType?: string
+        config?: { mediaType?: string }
+        annotations?: Record<string, string>
+      }
+      try {
+        body = JSON.parse(new TextDecoder().decode(stored.bytes))
+      } catch {
+        continue
+      }
+      if (body.subject?.digest !== digest) continue
+      manifests.push({
+        mediaType: stored.mediaType,
+        digest: stored.digest,
+        size: stored.bytes.length,
+        artifactType: body.artifactType ?? body.config?.mediaType,
+        ...(body.annotations === undefined ? {} : { annotations: body.annotations }),
+      })
+    }
+    const bytes = new TextEncoder().encode(
+      JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests }),
+    )
+    return { status: 200, headers: { 'content-type': MEDIA_TYPES.ociIndex }, body: bytes }
   }
 
   // distribution's paging: lexical order, `last` exclusive, `n` a page size, and a Link to the next
