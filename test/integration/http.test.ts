@@ -202,10 +202,13 @@ describe('the HTTP surface', () => {
   test('a manifest the client left before it was answered books the bytes sent (none), not its size', async () => {
     const m = await fake.mirror()
     fake.up.addImage('library/gone', 'v1')
-    fake.up.fault({ method: 'GET', path: /\/manifests\// }, { kind: 'delay', ms: 400 }, 1)
+    fake.up.fault({ method: 'GET', path: /\/manifests\// }, { kind: 'delay', ms: 1500 }, 1)
     const controller = new AbortController()
     const asked = request(`${m.url}/v2/library/gone/manifests/v1`, { signal: controller.signal })
-    setTimeout(() => controller.abort(), 100)
+    // The client leaves once the mirror is waiting on upstream for it: not on a clock, which on a
+    // loaded machine could cut the request before the mirror had even read it.
+    await waitFor(() => fake.up.count('GET', /\/manifests\//) > 0, { what: 'the upstream manifest GET' })
+    controller.abort()
     await expect(asked).rejects.toThrow()
     const [line] = await waitFor(
       () => {
