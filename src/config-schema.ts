@@ -78,26 +78,33 @@ writtenAs(listen, ({ host, port }) =>
   host === '0.0.0.0' ? `:${port}` : host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`,
 )
 
-const upstreamUrl = z.string().transform((text, ctx) => {
+/**
+ * An http or https URL without credentials in it: a password in a URL ends up in logs and process
+ * listings, so the operator is told where it goes instead (`credentialsGo`). `what` names the URL
+ * in messages. Undefined (after an issue is added) when the text is not such a URL.
+ */
+function httpUrl(text: string, ctx: z.RefinementCtx, what: string, credentialsGo: string): URL | undefined {
   let url: URL
   try {
     url = new URL(text)
   } catch {
     ctx.addIssue({ code: 'custom', message: `not a URL: ${text}` })
-    return z.NEVER
+    return undefined
   }
   if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-    ctx.addIssue({ code: 'custom', message: `upstream must be http or https: ${text}` })
-    return z.NEVER
+    ctx.addIssue({ code: 'custom', message: `${what} must be http or https: ${text}` })
+    return undefined
   }
   if (url.username || url.password) {
-    // A password in a URL ends up in logs and process listings; make the operator move it.
-    ctx.addIssue({
-      code: 'custom',
-      message: 'put credentials in upstream.username and a password file, not the URL',
-    })
-    return z.NEVER
+    ctx.addIssue({ code: 'custom', message: `put credentials in ${credentialsGo}, not the URL` })
+    return undefined
   }
+  return url
+}
+
+const upstreamUrl = z.string().transform((text, ctx) => {
+  const url = httpUrl(text, ctx, 'upstream', 'upstream.username and a password file')
+  if (url === undefined) return z.NEVER
   if (url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
     ctx.addIssue({ code: 'custom', message: `upstream must be a registry root like ${DOCKER_HUB}: ${text}` })
     return z.NEVER
@@ -148,25 +155,8 @@ export function parseNetwork(text: string): { address: string; prefix: number; f
  * (they would end up in logs; a token goes in the endpoint's headers, which are never printed).
  */
 const notifyUrl = z.string().transform((text, ctx) => {
-  let url: URL
-  try {
-    url = new URL(text)
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `not a URL: ${text}` })
-    return z.NEVER
-  }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-    ctx.addIssue({ code: 'custom', message: `a notification endpoint must be http or https: ${text}` })
-    return z.NEVER
-  }
-  if (url.username || url.password) {
-    ctx.addIssue({
-      code: 'custom',
-      message: "put credentials in the endpoint's headers (e.g. Authorization), not the URL",
-    })
-    return z.NEVER
-  }
-  return url.href
+  const url = httpUrl(text, ctx, 'a notification endpoint', "the endpoint's headers (e.g. Authorization)")
+  return url === undefined ? z.NEVER : url.href
 })
 writtenAs(notifyUrl, (href) => href)
 

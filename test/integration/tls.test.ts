@@ -11,7 +11,8 @@ import { Agent, request } from 'node:https'
 import { join } from 'node:path'
 import { connect, type PeerCertificate, type TLSSocket } from 'node:tls'
 import { beforeAll, describe, expect, test } from 'vitest'
-import { ConfigError, loadConfig } from '../../src/config.js'
+import { loadConfig } from '../../src/config.js'
+import { problems } from '../support/config-problems.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
@@ -28,16 +29,6 @@ beforeAll(async () => {
   first = await ca.server('first')
   second = await ca.server('second')
 })
-
-function problems(fn: () => unknown): string[] {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems
-    throw err
-  }
-  throw new Error('expected a ConfigError')
-}
 
 describe('the tls config', () => {
   test('cert and key from the environment; client_auth follows client_ca unless set', () => {

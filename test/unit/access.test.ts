@@ -1,25 +1,16 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
-import { ConfigError, loadConfig } from '../../src/config.js'
+import { loadConfig } from '../../src/config.js'
 import { Access, parseHtpasswd } from '../../src/http/access.js'
 import { silentLogger } from '../../src/log.js'
 import { jwtGrantsPull } from '../../src/upstream/auth.js'
+import { problems } from '../support/config-problems.js'
 import { tmpRoot } from '../support/tmp.js'
 
 // `htpasswd -nbB alice secret` (cost 5), and `htpasswd -nbm carol x` (MD5).
 const ALICE = 'alice:$2y$05$J/p89Q9a3mAkOLMv3U7/T.HR25xC9CtY2QrJAzEvJU.xGbT3P5VX.'
 const CAROL = 'carol:$apr1$Xh1uV6Qw$0HcO7VqS1t5c1J0m2cQmQ/'
-
-function problems(fn: () => unknown): string[] {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems
-    throw err
-  }
-  throw new Error('expected a ConfigError')
-}
 
 describe('htpasswd', () => {
   test('bcrypt entries are accounts; comments and blank lines are skipped', () => {

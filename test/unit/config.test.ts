@@ -1,9 +1,10 @@
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
-import { ConfigError, fileForm, loadConfig } from '../../src/config.js'
+import { fileForm, loadConfig } from '../../src/config.js'
 import { compileTagPattern } from '../../src/tag-pattern.js'
 import { parseDuration, parseSize } from '../../src/units.js'
+import { problems } from '../support/config-problems.js'
 import { tmpRoot } from '../support/tmp.js'
 
 async function file(content: unknown): Promise<string> {
@@ -11,16 +12,6 @@ async function file(content: unknown): Promise<string> {
   const path = join(dir, 'pullcache.json')
   await writeFile(path, typeof content === 'string' ? content : JSON.stringify(content))
   return path
-}
-
-function problems(fn: () => unknown): string[] {
-  try {
-    fn()
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems
-    throw err
-  }
-  throw new Error('expected a ConfigError')
 }
 
 describe('config', () => {
