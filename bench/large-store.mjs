@@ -10,12 +10,12 @@
 // interrupted. Only loopback; the upstream URL points at a closed port and is never needed.
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, statfsSync, statSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { freePort, sleep } from './lib/procs.mjs'
+import { freePort, removeTree, sleep } from './lib/procs.mjs'
 
 const { values } = parseArgs({
   options: {
@@ -42,7 +42,7 @@ function cleanup() {
       c.kill('SIGKILL')
     } catch {}
   }
-  rmSync(work, { recursive: true, force: true })
+  removeTree(work)
 }
 process.on('exit', cleanup)
 for (const s of ['SIGINT', 'SIGTERM']) {

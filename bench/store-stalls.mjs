@@ -13,11 +13,12 @@
 // By default WAL checkpoints run in the server's checkpointer thread; --auto-checkpoint leaves
 // them to SQLite inside the commits, as before. The store is built under $TMPDIR and removed.
 import { createHash } from 'node:crypto'
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
+import { removeTree } from './lib/procs.mjs'
 
 const { values } = parseArgs({
   options: {
@@ -36,7 +37,7 @@ const { reconcileStore } = await import(new URL('store/reconcile.js', DIST).href
 const { Store } = await import(new URL('store/store.js', DIST).href)
 
 const work = mkdtempSync(join(process.env.TMPDIR ?? tmpdir(), 'pullcache-stalls-'))
-process.on('exit', () => rmSync(work, { recursive: true, force: true }))
+process.on('exit', () => removeTree(work))
 for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => process.exit(130))
 
 const blobBytes = (i) => {

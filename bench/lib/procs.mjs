@@ -2,13 +2,22 @@
 // Every child is tracked and killed when the bench exits, however it exits. Daemons are also
 // written to $BENCH_WORK/pids as "pid starttime name", so bench/run's EXIT trap can kill what a
 // crashed bench left behind, and only those exact processes (a reused pid has another start time).
-import { spawn } from 'node:child_process'
-import { appendFileSync, createWriteStream, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { appendFileSync, createWriteStream, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 
 const live = new Set()
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * Removes a tree the bench wrote, synchronously (it also runs in an exit handler). `rm -rf` took
+ * minutes on a million-blob store where Node's rmSync took over 40; rmSync is the fallback.
+ */
+export function removeTree(dir) {
+  const rm = spawnSync('rm', ['-rf', '--', dir], { stdio: 'ignore' })
+  if (rm.status !== 0) rmSync(dir, { recursive: true, force: true })
+}
 let pidsFile
 
 export function trackPidsIn(file) {
