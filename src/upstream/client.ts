@@ -195,18 +195,29 @@ export class Upstream {
 
   // --- the registry API --------------------------------------------------------------------
 
-  /** HEAD a manifest: free on Docker Hub (it does not count against the pull limit). */
-  async headManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestHead> {
+  /** A manifest request answered 200 (any other answer is thrown), its rate-limit headers read. */
+  private async manifestRequest(
+    method: 'GET' | 'HEAD',
+    repo: string,
+    reference: string,
+    signal: AbortSignal | undefined,
+  ): Promise<Response> {
     const res = await this.auth.send(
       'manifest',
       repo,
-      'HEAD',
+      method,
       `/v2/${repo}/manifests/${reference}`,
       { accept: MANIFEST_TYPES.join(', ') },
       signal,
     )
     this.state.noteRateLimit(res.headers)
-    if (res.statusCode !== 200) throw await this.failure(res, `HEAD manifest ${repo}:${reference}`, repo)
+    if (res.statusCode !== 200) throw await this.failure(res, `${method} manifest ${repo}:${reference}`, repo)
+    return res
+  }
+
+  /** HEAD a manifest: free on Docker Hub (it does not count against the pull limit). */
+  async headManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestHead> {
+    const res = await this.manifestRequest('HEAD', repo, reference, signal)
     await res.body.dump()
     const length = header(res.headers, 'content-length')
     return {
@@ -218,16 +229,7 @@ export class Upstream {
 
   /** GET a manifest's exact bytes. On Docker Hub this is the request that counts as a pull. */
   async getManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestBody> {
-    const res = await this.auth.send(
-      'manifest',
-      repo,
-      'GET',
-      `/v2/${repo}/manifests/${reference}`,
-      { accept: MANIFEST_TYPES.join(', ') },
-      signal,
-    )
-    this.state.noteRateLimit(res.headers)
-    if (res.statusCode !== 200) throw await this.failure(res, `GET manifest ${repo}:${reference}`, repo)
+    const res = await this.manifestRequest('GET', repo, reference, signal)
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
     if (bytes === undefined)
       throw new UpstreamError('INVALID', `manifest ${repo}:${reference} is larger than 4 MiB`)
