@@ -7,6 +7,7 @@
 import { isIP } from 'node:net'
 import { z } from 'zod'
 import { secret, writtenAs } from './config-file-form.js'
+import { isRegistryHost } from './oci.js'
 import { compileTagPattern } from './tag-pattern.js'
 import { formatDuration, formatSize, parseDuration, parseSize } from './units.js'
 
@@ -205,131 +206,193 @@ const nullableDuration = unitString(
   'evict everything as soon as it is stored; null means never',
 ).nullable()
 
-const schema = z.strictObject({
-  listen: listen.prefault(':5000'),
-  data_dir: z.string().min(1).default('./data'),
-  // Never contact upstream; uncached requests fail at once. Switchable at run time (SIGHUP).
-  offline: z.boolean().default(false),
-  // On SIGTERM: how long responses in flight may take to finish before connections are cut.
-  // 0 is a choice: cut the connections at once.
-  shutdown_grace: timerDuration().prefault('10s'),
-  upstream: z
-    .strictObject({
-      url: upstreamUrl.prefault(DOCKER_HUB),
-      username: z.string().min(1).nullable().default(null),
-      password_file: z.string().min(1).nullable().default(null),
-      connect_timeout: timerDuration('turn the timeout off').prefault('10s'),
-      header_timeout: timerDuration('turn the timeout off').prefault('30s'),
-      idle_timeout: timerDuration('turn the timeout off').prefault('30s'),
-      max_concurrent_fetches: z.number().int().min(1).max(1024).default(16),
-      connections: z.number().int().min(1).max(1024).default(32),
-      // Below this many pulls left (Docker Hub's ratelimit-remaining), cached tags are served
-      // without revalidation until the rate-limit window has passed.
-      rate_limit_reserve: z.number().int().min(0).default(10),
-      // Docker Hub keeps official images under library/: a one-component name ("alpine") is
-      // asked for upstream as "library/alpine". Turn off for a registry with one-component names.
-      library_prefix: z.boolean().default(true),
-    })
-    .prefault({}),
-  cache: z
-    .strictObject({
-      tag_freshness: duration.prefault('60s'),
-      // How long a client with a cached copy waits on a tag revalidation before it gets the
-      // cached copy, marked stale; the revalidation goes on and updates the tag when it ends.
-      revalidate_timeout: timerDuration('serve every cached tag stale without waiting').prefault('5s'),
-      manifest_memory: size.prefault('64MiB'),
-      // Per-pattern freshness, first match wins; tags matching none get tag_freshness.
-      tag_freshness_rules: z.array(z.strictObject({ match: tagPattern, freshness: duration })).prefault([]),
-      // The store's byte budget (null: unlimited). Above high_water * max_size, the least
-      // recently used blobs go until the store is under low_water * max_size.
-      max_size: nullableSize.prefault(null),
-      high_water: z.number().gt(0).max(1).default(0.95),
-      low_water: z.number().gt(0).max(1).default(0.85),
-      // Blobs and manifests unused this long are removed whatever the budget (null: never).
-      max_unused_age: nullableDuration.prefault(null),
-      // Never evicted, with everything their manifests reference: "repo:tag" patterns as above.
-      pins: z.array(tagPattern).prefault([]),
-      eviction_interval: timerDuration('run eviction in a busy loop').prefault('1m'),
-    })
-    .refine((c) => c.low_water < c.high_water, {
-      message: 'low_water must be below high_water',
-      path: ['low_water'],
-      // Checked even when other cache keys are wrong, so every problem is reported at once.
-      when: ({ value }) => {
-        const v = value as { low_water?: unknown; high_water?: unknown } | undefined
-        return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
-      },
-    })
-    .prefault({}),
-  // What one client connection may hold, and for how long (src/http/limits.ts).
-  limits: z
-    .strictObject({
-      header_timeout: timerDuration('leave a slow request head waiting forever').prefault('20s'),
-      send_timeout: timerDuration('let a client that reads nothing hold its response forever').prefault(
-        '60s',
-      ),
-      keepalive_timeout: timerDuration('close every keep-alive connection at once').prefault('65s'),
-      max_connections: z.number().int().min(1).max(1_000_000).default(1024),
-    })
-    .prefault({}),
-  index: z
-    .strictObject({
-      flush_interval: timerDuration('flush in a busy loop').prefault('1s'),
-      // Hourly accounting rows older than this are pruned (every hour, in small batches). At
-      // least an hour: a shorter retention would prune the hour being written.
-      accounting_retention: duration
-        .refine((ms) => ms >= 3_600_000, { message: 'must be at least 1h' })
-        .prefault('30d'),
-    })
-    .prefault({}),
-  auth: z
-    .strictObject({
-      // htpasswd file of client accounts (bcrypt entries, as `htpasswd -B` writes); re-read on
-      // SIGHUP. null: no accounts, every client is anonymous.
-      htpasswd: z.string().min(1).nullable().default(null),
-      // Whether clients without an account may pull what anonymous pulls upstream may read.
-      anonymous: z.boolean().default(true),
-    })
-    .prefault({}),
-  // TLS on the listener (src/tls.ts): PEM files, re-read on SIGHUP. null cert and key: plain HTTP.
-  tls: z
-    .strictObject({
-      cert: z.string().min(1).nullable().default(null),
-      key: z.string().min(1).nullable().default(null),
-      // CA certificates client certificates are checked against; a verified client certificate
-      // signs its client in, as an htpasswd account does.
-      client_ca: z.string().min(1).nullable().default(null),
-      // 'none', 'optional' (a client with a certificate is signed in by it) or 'require' (no
-      // handshake without one). null: 'optional' when client_ca is set, 'none' otherwise.
-      client_auth: z.enum(['none', 'optional', 'require']).nullable().default(null),
-    })
-    .prefault({}),
-  admin: z
-    .strictObject({
-      // Networks allowed to reach the status page, /_pullcache/* and /metrics (health checks
-      // excepted); empty: no restriction.
-      allow: z.array(network).prefault([]),
-    })
-    .prefault({}),
-  // Webhooks, as distribution's notifications.endpoints: a JSON envelope of events POSTed to
-  // each endpoint, best effort (src/notify/). Reloaded on SIGHUP.
-  notifications: z
-    .strictObject({
-      endpoints: z
-        .array(notifyEndpoint)
-        .refine((list) => new Set(list.map((e) => e.name)).size === list.length, {
-          message: 'endpoint names must be unique',
-        })
-        .prefault([]),
-    })
-    .prefault({}),
-  log: z
-    .strictObject({
-      level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
-      access: z.boolean().default(true),
-    })
-    .prefault({}),
+/**
+ * A registry's name as clients write it: a lowercase host, with a port if not the default
+ * ("ghcr.io", "registry.example.com:5443", "localhost:5000"). It must look like a host (a '.',
+ * a ':' or "localhost"): that is how a path's first component is told from a Docker Hub
+ * namespace, which never has either.
+ */
+const registryHost = z
+  .string()
+  .regex(
+    /^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::\d{1,5})?$/,
+    'not a registry host like "ghcr.io" or "registry.example.com:5443" (lowercase, no scheme or path)',
+  )
+  .refine(isRegistryHost, {
+    message:
+      'a registry host needs a "." or a port, or is "localhost" (a bare word is a Docker Hub namespace)',
+  })
+
+/** How pullcache reaches one upstream: its account and its connection limits. */
+const UPSTREAM_CONNECTION = {
+  username: z.string().min(1).nullable().default(null),
+  password_file: z.string().min(1).nullable().default(null),
+  connect_timeout: timerDuration('turn the timeout off').prefault('10s'),
+  header_timeout: timerDuration('turn the timeout off').prefault('30s'),
+  idle_timeout: timerDuration('turn the timeout off').prefault('30s'),
+  max_concurrent_fetches: z.number().int().min(1).max(1024).default(16),
+  connections: z.number().int().min(1).max(1024).default(32),
+  // Below this many pulls left (Docker Hub's ratelimit-remaining), cached tags are served
+  // without revalidation until the rate-limit window has passed.
+  rate_limit_reserve: z.number().int().min(0).default(10),
+}
+
+/** One of `upstreams`: a registry beside the root one, named by its host. */
+const otherUpstream = z.strictObject({
+  host: registryHost,
+  url: upstreamUrl,
+  ...UPSTREAM_CONNECTION,
+  // Off here: only Docker Hub keeps one-component names under library/.
+  library_prefix: z.boolean().default(false),
+  // This registry's tag freshness; unset: cache.tag_freshness (tag_freshness_rules apply first).
+  tag_freshness: duration.optional(),
 })
+
+const schema = z
+  .strictObject({
+    listen: listen.prefault(':5000'),
+    data_dir: z.string().min(1).default('./data'),
+    // Never contact upstream; uncached requests fail at once. Switchable at run time (SIGHUP).
+    offline: z.boolean().default(false),
+    // On SIGTERM: how long responses in flight may take to finish before connections are cut.
+    // 0 is a choice: cut the connections at once.
+    shutdown_grace: timerDuration().prefault('10s'),
+    // The root upstream: what a request naming no other registry is for (dockerd's mirror).
+    upstream: z
+      .strictObject({
+        // The registry name clients use for it (containerd's ?ns=, a path prefix).
+        host: registryHost.default('docker.io'),
+        url: upstreamUrl.prefault(DOCKER_HUB),
+        ...UPSTREAM_CONNECTION,
+        // Docker Hub keeps official images under library/: a one-component name ("alpine") is
+        // asked for upstream as "library/alpine". Turn off for a registry with one-component names.
+        library_prefix: z.boolean().default(true),
+      })
+      .prefault({}),
+    // Further registries on the same port, each under its host name: `?ns=<host>` or a path
+    // prefix `/v2/<host>/<name>` reaches it. Adding or removing one takes a restart.
+    upstreams: z.array(otherUpstream).prefault([]),
+    cache: z
+      .strictObject({
+        tag_freshness: duration.prefault('60s'),
+        // How long a client with a cached copy waits on a tag revalidation before it gets the
+        // cached copy, marked stale; the revalidation goes on and updates the tag when it ends.
+        revalidate_timeout: timerDuration('serve every cached tag stale without waiting').prefault('5s'),
+        manifest_memory: size.prefault('64MiB'),
+        // Per-pattern freshness, first match wins; tags matching none get tag_freshness.
+        tag_freshness_rules: z.array(z.strictObject({ match: tagPattern, freshness: duration })).prefault([]),
+        // The store's byte budget (null: unlimited). Above high_water * max_size, the least
+        // recently used blobs go until the store is under low_water * max_size.
+        max_size: nullableSize.prefault(null),
+        high_water: z.number().gt(0).max(1).default(0.95),
+        low_water: z.number().gt(0).max(1).default(0.85),
+        // Blobs and manifests unused this long are removed whatever the budget (null: never).
+        max_unused_age: nullableDuration.prefault(null),
+        // Never evicted, with everything their manifests reference: "repo:tag" patterns as above.
+        pins: z.array(tagPattern).prefault([]),
+        eviction_interval: timerDuration('run eviction in a busy loop').prefault('1m'),
+      })
+      .refine((c) => c.low_water < c.high_water, {
+        message: 'low_water must be below high_water',
+        path: ['low_water'],
+        // Checked even when other cache keys are wrong, so every problem is reported at once.
+        when: ({ value }) => {
+          const v = value as { low_water?: unknown; high_water?: unknown } | undefined
+          return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
+        },
+      })
+      .prefault({}),
+    // What one client connection may hold, and for how long (src/http/limits.ts).
+    limits: z
+      .strictObject({
+        header_timeout: timerDuration('leave a slow request head waiting forever').prefault('20s'),
+        send_timeout: timerDuration('let a client that reads nothing hold its response forever').prefault(
+          '60s',
+        ),
+        keepalive_timeout: timerDuration('close every keep-alive connection at once').prefault('65s'),
+        max_connections: z.number().int().min(1).max(1_000_000).default(1024),
+      })
+      .prefault({}),
+    index: z
+      .strictObject({
+        flush_interval: timerDuration('flush in a busy loop').prefault('1s'),
+        // Hourly accounting rows older than this are pruned (every hour, in small batches). At
+        // least an hour: a shorter retention would prune the hour being written.
+        accounting_retention: duration
+          .refine((ms) => ms >= 3_600_000, { message: 'must be at least 1h' })
+          .prefault('30d'),
+      })
+      .prefault({}),
+    auth: z
+      .strictObject({
+        // htpasswd file of client accounts (bcrypt entries, as `htpasswd -B` writes); re-read on
+        // SIGHUP. null: no accounts, every client is anonymous.
+        htpasswd: z.string().min(1).nullable().default(null),
+        // Whether clients without an account may pull what anonymous pulls upstream may read.
+        anonymous: z.boolean().default(true),
+      })
+      .prefault({}),
+    // TLS on the listener (src/tls.ts): PEM files, re-read on SIGHUP. null cert and key: plain HTTP.
+    tls: z
+      .strictObject({
+        cert: z.string().min(1).nullable().default(null),
+        key: z.string().min(1).nullable().default(null),
+        // CA certificates client certificates are checked against; a verified client certificate
+        // signs its client in, as an htpasswd account does.
+        client_ca: z.string().min(1).nullable().default(null),
+        // 'none', 'optional' (a client with a certificate is signed in by it) or 'require' (no
+        // handshake without one). null: 'optional' when client_ca is set, 'none' otherwise.
+        client_auth: z.enum(['none', 'optional', 'require']).nullable().default(null),
+      })
+      .prefault({}),
+    admin: z
+      .strictObject({
+        // Networks allowed to reach the status page, /_pullcache/* and /metrics (health checks
+        // excepted); empty: no restriction.
+        allow: z.array(network).prefault([]),
+      })
+      .prefault({}),
+    // Webhooks, as distribution's notifications.endpoints: a JSON envelope of events POSTed to
+    // each endpoint, best effort (src/notify/). Reloaded on SIGHUP.
+    notifications: z
+      .strictObject({
+        endpoints: z
+          .array(notifyEndpoint)
+          .refine((list) => new Set(list.map((e) => e.name)).size === list.length, {
+            message: 'endpoint names must be unique',
+          })
+          .prefault([]),
+      })
+      .prefault({}),
+    log: z
+      .strictObject({
+        level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+        access: z.boolean().default(true),
+      })
+      .prefault({}),
+  })
+  .superRefine(
+    (config, ctx) => {
+      // Every host names one upstream, the root's included. Run even when other keys are wrong
+      // (every problem at once), so the values are looked at as what they may be.
+      const root = (config.upstream as { host?: unknown } | undefined)?.host
+      const seen = new Set<unknown>([root])
+      const list: unknown[] = Array.isArray(config.upstreams) ? config.upstreams : []
+      list.forEach((entry, i) => {
+        const host = (entry as { host?: unknown } | null)?.host
+        if (typeof host !== 'string') return
+        if (seen.has(host)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['upstreams', i, 'host'],
+            message: `${host} is already the host of another upstream`,
+          })
+        }
+        seen.add(host)
+      })
+    },
+    { when: () => true },
+  )
 
 /** The schema, for config.ts and for the tests that walk every key. */
 export { schema as configSchema }

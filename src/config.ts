@@ -11,8 +11,9 @@ import { type ClientAuth, tlsProblems } from './tls.js'
 
 type Parsed = z.output<typeof schema>
 
-export interface Config extends Omit<Parsed, 'upstream' | 'tls'> {
+export interface Config extends Omit<Parsed, 'upstream' | 'upstreams' | 'tls'> {
   upstream: Parsed['upstream'] & { password: string | null }
+  upstreams: (Parsed['upstreams'][number] & { password: string | null })[]
   /** client_auth as it applies: its default depends on client_ca. */
   tls: Omit<Parsed['tls'], 'client_auth'> & { client_auth: ClientAuth }
 }
@@ -43,6 +44,7 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_LISTEN: 'listen',
   PULLCACHE_DATA_DIR: 'data_dir',
   PULLCACHE_UPSTREAM: 'upstream.url',
+  PULLCACHE_UPSTREAM_HOST: 'upstream.host',
   PULLCACHE_UPSTREAM_USERNAME: 'upstream.username',
   PULLCACHE_UPSTREAM_PASSWORD_FILE: 'upstream.password_file',
   PULLCACHE_UPSTREAM_MAX_CONCURRENT_FETCHES: 'upstream.max_concurrent_fetches',
@@ -135,7 +137,18 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     }
   }
 
-  const password = readPassword(result.success ? result.data.upstream.password_file : null, env, problems)
+  const password = readPassword(
+    result.success ? result.data.upstream.password_file : null,
+    'upstream',
+    env.PULLCACHE_UPSTREAM_PASSWORD,
+    problems,
+  )
+  // The other upstreams' passwords come from their files only: one environment variable per
+  // list entry would be named by position, which moves when the list is edited.
+  const upstreams = (result.success ? result.data.upstreams : []).map((u, i) => ({
+    ...u,
+    password: readPassword(u.password_file, `upstreams.${i}`, undefined, problems),
+  }))
   const tls = result.success ? tlsOf(result.data.tls) : undefined
   // The files are read now, so a missing file or a key of another certificate stops the start
   // with the other config problems (and shows in `config check`), not at the first handshake.
@@ -147,15 +160,19 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   }
   if (problems.length > 0 || !result.success || tls === undefined) throw new ConfigError(problems)
   const parsed = result.data
-  if (password !== null && parsed.upstream.username === null) {
-    throw new ConfigError(['upstream.username: a password is set but no username'])
+  const withoutUser = [
+    ...(password !== null && parsed.upstream.username === null ? ['upstream'] : []),
+    ...upstreams.flatMap((u, i) => (u.password !== null && u.username === null ? [`upstreams.${i}`] : [])),
+  ]
+  if (withoutUser.length > 0) {
+    throw new ConfigError(withoutUser.map((at) => `${at}.username: a password is set but no username`))
   }
   if (!parsed.auth.anonymous && parsed.auth.htpasswd === null && tls.client_ca === null) {
     throw new ConfigError([
       'auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd or client certificates (tls.client_ca)',
     ])
   }
-  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password }, tls }
+  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password }, upstreams, tls }
   return deepFreeze(config)
 }
 
@@ -176,10 +193,15 @@ function tlsOf(parsed: Parsed['tls']): Config['tls'] {
   return { ...parsed, client_auth: parsed.client_auth ?? (parsed.client_ca === null ? 'none' : 'optional') }
 }
 
-function readPassword(file: string | null, env: NodeJS.ProcessEnv, problems: string[]): string | null {
-  const fromEnv = env.PULLCACHE_UPSTREAM_PASSWORD
+/** An upstream's password, from the environment (`fromEnv`) or its file; `at` names it. */
+function readPassword(
+  file: string | null,
+  at: string,
+  fromEnv: string | undefined,
+  problems: string[],
+): string | null {
   if (fromEnv !== undefined && fromEnv !== '') {
-    if (file !== null) problems.push('upstream: set the password by environment or by file, not both')
+    if (file !== null) problems.push(`${at}: set the password by environment or by file, not both`)
     return fromEnv
   }
   if (file === null) return null
@@ -187,9 +209,7 @@ function readPassword(file: string | null, env: NodeJS.ProcessEnv, problems: str
     // A trailing newline is what editors and `echo` leave; it is never part of a password.
     return readFileSync(file, 'utf8').replace(/\r?\n$/, '')
   } catch (err) {
-    problems.push(
-      `upstream.password_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-    )
+    problems.push(`${at}.password_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
     return null
   }
 }

@@ -32,8 +32,21 @@ export function isTag(value: string): boolean {
 export interface RepoName {
   /** The name the client used, e.g. "alpine"; paths in Link headers keep it. */
   readonly client: string
-  /** The name upstream knows, e.g. "library/alpine" on Docker Hub. */
+  /**
+   * The name upstream knows, e.g. "library/alpine" on Docker Hub, and the repository's name in
+   * the index. For a registry other than the root one it is prefixed with that registry's host
+   * ("ghcr.io/org/app"), so its repositories never meet Docker Hub's in the index; that
+   * registry's client takes the prefix off before asking (upstream/client.ts).
+   */
   readonly upstream: string
+}
+
+/**
+ * Whether a name's first path component names a registry rather than a Docker Hub namespace:
+ * a host has a '.' or a port, or is "localhost"; a Docker Hub namespace has neither.
+ */
+export function isRegistryHost(component: string): boolean {
+  return component.includes('.') || component.includes(':') || component === 'localhost'
 }
 
 export function sha256(bytes: Uint8Array): string {

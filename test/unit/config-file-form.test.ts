@@ -59,6 +59,7 @@ const EVERYTHING = {
   offline: true,
   shutdown_grace: '25s',
   upstream: {
+    host: 'registry.example:8443',
     url: 'https://registry.example:8443',
     username: 'mirror-bot',
     password_file: '/run/credentials/pullcache/upstream-password',
@@ -70,6 +71,22 @@ const EVERYTHING = {
     rate_limit_reserve: 0,
     library_prefix: false,
   },
+  upstreams: [
+    {
+      host: 'ghcr.io',
+      url: 'https://ghcr.io',
+      username: 'ci-bot',
+      password_file: '/run/credentials/pullcache/ghcr-password',
+      connect_timeout: '2s',
+      header_timeout: '45s',
+      idle_timeout: '1m',
+      max_concurrent_fetches: 4,
+      connections: 8,
+      rate_limit_reserve: 3,
+      library_prefix: true,
+      tag_freshness: '10m',
+    },
+  ],
   cache: {
     tag_freshness: '1.5h',
     revalidate_timeout: '750ms',
@@ -129,7 +146,12 @@ describe('the file form of a config', () => {
     const ca = await makeTestCa()
     const server = await ca.server('pullcache')
     const tls = { ...EVERYTHING.tls, cert: server.cert, key: server.key, client_ca: ca.cert }
-    const source = { ...EVERYTHING, upstream: { ...EVERYTHING.upstream, password_file: passwordFile }, tls }
+    const source = {
+      ...EVERYTHING,
+      upstream: { ...EVERYTHING.upstream, password_file: passwordFile },
+      upstreams: EVERYTHING.upstreams.map((u) => ({ ...u, password_file: passwordFile })),
+      tls,
+    }
     const first = loadConfig({ file: await write(source), env: {} })
     const printed = fileForm(first)
     expect(JSON.stringify(printed)).not.toContain('hunter2')
