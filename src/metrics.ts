@@ -33,18 +33,19 @@ export function createMetrics() {
     requests: new Counter({
       name: 'pullcache_requests_total',
       help: 'Registry API requests answered, by kind (manifest, blob, tags), method and cache result.',
-      labelNames: ['kind', 'method', 'result'] as const,
+      labelNames: ['upstream', 'kind', 'method', 'result'] as const,
       registers,
     }),
     servedBytes: new Counter({
       name: 'pullcache_served_bytes_total',
       help: 'Body bytes sent to clients, by where they came from (cache or upstream).',
-      labelNames: ['source'] as const,
+      labelNames: ['upstream', 'source'] as const,
       registers,
     }),
     hubPullsAvoided: new Counter({
       name: 'pullcache_upstream_pulls_avoided_total',
       help: 'Manifest GETs answered without a manifest GET upstream (each would count as a Docker Hub pull).',
+      labelNames: ['upstream'] as const,
       registers,
     }),
     requestDuration: new Histogram({
@@ -57,28 +58,31 @@ export function createMetrics() {
     upstreamRequests: new Counter({
       name: 'pullcache_upstream_requests_total',
       help: 'Requests sent upstream, by kind (manifest, blob, tags, token, cdn, ping; access: checks of what anonymous pulls may read), method and status ("error" when none came).',
-      labelNames: ['kind', 'method', 'status'] as const,
+      labelNames: ['upstream', 'kind', 'method', 'status'] as const,
       registers,
     }),
     upstreamBytes: new Counter({
       name: 'pullcache_upstream_blob_bytes_total',
       help: 'Blob bytes downloaded from upstream.',
+      labelNames: ['upstream'] as const,
       registers,
     }),
     tokenFetches: new Counter({
       name: 'pullcache_upstream_token_fetches_total',
       help: 'Bearer tokens fetched from the upstream token realm, by result.',
-      labelNames: ['result'] as const,
+      labelNames: ['upstream', 'result'] as const,
       registers,
     }),
     rateLimitLimit: new Gauge({
       name: 'pullcache_upstream_ratelimit_limit',
       help: 'Pull budget upstream reported in its last ratelimit-limit header.',
+      labelNames: ['upstream'] as const,
       registers,
     }),
     rateLimitRemaining: new Gauge({
       name: 'pullcache_upstream_ratelimit_remaining',
       help: 'Pulls left upstream reported in its last ratelimit-remaining header.',
+      labelNames: ['upstream'] as const,
       registers,
     }),
     fills: new Counter({

@@ -83,6 +83,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const metrics = createMetrics()
   const upstream = new Upstream({
     url: config.upstream.url,
+    host: config.upstream.host,
     credentials:
       config.upstream.username !== null && config.upstream.password !== null
         ? { username: config.upstream.username, password: config.upstream.password }

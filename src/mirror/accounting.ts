@@ -28,10 +28,14 @@ export class Accounting {
   /** The upstream's key in the index (Upstream.registry). */
   private readonly registry: string
 
-  constructor(index: IndexDb, metrics: Metrics, registry: string) {
+  /** The upstream's host, the `upstream` label of the metrics. */
+  private readonly host: string
+
+  constructor(index: IndexDb, metrics: Metrics, registry: string, host: string) {
     this.index = index
     this.metrics = metrics
     this.registry = registry
+    this.host = host
   }
 
   /** Records one finished request: counters, repo links, accounting; all buffered, no I/O. */
@@ -59,9 +63,12 @@ export class Accounting {
     if (r.tag !== undefined && (!failed || this.index.getTag(registry, r.name.upstream, r.tag))) {
       this.index.touchTag(registry, r.name.upstream, r.tag, r.result, r.bytes, pullAvoided)
     }
-    this.metrics.requests.inc({ kind: r.kind, method: r.method, result: r.result })
-    if (r.bytes > 0) this.metrics.servedBytes.inc({ source: fromUpstream ? 'upstream' : 'cache' }, r.bytes)
-    if (pullAvoided) this.metrics.hubPullsAvoided.inc()
+    const upstream = this.host
+    this.metrics.requests.inc({ upstream, kind: r.kind, method: r.method, result: r.result })
+    if (r.bytes > 0) {
+      this.metrics.servedBytes.inc({ upstream, source: fromUpstream ? 'upstream' : 'cache' }, r.bytes)
+    }
+    if (pullAvoided) this.metrics.hubPullsAvoided.inc({ upstream })
     this.index.account({
       registry,
       repo: failed && !this.index.hasRepo(registry, r.name.upstream) ? FAILED_REPO : r.name.upstream,

@@ -209,7 +209,7 @@ export class BlobLookup {
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)
-            this.metrics.upstreamBytes.inc(fill.received)
+            this.metrics.upstreamBytes.inc({ upstream: this.upstream.host }, fill.received)
             if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
             if (
               fill.state === 'failed' &&

@@ -101,7 +101,7 @@ export class Mirror {
       freshnessFor: (repo, tag) => this.manifests.freshnessFor(repo, tag),
       cachedManifest: (digest) => this.manifests.cachedManifest(digest),
     })
-    this.accounting = new Accounting(opts.index, opts.metrics, opts.upstream.registry)
+    this.accounting = new Accounting(opts.index, opts.metrics, opts.upstream.registry, opts.upstream.host)
     this.visibility = new Visibility({ upstream: opts.upstream, index: opts.index, log: opts.log })
   }
 

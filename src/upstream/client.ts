@@ -12,6 +12,8 @@
 //   ping.ts            the readiness ping, shared and reused so probes do not reach Hub
 //   response.ts        reading an answer: headers, bounded bodies, upstream's error message
 //   referrers-api.ts   the referrers API's pages, and telling an upstream without it
+//   anonymous-access.ts  what an anonymous pull may read, asked without counting as a pull
+//   redirects.ts       which blob redirects are followed, and the following of them
 
 import type { Readable } from 'node:stream'
 import pLimit, { type LimitFunction } from 'p-limit'
@@ -19,12 +21,13 @@ import { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { MANIFEST_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPES } from '../oci.js'
-import { type Credentials, jwtGrantsPull } from './auth.js'
+import { anonymousAccess, anonymousHas } from './anonymous-access.js'
+import type { Credentials } from './auth.js'
 import { type PingResult, ReadinessPing } from './ping.js'
+import { followRedirects, isLocalOrigin } from './redirects.js'
 import { fetchReferrers } from './referrers-api.js'
 import {
   header,
-  isRedirect,
   kindOfStatus,
   MAX_ERROR_BODY,
   mediaTypeOf,
@@ -36,10 +39,18 @@ import { type RateLimit, type Reachability, type UpstreamErrorNote, UpstreamStat
 import { TokenExchange } from './token-exchange.js'
 import { Transport } from './transport.js'
 
-const MAX_REDIRECTS = 5
-
 export interface UpstreamOptions {
   url: string
+  /** The registry name clients use for this upstream ("docker.io", "ghcr.io"). */
+  host: string
+  /**
+   * The key of this upstream's repositories in the index (default: the URL's host). Upstreams
+   * beside the root one share the root's and name their repositories "<host>/<name>" there
+   * (`prefixedNames`), so the names never meet.
+   */
+  registry?: string
+  /** Repository names come as "<host>/<name>"; the prefix is taken off before asking. */
+  prefixedNames?: boolean
   credentials: Credentials | null
   connectTimeoutMs: number
   headerTimeoutMs: number
@@ -75,8 +86,12 @@ export interface BlobBody {
 
 export class Upstream {
   readonly origin: URL
-  /** Key for this upstream in the index: its host (and port when not the default). */
+  /** The registry name clients use for this upstream ("docker.io", "ghcr.io"). */
+  readonly host: string
+  /** Key for this upstream in the index (see UpstreamOptions.registry). */
   readonly registry: string
+  /** What repository names start with in the index ("ghcr.io/"), or '' for the root upstream. */
+  readonly namePrefix: string
   /** One-component repository names get Docker Hub's library/ prefix upstream. */
   readonly libraryPrefix: boolean
   /** Caps concurrent blob downloads; each fill holds a slot until its body has settled. */
@@ -91,10 +106,15 @@ export class Upstream {
   private readonly transport: Transport
   private readonly auth: TokenExchange
   private readonly readiness: ReadinessPing
+  /** Whether the upstream is on a loopback or private address, once resolved (redirects.ts). */
+  private localOrigin: Promise<boolean> | undefined
+  private knownLocal = false
 
   constructor(opts: UpstreamOptions) {
     this.origin = new URL(opts.url)
-    this.registry = this.origin.host
+    this.host = opts.host
+    this.registry = opts.registry ?? this.origin.host
+    this.namePrefix = opts.prefixedNames ? `${opts.host}/` : ''
     this.libraryPrefix = opts.libraryPrefix
     this.headerTimeoutMs = opts.headerTimeoutMs
     this.fetchLimit = pLimit(opts.maxConcurrentFetches)
@@ -104,8 +124,11 @@ export class Upstream {
       offline: opts.offline,
       log,
       metrics,
+      host: opts.host,
     })
     this.transport = new Transport({
+      host: opts.host,
+      allowLocalRedirects: () => this.knownLocal,
       connectTimeoutMs: opts.connectTimeoutMs,
       headerTimeoutMs: opts.headerTimeoutMs,
       idleTimeoutMs: opts.idleTimeoutMs,
@@ -121,6 +144,7 @@ export class Upstream {
       state: this.state,
       log,
       metrics,
+      host: opts.host,
     })
     this.readiness = new ReadinessPing(this.origin, this.transport, this.state)
   }
@@ -202,11 +226,12 @@ export class Upstream {
     reference: string,
     signal: AbortSignal | undefined,
   ): Promise<Response> {
+    const remote = this.remote(repo)
     const res = await this.auth.send(
       'manifest',
-      repo,
+      remote,
       method,
-      `/v2/${repo}/manifests/${reference}`,
+      `/v2/${remote}/manifests/${reference}`,
       { accept: MANIFEST_TYPES.join(', ') },
       signal,
     )
@@ -241,7 +266,8 @@ export class Upstream {
   }
 
   async headBlob(repo: string, digest: string, signal?: AbortSignal): Promise<{ size: number }> {
-    const res = await this.auth.send('blob', repo, 'HEAD', `/v2/${repo}/blobs/${digest}`, {}, signal)
+    const remote = this.remote(repo)
+    const res = await this.auth.send('blob', remote, 'HEAD', `/v2/${remote}/blobs/${digest}`, {}, signal)
     // Some registries redirect HEAD to storage too; the size is what we need, so follow.
     const final = await this.followRedirects(repo, res, 'HEAD', signal)
     if (final.statusCode !== 200) throw await this.failure(final, `HEAD blob ${digest}`, repo)
@@ -254,7 +280,8 @@ export class Upstream {
 
   /** GET a blob, following the redirect to a CDN without our token. The body is the caller's. */
   async getBlob(repo: string, digest: string, signal?: AbortSignal): Promise<BlobBody> {
-    const res = await this.auth.send('blob', repo, 'GET', `/v2/${repo}/blobs/${digest}`, {}, signal)
+    const remote = this.remote(repo)
+    const res = await this.auth.send('blob', remote, 'GET', `/v2/${remote}/blobs/${digest}`, {}, signal)
     const final = await this.followRedirects(repo, res, 'GET', signal)
     if (final.statusCode !== 200) throw await this.failure(final, `GET blob ${digest}`, repo)
     const length = header(final.headers, 'content-length')
@@ -273,11 +300,12 @@ export class Upstream {
     query: string,
     signal?: AbortSignal,
   ): Promise<{ bytes: Buffer; link: string | undefined }> {
+    const remote = this.remote(repo)
     const res = await this.auth.send(
       'tags',
-      repo,
+      remote,
       'GET',
-      `/v2/${repo}/tags/list${query ? `?${query}` : ''}`,
+      `/v2/${remote}/tags/list${query ? `?${query}` : ''}`,
       { accept: 'application/json' },
       signal,
     )
@@ -289,102 +317,53 @@ export class Upstream {
 
   /** The referrers API's pages for a digest, or undefined without the API (referrers-api.ts). */
   getReferrers(repo: string, digest: string, signal?: AbortSignal): Promise<Buffer[] | undefined> {
-    return fetchReferrers(repo, digest, {
+    const remote = this.remote(repo)
+    return fetchReferrers(remote, digest, {
       origin: this.origin,
-      send: (path) => this.auth.send('manifest', repo, 'GET', path, { accept: MEDIA_TYPES.ociIndex }, signal),
+      send: (path) =>
+        this.auth.send('manifest', remote, 'GET', path, { accept: MEDIA_TYPES.ociIndex }, signal),
       failure: (res, what) => this.failure(res, what, repo),
     })
   }
 
-  // --- what anonymous pulls may read ---------------------------------------------------------
+  // --- what anonymous pulls may read (anonymous-access.ts) ------------------------------------
 
-  /**
-   * Whether an anonymous pull may read the repository. Asks the token service for an anonymous
-   * pull token and reads the access it grants (Docker Hub's tokens are JWTs whose `access` claim
-   * lists the granted actions; token requests do not count as pulls). With an opaque token, or
-   * no token service, an anonymous tags/list of one tag decides: that is not a pull either.
-   * Throws UpstreamError when upstream gives no answer.
-   */
-  async anonymousAccess(repo: string): Promise<'public' | 'private'> {
-    const challenge = this.auth.challenge ?? (await this.auth.discoverChallenge())
-    if (challenge?.scheme === 'bearer') {
-      let token: string
-      try {
-        token = await this.auth.token(challenge, `repository:${repo}:pull`, 'anonymous')
-      } catch (err) {
-        // A token service that refuses anonymous callers outright grants them nothing.
-        if (err instanceof UpstreamError && err.kind === 'UNAUTHORIZED') return 'private'
-        throw err
-      }
-      const granted = jwtGrantsPull(token, repo)
-      if (granted !== undefined) return granted ? 'public' : 'private'
-    }
-    const res = await this.auth.send(
-      'access',
-      repo,
-      'GET',
-      `/v2/${repo}/tags/list?n=1`,
-      {},
-      undefined,
-      'anonymous',
+  /** Whether an anonymous pull may read the repository. Throws UpstreamError without an answer. */
+  anonymousAccess(repo: string): Promise<'public' | 'private'> {
+    return anonymousAccess(this.auth, this.remote(repo), (res, what) => this.failure(res, what, repo))
+  }
+
+  /** Whether an anonymous pull finds this digest in this repository (never counted as a pull). */
+  anonymousHas(repo: string, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
+    return anonymousHas(this.auth, this.remote(repo), digest, kind, (res, what) =>
+      this.failure(res, what, repo),
     )
-    if (res.statusCode === 200) {
-      await res.body.dump()
-      return 'public'
-    }
-    // Docker Hub answers 401 for a repository that is private or does not exist; either way an
-    // anonymous pull cannot read it.
-    if (res.statusCode === 401 || res.statusCode === 403 || res.statusCode === 404) {
-      await res.body.dump()
-      return 'private'
-    }
-    throw await this.failure(res, `anonymous access check of ${repo}`, repo)
   }
 
-  /**
-   * Whether an anonymous pull finds this digest in this repository: a HEAD by digest with an
-   * anonymous token (never counted as a pull). Throws UpstreamError when upstream gives no answer.
-   */
-  async anonymousHas(repo: string, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
-    const path = `/v2/${repo}/${kind === 'blob' ? 'blobs' : 'manifests'}/${digest}`
-    const headers: Record<string, string> = kind === 'manifest' ? { accept: MANIFEST_TYPES.join(', ') } : {}
-    const res = await this.auth.send('access', repo, 'HEAD', path, headers, undefined, 'anonymous')
-    await res.body.dump()
-    // A blob HEAD may redirect to storage: the registry found it.
-    if (res.statusCode === 200 || isRedirect(res.statusCode)) return true
-    if (res.statusCode === 401 || res.statusCode === 403 || res.statusCode === 404) return false
-    throw await this.failure(res, `anonymous HEAD ${kind} ${digest}`, repo)
-  }
-
-  private async followRedirects(
+  /** Follows a blob redirect, only where redirects.ts allows, without our credentials. */
+  private followRedirects(
     repo: string,
     first: Response,
     method: 'GET' | 'HEAD',
     signal?: AbortSignal,
   ): Promise<Response> {
-    let res = first
-    let url = new URL(this.origin)
-    for (let hops = 0; isRedirect(res.statusCode); hops++) {
-      const location = header(res.headers, 'location')
-      await res.body.dump()
-      if (location === undefined || hops >= MAX_REDIRECTS) {
-        throw new UpstreamError('SERVER', `redirect without Location or more than ${MAX_REDIRECTS} redirects`)
-      }
-      try {
-        url = new URL(location, url)
-      } catch (err) {
-        throw new UpstreamError('SERVER', `redirect to a bad Location: ${location}`, { cause: err })
-      }
-      if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-        throw new UpstreamError('SERVER', `redirect to a non-http URL: ${url.protocol}`)
-      }
-      // Our token belongs to the upstream origin; a CDN URL carries its own signature.
-      res =
-        url.origin === this.origin.origin
-          ? await this.auth.send('blob', repo, method, url.pathname + url.search, {}, signal)
-          : await this.transport.request('cdn', method, url, {}, signal)
-    }
-    return res
+    return followRedirects(first, {
+      origin: this.origin,
+      localUpstream: () => {
+        this.localOrigin ??= isLocalOrigin(this.origin).then((local) => {
+          this.knownLocal = local
+          return local
+        })
+        return this.localOrigin
+      },
+      toOrigin: (path) => this.auth.send('blob', this.remote(repo), method, path, {}, signal),
+      elsewhere: (url) => this.transport.request('cdn', method, url, {}, signal),
+    })
+  }
+
+  /** The name upstream knows a repository by: the index's name without this upstream's prefix. */
+  private remote(repo: string): string {
+    return repo.startsWith(this.namePrefix) ? repo.slice(this.namePrefix.length) : repo
   }
 
   /** Turns a non-success response into an UpstreamError, reading upstream's message. */

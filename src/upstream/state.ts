@@ -61,6 +61,8 @@ export interface UpstreamStateOptions {
   offline: boolean
   log: Logger
   metrics: Metrics
+  /** The upstream's host, the `upstream` label of its metrics. */
+  host: string
 }
 
 export class UpstreamState {
@@ -70,6 +72,7 @@ export class UpstreamState {
   private budgetLowLogged = false
   private readonly log: Logger
   private readonly metrics: Metrics
+  private readonly host: string
   private unwellUntil = 0
   private readonly errors: UpstreamErrorNote[] = []
   private lastAnswer: number | undefined
@@ -82,6 +85,7 @@ export class UpstreamState {
     this.offline = opts.offline
     this.log = opts.log
     this.metrics = opts.metrics
+    this.host = opts.host
   }
 
   /**
@@ -175,8 +179,8 @@ export class UpstreamState {
     const l = /^\s*(\d+)(?:\s*;\s*w=(\d+))?/.exec(limit)
     const r = /^\s*(\d+)/.exec(remaining)
     if (!l || !r) return
-    this.metrics.rateLimitLimit.set(Number(l[1]))
-    this.metrics.rateLimitRemaining.set(Number(r[1]))
+    this.metrics.rateLimitLimit.set({ upstream: this.host }, Number(l[1]))
+    this.metrics.rateLimitRemaining.set({ upstream: this.host }, Number(r[1]))
     this.rateLimit = {
       limit: Number(l[1]),
       remaining: Number(r[1]),

@@ -33,6 +33,8 @@ export interface TokenExchangeOptions {
   state: UpstreamState
   log: Logger
   metrics: Metrics
+  /** The upstream's host, the `upstream` label of its metrics. */
+  host: string
 }
 
 export class TokenExchange {
@@ -42,8 +44,11 @@ export class TokenExchange {
   private readonly state: UpstreamState
   private readonly log: Logger
   private readonly metrics: Metrics
+  private readonly host: string
   private readonly tokens = new TokenCache()
   private current: Challenge | undefined
+  /** Upstream answered with a Basic challenge: it takes the account's Basic credentials. */
+  private basicAsked = false
   private credentials: Credentials | null
 
   constructor(opts: TokenExchangeOptions) {
@@ -54,6 +59,7 @@ export class TokenExchange {
     this.state = opts.state
     this.log = opts.log
     this.metrics = opts.metrics
+    this.host = opts.host
   }
 
   /** Whether requests carry the configured account's authority (see mirror/visibility.ts). */
@@ -98,13 +104,12 @@ export class TokenExchange {
   ): Promise<Response> {
     const scope = `repository:${repo}:pull`
     let token = this.current ? await this.token(this.current, scope, as, signal) : undefined
-    let res = await this.transport.request(
-      kind,
-      method,
-      new URL(path, this.origin),
-      authorize(headers, token),
-      signal,
-    )
+    // A registry that asked for Basic once asks every time: send it at once, not after a 401.
+    const first =
+      token === undefined && this.basicAsked && this.credentials && as === 'account'
+        ? { ...headers, authorization: basic(this.credentials) }
+        : authorize(headers, token)
+    let res = await this.transport.request(kind, method, new URL(path, this.origin), first, signal)
     if (res.statusCode !== 401) return res
 
     const challenge = parseChallenge(res.headers['www-authenticate'])
@@ -123,7 +128,13 @@ export class TokenExchange {
         authorize(headers, token),
         signal,
       )
-    } else if (challenge?.scheme === 'basic' && this.credentials && as === 'account') {
+    } else if (
+      challenge?.scheme === 'basic' &&
+      this.credentials &&
+      as === 'account' &&
+      !('authorization' in first)
+    ) {
+      this.basicAsked = true
       await res.body.dump()
       res = await this.transport.request(
         kind,
@@ -150,11 +161,11 @@ export class TokenExchange {
     const obtained = this.tokens.obtain(tokenKey(challenge, scope, as), () =>
       this.fetchToken(challenge, scope, as).then(
         (token) => {
-          this.metrics.tokenFetches.inc({ result: 'ok' })
+          this.metrics.tokenFetches.inc({ upstream: this.host, result: 'ok' })
           return token
         },
         (err: unknown) => {
-          this.metrics.tokenFetches.inc({ result: 'error' })
+          this.metrics.tokenFetches.inc({ upstream: this.host, result: 'error' })
           // Network failures were noted where they happened; note what the realm answered.
           if (err instanceof UpstreamError && err.kind !== 'NETWORK' && err.kind !== 'TIMEOUT') {
             this.state.markUnwell(

@@ -34,8 +34,8 @@ describe('rate limits, freshness and offline', () => {
     expect(registryRequests()).toHaveLength(0)
     expect(mirror.logs.filter((l) => l.event === 'upstream.rate_limit_low')).toHaveLength(1)
     const metrics = (await mirror.get('/metrics')).body.toString()
-    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_remaining 4$/m)
-    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_limit 100$/m)
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_remaining\{upstream="docker.io"\} 4$/m)
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_limit\{upstream="docker.io"\} 100$/m)
   })
 
   test('with pulls to spare, tags are revalidated with HEAD only', async () => {
@@ -68,8 +68,8 @@ describe('rate limits, freshness and offline', () => {
     )
     expect((await mirror.get(`/v2/${REPO}/manifests/xheaders`, { accept: ACCEPT })).status).toBe(200)
     const metrics = (await mirror.get('/metrics')).body.toString()
-    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_limit 40$/m)
-    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_remaining 39$/m)
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_limit\{upstream="docker.io"\} 40$/m)
+    expect(metrics).toMatch(/^pullcache_upstream_ratelimit_remaining\{upstream="docker.io"\} 39$/m)
   })
 
   test('freshness per pattern: latest stays fresh for its own window, other tags use the default', async () => {
@@ -150,8 +150,12 @@ describe('rate limits, freshness and offline', () => {
     expect(list.status).toBe(200)
     expect(list.headers['x-pullcache-cache']).toBe('stale')
     const metrics = (await mirror.get('/metrics')).body.toString()
-    expect(metrics).toMatch(/pullcache_requests_total\{kind="manifest",method="HEAD",result="stale"\} 1/)
-    expect(metrics).toMatch(/pullcache_requests_total\{kind="tags",method="GET",result="stale"\} 1/)
+    expect(metrics).toMatch(
+      /pullcache_requests_total\{upstream="docker.io",kind="manifest",method="HEAD",result="stale"\} 1/,
+    )
+    expect(metrics).toMatch(
+      /pullcache_requests_total\{upstream="docker.io",kind="tags",method="GET",result="stale"\} 1/,
+    )
   })
 
   test('DNS failures and timeouts are network failures (stale-if-error applies to them)', () => {

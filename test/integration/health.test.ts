@@ -61,7 +61,9 @@ describe('health and readiness', () => {
     expect(fake.up.requests).toHaveLength(1)
 
     const metrics = (await mirror.get('/metrics')).body.toString()
-    expect(metrics).toMatch(/pullcache_upstream_requests_total\{kind="ping",method="GET",status="401"\} 1\n/)
+    expect(metrics).toMatch(
+      /pullcache_upstream_requests_total\{upstream="docker.io",kind="ping",method="GET",status="401"\} 1\n/,
+    )
     // No probe file is left behind in tmp/.
     expect(await readdir(join(mirror.dataDir, 'tmp'))).toEqual([])
   })

@@ -187,16 +187,21 @@ describe('the HTTP surface', () => {
     ])
     const metrics = (await m.get('/metrics')).body.toString()
     const booked = [
-      ...metrics.matchAll(/^pullcache_requests_total\{kind="blob",method="GET",result="(\w+)"\} (\d+)$/gm),
+      ...metrics.matchAll(
+        /^pullcache_requests_total\{upstream="docker.io",kind="blob",method="GET",result="(\w+)"\} (\d+)$/gm,
+      ),
     ]
     expect(booked.map((b) => [b[1], Number(b[2])]).sort()).toEqual([
       ['error', 1],
       ['miss', 1],
     ])
     expect(metrics).toMatch(
-      new RegExp(`^pullcache_served_bytes_total\\{source="upstream"\\} ${bytes.length}$`, 'm'),
+      new RegExp(
+        `^pullcache_served_bytes_total\\{upstream="docker.io",source="upstream"\\} ${bytes.length}$`,
+        'm',
+      ),
     )
-    expect(metrics).not.toMatch(/^pullcache_served_bytes_total\{source="cache"\}/m)
+    expect(metrics).not.toMatch(/^pullcache_served_bytes_total\{upstream="docker.io",source="cache"\}/m)
   })
 
   test('a manifest the client left before it was answered books the bytes sent (none), not its size', async () => {
@@ -221,7 +226,11 @@ describe('the HTTP surface', () => {
     // Booked once, as the request it was (once the route has its answer), with nothing served.
     const manifestBookings = async () => {
       const metrics = (await m.get('/metrics')).body.toString()
-      const booked = [...metrics.matchAll(/^pullcache_requests_total\{kind="manifest",[^}]*\} (\d+)$/gm)]
+      const booked = [
+        ...metrics.matchAll(
+          /^pullcache_requests_total\{upstream="docker.io",kind="manifest",[^}]*\} (\d+)$/gm,
+        ),
+      ]
       return { metrics, count: booked.reduce((n, b) => n + Number(b[1]), 0) }
     }
     const { metrics, count } = await waitFor(

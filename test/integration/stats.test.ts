@@ -265,7 +265,7 @@ describe('stats: the numbers match the requests made', () => {
     expect(res.status).toBe(200)
     const m = parseMetrics(res.body.toString())
     const requests = (kind: string, method: string, result: string) =>
-      metric(m, 'pullcache_requests_total', { kind, method, result })
+      metric(m, 'pullcache_requests_total', { upstream: 'docker.io', kind, method, result })
     expect(requests('blob', 'GET', 'miss')).toBe(3)
     expect(requests('blob', 'GET', 'hit')).toBe(3)
     expect(requests('blob', 'GET', 'coalesced')).toBe(3)
@@ -278,18 +278,30 @@ describe('stats: the numbers match the requests made', () => {
     expect(sumOf(m, 'pullcache_requests_total')).toBe(16)
 
     const L = sizes.manifest
-    expect(metric(m, 'pullcache_served_bytes_total', { source: 'cache' })).toBe(blobCache() + 3 * L)
-    expect(metric(m, 'pullcache_served_bytes_total', { source: 'upstream' })).toBe(
+    expect(metric(m, 'pullcache_served_bytes_total', { upstream: 'docker.io', source: 'cache' })).toBe(
+      blobCache() + 3 * L,
+    )
+    expect(metric(m, 'pullcache_served_bytes_total', { upstream: 'docker.io', source: 'upstream' })).toBe(
       blobUpstream() + L + sizes.tagList,
     )
-    expect(metric(m, 'pullcache_upstream_pulls_avoided_total')).toBe(3)
+    expect(metric(m, 'pullcache_upstream_pulls_avoided_total', { upstream: 'docker.io' })).toBe(3)
     // Every request the fake upstream saw (registry, token service, CDN), and nothing else.
     expect(sumOf(m, 'pullcache_upstream_requests_total')).toBe(upstreamRequests)
     expect(
-      metric(m, 'pullcache_upstream_requests_total', { kind: 'cdn', method: 'GET', status: '200' }),
+      metric(m, 'pullcache_upstream_requests_total', {
+        upstream: 'docker.io',
+        kind: 'cdn',
+        method: 'GET',
+        status: '200',
+      }),
     ).toBe(cdnBlobGets)
     expect(
-      metric(m, 'pullcache_upstream_requests_total', { kind: 'manifest', method: 'GET', status: '200' }),
+      metric(m, 'pullcache_upstream_requests_total', {
+        upstream: 'docker.io',
+        kind: 'manifest',
+        method: 'GET',
+        status: '200',
+      }),
     ).toBe(1)
     expect(metric(m, 'pullcache_inflight_fetches')).toBe(0)
     expect(metric(m, 'pullcache_store_bytes')).toBe(b1 + b2 + sizes.b3)

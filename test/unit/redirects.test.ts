@@ -1,0 +1,60 @@
+// Which blob redirects pullcache follows (src/upstream/redirects.ts): https only, never into
+// loopback, private or link-local networks unless the upstream itself is on one.
+
+import { describe, expect, test } from 'vitest'
+import { UpstreamError } from '../../src/errors.js'
+import { isLocalAddress, redirectLookup, redirectRefusal } from '../../src/upstream/redirects.js'
+
+const refusal = (url: string, local = false) => redirectRefusal(new URL(url), local)
+
+describe('redirect policy', () => {
+  test('a public upstream is followed to https on public hosts only', () => {
+    expect(refusal('https://production.cloudflare.docker.com/x?sig=1')).toBeUndefined()
+    expect(refusal('https://203.0.113.9/x')).toBeUndefined()
+    expect(refusal('http://production.cloudflare.docker.com/x')).toMatch(/only https/)
+    expect(refusal('http://127.0.0.1:9000/x')).toMatch(/only https/)
+    for (const url of [
+      'https://127.0.0.1/x',
+      'https://localhost/x',
+      'https://cdn.localhost/x',
+      'https://10.1.2.3/x',
+      'https://172.20.0.1/x',
+      'https://192.168.1.1/x',
+      'https://169.254.169.254/latest/meta-data',
+      'https://[::1]/x',
+      'https://[fe80::1]/x',
+      'https://[fd00::5]/x',
+      'https://[::ffff:127.0.0.1]/x',
+      'https://0.0.0.0/x',
+    ]) {
+      expect(refusal(url), url).toMatch(/loopback or private/)
+    }
+    expect(refusal('ftp://example.com/x')).toMatch(/non-http/)
+  })
+
+  test('a local upstream may be followed within local networks, over http too', () => {
+    expect(refusal('http://127.0.0.1:9000/x', true)).toBeUndefined()
+    expect(refusal('http://10.0.0.7/x', true)).toBeUndefined()
+    expect(refusal('https://storage.example.com/x', true)).toBeUndefined()
+    expect(refusal('http://203.0.113.9/x', true)).toMatch(/http on a public address/)
+  })
+
+  test('addresses', () => {
+    expect(isLocalAddress('127.0.0.1')).toBe(true)
+    expect(isLocalAddress('100.64.0.1')).toBe(true)
+    expect(isLocalAddress('8.8.8.8')).toBe(false)
+    expect(isLocalAddress('2001:db8::1')).toBe(false)
+    expect(isLocalAddress('not-an-address')).toBe(false)
+  })
+
+  test('a name resolving to a loopback address is refused at lookup, unless the upstream is local', async () => {
+    const resolve = (allow: boolean) =>
+      new Promise<unknown>((done) =>
+        redirectLookup(() => allow)('localhost', {}, (err, address) => done(err ?? address)),
+      )
+    const refused = await resolve(false)
+    expect(refused).toBeInstanceOf(UpstreamError)
+    expect((refused as UpstreamError).message).toMatch(/resolves to a loopback or private address/)
+    expect(await resolve(true)).toMatch(/^(127\.0\.0\.1|::1)$/)
+  })
+})
