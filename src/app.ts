@@ -12,10 +12,11 @@ import { rawPath, registryRoutes } from './http/registry.js'
 import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
-import type { Mirror } from './mirror/mirror.js'
+import type { Mirrors } from './mirror/mirrors.js'
 
 export interface AppDeps {
-  mirror: Mirror
+  /** A mirror per upstream registry; the root one answers requests that name no other. */
+  mirrors: Mirrors
   log: Logger
   metrics: Metrics
   /** What the /_pullcache/ routes read: the index and the config. */
@@ -32,7 +33,7 @@ function isOperatorPath(path: string): boolean {
   return path === '/' || path === '/metrics' || path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)
 }
 
-export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hono<RegistryEnv> {
+export function createApp({ mirrors, log, metrics, admin, access }: AppDeps): Hono<RegistryEnv> {
   const app = new Hono<RegistryEnv>()
 
   // Who is asking, before any route: admin.allow first (no password work for a refused
@@ -63,11 +64,11 @@ export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hon
     return new Response(body, { headers: { 'Content-Type': metrics.registry.contentType } })
   })
 
-  app.route(ADMIN_PREFIX, adminRoutes(mirror, admin))
-  app.route(ADMIN_PREFIX, healthRoutes(mirror, admin))
-  app.route('/', statusPageRoutes(mirror, admin))
+  app.route(ADMIN_PREFIX, adminRoutes(mirrors, admin))
+  app.route(ADMIN_PREFIX, healthRoutes(mirrors, admin))
+  app.route('/', statusPageRoutes(mirrors, admin))
 
-  app.route('/', registryRoutes(mirror, access))
+  app.route('/', registryRoutes(mirrors, access))
 
   app.notFound((c) => {
     const err = new RegistryError('NOT_FOUND', { path: rawPath(c.req.url) })

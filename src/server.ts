@@ -16,9 +16,11 @@ import { createLimitedServer, requestError, type Server } from './http/limits.js
 import { recordOutcome } from './http/outcome.js'
 import type { Logger } from './log.js'
 import { createMetrics, type Metrics } from './metrics.js'
-import { Mirror } from './mirror/mirror.js'
+import type { Mirror } from './mirror/mirror.js'
+import type { Mirrors } from './mirror/mirrors.js'
 import { evictEvents, fillEvent } from './notify/events.js'
 import { metricCounters, Notifier } from './notify/notifier.js'
+import { buildMirrors, reloadUpstreams, upstreamsNeedRestart } from './server-upstreams.js'
 import { BlobStore } from './store/blob-store.js'
 import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
@@ -34,12 +36,14 @@ import {
   type TlsMaterial,
   tlsEnabled,
 } from './tls.js'
-import { Upstream } from './upstream/client.js'
 
 export interface RunningServer {
   /** http://host:port (https:// with TLS), with a loopback host when listening on every address. */
   url: string
+  /** The root upstream's mirror. */
   mirror: Mirror
+  /** Every upstream's mirror. */
+  mirrors: Mirrors
   index: IndexDb
   metrics: Metrics
   evictor: Evictor
@@ -81,24 +85,6 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   })
 
   const metrics = createMetrics()
-  const upstream = new Upstream({
-    url: config.upstream.url,
-    host: config.upstream.host,
-    credentials:
-      config.upstream.username !== null && config.upstream.password !== null
-        ? { username: config.upstream.username, password: config.upstream.password }
-        : null,
-    connectTimeoutMs: config.upstream.connect_timeout,
-    headerTimeoutMs: config.upstream.header_timeout,
-    idleTimeoutMs: config.upstream.idle_timeout,
-    connections: config.upstream.connections,
-    maxConcurrentFetches: config.upstream.max_concurrent_fetches,
-    rateLimitReserve: config.upstream.rate_limit_reserve,
-    offline: config.offline,
-    libraryPrefix: config.upstream.library_prefix,
-    log,
-    metrics,
-  })
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()
@@ -115,35 +101,31 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     metrics.evictionErrors.inc()
     log.error('store.eviction_failed', { error: err })
   }
-  const mirror = new Mirror({
-    upstream,
+  const mirrors = buildMirrors(config, {
     store,
     index,
     log,
     metrics,
-    tagFreshnessMs: config.cache.tag_freshness,
-    tagFreshnessRules: config.cache.tag_freshness_rules,
-    revalidateTimeoutMs: config.cache.revalidate_timeout,
-    manifestMemoryBytes: config.cache.manifest_memory,
     onBlobCommitted: (committed) => {
       notifier.emit(fillEvent(committed))
       if (evictor?.overBudget()) void evictor.run().catch((err: unknown) => evictionFailed(err))
     },
   })
+  const mirror = mirrors.root
   evictor = new Evictor({
     store,
     log,
     metrics,
     policy: policyFrom(config.cache),
-    inUse: (digest) => mirror.isInUse(digest),
+    inUse: (digest) => mirrors.isInUse(digest),
     onEvicted: (blobs) => {
       for (const event of evictEvents(blobs)) notifier.emit(event)
     },
   })
   metrics.sources.storeBudget = () => evictor?.budget ?? 0
-  watchGauges(metrics, mirror, index)
+  watchGauges(metrics, mirrors, index)
   const app = createApp({
-    mirror,
+    mirrors,
     log,
     metrics,
     admin: { index, store, config, budget: () => evictor?.budget ?? null },
@@ -183,8 +165,17 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   log.info('listening', {
     url,
     address: `${address.address}:${address.port}`,
-    upstream: upstream.origin.origin,
+    upstream: mirror.upstream.origin.origin,
     account: config.upstream.username !== null,
+    ...(config.upstreams.length === 0
+      ? {}
+      : {
+          upstreams: config.upstreams.map((u) => ({
+            host: u.host,
+            url: u.url,
+            account: u.username !== null,
+          })),
+        }),
     ...(tlsMaterial === undefined
       ? {}
       : {
@@ -241,29 +232,16 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     }
     // Against the start's config, not the last reload's: the listener is still the one made then.
     if (tlsRestart(config, next)) needRestart.push('tls')
-    if (
-      next.upstream.username !== current.upstream.username ||
-      next.upstream.password !== current.upstream.password
-    ) {
-      upstream.setCredentials(
-        next.upstream.username !== null && next.upstream.password !== null
-          ? { username: next.upstream.username, password: next.upstream.password }
-          : null,
-      )
-      changed.push('upstream.credentials')
-    }
-    const rules = (c: Config) => c.cache.tag_freshness_rules.map((r) => [r.match.text, r.freshness])
-    if (next.cache.tag_freshness !== current.cache.tag_freshness || differs(rules(next), rules(current))) {
-      mirror.setTagFreshness(next.cache.tag_freshness, next.cache.tag_freshness_rules)
-      changed.push('cache.tag_freshness')
-    }
+    // Against the start's config too: the upstreams made then are the ones running.
+    if (upstreamsNeedRestart(config, next)) needRestart.push('upstreams')
+    changed.push(...reloadUpstreams(mirrors, current, next))
     const policy = (c: Config) => ({ ...policyFrom(c.cache), pins: c.cache.pins.map((p) => p.text) })
     if (differs(policy(next), policy(current))) {
       evictor.setPolicy(policyFrom(next.cache))
       changed.push('cache.eviction')
     }
     if (next.offline !== current.offline) {
-      mirror.offline = next.offline
+      mirrors.offline = next.offline
       changed.push('offline')
     }
     // The htpasswd file is read again whether or not its path changed: that is how accounts change.
@@ -288,10 +266,6 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       }
     }
     if (notifier.reload(next.notifications.endpoints)) changed.push('notifications')
-    if (next.upstream.rate_limit_reserve !== current.upstream.rate_limit_reserve) {
-      upstream.rateLimitReserve = next.upstream.rate_limit_reserve
-      changed.push('upstream.rate_limit_reserve')
-    }
     current = next
     log.info('config.reloaded', { changed, need_restart: needRestart })
     if (changed.includes('cache.eviction')) void evictor.run().catch((err: unknown) => evictionFailed(err))
@@ -312,7 +286,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       clearTimeout(timer)
       // Fills nobody waits for any more are abandoned; their temp files are discarded and the
       // store holds only what was verified and renamed into place.
-      await Promise.allSettled(mirror.inflight().map((f) => f.abort()))
+      await Promise.allSettled(mirrors.inflight().map((f) => f.abort()))
       clearInterval(flushTimer)
       clearInterval(pruneTimer)
       clearInterval(evictionTimer)
@@ -321,7 +295,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await index.stopCheckpoints()
       // Events of the last responses and evictions get a short while to go out.
       await notifier.close()
-      await upstream.close().catch(() => {})
+      await Promise.allSettled(mirrors.all.map((m) => m.upstream.close()))
       // The last write: index and files agree, the next start need not check. Not after a
       // reconciliation that was stopped halfway: the next start runs it again.
       if (reconciliation === undefined || reconciliation.completed) index.markClean()
@@ -331,7 +305,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     })()
     return closing
   }
-  return { url, mirror, index, metrics, evictor, notifier, reconciliation, reload, close }
+  return { url, mirror, mirrors, index, metrics, evictor, notifier, reconciliation, reload, close }
 }
 
 /** How often the checkpointer thread copies the WAL back into the index file. */
@@ -343,6 +317,7 @@ const RESTART_KEYS = [
   'data_dir',
   'shutdown_grace',
   'upstream.url',
+  'upstream.host',
   'upstream.library_prefix',
   'upstream.connections',
   'upstream.connect_timeout',
@@ -374,9 +349,9 @@ function pick(config: Config, dotted: string): unknown {
 }
 
 /** Gauges whose values live in the mirror and the index are read when Prometheus scrapes. */
-function watchGauges(metrics: Metrics, mirror: Mirror, index: IndexDb): void {
-  metrics.sources.inflightFills = () => mirror.inflight().length
+function watchGauges(metrics: Metrics, mirrors: Mirrors, index: IndexDb): void {
+  metrics.sources.inflightFills = () => mirrors.inflight().length
   metrics.sources.inflightFollowers = () =>
-    mirror.inflight().reduce((n, f) => n + Math.max(0, f.readers - 1), 0)
+    mirrors.inflight().reduce((n, f) => n + Math.max(0, f.readers - 1), 0)
   metrics.sources.storeTotals = () => index.storeTotals()
 }

@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path'
 import { humanBytes } from '../human-bytes.js'
 import {
   budgetBytes,
-  configuredUpstream,
+  configuredUpstreams,
   DEFAULT_TOP,
   type StatsReport,
   statsReport,
@@ -76,7 +76,7 @@ export async function stats(args: string[]): Promise<number> {
       since: sinceMs === undefined ? undefined : Date.now() - sinceMs,
       top,
       budgetBytes: budgetBytes(config),
-      upstream: configuredUpstream(config),
+      upstreams: configuredUpstreams(config),
       uptimeSeconds: null,
     })
   } catch (err) {

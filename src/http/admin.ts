@@ -5,7 +5,7 @@
 import { Hono } from 'hono'
 import type { Config } from '../config.js'
 import { RegistryError } from '../errors.js'
-import type { Mirror } from '../mirror/mirror.js'
+import type { Mirrors } from '../mirror/mirrors.js'
 import {
   anonymousView,
   budgetBytes,
@@ -37,27 +37,31 @@ export type ViewerEnv = { Variables: { viewer: Viewer } }
  * by name only the repositories anonymous pulls may read; the totals cover everything.
  */
 export function serverStats(
-  mirror: Mirror,
+  mirrors: Mirrors,
   deps: AdminDeps,
   startedAt: number,
   since: number | undefined,
   viewer: Viewer,
 ): StatsReport {
   const now = Date.now()
-  const view = viewer.user === null ? anonymousView(mirror, deps.index) : undefined
+  const view = viewer.user === null ? anonymousView(mirrors.root, deps.index) : undefined
   return statsReport({
     index: deps.index,
     since,
     view,
     budgetBytes: deps.budget ? deps.budget() : budgetBytes(deps.config),
-    upstream: liveUpstream(mirror, view?.visible),
+    upstreams: mirrors.all.map((m) => ({
+      host: m.upstream.host,
+      namePrefix: m.upstream.namePrefix,
+      report: liveUpstream(m, view?.visible),
+    })),
     uptimeSeconds: Math.floor((now - startedAt) / 1000),
     now,
   })
 }
 
 /** Routes to mount at ADMIN_PREFIX. */
-export function adminRoutes(mirror: Mirror, deps: AdminDeps): Hono<ViewerEnv> {
+export function adminRoutes(mirrors: Mirrors, deps: AdminDeps): Hono<ViewerEnv> {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
   const admin = new Hono<ViewerEnv>()
@@ -65,7 +69,7 @@ export function adminRoutes(mirror: Mirror, deps: AdminDeps): Hono<ViewerEnv> {
   admin.get('/stats', (c) => {
     const since = sinceParam(c.req.query('since'))
     const report = serverStats(
-      mirror,
+      mirrors,
       deps,
       startedAt,
       since === undefined ? undefined : Date.now() - since,

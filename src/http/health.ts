@@ -5,6 +5,7 @@
 
 import { Hono } from 'hono'
 import type { Mirror } from '../mirror/mirror.js'
+import type { Mirrors } from '../mirror/mirrors.js'
 import { VERSION } from '../version.js'
 import type { AdminDeps } from './admin.js'
 
@@ -18,11 +19,16 @@ export interface Check {
 
 export interface Readiness {
   ready: boolean
-  checks: { store: Check; index: Check; upstream: Check }
+  /**
+   * `upstream` is the root upstream's, and decides readiness with the store and the index;
+   * `upstreams` has the others' by host: one registry down leaves the rest served, so it is
+   * reported, not a reason to take pullcache out of service.
+   */
+  checks: { store: Check; index: Check; upstream: Check; upstreams?: Record<string, Check> }
 }
 
 /** Routes to mount at ADMIN_PREFIX. */
-export function healthRoutes(mirror: Mirror, deps: AdminDeps): Hono {
+export function healthRoutes(mirrors: Mirrors, deps: AdminDeps): Hono {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
   const health = new Hono()
@@ -36,13 +42,19 @@ export function healthRoutes(mirror: Mirror, deps: AdminDeps): Hono {
   )
 
   health.get('/readyz', async (c) => {
-    const [store, index, upstream] = await Promise.all([
+    const others = mirrors.all.slice(1)
+    const [store, index, upstream, ...rest] = await Promise.all([
       deadline(checkStore(deps)),
       deadline(checkIndex(deps)),
-      upstreamCheck(mirror),
+      upstreamCheck(mirrors.root),
+      ...others.map((m) => upstreamCheck(m)),
     ])
     const ready = store.ok && index.ok && upstream.ok
-    const body: Readiness = { ready, checks: { store, index, upstream } }
+    const checks: Readiness['checks'] = { store, index, upstream }
+    if (others.length > 0) {
+      checks.upstreams = Object.fromEntries(others.map((m, i) => [m.upstream.host, rest[i]!]))
+    }
+    const body: Readiness = { ready, checks }
     return c.json(body, ready ? 200 : 503, { 'Cache-Control': 'no-store' })
   })
 

@@ -22,6 +22,8 @@ export interface ResponseNote {
    * it: only such requests are accounted (a refused or malformed request names nothing).
    */
   kind?: 'blob' | 'manifest' | 'tags'
+  /** The upstream's mirror the request went to, once routed: it accounts the request. */
+  mirror?: Mirror
   name?: RepoName
   tag?: string
   digest?: string
@@ -45,6 +47,7 @@ export function noteOf(res: ServerResponse): ResponseNote {
 }
 
 export interface OutcomeDeps {
+  /** The root upstream's mirror: it accounts requests not routed to another. */
   mirror: Mirror
   metrics: Metrics
   log: Logger
@@ -83,7 +86,7 @@ export function recordOutcome(
         // An error status, or a response cut before the route learned its answer, served nothing.
         const result = status >= 400 || note.cache === undefined ? 'error' : note.cache
         try {
-          mirror.record({
+          ;(note.mirror ?? mirror).record({
             kind: note.kind,
             name: note.name,
             method: req.method ?? 'GET',
@@ -108,6 +111,7 @@ export function recordOutcome(
         bytes,
         duration_ms: Math.round(seconds * 10_000) / 10,
         cache: note?.cache ?? res.getHeader(CACHE_HEADER) ?? null,
+        ...(note?.mirror === undefined ? {} : { upstream: note.mirror.upstream.host }),
         // Who signed in, when someone did; the Authorization header itself is never logged.
         ...(note?.user === undefined ? {} : { user: note.user }),
         complete,

@@ -8,7 +8,8 @@ import { type Context, Hono } from 'hono'
 import { RegistryError } from '../errors.js'
 import { acceptedTypes } from '../mirror/manifest.js'
 import type { Mirror } from '../mirror/mirror.js'
-import { ANY_DIGEST, MEDIA_TYPES, SHA256_DIGEST } from '../oci.js'
+import type { Mirrors } from '../mirror/mirrors.js'
+import { ANY_DIGEST, isRegistryHost, MEDIA_TYPES, SHA256_DIGEST } from '../oci.js'
 import { type Access, challenge, REALM, type RegistryEnv, type Viewer } from './access.js'
 import { blob, matchesEtag } from './blob-route.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
@@ -22,9 +23,8 @@ const REFERRERS = /^\/v2\/(.+)\/referrers\/([^/]+)$/
 const CATALOG_PAGE = 100
 const CATALOG_MAX = 1000
 
-export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv> {
+export function registryRoutes(mirrors: Mirrors, access: Access): Hono<RegistryEnv> {
   const registry = new Hono<RegistryEnv>()
-  const libraryPrefix = mirror.upstream.libraryPrefix
 
   registry.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) =>
     // An anonymous client is welcome (dockerd, which cannot send credentials to a mirror, reads
@@ -59,14 +59,16 @@ export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv
     // containerd names the registry it means in ?ns=. Answering for another registry would
     // serve Docker Hub's image of the same name; a 404 sends containerd to its next host.
     const ns = new URL(c.req.url).searchParams.get('ns')
-    if (ns !== null && !servesNamespace(ns, mirror)) {
-      throw new RegistryError('NAME_UNKNOWN', {
-        ns,
-        reason: `pullcache mirrors ${mirror.upstream.libraryPrefix ? 'docker.io' : mirror.registry} only`,
-      })
+    const nsMirror = ns === null ? mirrors.root : mirrors.forHost(ns)
+    if (nsMirror === undefined) throw notMirrored(mirrors, { ns: ns ?? '' })
+    const route = (raw: string) => {
+      const found = routeName(mirrors, nsMirror, ns, raw)
+      noteOf(c.env.outgoing).mirror = found.mirror
+      return found
     }
     const viewer = c.get('viewer')
-    if (catalog) return catalogPage(c, mirror, viewer, method)
+    // The catalog lists every repository held, each upstream's under its own names.
+    if (catalog) return catalogPage(c, mirrors.root, viewer, method)
     if (referrers) {
       // The spec defines GET only; a HEAD could not say how many referrers there are.
       if (method !== 'GET') {
@@ -76,18 +78,18 @@ export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv
           { headers: { Allow: 'GET' } },
         )
       }
-      const name = parseName(referrers[1]!, libraryPrefix)
+      const { mirror, name } = route(referrers[1]!)
       const digest = parseReferrersDigest(referrers[2]!)
       await mayRead(viewer, mirror, name)
       return referrersList(c, mirror, name, digest)
     }
     if (!m) throw new RegistryError('NOT_FOUND', { path })
     if (m[4] !== undefined) {
-      const name = parseName(m[4], libraryPrefix)
+      const { mirror, name } = route(m[4])
       await mayRead(viewer, mirror, name)
       return tagList(c, mirror, name, method)
     }
-    const name = parseName(m[1]!, libraryPrefix)
+    const { mirror, name } = route(m[1]!)
     await mayRead(viewer, mirror, name)
     if (m[2] === 'manifests') return manifest(c, mirror, name, m[3]!, method)
     const digest = parseDigest(m[3]!, 'BLOB_UNKNOWN')
@@ -98,22 +100,44 @@ export function registryRoutes(mirror: Mirror, access: Access): Hono<RegistryEnv
   return registry
 }
 
-const DOCKER_HUB_NAMES = new Set([
-  'docker.io',
-  'index.docker.io',
-  'registry-1.docker.io',
-  'registry.hub.docker.com',
-])
+/**
+ * The mirror and the name a request's repository path means. A first component that is a
+ * registry host ("ghcr.io/org/app", what a registries.conf location with a path sends) names
+ * the upstream, and the rest is the name there; otherwise `?ns=` does, or the root upstream.
+ * The two must agree when both are given. An upstream that is not configured is never asked.
+ */
+function routeName(
+  mirrors: Mirrors,
+  nsMirror: Mirror,
+  ns: string | null,
+  raw: string,
+): { mirror: Mirror; name: RepoName } {
+  const slash = raw.indexOf('/')
+  const first = slash === -1 ? '' : raw.slice(0, slash)
+  let mirror = nsMirror
+  let rest = raw
+  if (isRegistryHost(first)) {
+    const prefixed = mirrors.forHost(first)
+    if (prefixed === undefined || (ns !== null && prefixed !== nsMirror)) {
+      throw notMirrored(mirrors, { ...(ns === null ? {} : { ns }), registry: first })
+    }
+    mirror = prefixed
+    rest = raw.slice(slash + 1)
+  }
+  const parsed = parseName(rest, mirror.upstream.libraryPrefix)
+  // In the index (and to the client, in Link headers) the name keeps its registry.
+  return {
+    mirror,
+    name: { client: raw, upstream: `${mirror.upstream.namePrefix}${parsed.upstream}` },
+  }
+}
 
-function servesNamespace(ns: string, mirror: Mirror): boolean {
-  const name = ns.toLowerCase()
-  const upstream = mirror.upstream.origin
-  return (
-    name === upstream.host ||
-    name === upstream.hostname ||
-    // A Docker Hub mirror (library/ names) answers for docker.io whatever host it pulls from.
-    (mirror.upstream.libraryPrefix && DOCKER_HUB_NAMES.has(name))
-  )
+/** A registry pullcache does not mirror: 404, so containerd moves on to its next host. */
+function notMirrored(mirrors: Mirrors, detail: { ns?: string; registry?: string }): RegistryError {
+  return new RegistryError('NAME_UNKNOWN', {
+    ...detail,
+    reason: `pullcache mirrors ${mirrors.hosts.join(', ')} only`,
+  })
 }
 
 /**

@@ -4,7 +4,7 @@
 // out of caches and keep anything that slipped past escaping from running or loading.
 
 import { type Context, Hono } from 'hono'
-import type { Mirror } from '../mirror/mirror.js'
+import type { Mirrors } from '../mirror/mirrors.js'
 import { challenge } from './access.js'
 import { ADMIN_PREFIX, type AdminDeps, serverStats, type ViewerEnv } from './admin.js'
 import { upstreamCheck } from './health.js'
@@ -19,15 +19,15 @@ const SECURITY_HEADERS = {
 }
 
 /** Routes to mount at the root: the page at / and at ADMIN_PREFIX/. */
-export function statusPageRoutes(mirror: Mirror, deps: AdminDeps): Hono<ViewerEnv> {
+export function statusPageRoutes(mirrors: Mirrors, deps: AdminDeps): Hono<ViewerEnv> {
   // The app is made once per server, as it starts.
   const startedAt = Date.now()
   const page = new Hono<ViewerEnv>()
   const handler = async (c: Context<ViewerEnv>) => {
     // The badge tells how upstream is now, not at its last pull: wait (a few seconds at most)
     // for the readiness ping, which is sent at most once per 10 s however often pages load.
-    await upstreamCheck(mirror)
-    const body = renderStatusPage(serverStats(mirror, deps, startedAt, undefined, c.get('viewer')))
+    await Promise.all(mirrors.all.map((m) => upstreamCheck(m)))
+    const body = renderStatusPage(serverStats(mirrors, deps, startedAt, undefined, c.get('viewer')))
     return new Response(body, {
       status: 200,
       headers: {

@@ -10,6 +10,7 @@ import {
   type Kind,
   kindStats,
   overallStats,
+  prefixStats,
   type RepoTotals,
   repositoryStats,
   storeCounts,
@@ -78,7 +79,25 @@ export interface StatsReport {
     tags: number
     budget_bytes: number | null
   }
+  /** The root upstream (as before the others existed). */
   upstream: UpstreamReport
+  /** Every upstream, the root first, each with the totals of requests for its repositories. */
+  upstreams: UpstreamShare[]
+}
+
+/** One upstream's part: its condition and its requests' totals. */
+export interface UpstreamShare extends UpstreamReport {
+  /** The registry name clients use for it ("docker.io", "ghcr.io"). */
+  host: string
+  totals: Totals
+}
+
+/** An upstream as the report gets it: its host, its names' prefix in the index, its condition. */
+export interface UpstreamPart {
+  host: string
+  /** "ghcr.io/", or '' for the root upstream, whose totals are what the others' leave. */
+  namePrefix: string
+  report: UpstreamReport
 }
 
 export interface StatsReportOptions {
@@ -88,7 +107,8 @@ export interface StatsReportOptions {
   /** Repositories and tags listed; DEFAULT_TOP unless given. */
   top?: number | undefined
   budgetBytes: number | null
-  upstream: UpstreamReport
+  /** Every upstream, the root first. */
+  upstreams: UpstreamPart[]
   uptimeSeconds: number | null
   now?: number | undefined
   /**
@@ -120,8 +140,23 @@ export function statsReport(opts: StatsReportOptions): StatsReport {
     })),
     hourly: hourlyStats(index, { since }).map((h) => ({ ...h, hour: iso(h.hour) })),
     store: { ...storeCounts(index), budget_bytes: opts.budgetBytes },
-    upstream: opts.upstream,
+    upstream: opts.upstreams[0]!.report,
+    upstreams: upstreamShares(index, opts.upstreams, since),
   }
+}
+
+function upstreamShares(index: IndexDb, parts: UpstreamPart[], since: number | undefined): UpstreamShare[] {
+  const others = parts.filter((p) => p.namePrefix !== '')
+  const totals = prefixStats(
+    index,
+    others.map((p) => p.namePrefix),
+    { since },
+  )
+  return parts.map((p) => ({
+    host: p.host,
+    ...p.report,
+    totals: p.namePrefix === '' ? totals.rest : totals.byPrefix[others.indexOf(p)]!,
+  }))
 }
 
 /**
@@ -159,10 +194,21 @@ export function liveUpstream(
   }
 }
 
-/** The upstream as far as the config tells, for a report made without a running server. */
-export function configuredUpstream(config: Config): UpstreamReport {
+/** The upstreams as far as the config tells, for a report made without a running server. */
+export function configuredUpstreams(config: Config): UpstreamPart[] {
+  return [
+    { host: config.upstream.host, namePrefix: '', report: configuredUpstream(config, config.upstream.url) },
+    ...config.upstreams.map((u) => ({
+      host: u.host,
+      namePrefix: `${u.host}/`,
+      report: configuredUpstream(config, u.url),
+    })),
+  ]
+}
+
+function configuredUpstream(config: Config, url: string): UpstreamReport {
   return {
-    url: config.upstream.url,
+    url,
     offline: config.offline,
     state: config.offline ? 'offline' : 'unknown',
     last_answer: null,

@@ -105,6 +105,15 @@ export class Visibility {
     return { registry: this.upstream.registry, assumed: !this.withAccount() }
   }
 
+  /**
+   * Looks at whether the upstream has an account now (at start, and when credentials change):
+   * the index is shared by every upstream, so 'assumed' answers must be forgotten as soon as
+   * one has an account, not when its own visibility is next asked.
+   */
+  noteAccount(): void {
+    this.withAccount()
+  }
+
   /** Whether an account is configured now; forgets 'assumed' answers when one has appeared. */
   private withAccount(): boolean {
     const account = this.upstream.hasCredentials

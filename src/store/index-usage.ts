@@ -109,6 +109,11 @@ export class UsageQueries {
     return this.stmt.overall.get(fromHour) as UsageSums
   }
 
+  /** Rows of repositories whose names start with `prefix` ("ghcr.io/"), from `fromHour` on. */
+  underPrefix(fromHour: number, prefix: string): UsageSums {
+    return this.stmt.underPrefix.get(fromHour, prefix.length, prefix) as UsageSums
+  }
+
   /** Kinds that had rows; a kind without any is absent. */
   byKind(fromHour: number): (UsageSums & { kind: string })[] {
     return this.stmt.byKind.all(fromHour) as (UsageSums & { kind: string })[]
@@ -154,6 +159,8 @@ function prepare(db: Database.Database) {
   return {
     overall: db.prepare(`SELECT ${SUMS} FROM accounting WHERE hour >= ?`),
     byKind: db.prepare(`SELECT kind, ${SUMS} FROM accounting WHERE hour >= ? GROUP BY kind`),
+    // substr, not LIKE: a name's '_' would be a wildcard there.
+    underPrefix: db.prepare(`SELECT ${SUMS} FROM accounting WHERE hour >= ? AND substr(repo, 1, ?) = ?`),
     byRepo: db.prepare(
       `SELECT registry, repo, ${SUMS} FROM accounting WHERE hour >= ?
        GROUP BY registry, repo ORDER BY requests DESC, bytes_from_cache DESC, registry, repo LIMIT ?`,

@@ -128,6 +128,26 @@ export function overallStats(index: IndexDb, q: StatsQuery = {}): Totals {
   return withRate(current(index).usage.overall(fromHour(q.since)))
 }
 
+/**
+ * Totals per upstream: for each name prefix ("ghcr.io/", an upstream beside the root one), its
+ * repositories' rows; `rest` is everything else, the root upstream's (with the requests for
+ * names that hold nothing, accounted under one placeholder whatever upstream they were for).
+ */
+export function prefixStats(
+  index: IndexDb,
+  prefixes: readonly string[],
+  q: StatsQuery = {},
+): { rest: Totals; byPrefix: Totals[] } {
+  const usage = current(index).usage
+  const from = fromHour(q.since)
+  const byPrefix = prefixes.map((prefix) => usage.underPrefix(from, prefix))
+  const rest = { ...usage.overall(from) }
+  for (const sums of byPrefix) {
+    for (const key of Object.keys(rest) as (keyof Sums)[]) rest[key] -= sums[key]
+  }
+  return { rest: withRate(rest), byPrefix: byPrefix.map((sums) => withRate(sums)) }
+}
+
 /** Every kind is present, with zeros when it had no requests. */
 export function kindStats(index: IndexDb, q: StatsQuery = {}): Record<Kind, Totals> {
   const rows = current(index).usage.byKind(fromHour(q.since))

@@ -62,7 +62,8 @@ export interface RateLimit {
 }
 
 export interface FakeUpstreamOptions {
-  auth?: 'none' | 'bearer'
+  // 'basic': every registry request needs one of `users` by HTTP Basic (no token service).
+  auth?: 'none' | 'bearer' | 'basic'
   users?: Record<string, string>
   tokenTtlSeconds?: number
   redirectBlobs?: boolean
@@ -381,6 +382,14 @@ class FakeUpstreamServer implements FakeUpstream {
   // was presented and refused.
   #authorize(header: string | undefined, repo: string | undefined): Reply | undefined {
     if ((this.#opts.auth ?? 'bearer') === 'none') return undefined
+    if (this.#opts.auth === 'basic') {
+      const basic = header === undefined ? undefined : parseBasic(header)
+      const users = this.#opts.users ?? {}
+      if (basic !== undefined && Object.hasOwn(users, basic.user) && users[basic.user] === basic.password) {
+        return undefined
+      }
+      return ociError(401, 'UNAUTHORIZED', null, { 'www-authenticate': 'Basic realm="fake-registry"' })
+    }
     const token = /^bearer\s+(\S+)$/i.exec(header?.trim() ?? '')?.[1]
     const result = token === undefined ? 'missing' : this.#tokens.check(token, repo)
     if (result === 'ok') return undefined

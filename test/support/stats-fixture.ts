@@ -30,7 +30,7 @@ export function totals(hits: number, misses: number, extra: Partial<Totals> = {}
 
 export function emptyReport(): StatsReport {
   const zero = totals(0, 0)
-  return {
+  const report: Omit<StatsReport, 'upstreams'> = {
     generated_at: GENERATED_AT,
     since: null,
     version: '0.1.0',
@@ -51,6 +51,7 @@ export function emptyReport(): StatsReport {
       recent_errors: [],
     },
   }
+  return { ...report, upstreams: [{ host: 'docker.io', ...report.upstream, totals: zero }] }
 }
 
 /** A day of traffic: mornings cold, the cache warming up, one outage hour with stale answers. */
@@ -78,7 +79,7 @@ export function busyReport(): StatsReport {
     bytes_from_upstream: 23_102_339_072,
     pulls_avoided: 1234,
   })
-  return {
+  const report: Omit<StatsReport, 'upstreams'> = {
     generated_at: GENERATED_AT,
     since: null,
     version: '0.1.0',
@@ -141,4 +142,5 @@ export function busyReport(): StatsReport {
       ],
     },
   }
+  return { ...report, upstreams: [{ host: 'docker.io', ...report.upstream, totals: overall }] }
 }

@@ -231,15 +231,21 @@ describe('stats from the index', () => {
       since: T0,
       top: 5,
       budgetBytes: 1000,
-      upstream: {
-        url: 'https://registry-1.docker.io',
-        offline: false,
-        state: 'unknown',
-        last_answer: null,
-        last_failure: null,
-        rate_limit: null,
-        recent_errors: [],
-      },
+      upstreams: [
+        {
+          host: 'docker.io',
+          namePrefix: '',
+          report: {
+            url: 'https://registry-1.docker.io',
+            offline: false,
+            state: 'unknown',
+            last_answer: null,
+            last_failure: null,
+            rate_limit: null,
+            recent_errors: [],
+          },
+        },
+      ],
       uptimeSeconds: 12,
       now: T0 + 60_000,
     })
@@ -255,7 +261,10 @@ describe('stats from the index', () => {
       'hourly',
       'store',
       'upstream',
+      'upstreams',
     ])
+    // One upstream: its part is everything.
+    expect(report.upstreams).toEqual([{ host: 'docker.io', ...report.upstream, totals: report.overall }])
     expect(report.generated_at).toBe('2024-01-01T10:01:00.000Z')
     expect(report.since).toBe('2024-01-01T10:00:00.000Z')
     expect(report.hourly).toEqual([{ hour: '2024-01-01T10:00:00.000Z', ...report.overall }])
