@@ -131,6 +131,15 @@ export function renderTable(report: StatsReport, dataDir: string): string {
     ]),
     '',
   )
+  if (report.upstreams.length > 1) {
+    out.push(
+      ...columns([
+        ['upstream', 'requests', 'hit rate', 'from cache', 'from upstream', 'pulls avoided', 'errors'],
+        ...report.upstreams.map((u) => totalsRow(u.host, u.totals)),
+      ]),
+      '',
+    )
+  }
   if (report.top_repositories.length === 0) {
     out.push('no requests recorded', '')
   } else {

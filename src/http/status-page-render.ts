@@ -19,7 +19,14 @@ import {
   utc,
 } from './status-page-numbers.js'
 import { STYLE } from './status-page-style.js'
-import { badge, banner, TITLE_SUFFIX, upstream, upstreamState } from './status-page-upstream.js'
+import {
+  badge,
+  banner,
+  TITLE_SUFFIX,
+  upstream,
+  upstreamShares,
+  upstreamState,
+} from './status-page-upstream.js'
 
 /** Seconds between reloads of the page, by the browser itself (no script). */
 export const REFRESH_SECONDS = 30
@@ -77,6 +84,7 @@ export function renderStatusPage(report: StatsReport): string {
       ${upstream(report, now)}
     </section>
   </div>
+  ${upstreamShares(report)}
 
   <section class="panel">
     <h2>Top repositories</h2>

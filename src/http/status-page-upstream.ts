@@ -3,9 +3,10 @@
 // the pull budget, recent errors). All from the document's upstream section: "online" only while
 // upstream answers, never while the last contact failed.
 
+import { humanBytes } from '../human-bytes.js'
 import type { StatsReport } from '../mirror/stats-report.js'
 import { type Html, html } from './html.js'
-import { ago, formatCount, formatDuration, round, utc } from './status-page-numbers.js'
+import { ago, formatCount, formatDuration, formatPercent, plural, round, utc } from './status-page-numbers.js'
 
 /** Upstream errors listed, newest first; the document keeps a few more. */
 const ERRORS_SHOWN = 8
@@ -97,4 +98,24 @@ export function upstream(report: StatsReport, now: number): Html {
       <div class="label gap">Recent errors${up.recent_errors.length > ERRORS_SHOWN ? html` <span class="note">(newest ${ERRORS_SHOWN} of ${up.recent_errors.length})</span>` : ''}</div>
       ${list}
       <div class="note url">${up.url}</div>`
+}
+
+/**
+ * With several upstreams: one line each, its state and its requests' hit rate and bytes (the
+ * panel above tells of the root upstream alone). Empty with one upstream.
+ */
+export function upstreamShares(report: StatsReport): Html | string {
+  if (report.upstreams.length < 2) return ''
+  return html`<section class="panel" data-testid="upstreams">
+    <h2>By upstream</h2>
+    <div class="kinds">${report.upstreams.map((u) => {
+      const state = u.offline ? 'offline' : u.state
+      return html`<div class="kind" data-testid="upstream-share" data-host="${u.host}">
+          <span class="kind-name" title="${u.url}">${u.host}</span>
+          <span class="meter thin"><span style="width: ${round((u.totals.hit_rate ?? 0) * 100)}%"></span></span>
+          <b>${formatPercent(u.totals.hit_rate)}</b>
+          <span class="note">${plural(u.totals.requests, 'request')}, ${humanBytes(u.totals.bytes_from_upstream)} fetched, ${state}</span>
+        </div>`
+    })}</div>
+  </section>`
 }

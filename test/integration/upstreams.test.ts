@@ -7,6 +7,7 @@ import { readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import bcrypt from 'bcryptjs'
 import { beforeAll, describe, expect, test } from 'vitest'
+import { loadConfig } from '../../src/config.js'
 import { type FakeUpstream, sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import type { TestMirror } from '../support/start-mirror.js'
@@ -34,23 +35,41 @@ describe('several upstream registries on one port', () => {
   const corpFx = useFakeUpstream({ auth: 'basic', users: { [CORP_USER.user]: CORP_USER.password } })
   const others = () => [hub.up, ghcrFx.up, corpFx.up]
   let mirror: TestMirror
+  let dir: string
+  let passwordFile: string
+  let htpasswd: string
+  const upstreamsConfig = (password = passwordFile) => ({
+    upstreams: [
+      { host: GHCR, url: ghcrFx.up.url },
+      { host: CORP, url: corpFx.up.url, username: CORP_USER.user, password_file: password },
+    ],
+  })
 
   beforeAll(async () => {
-    const dir = await tmpRoot('pullcache-upstreams')
-    const passwordFile = join(dir, 'corp-password')
+    dir = await tmpRoot('pullcache-upstreams')
+    passwordFile = join(dir, 'corp-password')
     await writeFile(passwordFile, `${CORP_USER.password}\n`)
-    const htpasswd = join(dir, 'htpasswd')
+    htpasswd = join(dir, 'htpasswd')
     await writeFile(htpasswd, `${ALICE.user}:${bcrypt.hashSync(ALICE.password, 4)}\n`)
-    mirror = await hub.fileMirror({
-      env: { PULLCACHE_AUTH_HTPASSWD: htpasswd },
-      config: {
-        upstreams: [
-          { host: GHCR, url: ghcrFx.up.url },
-          { host: CORP, url: corpFx.up.url, username: CORP_USER.user, password_file: passwordFile },
-        ],
+    mirror = await hub.fileMirror({ env: { PULLCACHE_AUTH_HTPASSWD: htpasswd }, config: upstreamsConfig() })
+  })
+
+  /** The config a SIGHUP would load, with `config` as the file. */
+  async function reloadWith(config: Record<string, unknown>) {
+    const file = join(dir, `reload-${Math.random()}.json`)
+    await writeFile(file, JSON.stringify(config))
+    const next = loadConfig({
+      file,
+      env: {
+        PULLCACHE_LISTEN: '127.0.0.1:0',
+        PULLCACHE_DATA_DIR: mirror.dataDir,
+        PULLCACHE_UPSTREAM: hub.up.url,
+        PULLCACHE_LOG_LEVEL: 'debug',
+        PULLCACHE_AUTH_HTPASSWD: htpasswd,
       },
     })
-  })
+    return mirror.server.reload(next)
+  }
 
   test('no ns and no prefix, or the root host, go to the root upstream', async () => {
     const img = hub.up.addImage('library/alpine', '3.20')
@@ -198,5 +217,38 @@ describe('several upstream registries on one port', () => {
     const ready = JSON.parse((await mirror.get('/_pullcache/readyz')).body.toString())
     expect(Object.keys(ready.checks.upstreams)).toEqual([GHCR, CORP])
     expect(ready.checks.upstreams[GHCR].ok).toBe(true)
+  })
+
+  test('the status page has a line per upstream', async () => {
+    const page = (await mirror.get('/', basic(ALICE))).body.toString()
+    expect(page).toContain('By upstream')
+    for (const host of ['docker.io', GHCR, CORP]) expect(page).toContain(`data-host="${host}"`)
+  })
+
+  test("SIGHUP reloads an upstream's credentials; changing the list needs a restart", async () => {
+    const other = join(dir, 'corp-password-rotated')
+    await writeFile(other, 'rotated-secret\n')
+    const rotated = await reloadWith(upstreamsConfig(other))
+    expect(rotated.changed).toContain('upstreams.1.credentials')
+    expect(rotated.needRestart).toEqual([])
+    // The rotated password is what goes upstream now: the fake refuses it (a 401 upstream is,
+    // as on Docker Hub, a repository the account cannot see: 404 here).
+    corpFx.up.addImage('team/rotated', '1.0')
+    const refused = await mirror.get(`/v2/${CORP}/team/rotated/manifests/1.0`, basic(ALICE))
+    expect(refused.status).toBe(404)
+    const back = await reloadWith(upstreamsConfig())
+    expect(back.changed).toContain('upstreams.1.credentials')
+    expect((await mirror.get(`/v2/${CORP}/team/rotated/manifests/1.0`, basic(ALICE))).status).toBe(200)
+    const freshness = await reloadWith({
+      upstreams: [{ host: GHCR, url: ghcrFx.up.url, tag_freshness: '5m' }, upstreamsConfig().upstreams[1]],
+    })
+    expect(freshness.changed).toEqual(['upstreams.0.tag_freshness'])
+    const added = await reloadWith({
+      upstreams: [...upstreamsConfig().upstreams, { host: 'quay.io', url: 'https://quay.io' }],
+    })
+    expect(added.needRestart).toEqual(['upstreams'])
+    // Not applied: quay.io is still not mirrored.
+    expect((await mirror.get('/v2/quay.io/org/app/manifests/latest')).status).toBe(404)
+    await reloadWith(upstreamsConfig())
   })
 })
