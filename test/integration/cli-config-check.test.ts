@@ -37,6 +37,45 @@ describe('pullcache config check', () => {
     expect(r.stderr).toContain('5 problems')
   })
 
+  test('upstreams: a bad or repeated host is a problem; a good list prints back as written', async () => {
+    const dir = await tmpRoot()
+    const bad = join(dir, 'bad-upstreams.json')
+    await writeFile(
+      bad,
+      JSON.stringify({
+        upstreams: [
+          { host: 'https://ghcr.io', url: 'https://ghcr.io' },
+          { host: 'docker.io', url: 'https://mirror.gcr.io' },
+        ],
+      }),
+    )
+    const refused = await runCli(['config', 'check', '--config', bad])
+    expect(refused.code).toBe(2)
+    expect(refused.stderr).toContain('upstreams.0.host: not a registry host')
+    expect(refused.stderr).toContain('upstreams.1.host: docker.io is already the host of another upstream')
+    const good = join(dir, 'upstreams.json')
+    const upstreams = [{ host: 'quay.io', url: 'https://quay.io', tag_freshness: '5m' }]
+    await writeFile(good, JSON.stringify({ upstream: { host: 'docker.io' }, upstreams }))
+    const r = await runCli(['config', 'check', '--config', good])
+    expect(r.code).toBe(0)
+    const printed = JSON.parse(r.stdout)
+    expect(printed.upstream.host).toBe('docker.io')
+    expect(printed.upstreams).toEqual([
+      {
+        ...upstreams[0],
+        username: null,
+        password_file: null,
+        connect_timeout: '10s',
+        header_timeout: '30s',
+        idle_timeout: '30s',
+        max_concurrent_fetches: 16,
+        connections: 32,
+        rate_limit_reserve: 10,
+        library_prefix: false,
+      },
+    ])
+  })
+
   test('a file that is not JSON, or is missing, is a problem too', async () => {
     const file = join(await tmpRoot(), 'broken.json')
     await writeFile(file, '{ "listen": ')
