@@ -1,9 +1,21 @@
 // Which blob redirects pullcache follows (src/upstream/redirects.ts): https only, never into
 // loopback, private or link-local networks unless the upstream itself is on one.
 
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { describe, expect, test } from 'vitest'
 import { UpstreamError } from '../../src/errors.js'
-import { isLocalAddress, redirectLookup, redirectRefusal } from '../../src/upstream/redirects.js'
+import { createLogger } from '../../src/log.js'
+import { createMetrics } from '../../src/metrics.js'
+import {
+  followRedirects,
+  isLocalAddress,
+  redirectLookup,
+  redirectRefusal,
+} from '../../src/upstream/redirects.js'
+import type { Response } from '../../src/upstream/response.js'
+import { UpstreamState } from '../../src/upstream/state.js'
+import { Transport } from '../../src/upstream/transport.js'
 
 const refusal = (url: string, local = false) => redirectRefusal(new URL(url), local)
 
@@ -56,5 +68,62 @@ describe('redirect policy', () => {
     expect(refused).toBeInstanceOf(UpstreamError)
     expect((refused as UpstreamError).message).toMatch(/resolves to a loopback or private address/)
     expect(await resolve(true)).toMatch(/^(127\.0\.0\.1|::1)$/)
+  })
+
+  test('refused targets are never connected to: not by address, not by a name that resolves local', async () => {
+    let connections = 0
+    const target = createServer((_req, res) => res.end('secret'))
+    target.on('connection', () => connections++)
+    await new Promise<void>((r) => target.listen(0, '127.0.0.1', r))
+    const port = (target.address() as AddressInfo).port
+    const metrics = createMetrics()
+    const log = createLogger('error', () => {})
+    const state = new UpstreamState({ rateLimitReserve: 0, offline: false, log, metrics, host: 'ghcr.io' })
+    const transport = new Transport({
+      connectTimeoutMs: 1000,
+      headerTimeoutMs: 1000,
+      idleTimeoutMs: 1000,
+      connections: 1,
+      state,
+      metrics,
+      host: 'ghcr.io',
+      allowLocalRedirects: () => false,
+    })
+    try {
+      // A 307 from a public upstream to an http loopback URL: refused before any request.
+      const redirect = (location: string) =>
+        ({
+          statusCode: 307,
+          headers: { location },
+          body: { dump: async () => {} },
+        }) as unknown as Response
+      let sent = 0
+      const hops = {
+        origin: new URL('https://ghcr.io'),
+        localUpstream: async () => false,
+        toOrigin: async () => {
+          throw new Error('not the origin')
+        },
+        elsewhere: (url: URL) => {
+          sent++
+          return transport.request('cdn', 'GET', url, {})
+        },
+      }
+      const refused = await followRedirects(redirect(`http://127.0.0.1:${port}/x`), hops).catch((e) => e)
+      expect(refused).toBeInstanceOf(UpstreamError)
+      expect((refused as UpstreamError).kind).toBe('SERVER')
+      expect(sent).toBe(0)
+      // The transport alone (names in a redirect's URL are refused before it): the address a name
+      // resolves to is refused where it is resolved, before a connection.
+      const byName = await transport
+        .request('cdn', 'GET', new URL(`https://localhost:${port}/x`), {})
+        .catch((e) => e)
+      expect(byName).toBeInstanceOf(UpstreamError)
+      expect((byName as UpstreamError).message).toMatch(/loopback or private/)
+      expect(connections).toBe(0)
+    } finally {
+      await transport.close()
+      await new Promise((r) => target.close(r))
+    }
   })
 })
