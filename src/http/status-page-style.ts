@@ -75,6 +75,9 @@ g:hover rect { opacity: 0.8; }
 .kind { display: grid; grid-template-columns: 6.5em 1fr 4.2em 7.5em; align-items: center; gap: 10px; min-width: 0; }
 .kind b { text-align: right; }
 .kind .note { text-align: right; }
+/* By upstream: hosts are longer than kind names, and the note carries three facts. */
+.shares .kind { grid-template-columns: minmax(6.5em, 16em) 1fr 4.2em 18em; }
+.shares .kind-name { overflow-wrap: anywhere; }
 .meter.thin { height: 6px; margin: 0; display: block; }
 .meter.thin > span { display: block; height: 100%; background: var(--hit); border-radius: 999px; }
 .counts { display: flex; flex-wrap: wrap; gap: 4px 16px; margin-top: 12px; color: var(--muted); font-size: 13px; }
@@ -117,6 +120,7 @@ g:hover rect { opacity: 0.8; }
   .mini { width: 40px; }
   .kind { grid-template-columns: 5.5em 1fr 3.8em; }
   .kind .note { grid-column: 1 / -1; text-align: left; margin-top: -8px; }
+  .shares .kind { grid-template-columns: minmax(5.5em, 1fr) 1fr 3.8em; }
   .upstream-url { margin-left: 0; width: 100%; }
 }
 `

@@ -108,7 +108,7 @@ export function upstreamShares(report: StatsReport): Html | string {
   if (report.upstreams.length < 2) return ''
   return html`<section class="panel" data-testid="upstreams">
     <h2>By upstream</h2>
-    <div class="kinds">${report.upstreams.map((u) => {
+    <div class="kinds shares">${report.upstreams.map((u) => {
       const state = u.offline ? 'offline' : u.state
       return html`<div class="kind" data-testid="upstream-share" data-host="${u.host}">
           <span class="kind-name" title="${u.url}">${u.host}</span>

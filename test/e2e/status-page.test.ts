@@ -207,6 +207,7 @@ describe('the status page of made-up documents', () => {
         const repos = await page.getByTestId('repos').textContent()
         expect(repos).toContain(HOSTILE_REPO)
         expect(await page.getByTestId('errors').textContent()).toContain(HOSTILE_MESSAGE)
+        expect(await page.getByTestId('upstream-share').count()).toBe(doc.upstreams.length)
         expect(await text(page, 'hit-rate')).toBe(formatPercent(doc.overall.hit_rate))
         expect(await text(page, 'pulls-avoided')).toBe('1,234')
         // The chart has a bar group per hour with traffic, and a hit-rate line.

@@ -142,5 +142,20 @@ export function busyReport(): StatsReport {
       ],
     },
   }
-  return { ...report, upstreams: [{ host: 'docker.io', ...report.upstream, totals: overall }] }
+  // Three registries: the panel per upstream, with a long host among them.
+  const other = { ...report.upstream, last_failure: null, rate_limit: null, recent_errors: [] }
+  return {
+    ...report,
+    upstreams: [
+      { host: 'docker.io', ...report.upstream, totals: totals(900, 140) },
+      { host: 'ghcr.io', ...other, url: 'https://ghcr.io', totals: totals(180, 25) },
+      {
+        host: 'registry.some-long-company-name.example.com:5443',
+        ...other,
+        url: 'https://registry.some-long-company-name.example.com:5443',
+        state: 'unreachable',
+        totals: totals(25, 5, { errors: 7 }),
+      },
+    ],
+  }
 }
