@@ -350,9 +350,11 @@ export class Upstream {
     return followRedirects(first, {
       origin: this.origin,
       localUpstream: () => {
+        // Resolved once; a name that cannot be resolved now counts as public and is asked again.
         this.localOrigin ??= isLocalOrigin(this.origin).then((local) => {
-          this.knownLocal = local
-          return local
+          if (local === undefined) this.localOrigin = undefined
+          this.knownLocal = local ?? false
+          return this.knownLocal
         })
         return this.localOrigin
       },

@@ -100,8 +100,12 @@ export function redirectLookup(allowLocal: () => boolean): LookupFunction {
   }
 }
 
-/** Whether an upstream at this origin is on a loopback or private address (resolved once). */
-export async function isLocalOrigin(origin: URL): Promise<boolean> {
+/**
+ * Whether an upstream at this origin is on a loopback or private address; undefined when its
+ * name cannot be resolved now (the caller treats that as public, the stricter rule, and asks
+ * again next time).
+ */
+export async function isLocalOrigin(origin: URL): Promise<boolean | undefined> {
   const host = origin.hostname.replace(/^\[|\]$/g, '')
   if (isLocalName(host) || isLocalAddress(host)) return true
   if (isIP(host) !== 0) return false
@@ -111,8 +115,7 @@ export async function isLocalOrigin(origin: URL): Promise<boolean> {
     )
     return addresses.length > 0 && addresses.every((a) => isLocalAddress(a.address))
   } catch {
-    // Unresolvable now: treat as public, the stricter rule.
-    return false
+    return undefined
   }
 }
 

@@ -10,6 +10,7 @@ import { createMetrics } from '../../src/metrics.js'
 import {
   followRedirects,
   isLocalAddress,
+  isLocalOrigin,
   redirectLookup,
   redirectRefusal,
 } from '../../src/upstream/redirects.js'
@@ -49,6 +50,13 @@ describe('redirect policy', () => {
     expect(refusal('http://10.0.0.7/x', true)).toBeUndefined()
     expect(refusal('https://storage.example.com/x', true)).toBeUndefined()
     expect(refusal('http://203.0.113.9/x', true)).toMatch(/http on a public address/)
+  })
+
+  test('an upstream is local by its address or a local name', async () => {
+    expect(await isLocalOrigin(new URL('http://127.0.0.1:5000'))).toBe(true)
+    expect(await isLocalOrigin(new URL('http://localhost:5000'))).toBe(true)
+    expect(await isLocalOrigin(new URL('https://[fd00::7]'))).toBe(true)
+    expect(await isLocalOrigin(new URL('https://203.0.113.5'))).toBe(false)
   })
 
   test('addresses', () => {
