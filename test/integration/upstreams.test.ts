@@ -10,6 +10,7 @@ import { beforeAll, describe, expect, test } from 'vitest'
 import { loadConfig } from '../../src/config.js'
 import { type FakeUpstream, sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
 import { tmpRoot } from '../support/tmp.js'
 
@@ -217,6 +218,25 @@ describe('several upstream registries on one port', () => {
     const ready = JSON.parse((await mirror.get('/_pullcache/readyz')).body.toString())
     expect(Object.keys(ready.checks.upstreams)).toEqual([GHCR, CORP])
     expect(ready.checks.upstreams[GHCR].ok).toBe(true)
+  })
+
+  test('pullcache stats, beside the running server, breaks down by the configured upstreams', async () => {
+    await mirror.server.index.flush()
+    const file = join(dir, 'cli.json')
+    await writeFile(file, JSON.stringify(upstreamsConfig()))
+    const table = await runCli(['stats', '--config', file, '--data-dir', mirror.dataDir])
+    expect(table.code).toBe(0)
+    expect(table.stdout).toMatch(/^upstream +requests/m)
+    for (const host of ['docker.io', GHCR, CORP])
+      expect(table.stdout).toMatch(new RegExp(`^${host.replace(/\./g, '\\.')} +\\d+`, 'm'))
+    const json = await runCli(['stats', '--json', '--config', file, '--data-dir', mirror.dataDir])
+    const report = JSON.parse(json.stdout)
+    expect(report.upstreams.map((u: { host: string; url: string }) => [u.host, u.url])).toEqual([
+      ['docker.io', 'https://registry-1.docker.io'],
+      [GHCR, ghcrFx.up.url],
+      [CORP, corpFx.up.url],
+    ])
+    expect(report.upstreams[1].totals.requests).toBeGreaterThan(0)
   })
 
   test('the status page has a line per upstream', async () => {
