@@ -13,6 +13,7 @@ import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import type { Mirror } from './mirror/mirror.js'
+import type { Via } from './via.js'
 
 export interface AppDeps {
   mirror: Mirror
@@ -22,6 +23,8 @@ export interface AppDeps {
   admin: AdminDeps
   /** Client accounts and who may reach the operator endpoints. */
   access: Access
+  /** Loops between tiered mirrors are refused; a client's Via goes on upstream. */
+  via: Via
 }
 
 /** Load balancers' probes: reachable from anywhere, without an account. */
@@ -32,8 +35,17 @@ function isOperatorPath(path: string): boolean {
   return path === '/' || path === '/metrics' || path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)
 }
 
-export function createApp({ mirror, log, metrics, admin, access }: AppDeps): Hono<RegistryEnv> {
+export function createApp({ mirror, log, metrics, admin, access, via }: AppDeps): Hono<RegistryEnv> {
   const app = new Hono<RegistryEnv>()
+
+  // A request from another mirror (a site pullcache, a proxy) says where it has been.
+  app.use('*', (c, next) => {
+    const chain = c.req.header('via')
+    if (chain === undefined) return next()
+    if (via.isLoop(chain))
+      throw new RegistryError('LOOP_DETECTED', { via: chain.slice(0, 512), self: via.id })
+    return via.within(chain, next)
+  })
 
   // Who is asking, before any route: admin.allow first (no password work for a refused
   // address), then the client's account. Health probes and /metrics name no repository and

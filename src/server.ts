@@ -35,6 +35,7 @@ import {
   tlsEnabled,
 } from './tls.js'
 import { Upstream } from './upstream/client.js'
+import { Via } from './via.js'
 
 export interface RunningServer {
   /** http://host:port (https:// with TLS), with a loopback host when listening on every address. */
@@ -81,6 +82,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   })
 
   const metrics = createMetrics()
+  // This process's Via id: what it adds upstream, and what it refuses when it comes back.
+  const via = new Via()
   const upstream = new Upstream({
     url: config.upstream.url,
     credentials:
@@ -97,6 +100,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     libraryPrefix: config.upstream.library_prefix,
     log,
     metrics,
+    via,
   })
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
@@ -142,6 +146,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   metrics.sources.storeBudget = () => evictor?.budget ?? 0
   watchGauges(metrics, mirror, index)
   const app = createApp({
+    via,
     mirror,
     log,
     metrics,

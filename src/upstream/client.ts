@@ -12,6 +12,7 @@
 //   ping.ts            the readiness ping, shared and reused so probes do not reach Hub
 //   response.ts        reading an answer: headers, bounded bodies, upstream's error message
 //   referrers-api.ts   the referrers API's pages, and telling an upstream without it
+//   anonymous-access.ts  what an anonymous pull may read, asked without counting as a pull
 
 import type { Readable } from 'node:stream'
 import pLimit, { type LimitFunction } from 'p-limit'
@@ -19,10 +20,13 @@ import { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { MANIFEST_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPES } from '../oci.js'
-import { type Credentials, jwtGrantsPull } from './auth.js'
+import type { Via } from '../via.js'
+import { type AnonymousExchange, anonymousAccess, anonymousHas } from './anonymous-access.js'
+import type { Credentials } from './auth.js'
 import { type PingResult, ReadinessPing } from './ping.js'
 import { fetchReferrers } from './referrers-api.js'
 import {
+  ageOf,
   header,
   isRedirect,
   kindOfStatus,
@@ -54,18 +58,23 @@ export interface UpstreamOptions {
   libraryPrefix: boolean
   log: Logger
   metrics: Metrics
+  /** Via for requests sent upstream (src/via.ts); absent in tools that serve no clients. */
+  via?: Via
 }
 
+/** What upstream said of a manifest; ageMs: how old its answer was (a central pullcache's Age). */
 export interface ManifestHead {
   digest: string | undefined
   mediaType: string
   size: number | undefined
+  ageMs: number
 }
 
 export interface ManifestBody {
   bytes: Buffer
   mediaType: string
   digest: string | undefined
+  ageMs: number
 }
 
 export interface BlobBody {
@@ -112,6 +121,7 @@ export class Upstream {
       connections: opts.connections,
       state: this.state,
       metrics,
+      via: opts.via,
     })
     this.auth = new TokenExchange({
       origin: this.origin,
@@ -224,6 +234,7 @@ export class Upstream {
       digest: header(res.headers, 'docker-content-digest'),
       mediaType: mediaTypeOf(res.headers),
       size: length === undefined ? undefined : Number(length),
+      ageMs: ageOf(res.headers),
     }
   }
 
@@ -237,6 +248,7 @@ export class Upstream {
       bytes,
       mediaType: mediaTypeOf(res.headers),
       digest: header(res.headers, 'docker-content-digest'),
+      ageMs: ageOf(res.headers),
     }
   }
 
@@ -296,64 +308,25 @@ export class Upstream {
     })
   }
 
-  // --- what anonymous pulls may read ---------------------------------------------------------
+  // --- what anonymous pulls may read (anonymous-access.ts) ----------------------------------
 
-  /**
-   * Whether an anonymous pull may read the repository. Asks the token service for an anonymous
-   * pull token and reads the access it grants (Docker Hub's tokens are JWTs whose `access` claim
-   * lists the granted actions; token requests do not count as pulls). With an opaque token, or
-   * no token service, an anonymous tags/list of one tag decides: that is not a pull either.
-   * Throws UpstreamError when upstream gives no answer.
-   */
-  async anonymousAccess(repo: string): Promise<'public' | 'private'> {
-    const challenge = this.auth.challenge ?? (await this.auth.discoverChallenge())
-    if (challenge?.scheme === 'bearer') {
-      let token: string
-      try {
-        token = await this.auth.token(challenge, `repository:${repo}:pull`, 'anonymous')
-      } catch (err) {
-        // A token service that refuses anonymous callers outright grants them nothing.
-        if (err instanceof UpstreamError && err.kind === 'UNAUTHORIZED') return 'private'
-        throw err
-      }
-      const granted = jwtGrantsPull(token, repo)
-      if (granted !== undefined) return granted ? 'public' : 'private'
-    }
-    const res = await this.auth.send(
-      'access',
-      repo,
-      'GET',
-      `/v2/${repo}/tags/list?n=1`,
-      {},
-      undefined,
-      'anonymous',
-    )
-    if (res.statusCode === 200) {
-      await res.body.dump()
-      return 'public'
-    }
-    // Docker Hub answers 401 for a repository that is private or does not exist; either way an
-    // anonymous pull cannot read it.
-    if (res.statusCode === 401 || res.statusCode === 403 || res.statusCode === 404) {
-      await res.body.dump()
-      return 'private'
-    }
-    throw await this.failure(res, `anonymous access check of ${repo}`, repo)
+  /** Whether an anonymous pull may read the repository; never counted as a pull. */
+  anonymousAccess(repo: string): Promise<'public' | 'private'> {
+    return anonymousAccess(repo, this.anonymousExchange(repo))
   }
 
-  /**
-   * Whether an anonymous pull finds this digest in this repository: a HEAD by digest with an
-   * anonymous token (never counted as a pull). Throws UpstreamError when upstream gives no answer.
-   */
-  async anonymousHas(repo: string, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
-    const path = `/v2/${repo}/${kind === 'blob' ? 'blobs' : 'manifests'}/${digest}`
-    const headers: Record<string, string> = kind === 'manifest' ? { accept: MANIFEST_TYPES.join(', ') } : {}
-    const res = await this.auth.send('access', repo, 'HEAD', path, headers, undefined, 'anonymous')
-    await res.body.dump()
-    // A blob HEAD may redirect to storage: the registry found it.
-    if (res.statusCode === 200 || isRedirect(res.statusCode)) return true
-    if (res.statusCode === 401 || res.statusCode === 403 || res.statusCode === 404) return false
-    throw await this.failure(res, `anonymous HEAD ${kind} ${digest}`, repo)
+  /** Whether an anonymous pull finds this digest in this repository; never counted as a pull. */
+  anonymousHas(repo: string, digest: string, kind: 'blob' | 'manifest'): Promise<boolean> {
+    return anonymousHas(repo, digest, kind, this.anonymousExchange(repo))
+  }
+
+  private anonymousExchange(repo: string): AnonymousExchange {
+    return {
+      auth: this.auth,
+      send: (path, method, headers) =>
+        this.auth.send('access', repo, method, path, headers, undefined, 'anonymous'),
+      failure: (res, what) => this.failure(res, what, repo),
+    }
   }
 
   private async followRedirects(

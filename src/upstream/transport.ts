@@ -7,6 +7,7 @@
 import { Agent } from 'undici'
 import { networkFailure, UpstreamError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
+import type { Via } from '../via.js'
 import type { Response } from './response.js'
 import type { RequestKind, UpstreamState } from './state.js'
 
@@ -19,16 +20,20 @@ export interface TransportOptions {
   connections: number
   state: UpstreamState
   metrics: Metrics
+  /** Via on every request: the chain it serves, then this process (src/via.ts). */
+  via: Via | undefined
 }
 
 export class Transport {
   private readonly agent: Agent
   private readonly state: UpstreamState
   private readonly metrics: Metrics
+  private readonly via: Via | undefined
 
   constructor(opts: TransportOptions) {
     this.state = opts.state
     this.metrics = opts.metrics
+    this.via = opts.via
     this.agent = new Agent({
       connect: { timeout: opts.connectTimeoutMs },
       headersTimeout: opts.headerTimeoutMs,
@@ -59,7 +64,11 @@ export class Transport {
         origin: url.origin,
         path: url.pathname + url.search,
         method,
-        headers: { 'user-agent': USER_AGENT, ...headers },
+        headers: {
+          'user-agent': USER_AGENT,
+          ...(this.via === undefined ? {} : { via: this.via.outgoing() }),
+          ...headers,
+        },
         ...(signal === undefined ? {} : { signal }),
       })
       this.metrics.upstreamRequests.inc({ kind, method, status: String(res.statusCode) })
