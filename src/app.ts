@@ -13,6 +13,7 @@ import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import type { Mirror } from './mirror/mirror.js'
+import { PEER_HEADER, RELAY_HEADER } from './upstream/cluster-upstream.js'
 import type { Via } from './via.js'
 
 export interface AppDeps {
@@ -38,13 +39,15 @@ function isOperatorPath(path: string): boolean {
 export function createApp({ mirror, log, metrics, admin, access, via }: AppDeps): Hono<RegistryEnv> {
   const app = new Hono<RegistryEnv>()
 
-  // A request from another mirror (a site pullcache, a proxy) says where it has been.
+  // A request from another mirror (a site pullcache, a proxy, a node of this cluster) says where
+  // it has been; one from a cluster node is answered here, never relayed on.
   app.use('*', (c, next) => {
     const chain = c.req.header('via')
-    if (chain === undefined) return next()
+    const relayed = c.req.header(RELAY_HEADER) !== undefined
+    if (chain === undefined && !relayed) return next()
     if (via.isLoop(chain))
-      throw new RegistryError('LOOP_DETECTED', { via: chain.slice(0, 512), self: via.id })
-    return via.within(chain, next)
+      throw new RegistryError('LOOP_DETECTED', { via: chain?.slice(0, 512), self: via.id })
+    return via.within(chain ?? '', relayed, next)
   })
 
   // Who is asking, before any route: admin.allow first (no password work for a refused
@@ -64,7 +67,8 @@ export function createApp({ mirror, log, metrics, admin, access, via }: AppDeps)
     const viewer =
       path === '/metrics'
         ? ANONYMOUS
-        : await access.identify(c.req.header('authorization'), address, false, certificateUser(socket))
+        : (access.peer(c.req.header(PEER_HEADER)) ??
+          (await access.identify(c.req.header('authorization'), address, false, certificateUser(socket))))
     c.set('viewer', viewer)
     if (viewer.user !== null) noteOf(c.env.outgoing).user = viewer.user
     return next()

@@ -113,6 +113,21 @@ const upstreamUrl = z.string().transform((text, ctx) => {
 })
 writtenAs(upstreamUrl, (origin) => origin)
 
+/** A cluster node's URL, as the other nodes reach it: a root like http://10.0.0.5:5000. */
+const nodeUrl = z.string().transform((text, ctx) => {
+  const url = httpUrl(text, ctx, 'a cluster node URL', 'cluster.secret_file')
+  if (url === undefined) return z.NEVER
+  if (url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `a cluster node URL must be a root like http://10.0.0.5:5000: ${text}`,
+    })
+    return z.NEVER
+  }
+  return url.origin
+})
+writtenAs(nodeUrl, (origin) => origin)
+
 /**
  * A tag pattern: a glob over "repo:tag" ("*:latest", "library/*:*"), a glob over the tag alone
  * when it has no ':' ("latest", "v*"), or a regular expression over the tag in slashes
@@ -321,6 +336,18 @@ const schema = z.strictObject({
           message: 'endpoint names must be unique',
         })
         .prefault([]),
+    })
+    .prefault({}),
+  // Several nodes as one cache (src/cluster/, src/upstream/cluster-upstream.ts): each key is
+  // fetched upstream by the node that owns it, the others relay. Empty peers: a single node.
+  cluster: z
+    .strictObject({
+      // This node's URL as the other nodes reach it.
+      node_url: nodeUrl.nullable().default(null),
+      // Every node of the cluster (this one may be listed too); reloaded on SIGHUP.
+      peers: z.array(nodeUrl).prefault([]),
+      // A file with the secret the nodes present to each other (or PULLCACHE_CLUSTER_SECRET).
+      secret_file: z.string().min(1).nullable().default(null),
     })
     .prefault({}),
   log: z

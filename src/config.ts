@@ -11,8 +11,10 @@ import { type ClientAuth, tlsProblems } from './tls.js'
 
 type Parsed = z.output<typeof schema>
 
-export interface Config extends Omit<Parsed, 'upstream' | 'tls'> {
+export interface Config extends Omit<Parsed, 'upstream' | 'tls' | 'cluster'> {
   upstream: Parsed['upstream'] & { password: string | null }
+  /** secret: what the nodes present to each other (never in the file, never logged). */
+  cluster: Parsed['cluster'] & { secret: string | null }
   /** client_auth as it applies: its default depends on client_ca. */
   tls: Omit<Parsed['tls'], 'client_auth'> & { client_auth: ClientAuth }
 }
@@ -63,6 +65,9 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_TLS_KEY: 'tls.key',
   PULLCACHE_TLS_CLIENT_CA: 'tls.client_ca',
   PULLCACHE_TLS_CLIENT_AUTH: 'tls.client_auth',
+  PULLCACHE_NODE_URL: 'cluster.node_url',
+  PULLCACHE_PEERS: 'cluster.peers',
+  PULLCACHE_CLUSTER_SECRET_FILE: 'cluster.secret_file',
 }
 
 const NUMERIC_KEYS = new Set([
@@ -72,7 +77,7 @@ const NUMERIC_KEYS = new Set([
 ])
 const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix', 'auth.anonymous'])
 /** Comma-separated lists in the environment. */
-const LIST_KEYS = new Set(['admin.allow'])
+const LIST_KEYS = new Set(['admin.allow', 'cluster.peers'])
 
 function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {
   const parts = dotted.split('.')
@@ -135,7 +140,20 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     }
   }
 
-  const password = readPassword(result.success ? result.data.upstream.password_file : null, env, problems)
+  const password = readSecret(
+    'upstream: set the password',
+    'upstream.password_file',
+    env.PULLCACHE_UPSTREAM_PASSWORD,
+    result.success ? result.data.upstream.password_file : null,
+    problems,
+  )
+  const clusterSecret = readSecret(
+    'cluster: set the secret',
+    'cluster.secret_file',
+    env.PULLCACHE_CLUSTER_SECRET,
+    result.success ? result.data.cluster.secret_file : null,
+    problems,
+  )
   const tls = result.success ? tlsOf(result.data.tls) : undefined
   // The files are read now, so a missing file or a key of another certificate stops the start
   // with the other config problems (and shows in `config check`), not at the first handshake.
@@ -155,7 +173,17 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       'auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd or client certificates (tls.client_ca)',
     ])
   }
-  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password }, tls }
+  if (parsed.cluster.peers.length > 0 && (parsed.cluster.node_url === null || clusterSecret === null)) {
+    throw new ConfigError([
+      'cluster: with peers, this node needs its own URL (cluster.node_url) and the secret the nodes share (cluster.secret_file or PULLCACHE_CLUSTER_SECRET)',
+    ])
+  }
+  const config: Config = {
+    ...parsed,
+    upstream: { ...parsed.upstream, password },
+    cluster: { ...parsed.cluster, secret: clusterSecret },
+    tls,
+  }
   return deepFreeze(config)
 }
 
@@ -176,20 +204,24 @@ function tlsOf(parsed: Parsed['tls']): Config['tls'] {
   return { ...parsed, client_auth: parsed.client_auth ?? (parsed.client_ca === null ? 'none' : 'optional') }
 }
 
-function readPassword(file: string | null, env: NodeJS.ProcessEnv, problems: string[]): string | null {
-  const fromEnv = env.PULLCACHE_UPSTREAM_PASSWORD
+/** A secret from its environment variable or its file (one of them), never from the config file. */
+function readSecret(
+  what: string,
+  fileKey: string,
+  fromEnv: string | undefined,
+  file: string | null,
+  problems: string[],
+): string | null {
   if (fromEnv !== undefined && fromEnv !== '') {
-    if (file !== null) problems.push('upstream: set the password by environment or by file, not both')
+    if (file !== null) problems.push(`${what} by environment or by file, not both`)
     return fromEnv
   }
   if (file === null) return null
   try {
-    // A trailing newline is what editors and `echo` leave; it is never part of a password.
+    // A trailing newline is what editors and `echo` leave; it is never part of a secret.
     return readFileSync(file, 'utf8').replace(/\r?\n$/, '')
   } catch (err) {
-    problems.push(
-      `upstream.password_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`,
-    )
+    problems.push(`${fileKey}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
     return null
   }
 }

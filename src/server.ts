@@ -10,6 +10,7 @@ import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { createApp } from './app.js'
+import { Membership } from './cluster/membership.js'
 import type { Config } from './config.js'
 import { Access } from './http/access.js'
 import { createLimitedServer, requestError, type Server } from './http/limits.js'
@@ -35,6 +36,7 @@ import {
   tlsEnabled,
 } from './tls.js'
 import { Upstream } from './upstream/client.js'
+import { ClusterUpstream } from './upstream/cluster-upstream.js'
 import { Via } from './via.js'
 
 export interface RunningServer {
@@ -84,7 +86,12 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const metrics = createMetrics()
   // This process's Via id: what it adds upstream, and what it refuses when it comes back.
   const via = new Via()
-  const upstream = new Upstream({
+  // In a cluster, keys another node owns are asked of it (upstream/cluster-upstream.ts).
+  const membership =
+    config.cluster.node_url === null
+      ? undefined
+      : new Membership({ self: config.cluster.node_url, peers: config.cluster.peers, log })
+  const upstreamOptions = {
     url: config.upstream.url,
     credentials:
       config.upstream.username !== null && config.upstream.password !== null
@@ -101,7 +108,11 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     log,
     metrics,
     via,
-  })
+  }
+  const upstream =
+    membership === undefined || config.cluster.secret === null
+      ? new Upstream(upstreamOptions)
+      : new ClusterUpstream({ ...upstreamOptions, owners: membership, secret: config.cluster.secret })
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()
@@ -292,6 +303,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       }
     }
     if (notifier.reload(next.notifications.endpoints)) changed.push('notifications')
+    if (membership?.setPeers(next.cluster.peers)) changed.push('cluster.peers')
     if (next.upstream.rate_limit_reserve !== current.upstream.rate_limit_reserve) {
       upstream.rateLimitReserve = next.upstream.rate_limit_reserve
       changed.push('upstream.rate_limit_reserve')
@@ -325,6 +337,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await index.stopCheckpoints()
       // Events of the last responses and evictions get a short while to go out.
       await notifier.close()
+      membership?.close()
       await upstream.close().catch(() => {})
       // The last write: index and files agree, the next start need not check. Not after a
       // reconciliation that was stopped halfway: the next start runs it again.
@@ -361,6 +374,7 @@ const RESTART_KEYS = [
   'limits',
   'log.level',
   'log.access',
+  'cluster.node_url',
 ]
 
 /**

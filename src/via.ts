@@ -8,7 +8,9 @@
 // The client's Via reaches the upstream request through an AsyncLocalStorage, entered only for
 // requests that arrived with a Via (those from another mirror or proxy): a request from a
 // container runtime carries none and pays nothing. A fetch shared by several clients (single
-// flight) carries the Via of the one that started it.
+// flight) carries the Via of the one that started it. The same store says whether the request
+// was relayed by another node of the cluster (src/upstream/cluster-upstream.ts): such a request
+// is answered by asking upstream, never relayed again.
 
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { randomBytes } from 'node:crypto'
@@ -20,7 +22,7 @@ export class Via {
   /** This process's pseudonym in Via: unique per process, so two nodes on one host differ. */
   readonly id: string
   private readonly entry: string
-  private readonly incoming = new AsyncLocalStorage<string>()
+  private readonly incoming = new AsyncLocalStorage<{ chain: string; relayed: boolean }>()
 
   constructor(id = `pullcache-${randomBytes(6).toString('hex')}`) {
     this.id = id
@@ -34,14 +36,22 @@ export class Via {
     return header.split(',').some((hop) => hop.trim().split(/\s+/)[1] === this.id)
   }
 
-  /** Runs `work` (a request's handling) so that what it sends upstream carries `header`. */
-  within<T>(header: string, work: () => T): T {
-    return this.incoming.run(header, work)
+  /**
+   * Runs `work` (a request's handling) so that what it sends upstream carries `header`;
+   * `relayed`: the request came from another node of the cluster.
+   */
+  within<T>(header: string, relayed: boolean, work: () => T): T {
+    return this.incoming.run({ chain: header, relayed }, work)
   }
 
   /** The Via for a request sent upstream now. */
   outgoing(): string {
-    const before = this.incoming.getStore()
-    return before === undefined ? this.entry : `${before}, ${this.entry}`
+    const before = this.incoming.getStore()?.chain
+    return before === undefined || before === '' ? this.entry : `${before}, ${this.entry}`
+  }
+
+  /** Whether the request being answered was relayed here by another node of the cluster. */
+  relayed(): boolean {
+    return this.incoming.getStore()?.relayed === true
   }
 }

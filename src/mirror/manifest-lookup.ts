@@ -119,12 +119,17 @@ export class ManifestLookup {
       found = answer(cached, 'stale')
     } else {
       try {
-        // One revalidation per tag at a time: its HEAD, and its GET when the digest is new.
-        const key = `tag\0${name.upstream}\0${tag}\0${method}`
+        // One revalidation per tag at a time, whichever method started it: its HEAD, and its GET
+        // when the digest is new. A GET that joined a HEAD's gets the bytes by digest after it.
+        const key = `tag\0${name.upstream}\0${tag}`
         const joined = this.flights.has(key)
-        const revalidation = this.flights.flight(key, (signal) =>
-          this.revalidate(name, tag, method, known?.digest, signal),
-        )
+        const revalidation = this.flights
+          .flight(key, (signal) => this.revalidate(name, tag, method, known?.digest, signal))
+          .then(async (got) =>
+            method === 'GET' && got.bytes === undefined
+              ? answer(await this.fetchManifest(name, got.digest), got.cache)
+              : got,
+          )
         // With a cached copy in hand, do not wait on a slow upstream for long.
         found = known && cached ? await deadline(revalidation, this.revalidateTimeoutMs) : await revalidation
         // The leader's download served this request too (see manifestByDigest).

@@ -17,7 +17,7 @@ describe('Via', () => {
   test("a request from another mirror carries that mirror's chain, then this process", async () => {
     const via = new Via('pullcache-central')
     const chain = '1.1 edge-proxy (nginx), 1.1 pullcache-site'
-    const seen = await via.within(chain, async () => {
+    const seen = await via.within(chain, false, async () => {
       await new Promise((resolve) => setImmediate(resolve))
       return via.outgoing()
     })
