@@ -3,9 +3,11 @@
 // are rendered. No I/O happens at import; createApp gets everything it uses.
 
 import { type Context, Hono } from 'hono'
+import type { Membership } from './cluster/membership.js'
 import { RegistryError } from './errors.js'
 import { type Access, ANONYMOUS, certificateUser, type RegistryEnv } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
+import { clusterRoutes } from './http/cluster-route.js'
 import { healthRoutes } from './http/health.js'
 import { noteOf } from './http/outcome.js'
 import { rawPath, registryRoutes } from './http/registry.js'
@@ -26,6 +28,8 @@ export interface AppDeps {
   access: Access
   /** Loops between tiered mirrors are refused; a client's Via goes on upstream. */
   via: Via
+  /** The cluster this node is in, if any (GET /_pullcache/cluster). */
+  cluster?: Membership | undefined
 }
 
 /** Load balancers' probes: reachable from anywhere, without an account. */
@@ -36,7 +40,7 @@ function isOperatorPath(path: string): boolean {
   return path === '/' || path === '/metrics' || path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)
 }
 
-export function createApp({ mirror, log, metrics, admin, access, via }: AppDeps): Hono<RegistryEnv> {
+export function createApp({ mirror, log, metrics, admin, access, via, cluster }: AppDeps): Hono<RegistryEnv> {
   const app = new Hono<RegistryEnv>()
 
   // A request from another mirror (a site pullcache, a proxy, a node of this cluster) says where
@@ -51,8 +55,8 @@ export function createApp({ mirror, log, metrics, admin, access, via }: AppDeps)
   })
 
   // Who is asking, before any route: admin.allow first (no password work for a refused
-  // address), then the client's account. Health probes and /metrics name no repository and
-  // need no account.
+  // address; a node of this cluster, holding its secret, is let through), then the client's
+  // account. Health probes and /metrics name no repository and need no account.
   app.use('*', async (c, next) => {
     const path = rawPath(c.req.url)
     const address = c.env.incoming.socket.remoteAddress ?? ''
@@ -60,14 +64,15 @@ export function createApp({ mirror, log, metrics, admin, access, via }: AppDeps)
       c.set('viewer', ANONYMOUS)
       return next()
     }
-    if (isOperatorPath(path) && !access.adminAllowed(address)) {
+    const peer = access.peer(c.req.header(PEER_HEADER))
+    if (isOperatorPath(path) && peer === undefined && !access.adminAllowed(address)) {
       throw new RegistryError('DENIED', { reason: 'this address may not reach the operator endpoints' })
     }
     const socket = c.env.incoming.socket
     const viewer =
       path === '/metrics'
         ? ANONYMOUS
-        : (access.peer(c.req.header(PEER_HEADER)) ??
+        : (peer ??
           (await access.identify(c.req.header('authorization'), address, false, certificateUser(socket))))
     c.set('viewer', viewer)
     if (viewer.user !== null) noteOf(c.env.outgoing).user = viewer.user
@@ -81,6 +86,7 @@ export function createApp({ mirror, log, metrics, admin, access, via }: AppDeps)
 
   app.route(ADMIN_PREFIX, adminRoutes(mirror, admin))
   app.route(ADMIN_PREFIX, healthRoutes(mirror, admin))
+  app.route(ADMIN_PREFIX, clusterRoutes(cluster))
   app.route('/', statusPageRoutes(mirror, admin))
 
   app.route('/', registryRoutes(mirror, access))

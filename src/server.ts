@@ -35,8 +35,7 @@ import {
   type TlsMaterial,
   tlsEnabled,
 } from './tls.js'
-import { Upstream } from './upstream/client.js'
-import { ClusterUpstream } from './upstream/cluster-upstream.js'
+import { upstreamFromConfig } from './upstream/from-config.js'
 import { Via } from './via.js'
 
 export interface RunningServer {
@@ -91,28 +90,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     config.cluster.node_url === null
       ? undefined
       : new Membership({ self: config.cluster.node_url, peers: config.cluster.peers, log })
-  const upstreamOptions = {
-    url: config.upstream.url,
-    credentials:
-      config.upstream.username !== null && config.upstream.password !== null
-        ? { username: config.upstream.username, password: config.upstream.password }
-        : null,
-    connectTimeoutMs: config.upstream.connect_timeout,
-    headerTimeoutMs: config.upstream.header_timeout,
-    idleTimeoutMs: config.upstream.idle_timeout,
-    connections: config.upstream.connections,
-    maxConcurrentFetches: config.upstream.max_concurrent_fetches,
-    rateLimitReserve: config.upstream.rate_limit_reserve,
-    offline: config.offline,
-    libraryPrefix: config.upstream.library_prefix,
-    log,
-    metrics,
-    via,
-  }
-  const upstream =
-    membership === undefined || config.cluster.secret === null
-      ? new Upstream(upstreamOptions)
-      : new ClusterUpstream({ ...upstreamOptions, owners: membership, secret: config.cluster.secret })
+  const upstream = upstreamFromConfig(config, { log, metrics, via, owners: membership })
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()
@@ -158,6 +136,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   watchGauges(metrics, mirror, index)
   const app = createApp({
     via,
+    cluster: membership,
     mirror,
     log,
     metrics,

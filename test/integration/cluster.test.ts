@@ -11,6 +11,7 @@ import { describe, expect, test } from 'vitest'
 import { Membership } from '../../src/cluster/membership.js'
 import { createLogger } from '../../src/log.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
 
 const REPO = 'library/clustered'
@@ -154,5 +155,29 @@ describe('three nodes, one cache', () => {
     expect((await nodes[1]!.get(path, { accept: ACCEPT })).status).not.toBe(200)
     const right = await nodes[0]!.get(path, { ...relayHeaders, 'x-pullcache-peer': SECRET })
     expect(right.status).toBe(200)
+  })
+
+  test('cluster check: every node answers and agrees; a node down, or a wrong secret, is named', async () => {
+    const nodes = await startCluster()
+    const env = {
+      PULLCACHE_NODE_URL: nodes[0]!.url,
+      PULLCACHE_PEERS: nodes.map((n) => n.url).join(','),
+      PULLCACHE_CLUSTER_SECRET: SECRET,
+    }
+    const ok = await runCli(['cluster', 'check'], { env })
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0)
+    expect(ok.stdout).toContain('one cluster of 3 nodes, every node answering')
+    expect(ok.stdout).not.toContain(SECRET)
+
+    // Without the secret the view is refused.
+    expect((await nodes[1]!.get('/_pullcache/cluster')).status).toBe(403)
+    const wrong = await runCli(['cluster', 'check'], { env: { ...env, PULLCACHE_CLUSTER_SECRET: 'guess' } })
+    expect(wrong.code).toBe(1)
+    expect(wrong.stdout).toContain('the cluster secret was refused')
+
+    await nodes[2]!.close({ wipe: false })
+    const down = await runCli(['cluster', 'check', '--timeout', '2'], { env })
+    expect(down.code).toBe(1)
+    expect(down.stdout).toContain(`${nodes[2]!.url}  no answer`)
   })
 })
