@@ -3,9 +3,11 @@
 // are rendered. No I/O happens at import; createApp gets everything it uses.
 
 import { type Context, Hono } from 'hono'
+import type { Membership } from './cluster/membership.js'
 import { RegistryError } from './errors.js'
 import { type Access, ANONYMOUS, certificateUser, type RegistryEnv } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
+import { clusterRoutes } from './http/cluster-route.js'
 import { healthRoutes } from './http/health.js'
 import { noteOf } from './http/outcome.js'
 import { rawPath, registryRoutes } from './http/registry.js'
@@ -13,6 +15,8 @@ import { statusPageRoutes } from './http/status-page.js'
 import type { Logger } from './log.js'
 import type { Metrics } from './metrics.js'
 import type { Mirrors } from './mirror/mirrors.js'
+import { PEER_HEADER, RELAY_HEADER } from './upstream/cluster-upstream.js'
+import type { Via } from './via.js'
 
 export interface AppDeps {
   /** A mirror per upstream registry; the root one answers requests that name no other. */
@@ -23,6 +27,10 @@ export interface AppDeps {
   admin: AdminDeps
   /** Client accounts and who may reach the operator endpoints. */
   access: Access
+  /** Loops between tiered mirrors are refused; a client's Via goes on upstream. */
+  via: Via
+  /** The cluster this node is in, if any (GET /_pullcache/cluster). */
+  cluster?: Membership | undefined
 }
 
 /** Load balancers' probes: reachable from anywhere, without an account. */
@@ -33,12 +41,31 @@ function isOperatorPath(path: string): boolean {
   return path === '/' || path === '/metrics' || path === ADMIN_PREFIX || path.startsWith(`${ADMIN_PREFIX}/`)
 }
 
-export function createApp({ mirrors, log, metrics, admin, access }: AppDeps): Hono<RegistryEnv> {
+export function createApp({
+  mirrors,
+  log,
+  metrics,
+  admin,
+  access,
+  via,
+  cluster,
+}: AppDeps): Hono<RegistryEnv> {
   const app = new Hono<RegistryEnv>()
 
+  // A request from another mirror (a site pullcache, a proxy, a node of this cluster) says where
+  // it has been; one from a cluster node is answered here, never relayed on.
+  app.use('*', (c, next) => {
+    const chain = c.req.header('via')
+    const relayed = c.req.header(RELAY_HEADER) !== undefined
+    if (chain === undefined && !relayed) return next()
+    if (via.isLoop(chain))
+      throw new RegistryError('LOOP_DETECTED', { via: chain?.slice(0, 512), self: via.id })
+    return via.within(chain ?? '', relayed, next)
+  })
+
   // Who is asking, before any route: admin.allow first (no password work for a refused
-  // address), then the client's account. Health probes and /metrics name no repository and
-  // need no account.
+  // address; a node of this cluster, holding its secret, is let through), then the client's
+  // account. Health probes and /metrics name no repository and need no account.
   app.use('*', async (c, next) => {
     const path = rawPath(c.req.url)
     const address = c.env.incoming.socket.remoteAddress ?? ''
@@ -46,14 +73,16 @@ export function createApp({ mirrors, log, metrics, admin, access }: AppDeps): Ho
       c.set('viewer', ANONYMOUS)
       return next()
     }
-    if (isOperatorPath(path) && !access.adminAllowed(address)) {
+    const peer = access.peer(c.req.header(PEER_HEADER))
+    if (isOperatorPath(path) && peer === undefined && !access.adminAllowed(address)) {
       throw new RegistryError('DENIED', { reason: 'this address may not reach the operator endpoints' })
     }
     const socket = c.env.incoming.socket
     const viewer =
       path === '/metrics'
         ? ANONYMOUS
-        : await access.identify(c.req.header('authorization'), address, false, certificateUser(socket))
+        : (peer ??
+          (await access.identify(c.req.header('authorization'), address, false, certificateUser(socket))))
     c.set('viewer', viewer)
     if (viewer.user !== null) noteOf(c.env.outgoing).user = viewer.user
     return next()
@@ -66,6 +95,7 @@ export function createApp({ mirrors, log, metrics, admin, access }: AppDeps): Ho
 
   app.route(ADMIN_PREFIX, adminRoutes(mirrors, admin))
   app.route(ADMIN_PREFIX, healthRoutes(mirrors, admin))
+  app.route(ADMIN_PREFIX, clusterRoutes(cluster))
   app.route('/', statusPageRoutes(mirrors, admin))
 
   app.route('/', registryRoutes(mirrors, access))

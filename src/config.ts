@@ -11,8 +11,10 @@ import { type ClientAuth, tlsProblems } from './tls.js'
 
 type Parsed = z.output<typeof schema>
 
-export interface Config extends Omit<Parsed, 'upstream' | 'upstreams' | 'tls'> {
+export interface Config extends Omit<Parsed, 'upstream' | 'upstreams' | 'tls' | 'cluster'> {
   upstream: Parsed['upstream'] & { password: string | null }
+  /** secret: what the nodes present to each other (never in the file, never logged). */
+  cluster: Parsed['cluster'] & { secret: string | null }
   upstreams: (Parsed['upstreams'][number] & { password: string | null })[]
   /** client_auth as it applies: its default depends on client_ca. */
   tls: Omit<Parsed['tls'], 'client_auth'> & { client_auth: ClientAuth }
@@ -65,6 +67,9 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_TLS_KEY: 'tls.key',
   PULLCACHE_TLS_CLIENT_CA: 'tls.client_ca',
   PULLCACHE_TLS_CLIENT_AUTH: 'tls.client_auth',
+  PULLCACHE_NODE_URL: 'cluster.node_url',
+  PULLCACHE_PEERS: 'cluster.peers',
+  PULLCACHE_CLUSTER_SECRET_FILE: 'cluster.secret_file',
 }
 
 const NUMERIC_KEYS = new Set([
@@ -74,7 +79,7 @@ const NUMERIC_KEYS = new Set([
 ])
 const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix', 'auth.anonymous'])
 /** Comma-separated lists in the environment. */
-const LIST_KEYS = new Set(['admin.allow'])
+const LIST_KEYS = new Set(['admin.allow', 'cluster.peers'])
 
 function setPath(target: Record<string, unknown>, dotted: string, text: string, problems: string[]) {
   const parts = dotted.split('.')
@@ -149,6 +154,13 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     ...u,
     password: readPassword(u.password_file, `upstreams.${i}`, undefined, problems),
   }))
+  const clusterSecret = readPassword(
+    result.success ? result.data.cluster.secret_file : null,
+    'cluster',
+    env.PULLCACHE_CLUSTER_SECRET,
+    problems,
+    'secret',
+  )
   const tls = result.success ? tlsOf(result.data.tls) : undefined
   // The files are read now, so a missing file or a key of another certificate stops the start
   // with the other config problems (and shows in `config check`), not at the first handshake.
@@ -172,7 +184,18 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       'auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd or client certificates (tls.client_ca)',
     ])
   }
-  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password }, upstreams, tls }
+  if (parsed.cluster.peers.length > 0 && (parsed.cluster.node_url === null || clusterSecret === null)) {
+    throw new ConfigError([
+      'cluster: with peers, this node needs its own URL (cluster.node_url) and the secret the nodes share (cluster.secret_file or PULLCACHE_CLUSTER_SECRET)',
+    ])
+  }
+  const config: Config = {
+    ...parsed,
+    upstream: { ...parsed.upstream, password },
+    upstreams,
+    cluster: { ...parsed.cluster, secret: clusterSecret },
+    tls,
+  }
   return deepFreeze(config)
 }
 
@@ -193,23 +216,27 @@ function tlsOf(parsed: Parsed['tls']): Config['tls'] {
   return { ...parsed, client_auth: parsed.client_auth ?? (parsed.client_ca === null ? 'none' : 'optional') }
 }
 
-/** An upstream's password, from the environment (`fromEnv`) or its file; `at` names it. */
+/**
+ * A password (an upstream's) or a secret (the cluster's), from the environment (`fromEnv`) or its
+ * file (`<at>.<what>_file`); never from the config file itself.
+ */
 function readPassword(
   file: string | null,
   at: string,
   fromEnv: string | undefined,
   problems: string[],
+  what: 'password' | 'secret' = 'password',
 ): string | null {
   if (fromEnv !== undefined && fromEnv !== '') {
-    if (file !== null) problems.push(`${at}: set the password by environment or by file, not both`)
+    if (file !== null) problems.push(`${at}: set the ${what} by environment or by file, not both`)
     return fromEnv
   }
   if (file === null) return null
   try {
-    // A trailing newline is what editors and `echo` leave; it is never part of a password.
+    // A trailing newline is what editors and `echo` leave; it is never part of a secret.
     return readFileSync(file, 'utf8').replace(/\r?\n$/, '')
   } catch (err) {
-    problems.push(`${at}.password_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
+    problems.push(`${at}.${what}_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
     return null
   }
 }

@@ -9,7 +9,8 @@
 // a mirror (502, not 400), and UNAVAILABLE is upstream being unreachable. The codes after
 // UNKNOWN are pullcache's own, for answers no spec code describes: an endpoint that does not
 // exist (distribution answers that with a bare 404 and no body) and requests refused before
-// any route ran (Node's HTTP parser) or with a bad query parameter.
+// any route ran (Node's HTTP parser) or with a bad query parameter, and a request that came round
+// a loop of mirrors (src/via.ts).
 export const OCI_ERRORS = deepFreeze({
   BLOB_UNKNOWN: { status: 404, message: 'blob unknown to registry' },
   MANIFEST_UNKNOWN: { status: 404, message: 'manifest unknown' },
@@ -32,6 +33,10 @@ export const OCI_ERRORS = deepFreeze({
   REQUEST_TIMEOUT: { status: 408, message: 'request head not received in time' },
   REQUEST_TOO_LARGE: { status: 413, message: 'request too large' },
   HEADERS_TOO_LARGE: { status: 431, message: 'request line or headers too large' },
+  LOOP_DETECTED: {
+    status: 508,
+    message: "request loop: this pullcache is already on the request's path (Via)",
+  },
 } as const)
 
 function deepFreeze<T extends Record<string, object>>(table: T): T {

@@ -3,6 +3,7 @@
 // Exit codes scripts can rely on: 0 done, 1 failed, 2 bad usage or configuration.
 
 import { CliExit, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './cli/args.js'
+import { clusterCommand } from './cli/cluster.js'
 import { configCommand } from './cli/config-check.js'
 import { exportArchive } from './cli/export.js'
 import { gc } from './cli/gc.js'
@@ -25,6 +26,7 @@ const COMMANDS: Record<string, { run: (args: string[]) => Promise<number>; summa
   prefetch: { run: prefetch, summary: 'warm the cache from image references, Compose or Kubernetes files' },
   export: { run: exportArchive, summary: 'write cached images to an archive for an air-gapped pullcache' },
   import: { run: importArchiveCommand, summary: 'load an archive written by export, verifying every digest' },
+  cluster: { run: clusterCommand, summary: 'cluster check: whether the configured nodes answer and agree' },
 }
 
 function usage(): string {

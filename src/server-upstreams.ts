@@ -1,6 +1,7 @@
 // The upstreams of one running pullcache, wired: a client and a mirror per configured registry
 // (the root `upstream` and each of `upstreams`) over the one store and index, and what a reload
-// may change in them without a restart (credentials, freshness, the rate-limit reserve).
+// may change in them without a restart (credentials, freshness, the rate-limit reserve). In a
+// cluster each client asks the node that owns a key before upstream (upstream/cluster-upstream.ts).
 // Adding, removing or re-pointing an upstream takes a restart: routes and pools are made once.
 
 import type { Config } from './config.js'
@@ -13,11 +14,17 @@ import type { IndexDb } from './store/index-db.js'
 import type { Store } from './store/store.js'
 import type { Credentials } from './upstream/auth.js'
 import { Upstream } from './upstream/client.js'
+import { ClusterUpstream, type Owners } from './upstream/cluster-upstream.js'
+import type { Via } from './via.js'
 
 type RootEntry = Config['upstream']
 type OtherEntry = Config['upstreams'][number]
 
 export interface UpstreamDeps {
+  /** This process's Via (src/via.ts), on every request sent upstream. */
+  via: Via
+  /** In a cluster: who owns each key; keys another node owns are asked of it. */
+  owners: Owners | undefined
   store: Store
   index: IndexDb
   log: Logger
@@ -37,8 +44,9 @@ function freshnessOf(config: Config, entry: RootEntry | OtherEntry): number {
 }
 
 export function buildMirrors(config: Config, deps: UpstreamDeps): Mirrors {
+  const secret = config.cluster.secret
   const make = (entry: RootEntry | OtherEntry, registry: string | undefined) => {
-    const upstream = new Upstream({
+    const options = {
       url: entry.url,
       host: entry.host,
       // The root keys the index by its URL's host, as before; the others share that key and
@@ -55,7 +63,12 @@ export function buildMirrors(config: Config, deps: UpstreamDeps): Mirrors {
       libraryPrefix: entry.library_prefix,
       log: deps.log,
       metrics: deps.metrics,
-    })
+      via: deps.via,
+    }
+    const upstream =
+      deps.owners === undefined || secret === null
+        ? new Upstream(options)
+        : new ClusterUpstream({ ...options, owners: deps.owners, secret })
     return new Mirror({
       upstream,
       store: deps.store,

@@ -10,6 +10,7 @@ import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { createApp } from './app.js'
+import { Membership } from './cluster/membership.js'
 import type { Config } from './config.js'
 import { Access } from './http/access.js'
 import { createLimitedServer, requestError, type Server } from './http/limits.js'
@@ -36,6 +37,7 @@ import {
   type TlsMaterial,
   tlsEnabled,
 } from './tls.js'
+import { Via } from './via.js'
 
 export interface RunningServer {
   /** http://host:port (https:// with TLS), with a loopback host when listening on every address. */
@@ -85,6 +87,13 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   })
 
   const metrics = createMetrics()
+  // This process's Via id: what it adds upstream, and what it refuses when it comes back.
+  const via = new Via()
+  // In a cluster, keys another node owns are asked of it (upstream/cluster-upstream.ts).
+  const membership =
+    config.cluster.node_url === null
+      ? undefined
+      : new Membership({ self: config.cluster.node_url, peers: config.cluster.peers, log })
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()
@@ -102,6 +111,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     log.error('store.eviction_failed', { error: err })
   }
   const mirrors = buildMirrors(config, {
+    via,
+    owners: membership,
     store,
     index,
     log,
@@ -126,6 +137,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   watchGauges(metrics, mirrors, index)
   const app = createApp({
     mirrors,
+    via,
+    cluster: membership,
     log,
     metrics,
     admin: { index, store, config, budget: () => evictor?.budget ?? null },
@@ -266,6 +279,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       }
     }
     if (notifier.reload(next.notifications.endpoints)) changed.push('notifications')
+    if (membership?.setPeers(next.cluster.peers)) changed.push('cluster.peers')
     current = next
     log.info('config.reloaded', { changed, need_restart: needRestart })
     if (changed.includes('cache.eviction')) void evictor.run().catch((err: unknown) => evictionFailed(err))
@@ -295,6 +309,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await index.stopCheckpoints()
       // Events of the last responses and evictions get a short while to go out.
       await notifier.close()
+      membership?.close()
       await Promise.allSettled(mirrors.all.map((m) => m.upstream.close()))
       // The last write: index and files agree, the next start need not check. Not after a
       // reconciliation that was stopped halfway: the next start runs it again.
@@ -332,6 +347,7 @@ const RESTART_KEYS = [
   'limits',
   'log.level',
   'log.access',
+  'cluster.node_url',
 ]
 
 /**

@@ -2,7 +2,8 @@
 # Installs what pullcache's tests need on Debian or Ubuntu: a real upstream registry
 # (distribution, Debian package docker-registry), real clients (skopeo, dockerd from docker.io,
 # containerd's ctr), apache2-utils' htpasswd for client accounts, a browser for the status
-# page's test (chromium), and the build tools for better-sqlite3's native addon.
+# page's test (chromium), nginx as a load balancer, and the build tools for better-sqlite3's
+# native addon.
 # Packages already present are not installed again; nothing is downloaded from outside the
 # distribution's archive.
 set -euo pipefail
@@ -18,6 +19,10 @@ command -v chromium >/dev/null || need+=(chromium)
 # The real `htpasswd -B` makes the client accounts file in the access tests.
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v openssl >/dev/null || need+=(openssl)
+# nginx as the load balancer in front of several nodes (test/e2e/cluster-nginx.test.ts runs its
+# own on a loopback port; a system nginx the package may start is not used). Debian puts it in
+# /usr/sbin, which a non-root PATH may lack.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v make >/dev/null || need+=(make)
 command -v g++ >/dev/null || need+=(g++)
 command -v python3 >/dev/null || need+=(python3)

@@ -19,7 +19,7 @@
 // asked for. Which certificates get that far is decided in the handshake (src/tls.ts); only a
 // socket Node marks `authorized` counts here.
 
-import { createHmac, randomBytes } from 'node:crypto'
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { BlockList, isIPv4, type Socket } from 'node:net'
 import { TLSSocket } from 'node:tls'
@@ -28,7 +28,7 @@ import bcrypt from 'bcryptjs'
 import { LRUCache } from 'lru-cache'
 import pLimit from 'p-limit'
 import type { Config } from '../config.js'
-import { parseNetwork } from '../config-schema.js'
+import { parseNetwork } from '../config-fields.js'
 import { RegistryError } from '../errors.js'
 import type { Logger } from '../log.js'
 
@@ -41,6 +41,12 @@ export interface Viewer {
 export type RegistryEnv = { Bindings: HttpBindings; Variables: { viewer: Viewer } }
 
 export const ANONYMOUS: Viewer = Object.freeze({ user: null })
+/** A node of this cluster relaying its client's request (the access log names it so). */
+export const PEER: Viewer = Object.freeze({ user: 'cluster-peer' })
+
+function secretDigest(secret: string | null): Buffer | null {
+  return secret === null || secret === '' ? null : createHash('sha256').update(secret).digest()
+}
 
 export const REALM = 'pullcache'
 const VERIFIED_TTL_MS = 60_000
@@ -142,6 +148,8 @@ export class Access {
     ttl: FAILURE_WINDOW_MS,
   })
   private readonly bcryptLimit = pLimit(BCRYPT_CONCURRENCY)
+  /** sha256 of the cluster secret; null without a cluster. */
+  private peerSecret: Buffer | null
 
   /** Throws HtpasswdError when the configured file cannot be used: no server without it. */
   constructor(opts: AccessOptions) {
@@ -152,6 +160,17 @@ export class Access {
     this.adminAllowText = opts.config.admin.allow
     this.adminAllow = blockList(opts.config.admin.allow)
     if (this.htpasswdPath !== null) this.setAccounts(loadHtpasswd(this.htpasswdPath))
+    this.peerSecret = secretDigest(opts.config.cluster.secret)
+  }
+
+  /**
+   * Another node of the cluster, relaying a request its own client was allowed to make: it may
+   * read what this node's account reads. undefined when the header is absent or wrong.
+   */
+  peer(header: string | undefined): Viewer | undefined {
+    if (header === undefined || this.peerSecret === null) return undefined
+    const given = secretDigest(header)
+    return given !== null && timingSafeEqual(given, this.peerSecret) ? PEER : undefined
   }
 
   /** Whether any client can authenticate. */
@@ -191,6 +210,11 @@ export class Access {
     if (config.auth.anonymous !== this.anonymous) {
       this.anonymous = config.auth.anonymous
       changed.push('auth.anonymous')
+    }
+    const peerSecret = secretDigest(config.cluster.secret)
+    if (peerSecret?.toString('hex') !== this.peerSecret?.toString('hex')) {
+      this.peerSecret = peerSecret
+      changed.push('cluster.secret')
     }
     if (JSON.stringify(config.admin.allow) !== JSON.stringify(this.adminAllowText)) {
       this.adminAllowText = config.admin.allow

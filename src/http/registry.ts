@@ -201,6 +201,9 @@ async function manifest(
     [CACHE_HEADER]: found.cache,
   }
   if (found.cache === 'stale') headers.Warning = '110 pullcache "Response is Stale"'
+  // How long ago upstream confirmed the tag: a site pullcache below starts its window from then.
+  if (found.checkedAt !== undefined)
+    headers.Age = String(Math.max(0, Math.floor((Date.now() - found.checkedAt) / 1000)))
   const notModified = matchesEtag(c.req.header('if-none-match'), found.digest)
   const sendBody = method === 'GET' && !notModified && found.bytes !== undefined
   if (notModified)

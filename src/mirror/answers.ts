@@ -18,6 +18,8 @@ export interface ManifestAnswer {
   /** Absent only for a HEAD that upstream answered and we did not download. */
   bytes: Buffer | undefined
   cache: Outcome
+  /** An answer by tag: when upstream last confirmed the tag (a tier below gets it as Age). */
+  checkedAt?: number
 }
 
 export type BlobAnswer =

@@ -119,12 +119,17 @@ export class ManifestLookup {
       found = answer(cached, 'stale')
     } else {
       try {
-        // One revalidation per tag at a time: its HEAD, and its GET when the digest is new.
-        const key = `tag\0${name.upstream}\0${tag}\0${method}`
+        // One revalidation per tag at a time, whichever method started it: its HEAD, and its GET
+        // when the digest is new. A GET that joined a HEAD's gets the bytes by digest after it.
+        const key = `tag\0${name.upstream}\0${tag}`
         const joined = this.flights.has(key)
-        const revalidation = this.flights.flight(key, (signal) =>
-          this.revalidate(name, tag, method, known?.digest, signal),
-        )
+        const revalidation = this.flights
+          .flight(key, (signal) => this.revalidate(name, tag, method, known?.digest, signal))
+          .then(async (got) =>
+            method === 'GET' && got.bytes === undefined
+              ? answer(await this.fetchManifest(name, got.digest), got.cache)
+              : got,
+          )
         // With a cached copy in hand, do not wait on a slow upstream for long.
         found = known && cached ? await deadline(revalidation, this.revalidateTimeoutMs) : await revalidation
         // The leader's download served this request too (see manifestByDigest).
@@ -143,7 +148,9 @@ export class ManifestLookup {
         }
       }
     }
-    return this.negotiate(name, found, accepted, method)
+    const negotiated = await this.negotiate(name, found, accepted, method)
+    const checkedAt = this.index.getTag(registry, name.upstream, tag)?.last_checked
+    return checkedAt === undefined ? negotiated : { ...negotiated, checkedAt }
   }
 
   /** Asks upstream (HEAD) what the tag points at, fetching the manifest only if it is new to us. */
@@ -156,11 +163,14 @@ export class ManifestLookup {
   ): Promise<ManifestAnswer> {
     const registry = this.registry
     const head = await this.upstream.headManifest(name.upstream, tag, signal)
+    // A central pullcache's answer may be older than now (its Age): the tag's window runs from
+    // when the central checked it, so a site's staleness is bounded by the larger window.
+    const checkedAt = Date.now() - head.ageMs
     if (head.digest !== undefined) {
       const digest = head.digest
       const cached = this.cachedManifest(digest)
       if (cached) {
-        this.index.setTag(registry, name.upstream, tag, digest, cached.media_type)
+        this.index.setTag(registry, name.upstream, tag, digest, cached.media_type, checkedAt)
         // Upstream just said this repository has it, though the bytes came from another.
         this.index.link(registry, name.upstream, digest, 'manifest')
         if (knownDigest !== undefined && knownDigest !== digest) {
@@ -171,11 +181,11 @@ export class ManifestLookup {
       if (method === 'HEAD' && head.size !== undefined) {
         // Remember where the tag points even without the bytes: dockerd and containerd HEAD the
         // tag and then GET the manifest by digest, and that pair must work offline next time.
-        this.index.setTag(registry, name.upstream, tag, digest, head.mediaType)
+        this.index.setTag(registry, name.upstream, tag, digest, head.mediaType, checkedAt)
         return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
       }
       const row = await this.fetchManifest(name, digest)
-      this.index.setTag(registry, name.upstream, tag, digest, row.media_type)
+      this.index.setTag(registry, name.upstream, tag, digest, row.media_type, checkedAt)
       return answer(row, 'miss')
     }
     // An upstream that does not say the digest on HEAD: GET by tag and hash the bytes ourselves.
@@ -183,7 +193,7 @@ export class ManifestLookup {
       const got = await this.upstream.getManifest(name.upstream, tag, signal)
       return this.storeManifest(name, sha256(got.bytes), got.bytes, got.mediaType, got.digest)
     })
-    this.index.setTag(registry, name.upstream, tag, row.digest, row.media_type)
+    this.index.setTag(registry, name.upstream, tag, row.digest, row.media_type, checkedAt)
     return answer(row, 'miss')
   }
 

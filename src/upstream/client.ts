@@ -21,12 +21,14 @@ import { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
 import { MANIFEST_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPES } from '../oci.js'
+import type { Via } from '../via.js'
 import { anonymousAccess, anonymousHas } from './anonymous-access.js'
 import type { Credentials } from './auth.js'
 import { type PingResult, ReadinessPing } from './ping.js'
 import { followRedirects, isLocalOrigin } from './redirects.js'
 import { fetchReferrers } from './referrers-api.js'
 import {
+  ageOf,
   header,
   kindOfStatus,
   MAX_ERROR_BODY,
@@ -65,18 +67,23 @@ export interface UpstreamOptions {
   libraryPrefix: boolean
   log: Logger
   metrics: Metrics
+  /** Via for requests sent upstream (src/via.ts); absent in tools that serve no clients. */
+  via?: Via
 }
 
+/** What upstream said of a manifest; ageMs: how old its answer was (a central pullcache's Age). */
 export interface ManifestHead {
   digest: string | undefined
   mediaType: string
   size: number | undefined
+  ageMs: number
 }
 
 export interface ManifestBody {
   bytes: Buffer
   mediaType: string
   digest: string | undefined
+  ageMs: number
 }
 
 export interface BlobBody {
@@ -135,6 +142,7 @@ export class Upstream {
       connections: opts.connections,
       state: this.state,
       metrics,
+      via: opts.via,
     })
     this.auth = new TokenExchange({
       origin: this.origin,
@@ -249,6 +257,7 @@ export class Upstream {
       digest: header(res.headers, 'docker-content-digest'),
       mediaType: mediaTypeOf(res.headers),
       size: length === undefined ? undefined : Number(length),
+      ageMs: ageOf(res.headers),
     }
   }
 
@@ -262,6 +271,7 @@ export class Upstream {
       bytes,
       mediaType: mediaTypeOf(res.headers),
       digest: header(res.headers, 'docker-content-digest'),
+      ageMs: ageOf(res.headers),
     }
   }
 

@@ -22,6 +22,15 @@ export function header(headers: IncomingHttpHeaders, name: string): string | und
   return Array.isArray(v) ? v[0] : v
 }
 
+/**
+ * How long ago upstream's answer was current, from its Age header (RFC 9110 §5.6.7 delta-seconds):
+ * a central pullcache says how long ago it checked a tag. 0 when absent or not a number.
+ */
+export function ageOf(headers: IncomingHttpHeaders): number {
+  const value = header(headers, 'age')
+  return value !== undefined && /^\d{1,10}$/.test(value) ? Number(value) * 1000 : 0
+}
+
 export function mediaTypeOf(headers: IncomingHttpHeaders): string {
   // Parameters such as "; charset=utf-8" are not part of a manifest media type.
   return (header(headers, 'content-type') ?? '').split(';')[0]!.trim()

@@ -8,6 +8,7 @@
 import { Agent } from 'undici'
 import { networkFailure, UpstreamError } from '../errors.js'
 import type { Metrics } from '../metrics.js'
+import type { Via } from '../via.js'
 import { redirectLookup } from './redirects.js'
 import type { Response } from './response.js'
 import type { RequestKind, UpstreamState } from './state.js'
@@ -25,6 +26,8 @@ export interface TransportOptions {
   host: string
   /** Whether redirects may lead to loopback or private addresses (the upstream is on one). */
   allowLocalRedirects: () => boolean
+  /** Via on every request: the chain it serves, then this process (src/via.ts). */
+  via?: Via | undefined
 }
 
 export class Transport {
@@ -34,11 +37,13 @@ export class Transport {
   private readonly state: UpstreamState
   private readonly metrics: Metrics
   private readonly host: string
+  private readonly via: Via | undefined
 
   constructor(opts: TransportOptions) {
     this.state = opts.state
     this.metrics = opts.metrics
     this.host = opts.host
+    this.via = opts.via
     const agentOptions = {
       headersTimeout: opts.headerTimeoutMs,
       bodyTimeout: opts.idleTimeoutMs,
@@ -74,7 +79,11 @@ export class Transport {
         origin: url.origin,
         path: url.pathname + url.search,
         method,
-        headers: { 'user-agent': USER_AGENT, ...headers },
+        headers: {
+          'user-agent': USER_AGENT,
+          ...(this.via === undefined ? {} : { via: this.via.outgoing() }),
+          ...headers,
+        },
         ...(signal === undefined ? {} : { signal }),
       })
       this.metrics.upstreamRequests.inc({ upstream: this.host, kind, method, status: String(res.statusCode) })

@@ -20,6 +20,7 @@ const APT_PACKAGE: Record<string, string> = {
   containerd: 'containerd',
   runc: 'runc',
   openssl: 'openssl',
+  nginx: 'nginx-light',
 }
 
 /** Absolute path of a binary, preferring `preferred` paths; throws with the apt package to install. */

@@ -52,6 +52,8 @@ export interface RecordedRequest {
   authorization: string | undefined
   range: string | undefined
   accept: string | undefined
+  // The Via chain a mirror sends (src/via.ts).
+  via: string | undefined
   host: Host
 }
 
@@ -267,6 +269,7 @@ class FakeUpstreamServer implements FakeUpstream {
       authorization: redactAuthorization(authorization),
       range: req.headers.range,
       accept: req.headers.accept,
+      via: req.headers.via,
       host,
     })
     if (host === 'cdn' && authorization !== undefined) this.#leaks += 1

@@ -5,6 +5,7 @@
 
 import { describe, expect, test } from 'vitest'
 import { flagEnvName, KEY_FLAGS } from '../../src/cli/args.js'
+import { CLUSTER_OPTIONS, CLUSTER_USAGE } from '../../src/cli/cluster.js'
 import { CONFIG_OPTIONS, CONFIG_USAGE } from '../../src/cli/config-check.js'
 import { EXPORT_OPTIONS, EXPORT_USAGE } from '../../src/cli/export.js'
 import { GC_OPTIONS, GC_USAGE } from '../../src/cli/gc.js'
@@ -24,6 +25,7 @@ const COMMANDS: [string, string, Record<string, unknown>][] = [
   ['prefetch', PREFETCH_USAGE, PREFETCH_OPTIONS],
   ['export', EXPORT_USAGE, EXPORT_OPTIONS],
   ['import', IMPORT_USAGE, IMPORT_OPTIONS],
+  ['cluster check', CLUSTER_USAGE, CLUSTER_OPTIONS],
 ]
 
 /**

@@ -107,6 +107,12 @@ const EVERYTHING = {
   auth: { htpasswd: '/etc/pullcache/htpasswd', anonymous: false },
   admin: { allow: ['10.0.0.0/8', '::1'] },
   log: { level: 'debug', access: false },
+  // The secret file is read at load: the round trip below puts one in its place.
+  cluster: {
+    node_url: 'http://10.0.0.5:5000',
+    peers: ['http://10.0.0.5:5000', 'http://10.0.0.6:5000'],
+    secret_file: '/etc/pullcache/cluster-secret',
+  },
   // Headers are a secret (left out of the file form), so the round trip's example has none.
   notifications: {
     endpoints: [
@@ -146,15 +152,20 @@ describe('the file form of a config', () => {
     const ca = await makeTestCa()
     const server = await ca.server('pullcache')
     const tls = { ...EVERYTHING.tls, cert: server.cert, key: server.key, client_ca: ca.cert }
+    const secretFile = join(secretDir, 'cluster-secret')
+    await writeFile(secretFile, 'cluster-very-secret\n')
     const source = {
       ...EVERYTHING,
       upstream: { ...EVERYTHING.upstream, password_file: passwordFile },
       upstreams: EVERYTHING.upstreams.map((u) => ({ ...u, password_file: passwordFile })),
+      cluster: { ...EVERYTHING.cluster, secret_file: secretFile },
       tls,
     }
     const first = loadConfig({ file: await write(source), env: {} })
+    expect(first.cluster.secret).toBe('cluster-very-secret')
     const printed = fileForm(first)
     expect(JSON.stringify(printed)).not.toContain('hunter2')
+    expect(JSON.stringify(printed)).not.toContain('cluster-very-secret')
     expect(printed.tls).toEqual(tls)
     const second = loadConfig({ file: await write(printed), env: {} })
     expect(plain(second)).toEqual(plain(first))

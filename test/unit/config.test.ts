@@ -86,6 +86,31 @@ describe('config', () => {
     expect(problems(() => loadConfig({ env: { PULLCACHE_UPSTREAM_PASSWORD: 'x' } }))[0]).toContain('username')
   })
 
+  test('cluster: peers from the environment, and a node with peers needs its URL and the secret', () => {
+    const env = {
+      PULLCACHE_NODE_URL: 'http://10.0.0.5:5000/',
+      PULLCACHE_PEERS: 'http://10.0.0.5:5000, http://10.0.0.6:5000',
+      PULLCACHE_CLUSTER_SECRET: 's3cret',
+    }
+    const config = loadConfig({ env })
+    expect(config.cluster).toEqual({
+      node_url: 'http://10.0.0.5:5000',
+      peers: ['http://10.0.0.5:5000', 'http://10.0.0.6:5000'],
+      secret_file: null,
+      secret: 's3cret',
+    })
+    expect(JSON.stringify(fileForm(config))).not.toContain('s3cret')
+    expect(loadConfig({ env: {} }).cluster).toMatchObject({ node_url: null, peers: [], secret: null })
+    const { PULLCACHE_CLUSTER_SECRET: _, ...noSecret } = env
+    expect(problems(() => loadConfig({ env: noSecret }))[0]).toContain('cluster.secret_file')
+    expect(problems(() => loadConfig({ env: { ...env, PULLCACHE_NODE_URL: '' } }))[0]).toContain(
+      'cluster.node_url',
+    )
+    expect(
+      problems(() => loadConfig({ env: { ...env, PULLCACHE_PEERS: 'http://10.0.0.6:5000/v2/' } }))[0],
+    ).toMatch(/^cluster\.peers\.0: a cluster node URL must be a root/)
+  })
+
   test('durations and sizes', () => {
     expect(parseDuration('500ms')).toBe(500)
     expect(parseDuration('1.5h')).toBe(5_400_000)

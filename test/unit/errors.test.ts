@@ -72,6 +72,7 @@ describe('the OCI error table', () => {
       ['REQUEST_TIMEOUT', 408],
       ['REQUEST_TOO_LARGE', 413],
       ['HEADERS_TOO_LARGE', 431],
+      ['LOOP_DETECTED', 508],
       ['UNSUPPORTED', 405],
       ['UNAUTHORIZED', 401],
       ['DENIED', 403],

@@ -1,0 +1,94 @@
+// `pullcache cluster check`: asks every node of the configured cluster what it knows of it
+// (GET /_pullcache/cluster, with the cluster secret) and says whether they form one cluster:
+// every node answers, takes the secret, calls itself what the others call it, lists the same
+// nodes, and sees them all answer. Run it on any node, with that node's configuration.
+
+import type { ClusterView } from '../http/cluster-route.js'
+import { PEER_HEADER } from '../upstream/cluster-upstream.js'
+import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
+
+export const CLUSTER_USAGE = `Usage: pullcache cluster check [options]
+
+Asks every node in cluster.peers (and this node, cluster.node_url) for its view of the cluster
+and checks that they agree. Exit status 0: one cluster, every node answering; 1: not so.
+
+  --config FILE          JSON config file (env PULLCACHE_CONFIG); the cluster's settings come from
+                         it and from PULLCACHE_NODE_URL, PULLCACHE_PEERS, PULLCACHE_CLUSTER_SECRET(_FILE)
+  --timeout DUR          how long to wait for each node, in seconds (default 3)
+`
+
+export const CLUSTER_OPTIONS = { config: CONFIG_FLAGS.config, timeout: { type: 'string' } } as const
+
+/** What one node answered, or why it did not. */
+type Answer = { url: string; view?: ClusterView; problem?: string }
+
+export async function clusterCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(args, CLUSTER_OPTIONS, CLUSTER_USAGE)
+  if (values.help) {
+    process.stdout.write(CLUSTER_USAGE)
+    return EXIT_OK
+  }
+  if (positionals[0] !== 'check' || positionals.length > 1) {
+    throw new CliExit(EXIT_USAGE, `cluster: expected the subcommand check\n\n${CLUSTER_USAGE}`)
+  }
+  const timeoutSeconds = values.timeout === undefined ? 3 : Number(values.timeout)
+  if (!Number.isFinite(timeoutSeconds) || timeoutSeconds <= 0) {
+    throw new CliExit(
+      EXIT_USAGE,
+      `cluster check: --timeout must be a number of seconds, got ${values.timeout}`,
+    )
+  }
+  const { cluster } = configFrom(values)
+  if (cluster.node_url === null || cluster.peers.length === 0 || cluster.secret === null) {
+    throw new CliExit(
+      EXIT_USAGE,
+      'cluster check: this node is not configured as a cluster (cluster.node_url, cluster.peers and the secret)',
+    )
+  }
+  const expected = [...new Set([cluster.node_url, ...cluster.peers])].sort()
+  const secret = cluster.secret
+  const answers = await Promise.all(expected.map((url) => ask(url, secret, timeoutSeconds * 1000)))
+
+  const problems: string[] = []
+  const lines = answers.map(({ url, view, problem }) => {
+    const me = url === cluster.node_url ? ' (this node)' : ''
+    if (view === undefined) {
+      problems.push(`${url}: ${problem}`)
+      return `${url}${me}  no answer: ${problem}`
+    }
+    const listed = view.members.map((m) => m.url).sort()
+    const live = view.members.filter((m) => m.live).length
+    if (view.node_url !== url) problems.push(`${url} calls itself ${view.node_url}`)
+    if (listed.join(',') !== expected.join(',')) {
+      problems.push(`${url} lists other nodes: ${listed.join(', ')}`)
+    }
+    if (live < view.members.length) {
+      const down = view.members.filter((m) => !m.live).map((m) => m.url)
+      problems.push(`${url} cannot reach ${down.join(', ')}`)
+    }
+    return `${url}${me}  pullcache ${view.version}, ${view.members.length} nodes, ${live} answering`
+  })
+  process.stdout.write(`${lines.join('\n')}\n`)
+  if (problems.length === 0) {
+    process.stdout.write(`one cluster of ${expected.length} nodes, every node answering\n`)
+    return EXIT_OK
+  }
+  process.stdout.write(`not one cluster:\n  ${problems.join('\n  ')}\n`)
+  return EXIT_FAILED
+}
+
+async function ask(url: string, secret: string, timeoutMs: number): Promise<Answer> {
+  try {
+    const res = await fetch(`${url}/_pullcache/cluster`, {
+      headers: { [PEER_HEADER]: secret },
+      signal: AbortSignal.timeout(timeoutMs),
+    })
+    if (res.status === 403) return { url, problem: 'the cluster secret was refused' }
+    if (res.status === 404) return { url, problem: 'not configured as a cluster node' }
+    if (!res.ok) return { url, problem: `answered ${res.status}` }
+    return { url, view: (await res.json()) as ClusterView }
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause?.code
+    return { url, problem: cause ?? (err as Error).message }
+  }
+}

@@ -1,0 +1,30 @@
+// GET /_pullcache/cluster: what this node knows of its cluster, for the other nodes and for
+// `pullcache cluster check`: its own URL, the nodes it counts (and which answer), its version.
+// Only a caller with the cluster secret gets it: it names every node's internal address.
+
+import { Hono } from 'hono'
+import type { Membership } from '../cluster/membership.js'
+import { RegistryError } from '../errors.js'
+import { VERSION } from '../version.js'
+import { PEER, type RegistryEnv } from './access.js'
+
+export const CLUSTER_PATH = '/cluster'
+
+export interface ClusterView {
+  node_url: string
+  version: string
+  members: { url: string; self: boolean; live: boolean }[]
+}
+
+export function clusterRoutes(membership: Membership | undefined): Hono<RegistryEnv> {
+  const routes = new Hono<RegistryEnv>()
+  routes.get(CLUSTER_PATH, (c) => {
+    if (membership === undefined)
+      throw new RegistryError('NOT_FOUND', { reason: 'this node is not in a cluster' })
+    if (c.get('viewer') !== PEER)
+      throw new RegistryError('DENIED', { reason: 'the cluster secret is required' })
+    const view: ClusterView = { node_url: membership.self, version: VERSION, members: membership.members() }
+    return c.json(view)
+  })
+  return routes
+}

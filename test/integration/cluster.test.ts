@@ -1,0 +1,183 @@
+// Several pullcache nodes as one cache (cluster.node_url, cluster.peers, the cluster secret):
+// each blob, manifest and tag is asked upstream by the node that owns it (rendezvous hashing over
+// the live nodes) and the others relay the owner's answer, so the registry sees one request per
+// key for the whole cluster. An owner that goes away costs at most one more fetch, never a
+// failed pull after the cut; the relay endpoint is the registry API, and without the secret it
+// gives nothing that anonymous clients may not read.
+
+import { createHash } from 'node:crypto'
+import { createServer } from 'node:net'
+import { describe, expect, test } from 'vitest'
+import { Membership } from '../../src/cluster/membership.js'
+import { createLogger } from '../../src/log.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { runCli } from '../support/run-cli.js'
+import type { TestMirror } from '../support/start-mirror.js'
+
+const REPO = 'library/clustered'
+const SECRET = 'cluster-secret-3b8e51d0c2'
+const ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json'
+
+/** Ports the OS has free now, for nodes that must know each other's URLs before they start. */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<ReturnType<typeof createServer>>((resolve) => {
+          const s = createServer()
+          s.listen(0, '127.0.0.1', () => resolve(s))
+        }),
+    ),
+  )
+  const ports = servers.map((s) => (s.address() as { port: number }).port)
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
+  return ports
+}
+
+/** Exchanges upstream answered (a 401 challenge round trip before a token is not one). */
+function exchanges(fake: ReturnType<typeof useFakeUpstream>, method: string, path: string): number {
+  return fake.up.requests.filter(
+    (r) => r.method === method && r.path === path && r.authorization?.startsWith('Bearer'),
+  ).length
+}
+
+const sha256 = (bytes: Uint8Array) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+
+/** Which node owns `key`, as every node computes it when all are live. */
+function ownerOf(urls: string[], key: string): string {
+  const members = new Membership({ self: urls[0]!, peers: urls, log: createLogger('error', () => {}) })
+  try {
+    return members.ownerOf(key)
+  } finally {
+    members.close()
+  }
+}
+
+describe('three nodes, one cache', () => {
+  const fake = useFakeUpstream({ users: { puller: 'pull-pw-7c1e' }, tokenFormat: 'jwt' })
+
+  async function startCluster(extraEnv: Record<string, string> = {}): Promise<TestMirror[]> {
+    const ports = await freePorts(3)
+    const urls = ports.map((p) => `http://127.0.0.1:${p}`)
+    const nodes: TestMirror[] = []
+    for (const port of ports) {
+      nodes.push(
+        await fake.mirror({
+          env: {
+            PULLCACHE_LISTEN: `127.0.0.1:${port}`,
+            PULLCACHE_NODE_URL: `http://127.0.0.1:${port}`,
+            PULLCACHE_PEERS: urls.join(','),
+            PULLCACHE_CLUSTER_SECRET: SECRET,
+            ...extraEnv,
+          },
+        }),
+      )
+    }
+    return nodes
+  }
+
+  test('48 concurrent cold GETs spread over the nodes: one upstream GET, every body verified; then warm everywhere', async () => {
+    const image = fake.up.addImage(REPO, 'v1', { layers: 1, layerBytes: 3_000_000 })
+    const layer = image.layers[0]!
+    const nodes = await startCluster()
+    fake.up.reset()
+    const path = `/v2/${REPO}/blobs/${layer.digest}`
+    const bodies = await Promise.all(Array.from({ length: 48 }, (_, i) => nodes[i % 3]!.get(path)))
+    for (const got of bodies) {
+      expect(got.status).toBe(200)
+      expect(sha256(got.body)).toBe(layer.digest)
+    }
+    expect(exchanges(fake, 'GET', path)).toBe(1)
+
+    fake.up.reset()
+    for (const node of nodes) {
+      const warm = await node.get(path)
+      expect(warm.status).toBe(200)
+      expect(warm.headers['x-pullcache-cache']).toBe('hit')
+    }
+    expect(fake.up.requests).toEqual([])
+  })
+
+  test('a tag pulled on every node costs one upstream HEAD, and every node has the same digest', async () => {
+    const image = fake.up.addImage(REPO, 'v2')
+    const nodes = await startCluster()
+    fake.up.reset()
+    const answers = await Promise.all(nodes.map((n) => n.get(`/v2/${REPO}/manifests/v2`, { accept: ACCEPT })))
+    for (const got of answers) {
+      expect(got.status).toBe(200)
+      expect(got.headers['docker-content-digest']).toBe(image.manifestDigest)
+    }
+    expect(exchanges(fake, 'HEAD', `/v2/${REPO}/manifests/v2`)).toBe(1)
+    expect(exchanges(fake, 'GET', `/v2/${REPO}/manifests/${image.manifestDigest}`)).toBe(1)
+  })
+
+  test('an owner that goes away mid-blob: at most one more upstream GET, and the next pulls succeed', async () => {
+    const image = fake.up.addImage(REPO, 'v3', { layers: 1, layerBytes: 2_000_000 })
+    const layer = image.layers[0]!
+    const nodes = await startCluster()
+    const owner = ownerOf(
+      nodes.map((n) => n.url),
+      `blob\0${layer.digest}`,
+    )
+    const others = nodes.filter((n) => n.url !== owner)
+    const owning = nodes.find((n) => n.url === owner)!
+    const path = `/v2/${REPO}/blobs/${layer.digest}`
+    fake.up.reset()
+    // The upstream trickles, so the owner is still filling when it goes.
+    fake.up.fault({ method: 'GET', path }, { kind: 'slow', chunkBytes: 64 * 1024, delayMs: 20 }, 1)
+    const first = others.map((n) => n.get(path).catch((err: unknown) => err as Error))
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    await owning.close({ wipe: false })
+    for (const got of await Promise.all(first)) {
+      // Cut, or complete and correct: never a wrong body.
+      if (!(got instanceof Error) && got.status === 200) expect(sha256(got.body)).toBe(layer.digest)
+    }
+    for (const node of others) {
+      const again = await node.get(path)
+      expect(again.status).toBe(200)
+      expect(sha256(again.body)).toBe(layer.digest)
+    }
+    expect(exchanges(fake, 'GET', path)).toBeLessThanOrEqual(2)
+  })
+
+  test('the relay is the registry API: without the secret a private repository stays closed', async () => {
+    fake.up.addImage(`${REPO}-private`, 'v1')
+    fake.up.setPrivate(`${REPO}-private`)
+    const nodes = await startCluster({
+      PULLCACHE_UPSTREAM_USERNAME: 'puller',
+      PULLCACHE_UPSTREAM_PASSWORD: 'pull-pw-7c1e',
+    })
+    const path = `/v2/${REPO}-private/manifests/v1`
+    const relayHeaders = { accept: ACCEPT, 'x-pullcache-relay': 'http://127.0.0.1:1' }
+    const wrong = await nodes[0]!.get(path, { ...relayHeaders, 'x-pullcache-peer': 'not-the-secret' })
+    expect(wrong.status).not.toBe(200)
+    expect((await nodes[1]!.get(path, { accept: ACCEPT })).status).not.toBe(200)
+    const right = await nodes[0]!.get(path, { ...relayHeaders, 'x-pullcache-peer': SECRET })
+    expect(right.status).toBe(200)
+  })
+
+  test('cluster check: every node answers and agrees; a node down, or a wrong secret, is named', async () => {
+    const nodes = await startCluster()
+    const env = {
+      PULLCACHE_NODE_URL: nodes[0]!.url,
+      PULLCACHE_PEERS: nodes.map((n) => n.url).join(','),
+      PULLCACHE_CLUSTER_SECRET: SECRET,
+    }
+    const ok = await runCli(['cluster', 'check'], { env })
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0)
+    expect(ok.stdout).toContain('one cluster of 3 nodes, every node answering')
+    expect(ok.stdout).not.toContain(SECRET)
+
+    // Without the secret the view is refused.
+    expect((await nodes[1]!.get('/_pullcache/cluster')).status).toBe(403)
+    const wrong = await runCli(['cluster', 'check'], { env: { ...env, PULLCACHE_CLUSTER_SECRET: 'guess' } })
+    expect(wrong.code).toBe(1)
+    expect(wrong.stdout).toContain('the cluster secret was refused')
+
+    await nodes[2]!.close({ wipe: false })
+    const down = await runCli(['cluster', 'check', '--timeout', '2'], { env })
+    expect(down.code).toBe(1)
+    expect(down.stdout).toContain(`${nodes[2]!.url}  no answer`)
+  })
+})
