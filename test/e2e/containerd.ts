@@ -38,15 +38,16 @@ export type Containerd = {
     options?: { namespace?: string; timeoutMs?: number; allowFailure?: boolean },
   ): Promise<RunResult>
   /**
-   * Writes <hostsDir>/docker.io/hosts.toml with `mirror` (http:// or https://host:port) as the only
-   * host, `headers` as that host's static headers (e.g. Authorization for a mirror with accounts),
-   * and `tls`: the CA file that signed an https mirror's certificate (`ca`) and a client
-   * certificate with its key (`client`).
+   * Writes <hostsDir>/<registry>/hosts.toml (registry: docker.io unless given) with `mirror`
+   * (http:// or https://host:port) as the only host, `headers` as that host's static headers (e.g.
+   * Authorization for a mirror with accounts), and `tls`: the CA file that signed an https mirror's
+   * certificate (`ca`) and a client certificate with its key (`client`).
    */
   setMirror(
     mirror: string,
     headers?: Record<string, string>,
     tls?: { ca: string; client?: { cert: string; key: string } },
+    registry?: string,
   ): Promise<string>
   /**
    * `ctr images pull --hosts-dir ... --snapshotter native docker.io/<ref>`; resolves with the result
@@ -101,9 +102,12 @@ export async function startPrivateContainerd(): Promise<Containerd> {
     socket,
     hostsDir,
     ctr,
-    async setMirror(mirror, headers = {}, tls) {
-      const file = join(hostsDir, 'docker.io', 'hosts.toml')
-      await mkdir(join(hostsDir, 'docker.io'), { recursive: true })
+    async setMirror(mirror, headers = {}, tls, registry = 'docker.io') {
+      const file = join(hostsDir, registry, 'hosts.toml')
+      await mkdir(join(hostsDir, registry), { recursive: true })
+      // The registry itself, tried when the mirror fails: unreachable here, so a pull that
+      // succeeds was served by the mirror.
+      const server = registry === 'docker.io' ? 'https://registry-1.docker.io' : `https://${registry}`
       const host = JSON.stringify(mirror)
       const headerTable = Object.entries(headers).map(
         ([name, value]) => `  ${JSON.stringify(name)} = [${JSON.stringify(value)}]`,
@@ -111,7 +115,7 @@ export async function startPrivateContainerd(): Promise<Containerd> {
       await writeFile(
         file,
         [
-          'server = "https://registry-1.docker.io"',
+          `server = ${JSON.stringify(server)}`,
           '',
           `[host.${host}]`,
           '  capabilities = ["pull", "resolve"]',

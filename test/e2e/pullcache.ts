@@ -191,7 +191,13 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
     return d.exited
   }
 
-  await launch()
+  try {
+    await launch()
+  } catch (error) {
+    // Nothing will call close() on a pullcache that never started: leave no data dir behind.
+    if (ownsDataDir) await removeDir(dataDir)
+    throw error
+  }
   return {
     get url() {
       return url

@@ -1,5 +1,6 @@
 // A real distribution registry (Debian's docker-registry 2.8) as the stand-in for registry-1.docker.io:
-// filesystem storage in a temp dir, token auth the way Hub does it (protocol.md §2.1).
+// filesystem storage in a temp dir, token auth the way Hub does it (protocol.md §2.1), or Basic auth
+// from an htpasswd file, the way many company registries are run.
 //
 //   <dir>/config.yml    written once; http.addr is fixed so stop()/start() come back on the same port
 //   <dir>/storage/      registry data, kept across stop()/start()
@@ -8,7 +9,10 @@ import { join } from 'node:path'
 import { waitFor } from '../support/wait-for.js'
 import { type Daemon, freePort, requireBinary, startDaemon } from './processes.js'
 
-export type RegistryAuth = { realm: string; service: string; issuer: string; rootCertBundle: string }
+/** Token auth the way Docker Hub does it, or Basic auth from an htpasswd file (bcrypt entries). */
+export type RegistryAuth =
+  | { realm: string; service: string; issuer: string; rootCertBundle: string }
+  | { htpasswd: string }
 
 export type Registry = {
   /** http://127.0.0.1:PORT, straight to the registry (no counting proxy). */
@@ -41,8 +45,9 @@ export async function startRegistry(dir: string, auth: RegistryAuth): Promise<Re
           if (!d.isRunning()) throw new Error(`docker-registry exited:\n${d.tail()}`)
           const res = await fetch(`http://127.0.0.1:${port}/v2/`, { signal: AbortSignal.timeout(1000) })
           await res.body?.cancel()
-          // 401 with a Bearer challenge means the token auth config was accepted.
-          return res.status === 401 && /^Bearer /.test(res.headers.get('www-authenticate') ?? '')
+          // 401 with the expected challenge means the auth config was accepted.
+          const scheme = 'htpasswd' in auth ? /^Basic / : /^Bearer /
+          return res.status === 401 && scheme.test(res.headers.get('www-authenticate') ?? '')
             ? true
             : undefined
         },
@@ -106,14 +111,17 @@ function registryConfig(dir: string, port: number, auth: RegistryAuth): string {
         maintenance: { uploadpurging: { enabled: false } },
       },
       http: { addr: `127.0.0.1:${port}`, secret: 'pullcache-e2e-upload-secret' },
-      auth: {
-        token: {
-          realm: auth.realm,
-          service: auth.service,
-          issuer: auth.issuer,
-          rootcertbundle: auth.rootCertBundle,
-        },
-      },
+      auth:
+        'htpasswd' in auth
+          ? { htpasswd: { realm: 'pullcache-e2e-basic', path: auth.htpasswd } }
+          : {
+              token: {
+                realm: auth.realm,
+                service: auth.service,
+                issuer: auth.issuer,
+                rootcertbundle: auth.rootCertBundle,
+              },
+            },
     },
     null,
     2,

@@ -101,3 +101,32 @@ export async function startUpstream(options: UpstreamOptions = {}): Promise<Upst
     throw error
   }
 }
+
+/** A registry that is not Docker Hub: Basic auth from an htpasswd file, behind a counting proxy. */
+export type BasicUpstream = {
+  /** The upstream URL pullcache is given for it. */
+  readonly url: string
+  readonly proxy: CountingProxy
+  readonly registry: Registry
+  close(): Promise<void>
+}
+
+/** `htpasswd`: a bcrypt htpasswd file (accounts.ts writeHtpasswd) whose accounts may pull and push. */
+export async function startBasicUpstream(htpasswd: string): Promise<BasicUpstream> {
+  const dir = await makeTempDir('basic-upstream')
+  const closers: (() => Promise<void>)[] = [() => removeDir(dir)]
+  const close = async () => {
+    for (const closer of closers.reverse()) await closer().catch(() => {})
+    closers.length = 0
+  }
+  try {
+    const registry = await startRegistry(dir, { htpasswd })
+    closers.push(() => registry.close())
+    const proxy = await startCountingProxy(registry.url)
+    closers.push(() => proxy.close())
+    return { url: proxy.url, proxy, registry, close }
+  } catch (error) {
+    await close()
+    throw error
+  }
+}
