@@ -7,10 +7,12 @@
 // containerd's ctr has a hosts.toml per registry (it sends ?ns=<registry>), skopeo (podman, CRI-O)
 // has registries.conf mirrors with a path prefix (/v2/<registry>/<name>/...), and dockerd only
 // mirrors Docker Hub at the root. The same image is pushed to both registries, so its layers are
-// fetched through both and must be stored once. A registry pullcache does not list gets 404
+// fetched through both and must be stored once. Everything on beta.test needs its account, so
+// only clients signed in to pullcache get it: containerd and skopeo sign in, dockerd (which
+// cannot) pulls Docker Hub's public images. A registry pullcache does not list gets 404
 // NAME_UNKNOWN and never reaches any upstream. `beta.test` and `gamma.test` do not resolve here,
 // so a pull that succeeds was served by the mirror.
-import { readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { writeHtpasswd } from './accounts.js'
@@ -19,11 +21,16 @@ import { type Dockerd, startDockerd } from './dockerd.js'
 import { AMD64, createImage, manifestFor, type TestImage } from './images.js'
 import { makeTempDir, removeDir } from './processes.js'
 import { type Pullcache, startPullcache } from './pullcache.js'
-import { type Creds, createSkopeo, layoutProblems, type Skopeo } from './skopeo.js'
+import { type Creds, createSkopeo, layoutProblems, readLayout, type Skopeo } from './skopeo.js'
 import { type BasicUpstream, startBasicUpstream, startUpstream, type Upstream } from './upstream.js'
 
 const BETA = 'beta.test'
 const BETA_ACCOUNT: Creds = { username: 'beta-robot', password: 'beta-secret-5e0c9a71' }
+/** A client account of pullcache's own (auth.htpasswd). */
+const NODE: Creds = { username: 'ci-node', password: 'node-secret-0b7d44e1' }
+const NODE_AUTH = {
+  Authorization: `Basic ${Buffer.from(`${NODE.username}:${NODE.password}`).toString('base64')}`,
+}
 
 let work: string
 let hub: Upstream
@@ -69,7 +76,12 @@ beforeAll(async () => {
       ],
     }),
   )
-  pullcache = await startPullcache({ upstream: hub.url, env: { PULLCACHE_CONFIG: configFile } })
+  const clients = join(work, 'clients')
+  await mkdir(clients)
+  pullcache = await startPullcache({
+    upstream: hub.url,
+    env: { PULLCACHE_CONFIG: configFile, PULLCACHE_AUTH_HTPASSWD: await writeHtpasswd(clients, NODE) },
+  })
 })
 
 afterAll(async () => {
@@ -90,9 +102,9 @@ describe('containerd (ctr) with a hosts.toml per registry', () => {
   let containerd: Containerd
   beforeAll(async () => {
     containerd = await startPrivateContainerd()
-    await containerd.setMirror(pullcache.url)
-    await containerd.setMirror(pullcache.url, {}, undefined, BETA)
-    await containerd.setMirror(pullcache.url, {}, undefined, 'gamma.test')
+    await containerd.setMirror(pullcache.url, NODE_AUTH)
+    await containerd.setMirror(pullcache.url, NODE_AUTH, undefined, BETA)
+    await containerd.setMirror(pullcache.url, NODE_AUTH, undefined, 'gamma.test')
   })
   afterAll(async () => {
     await containerd?.close()
@@ -180,13 +192,29 @@ describe('skopeo (podman, CRI-O) with registries.conf mirrors by path prefix', (
       )
       .join('\n')
     await writeFile(join(work, 'skopeo', 'registries.conf'), conf)
+    // containers/image looks up a mirror's credentials by the mirror's host in the auth file (what
+    // `podman login mirror:5000` writes); --src-creds is only for the registry itself.
+    const authFile = join(work, 'mirror-auth.json')
+    const token = Buffer.from(`${NODE.username}:${NODE.password}`).toString('base64')
+    await writeFile(authFile, JSON.stringify({ auths: { [pullcache.hostPort]: { auth: token } } }), {
+      mode: 0o600,
+    })
     const mark = pullcache.mark()
     for (const [ref, image] of [
       [`${BETA}/${onlyBeta.name}:v1`, onlyBeta],
       [`docker.io/${shared.name}:v1`, shared],
     ] as const) {
       const dest = join(work, `skopeo-${image.shortName}-${ref.split('/')[0]}`)
-      const layout = await skopeo.pull(ref, dest)
+      await skopeo.run([
+        'copy',
+        '--quiet',
+        '--src-tls-verify=false',
+        '--authfile',
+        authFile,
+        `docker://${ref}`,
+        `dir:${dest}`,
+      ])
+      const layout = await readLayout(dest)
       expect(layoutProblems(layout, image, 'amd64'), ref).toEqual([])
     }
     await pullcache.settle()

@@ -48,8 +48,10 @@ export async function createSkopeo(workDir: string): Promise<Skopeo> {
     REGISTRY_AUTH_FILE: join(workDir, 'auth.json'),
     TMPDIR: workDir,
   }
+  // skopeo 1.9 reads /etc/containers/registries.conf whatever CONTAINERS_REGISTRIES_CONF says;
+  // only the flag puts the test's own file (empty, or the mirrors a test writes) in its place.
   const skopeo = (args: readonly string[], timeoutMs = 120_000) =>
-    run(binary, ['--insecure-policy', ...args], { env, timeoutMs })
+    run(binary, ['--insecure-policy', '--registries-conf', registriesConf, ...args], { env, timeoutMs })
 
   const inspectRaw = async (ref: string, creds?: Creds): Promise<Buffer> => {
     const result = await skopeo([
