@@ -13,7 +13,8 @@
 //   --node-arg ARG  passed to node before main.js (e.g. --trace-gc; the output is in the kept logs)
 //   --profile DIR   pullcache under `node --cpu-prof`; prints the window of the measured GETs
 //                   (seconds since pullcache started) for bench/profile-summary.mjs --after/--before
-//   --direct        also GET each blob straight from the upstream registry first (wall only)
+//   --direct        also GET each blob straight from the upstream first (wall only)
+//   --proxy         put bench/counting-proxy.mjs between the registry and pullcache, as bench/run does
 // Everything it writes goes under a temp dir that is removed at the end (BENCH_KEEP=1 keeps it).
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
@@ -25,13 +26,14 @@ import { answers, freePort, listeningLine, removeTree, startDaemon } from './lib
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const MiB = 1024 * 1024
-const o = { runs: 4, size: 200, profile: null, direct: false, mains: [], nodeArgs: [] }
+const o = { runs: 4, size: 200, profile: null, direct: false, mains: [], nodeArgs: [], proxy: false }
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i]
   if (a === '--runs') o.runs = Number(process.argv[++i])
   else if (a === '--size') o.size = Number(process.argv[++i])
   else if (a === '--profile') o.profile = resolve(process.argv[++i])
   else if (a === '--direct') o.direct = true
+  else if (a === '--proxy') o.proxy = true
   else if (a === '--main') o.mains.push(resolve(process.argv[++i]))
   else if (a === '--node-arg') o.nodeArgs.push(process.argv[++i])
   else {
@@ -60,13 +62,25 @@ try {
       http: { addr: `127.0.0.1:${upPort}`, secret: 'pullcache-bench-secret' },
     }),
   )
-  const upstream = `http://127.0.0.1:${upPort}`
+  const registry = `http://127.0.0.1:${upPort}`
   daemons.push(
     await startDaemon('upstream', 'docker-registry', ['serve', config], {
       logDir,
-      ready: answers(`${upstream}/v2/`),
+      ready: answers(`${registry}/v2/`),
     }),
   )
+  // Through the bench's counting proxy (a Node server), as bench/run has it, or straight.
+  let upstream = registry
+  if (o.proxy) {
+    const proxy = await startDaemon(
+      'proxy',
+      process.execPath,
+      [join(ROOT, 'bench', 'counting-proxy.mjs'), '--target', registry, '--listen', '127.0.0.1:0'],
+      { logDir, ready: listeningLine },
+    )
+    daemons.push(proxy)
+    upstream = proxy.ready
+  }
   const env = { ...process.env }
   for (const k of Object.keys(env)) if (k.startsWith('PULLCACHE_')) delete env[k]
   // One long-running pullcache per build under test, each with its own empty data dir.
