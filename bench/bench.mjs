@@ -187,8 +187,12 @@ async function startPullcache(port, dataDir, upstream) {
   })
 }
 
-async function startNginx(port, docRoot, path) {
-  const dir = join(WORK, 'nginx')
+/**
+ * One nginx (master and workers) under WORK/<name>: `sendfile` on or off, and `server` the
+ * server block's body (a document root, or a proxy cache).
+ */
+async function startNginx(name, port, { sendfile, server, ready }) {
+  const dir = join(WORK, name)
   mkdirSync(dir, { recursive: true })
   const asRoot = process.getuid?.() === 0
   const conf = `${asRoot ? 'user root;\n' : ''}worker_processes auto;
@@ -197,7 +201,7 @@ error_log ${dir}/error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
-  sendfile on;
+  sendfile ${sendfile ? 'on' : 'off'};
   tcp_nopush on;
   client_body_temp_path ${dir}/body;
   proxy_temp_path ${dir}/proxy;
@@ -205,21 +209,55 @@ http {
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
   default_type application/octet-stream;
+  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=blobs:10m max_size=50g inactive=1d use_temp_path=off;
   server {
     listen 127.0.0.1:${port};
-    root ${docRoot};
+    ${server}
   }
 }
 `
   writeFileSync(join(dir, 'nginx.conf'), conf)
   // Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
   const binary = existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx'
-  return startDaemon('nginx', binary, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], {
+  const d = await startDaemon(name, binary, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], {
     env: cleanEnv({}),
     logDir,
-    ready: answers(`http://127.0.0.1:${port}${path}`, 200, 'HEAD'),
+    ready,
   })
+  for (const pid of childrenOf(d.pid)) recordPid(pid, `${name} worker`)
+  return { daemon: d, url: `http://127.0.0.1:${port}`, pids: () => [d.pid, ...childrenOf(d.pid)] }
 }
+
+/** nginx serving the blob file from disk (the same file, hard-linked, at the registry's path). */
+const nginxFile = (name, port, sendfile) =>
+  startNginx(name, port, {
+    sendfile,
+    server: `root ${docRoot};`,
+    ready: answers(`http://127.0.0.1:${port}${blobPath}`, 200, 'HEAD'),
+  })
+
+/**
+ * nginx as a caching proxy in front of its own counting proxy: the cold path of a plain HTTP
+ * cache (it writes the body to a temp file while it sends it, and verifies nothing). Buffers of
+ * 64 KiB, as one would set for large bodies.
+ */
+const nginxCache = (name, port, upstream) =>
+  startNginx(name, port, {
+    sendfile: true,
+    server: `location / {
+      proxy_pass ${upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+      proxy_buffer_size 64k;
+      proxy_buffers 32 64k;
+      proxy_busy_buffers_size 256k;
+      proxy_cache blobs;
+      proxy_cache_valid 200 1y;
+      proxy_cache_lock on;
+    }`,
+    ready: answers(`http://127.0.0.1:${port}/v2/`),
+  })
 
 // ---------------------------------------------------------------------------------------------
 // Setup
@@ -258,11 +296,14 @@ const cp = {
   pullcache: await startCountingProxy('proxy-pullcache', upstreamUrl),
   distribution: await startCountingProxy('proxy-distribution', upstreamUrl),
   direct: await startCountingProxy('proxy-direct', upstreamUrl),
+  nginxCache: await startCountingProxy('proxy-nginx-cache', upstreamUrl),
 }
 
 const pcPort = await freePort()
 const distPort = await freePort()
 const nginxPort = await freePort()
+const nginxOffPort = await freePort()
+const nginxCachePort = await freePort()
 let pcRun = 0
 let distRun = 0
 const mirrors = {
@@ -295,11 +336,16 @@ const mirrors = {
     },
   },
 }
-const nginx = await startNginx(nginxPort, docRoot, blobPath)
-for (const pid of childrenOf(nginx.pid)) recordPid(pid, 'nginx worker')
-const nginxServer = {
-  url: `http://127.0.0.1:${nginxPort}`,
-  pids: () => [nginx.pid, ...childrenOf(nginx.pid)],
+// On a VM's loopback sendfile is not the machine's limit (nginx with it off measured faster in
+// rotated rounds), so both are measured.
+const nginxServer = await nginxFile('nginx', nginxPort, true)
+const nginxOffServer = await nginxFile('nginx-nosendfile', nginxOffPort, false)
+// The proxy cache takes part in the cold phase like a mirror (mirrors.nginxCache below).
+const nginxCacheServer = await nginxCache('nginx-cache', nginxCachePort, cp.nginxCache.url)
+mirrors.nginxCache = {
+  url: nginxCacheServer.url,
+  pids: nginxCacheServer.pids,
+  daemon: nginxCacheServer.daemon,
 }
 await mirrors.pullcache.start()
 await mirrors.distribution.start()
@@ -308,6 +354,7 @@ const idleRss = {
   pullcache: rssOf(mirrors.pullcache.pids()),
   distribution: rssOf(mirrors.distribution.pids()),
   nginx: rssOf(nginxServer.pids()),
+  nginxOff: rssOf(nginxOffServer.pids()),
 }
 
 // Distribution's proxy mode against an upstream without auth: check a tag and the blob come
@@ -370,7 +417,13 @@ async function coldOnce(name, path) {
   const m = mirrors[name]
   await settle()
   await cp[name].reset()
-  const r = await withCpu(m.pids(), () => curlGet(`${m.url}${path}`, BLOB_SIZE))
+  // CPU over the GET and what it leaves running (distribution stores the blob in a second
+  // upstream GET after its client has it; pullcache fsyncs and commits after the last byte).
+  const r = await withCpu(m.pids(), async () => {
+    const got = await curlGet(`${m.url}${path}`, BLOB_SIZE)
+    await settle()
+    return got
+  })
   return { ...r, upstreamGets: await blobGets(cp[name]) }
 }
 
@@ -380,14 +433,21 @@ async function directOnce(url) {
 }
 
 async function coldPhase(runs) {
-  const out = { direct: [], registry: [], pullcache: [], distribution: [] }
+  const steps = {
+    direct: (path) => directOnce(`${cp.direct.url}${path}`),
+    registry: (path) => directOnce(`${upstreamUrl}${path}`),
+    pullcache: (path) => coldOnce('pullcache', path),
+    distribution: (path) => coldOnce('distribution', path),
+    nginxCache: (path) => coldOnce('nginxCache', path),
+  }
+  const names = Object.keys(steps)
+  const out = Object.fromEntries(names.map((n) => [n, []]))
   for (let i = 0; i < runs; i++) {
-    log(`cold single GET, run ${i + 1}/${runs}`)
+    // Rotated each round, so that no server always meets the machine first or last.
+    const order = names.map((_, j) => names[(i + j) % names.length])
+    log(`cold single GET, run ${i + 1}/${runs}: ${order.join(', ')}`)
     const path = nextColdBlob()
-    out.direct.push(await directOnce(`${cp.direct.url}${path}`))
-    out.registry.push(await directOnce(`${upstreamUrl}${path}`))
-    out.pullcache.push(await coldOnce('pullcache', path))
-    out.distribution.push(await coldOnce('distribution', path))
+    for (const n of order) out[n].push(await steps[n](path))
   }
   return out
 }
@@ -413,7 +473,9 @@ const summarizeCold = (runs) => ({
   wall: median(runs.map((r) => r.wall)),
   ok: runs.every((r) => r.ok),
   upstreamGets: runs.map((r) => r.upstreamGets).filter((x) => x !== undefined),
-  runs: runs.map((r) => ({ speed: r.speed, wall: r.wall, ok: r.ok })),
+  runs: runs.map((r) => ({ speed: r.speed, wall: r.wall, ok: r.ok, cpu: r.cpu })),
+  min: Math.min(...runs.map((r) => r.speed)),
+  max: Math.max(...runs.map((r) => r.speed)),
 })
 const summarizeCoalesced = (runs) => ({
   wall: median(runs.map((r) => r.wall)),
@@ -489,7 +551,12 @@ async function warmUp(name) {
     await settle()
     await cp[name].reset()
   }
-  const servers = { pullcache: mirrors.pullcache, distribution: mirrors.distribution, nginx: nginxServer }
+  const servers = {
+    pullcache: mirrors.pullcache,
+    distribution: mirrors.distribution,
+    nginx: nginxServer,
+    nginxOff: nginxOffServer,
+  }
   const names = Object.keys(servers)
   const get = (n) => withCpu(servers[n].pids(), () => curlGet(`${servers[n].url}${blobPath}`, BLOB_SIZE))
   const getParallel = (n, clients) =>
@@ -517,12 +584,17 @@ async function warmUp(name) {
       cpuPerGB: cpuPerGB(single[n], BLOB_SIZE),
       ok: single[n].every((r) => r.ok),
       runs: single[n].map((r) => r.speed),
+      min: Math.min(...single[n].map((r) => r.speed)),
+      max: Math.max(...single[n].map((r) => r.speed)),
     }
     R.parallel[n] = {
       aggregate: median(par[n].map((r) => r.aggregate)),
       cpuPerGB: cpuPerGB(par[n], BLOB_SIZE * C.parallel),
       ok: par[n].every((r) => r.ok),
       runs: par[n].map((r) => r.aggregate),
+      wall: median(par[n].map((r) => r.wall)),
+      min: Math.min(...par[n].map((r) => r.aggregate)),
+      max: Math.max(...par[n].map((r) => r.aggregate)),
     }
   }
   for (const name of ['pullcache', 'distribution']) {
@@ -569,7 +641,7 @@ for (const name of ['pullcache', 'distribution']) {
 }
 
 for (const m of Object.values(mirrors)) await m.daemon.stop()
-await nginx.stop()
+for (const n of [nginxServer, nginxOffServer]) await n.daemon.stop()
 for (const p of Object.values(cp)) await p.daemon.stop()
 await upstream.stop()
 R.seconds = (performance.now() - t0) / 1000
@@ -608,74 +680,69 @@ function render(r) {
       `coalesced runs (medians); bench took ${r.seconds.toFixed(0)} s`,
     '',
   )
+  const W = ['pullcache', 'distribution', 'nginx', 'nginxOff']
+  /** Median and the spread of the runs (min–max), in MB/s. */
+  const spreadOf = (v, median) => `${mbs(median)} (${mbs(v.min)}–${mbs(v.max)})${flag(v.ok)}`
   table(
-    ['warm blob GET (cached)', 'pullcache', 'distribution', 'nginx'],
+    ['warm blob GET (cached)', 'pullcache', 'distribution', 'nginx, sendfile on', 'nginx, sendfile off'],
     [
+      ['1 client, MB/s: median (min–max)', ...W.map((n) => spreadOf(r.warm[n], r.warm[n].speed))],
       [
-        '1 client, MB/s',
-        mbs(r.warm.pullcache.speed) + flag(r.warm.pullcache.ok),
-        mbs(r.warm.distribution.speed) + flag(r.warm.distribution.ok),
-        mbs(r.warm.nginx.speed) + flag(r.warm.nginx.ok),
-      ],
-      [
-        `${r.config.parallel} clients, aggregate MB/s`,
-        mbs(r.parallel.pullcache.aggregate) + flag(r.parallel.pullcache.ok),
-        mbs(r.parallel.distribution.aggregate) + flag(r.parallel.distribution.ok),
-        mbs(r.parallel.nginx.aggregate) + flag(r.parallel.nginx.ok),
+        `${r.config.parallel} clients, aggregate MB/s: median (min–max)`,
+        ...W.map((n) => spreadOf(r.parallel[n], r.parallel[n].aggregate)),
       ],
       [
         `peak RSS, ${r.config.rssStreams} streams, MB`,
-        mb(r.rss.pullcache.peak) + flag(r.rss.pullcache.ok),
-        mb(r.rss.distribution.peak) + flag(r.rss.distribution.ok),
-        `${mb(r.rss.nginx.peak)} (${r.rss.nginx.processes} processes)${flag(r.rss.nginx.ok)}`,
+        ...W.map(
+          (n) =>
+            `${mb(r.rss[n].peak)}${r.rss[n].processes > 1 ? ` (${r.rss[n].processes} processes)` : ''}${flag(r.rss[n].ok)}`,
+        ),
       ],
-      [
-        `${r.config.rssStreams} clients, aggregate MB/s`,
-        mbs(r.rss.pullcache.aggregate),
-        mbs(r.rss.distribution.aggregate),
-        mbs(r.rss.nginx.aggregate),
-      ],
+      [`${r.config.rssStreams} clients, aggregate MB/s`, ...W.map((n) => mbs(r.rss[n].aggregate))],
       [
         'CPU s per GB sent: 1 / 16 / 32 clients',
-        `${cpu(r.warm.pullcache.cpuPerGB)} / ${cpu(r.parallel.pullcache.cpuPerGB)} / ${cpu(r.rss.pullcache.cpuPerGB)}`,
-        `${cpu(r.warm.distribution.cpuPerGB)} / ${cpu(r.parallel.distribution.cpuPerGB)} / ${cpu(r.rss.distribution.cpuPerGB)}`,
-        `${cpu(r.warm.nginx.cpuPerGB)} / ${cpu(r.parallel.nginx.cpuPerGB)} / ${cpu(r.rss.nginx.cpuPerGB)}`,
+        ...W.map(
+          (n) => `${cpu(r.warm[n].cpuPerGB)} / ${cpu(r.parallel[n].cpuPerGB)} / ${cpu(r.rss[n].cpuPerGB)}`,
+        ),
       ],
-      ['idle RSS after start, MB', mb(r.idleRss.pullcache), mb(r.idleRss.distribution), mb(r.idleRss.nginx)],
+      ['idle RSS after start, MB', ...W.map((n) => mb(r.idleRss[n]))],
       [
         'upstream requests while warm',
         r.warm.pullcache.upstreamRequests,
         r.warm.distribution.upstreamRequests,
         '-',
+        '-',
       ],
     ],
   )
+  const C3 = ['pullcache', 'distribution', 'nginxCache']
   table(
-    ['cold blob GET (nothing cached)', 'pullcache', 'distribution', 'direct from upstream'],
+    [
+      'cold blob GET (nothing cached)',
+      'pullcache',
+      'distribution',
+      'nginx proxy_cache',
+      'direct from upstream',
+    ],
     [
       [
-        '1 client, MB/s',
-        mbs(r.cold.pullcache.speed) + flag(r.cold.pullcache.ok),
-        mbs(r.cold.distribution.speed) + flag(r.cold.distribution.ok),
-        `${mbs(r.cold.direct.speed)}${flag(r.cold.direct.ok)} (registry without the counting proxy: ${mbs(r.cold.registry.speed)})`,
+        '1 client, MB/s: median (min–max)',
+        ...C3.map((n) => spreadOf(r.cold[n], r.cold[n].speed)),
+        `${spreadOf(r.cold.direct, r.cold.direct.speed)} (registry without the counting proxy: ${mbs(r.cold.registry.speed)})`,
       ],
-      ['1 client, wall s', s(r.cold.pullcache.wall), s(r.cold.distribution.wall), s(r.cold.direct.wall)],
+      ['1 client, wall s', ...C3.map((n) => s(r.cold[n].wall)), s(r.cold.direct.wall)],
       [
-        '1 client, mirror CPU s per GB',
-        cpu(r.cold.pullcache.cpuPerGB),
-        cpu(r.cold.distribution.cpuPerGB),
+        '1 client, CPU s per GB (GET and what it leaves running)',
+        ...C3.map((n) => cpu(r.cold[n].cpuPerGB)),
         '-',
       ],
-      [
-        'upstream blob GETs per cold GET',
-        r.cold.pullcache.upstreamGets.join(', '),
-        r.cold.distribution.upstreamGets.join(', '),
-        '-',
-      ],
+      ['1 client: MB/s / direct', ...C3.map((n) => x(r.cold[n].speed / r.cold.direct.speed)), '-'],
+      ['upstream blob GETs per cold GET', ...C3.map((n) => r.cold[n].upstreamGets.join(', ')), '-'],
       [
         `${r.config.parallel} clients at once: upstream blob GETs`,
         r.coalesced.pullcache.upstreamGets.join(', '),
         r.coalesced.distribution.upstreamGets.join(', '),
+        '-',
         '-',
       ],
       [
@@ -683,11 +750,20 @@ function render(r) {
         s(r.coalesced.pullcache.wall) + flag(r.coalesced.pullcache.ok),
         s(r.coalesced.distribution.wall) + flag(r.coalesced.distribution.ok),
         '-',
+        '-',
       ],
       [
         `${r.config.parallel} clients at once: wall / one cold GET`,
         x(r.coalesced.pullcache.wall / r.cold.pullcache.wall),
         x(r.coalesced.distribution.wall / r.cold.distribution.wall),
+        '-',
+        '-',
+      ],
+      [
+        `${r.config.parallel} clients at once: wall / ${r.config.parallel} warm at once`,
+        x(r.coalesced.pullcache.wall / r.parallel.pullcache.wall),
+        x(r.coalesced.distribution.wall / r.parallel.distribution.wall),
+        '-',
         '-',
       ],
       [
@@ -695,11 +771,13 @@ function render(r) {
         cpu(r.coalesced.pullcache.cpuPerGB),
         cpu(r.coalesced.distribution.cpuPerGB),
         '-',
+        '-',
       ],
       [
         `${r.config.parallel} clients at once: peak RSS MB`,
         mb(r.coalesced.pullcache.peakRss),
         mb(r.coalesced.distribution.peakRss),
+        '-',
         '-',
       ],
     ],
@@ -783,6 +861,31 @@ function render(r) {
     ],
     ['cold, 1 client: pullcache / direct from upstream', r.cold.pullcache.speed / r.cold.direct.speed, 0.9],
   ].map(([what, value, min]) => [what, x(value), `≥ ${min}×`, value >= min ? 'PASS' : 'MISS'])
+  const ceil = (what, value, max, unit = '×') => [
+    what,
+    unit === '×' ? x(value) : `${cpu(value)}${unit}`,
+    `≤ ${max}${unit}`,
+    value <= max ? 'PASS' : 'MISS',
+  ]
+  targets.push(
+    ceil('cold, 1 client: pullcache CPU s per GB', r.cold.pullcache.cpuPerGB, 2.0, ' s'),
+    ceil(
+      'cold, 1 client: pullcache / distribution CPU per GB',
+      r.cold.pullcache.cpuPerGB / r.cold.distribution.cpuPerGB,
+      0.4,
+    ),
+    ceil(
+      'warm, 1 client: pullcache / nginx (sendfile) CPU per GB',
+      r.warm.pullcache.cpuPerGB / r.warm.nginx.cpuPerGB,
+      1.05,
+    ),
+    ceil(
+      `cold, ${r.config.parallel} at once: wall / ${r.config.parallel} warm at once`,
+      r.coalesced.pullcache.wall / r.parallel.pullcache.wall,
+      1.2,
+    ),
+    ceil('idle RSS of pullcache after start, MB', r.idleRss.pullcache / MB, 60, ' MB'),
+  )
   const coGets = r.coalesced.pullcache.upstreamGets
   targets.push([
     `cold, ${r.config.parallel} clients at once: upstream blob GETs (per run)`,

@@ -3,30 +3,46 @@
 // Exit codes scripts can rely on: 0 done, 1 failed, 2 bad usage or configuration.
 
 import { CliExit, EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './cli/args.js'
-import { clusterCommand } from './cli/cluster.js'
-import { configCommand } from './cli/config-check.js'
-import { exportArchive } from './cli/export.js'
-import { gc } from './cli/gc.js'
-import { importArchiveCommand } from './cli/import.js'
-import { prefetch } from './cli/prefetch.js'
-import { serve } from './cli/serve.js'
-import { stats } from './cli/stats.js'
-import { verify } from './cli/verify.js'
 import { VERSION } from './version.js'
 
+// Each command's module is imported only when that command runs: a module once loaded stays in
+// memory for the life of the process, and `serve` runs for months. Loading every command here
+// kept the archive code (tar-stream), prefetch (yaml, a second undici client) and the store
+// checks resident in every server for nothing.
 const COMMANDS: Record<string, { run: (args: string[]) => Promise<number>; summary: string }> = {
-  serve: { run: serve, summary: 'run the mirror' },
-  stats: { run: stats, summary: 'hit rates, bytes saved and pulls avoided, from the index' },
-  gc: { run: gc, summary: 'remove what the eviction policy says should go (--dry-run to list it)' },
+  serve: { run: async (a) => (await import('./cli/serve.js')).serve(a), summary: 'run the mirror' },
+  stats: {
+    run: async (a) => (await import('./cli/stats.js')).stats(a),
+    summary: 'hit rates, bytes saved and pulls avoided, from the index',
+  },
+  gc: {
+    run: async (a) => (await import('./cli/gc.js')).gc(a),
+    summary: 'remove what the eviction policy says should go (--dry-run to list it)',
+  },
   config: {
-    run: configCommand,
+    run: async (a) => (await import('./cli/config-check.js')).configCommand(a),
     summary: 'config check: validate the configuration and print it as a config file, no secrets',
   },
-  verify: { run: verify, summary: 're-hash the store and compare it with the index (--repair to fix)' },
-  prefetch: { run: prefetch, summary: 'warm the cache from image references, Compose or Kubernetes files' },
-  export: { run: exportArchive, summary: 'write cached images to an archive for an air-gapped pullcache' },
-  import: { run: importArchiveCommand, summary: 'load an archive written by export, verifying every digest' },
-  cluster: { run: clusterCommand, summary: 'cluster check: whether the configured nodes answer and agree' },
+  verify: {
+    run: async (a) => (await import('./cli/verify.js')).verify(a),
+    summary: 're-hash the store and compare it with the index (--repair to fix)',
+  },
+  prefetch: {
+    run: async (a) => (await import('./cli/prefetch.js')).prefetch(a),
+    summary: 'warm the cache from image references, Compose or Kubernetes files',
+  },
+  export: {
+    run: async (a) => (await import('./cli/export.js')).exportArchive(a),
+    summary: 'write cached images to an archive for an air-gapped pullcache',
+  },
+  import: {
+    run: async (a) => (await import('./cli/import.js')).importArchiveCommand(a),
+    summary: 'load an archive written by export, verifying every digest',
+  },
+  cluster: {
+    run: async (a) => (await import('./cli/cluster.js')).clusterCommand(a),
+    summary: 'cluster check: whether the configured nodes answer and agree',
+  },
 }
 
 function usage(): string {
