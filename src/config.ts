@@ -11,10 +11,17 @@ import { type ClientAuth, tlsProblems } from './tls.js'
 
 type Parsed = z.output<typeof schema>
 
-export interface Config extends Omit<Parsed, 'upstream' | 'tls'> {
+export interface Config extends Omit<Parsed, 'upstream' | 'tls' | 'storage'> {
   upstream: Parsed['upstream'] & { password: string | null }
+  /** With the bucket's keys when they are given (else the SDK looks for them itself, e.g. a role). */
+  storage: Parsed['storage'] & { credentials: BucketCredentials | null }
   /** client_auth as it applies: its default depends on client_ca. */
   tls: Omit<Parsed['tls'], 'client_auth'> & { client_auth: ClientAuth }
+}
+
+export interface BucketCredentials {
+  accessKeyId: string
+  secretAccessKey: string
 }
 
 /** A tag pattern as the config holds it (cache.pins, cache.tag_freshness_rules), compiled. */
@@ -63,6 +70,14 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_TLS_KEY: 'tls.key',
   PULLCACHE_TLS_CLIENT_CA: 'tls.client_ca',
   PULLCACHE_TLS_CLIENT_AUTH: 'tls.client_auth',
+  PULLCACHE_STORAGE: 'storage.type',
+  PULLCACHE_S3_ENDPOINT: 'storage.s3.endpoint',
+  PULLCACHE_S3_BUCKET: 'storage.s3.bucket',
+  PULLCACHE_S3_PREFIX: 'storage.s3.prefix',
+  PULLCACHE_S3_REGION: 'storage.s3.region',
+  PULLCACHE_S3_FORCE_PATH_STYLE: 'storage.s3.force_path_style',
+  PULLCACHE_S3_ACCESS_KEY_ID_FILE: 'storage.s3.access_key_id_file',
+  PULLCACHE_S3_SECRET_ACCESS_KEY_FILE: 'storage.s3.secret_access_key_file',
 }
 
 const NUMERIC_KEYS = new Set([
@@ -70,7 +85,13 @@ const NUMERIC_KEYS = new Set([
   'upstream.connections',
   'limits.max_connections',
 ])
-const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix', 'auth.anonymous'])
+const BOOLEAN_KEYS = new Set([
+  'log.access',
+  'offline',
+  'upstream.library_prefix',
+  'auth.anonymous',
+  'storage.s3.force_path_style',
+])
 /** Comma-separated lists in the environment. */
 const LIST_KEYS = new Set(['admin.allow'])
 
@@ -136,6 +157,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   }
 
   const password = readPassword(result.success ? result.data.upstream.password_file : null, env, problems)
+  const credentials = result.success ? bucketCredentials(result.data.storage, env, problems) : null
   const tls = result.success ? tlsOf(result.data.tls) : undefined
   // The files are read now, so a missing file or a key of another certificate stops the start
   // with the other config problems (and shows in `config check`), not at the first handshake.
@@ -155,7 +177,12 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       'auth.anonymous: turning anonymous access off needs accounts in auth.htpasswd or client certificates (tls.client_ca)',
     ])
   }
-  const config: Config = { ...parsed, upstream: { ...parsed.upstream, password }, tls }
+  const config: Config = {
+    ...parsed,
+    upstream: { ...parsed.upstream, password },
+    tls,
+    storage: { ...parsed.storage, credentials },
+  }
   return deepFreeze(config)
 }
 
@@ -174,6 +201,45 @@ function addEnvEndpoint(raw: Record<string, unknown>, url: string, problems: str
 /** The tls section with client_auth's default applied. */
 function tlsOf(parsed: Parsed['tls']): Config['tls'] {
   return { ...parsed, client_auth: parsed.client_auth ?? (parsed.client_ca === null ? 'none' : 'optional') }
+}
+
+/**
+ * The bucket's keys: the standard AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the files
+ * named in storage.s3 (systemd's LoadCredential=), the pair from one place. Neither: null, and
+ * the SDK's own chain (a profile, an instance role) is left to find them. Only for S3 storage.
+ */
+function bucketCredentials(
+  storage: Parsed['storage'],
+  env: NodeJS.ProcessEnv,
+  problems: string[],
+): BucketCredentials | null {
+  if (storage.type !== 's3') return null
+  const { access_key_id_file: idFile, secret_access_key_file: secretFile } = storage.s3
+  const fromEnv = [env.AWS_ACCESS_KEY_ID, env.AWS_SECRET_ACCESS_KEY]
+  const files = [idFile, secretFile]
+  const read = (file: string, key: string) => {
+    try {
+      return readFileSync(file, 'utf8').trim()
+    } catch (err) {
+      problems.push(`storage.s3.${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
+      return ''
+    }
+  }
+  if (files.some((f) => f !== null)) {
+    if (idFile === null || secretFile === null) {
+      problems.push('storage.s3: name both key files (access_key_id_file and secret_access_key_file)')
+      return null
+    }
+    return {
+      accessKeyId: read(idFile, 'access_key_id_file'),
+      secretAccessKey: read(secretFile, 'secret_access_key_file'),
+    }
+  }
+  const [accessKeyId, secretAccessKey] = fromEnv
+  if (accessKeyId && secretAccessKey) return { accessKeyId, secretAccessKey }
+  if (accessKeyId || secretAccessKey)
+    problems.push('storage.s3: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither')
+  return null
 }
 
 function readPassword(file: string | null, env: NodeJS.ProcessEnv, problems: string[]): string | null {

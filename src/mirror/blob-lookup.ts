@@ -172,7 +172,12 @@ export class BlobLookup {
     }
 
     if (method === 'HEAD') {
-      // Answer HEAD from upstream's HEAD: no download for a client that only asked about it.
+      // The shared tier first, then upstream's HEAD: no download for a client that only asked.
+      const shared = await this.store.sizeInShared(digest).catch((err: unknown) => {
+        this.log.warn('store.bucket_failed', { digest, op: 'stat', error: err })
+        return undefined
+      })
+      if (shared !== undefined) return { kind: 'remote', size: shared, cache: 'miss' }
       try {
         const { size } = await this.flights.bounded((signal) =>
           this.upstream.headBlob(name.upstream, digest, signal),
@@ -198,14 +203,27 @@ export class BlobLookup {
       () => clearTimeout(timer),
       () => clearTimeout(timer),
     )
+    // Where the bytes came from: a blob from the shared tier is not published back to it.
+    let source: 'bucket' | 'upstream' = 'upstream'
     void this.upstream
       .fetchLimit(() =>
         fill.run({
-          open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
+          open: async (signal) => {
+            const fromBucket = await this.store.fromShared(digest, signal).catch((err: unknown) => {
+              if (!signal.aborted) this.log.warn('store.bucket_failed', { digest, op: 'get', error: err })
+              return undefined
+            })
+            if (fromBucket !== undefined) {
+              source = 'bucket'
+              return fromBucket
+            }
+            return this.upstream.getBlob(name.upstream, digest, signal)
+          },
           onCommit: (size) => {
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted({ digest, size, repo: name.upstream })
-            this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
+            this.log.info('store.blob_committed', { digest, size, repo: name.upstream, source })
+            if (source === 'upstream') this.publish(digest)
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)
@@ -223,6 +241,16 @@ export class BlobLookup {
       .catch((err: unknown) => this.log.error('store.blob_fill_crashed', { digest, error: err }))
     await this.settledReady(fill)
     return { kind: 'fill', fill, cache: 'miss' }
+  }
+
+  /** Puts a blob just fetched from upstream into the shared tier, behind its clients. */
+  private publish(digest: string): void {
+    if (this.store.shared === undefined) return
+    const started = Date.now()
+    this.store.publish(digest).then(
+      (outcome) => this.log.info('store.blob_published', { digest, outcome, ms: Date.now() - started }),
+      (err: unknown) => this.log.warn('store.bucket_failed', { digest, op: 'publish', error: err }),
+    )
   }
 
   private async settledReady(fill: Fill): Promise<void> {

@@ -17,6 +17,7 @@ import {
   type Totals,
   tagStats,
 } from '../store/stats.js'
+import type { Store } from '../store/store.js'
 import { VERSION } from '../version.js'
 import type { Mirror } from './mirror.js'
 
@@ -79,6 +80,43 @@ export interface StatsReport {
     budget_bytes: number | null
   }
   upstream: UpstreamReport
+  /**
+   * Where blobs live: the local store alone, or a bucket behind it with what its start-up probe
+   * found (null when the bucket could not be probed). Absent when no running server was asked.
+   */
+  storage?: StorageReport
+}
+
+export type StorageReport =
+  | { type: 'local' }
+  | {
+      type: 's3'
+      endpoint: string | null
+      bucket: string
+      prefix: string
+      capabilities: {
+        conditional_create: boolean
+        conditional_replace: boolean
+        presigned_get: boolean
+      } | null
+    }
+
+/** The storage part of the stats document, from the store of a running server. */
+export function storageReport(store: Store): StorageReport {
+  const shared = store.shared
+  if (shared === undefined) return { type: 'local' }
+  const found = shared.capabilities
+  return {
+    ...shared.describe,
+    capabilities:
+      found === undefined
+        ? null
+        : {
+            conditional_create: found.conditionalCreate,
+            conditional_replace: found.conditionalReplace,
+            presigned_get: found.presignedGet,
+          },
+  }
 }
 
 export interface StatsReportOptions {

@@ -1,0 +1,221 @@
+// Blobs on an S3-compatible bucket (a real one: Swift's S3 API, started for this file by
+// test/support/s3-server.sh) behind the local hot tier, against the counting fake upstream.
+// What must hold: a fill lands in the bucket verified; a node with an empty data dir serves the
+// bucket's blobs without asking upstream; nothing unverified or half-uploaded is ever left in
+// the bucket; a bucket that cannot be reached costs no pull.
+
+import { createHash, randomBytes } from 'node:crypto'
+import { createServer } from 'node:net'
+import {
+  CreateMultipartUploadCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  S3Client,
+} from '@aws-sdk/client-s3'
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { BlobMismatch } from '../../src/store/blob-storage.js'
+import { S3Tier } from '../../src/store/s3-storage.js'
+import { bucketKey } from '../../src/store/shared-tier.js'
+import { sha256 } from '../support/fake-upstream.js'
+import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { useS3Server } from '../support/s3-server.js'
+import type { TestMirror } from '../support/start-mirror.js'
+import { waitFor } from '../support/wait-for.js'
+
+const REPO = 'library/bucketed'
+const blobPath = (digest: string) => `/v2/${REPO}/blobs/${digest}`
+let buckets = 0
+/** A bucket name no other test of this file uses: each test starts from an empty bucket. */
+const newBucket = () => `pullcache-${process.pid}-${++buckets}`
+
+describe('S3 storage', () => {
+  const s3 = useS3Server()
+  const fake = useFakeUpstream()
+  let client: S3Client
+
+  beforeAll(() => {
+    client = new S3Client({
+      endpoint: s3.server.endpoint,
+      region: s3.server.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    })
+  })
+  afterAll(() => client?.destroy())
+
+  const settings = (bucket: string) => ({
+    endpoint: s3.server.endpoint,
+    bucket,
+    prefix: 'pc/',
+    region: s3.server.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
+  })
+  const objectBytes = async (bucket: string, key: string) => {
+    const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }))
+    return Buffer.from(await res.Body!.transformToByteArray())
+  }
+  const keys = async (bucket: string) =>
+    ((await client.send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map((o) => o.Key)
+  const uploads = async (bucket: string) =>
+    (await client.send(new ListMultipartUploadsCommand({ Bucket: bucket }))).Uploads ?? []
+  const published = (mirror: TestMirror, digest: string) =>
+    waitFor(() => mirror.logs.find((l) => l.event === 'store.blob_published' && l.digest === digest), {
+      what: `the publish of ${digest}`,
+      timeoutMs: 30_000,
+    })
+
+  test('a cold pull lands verified in the bucket, which was created at start and probed', async () => {
+    const bucket = newBucket()
+    const mirror = await fake.mirror({ env: s3.server.env(bucket, 'pc/') })
+    const ready = mirror.logs.find((l) => l.event === 'storage.bucket_ready')
+    // Stock Swift: no conditional PUT of either kind, and the probe says so.
+    expect(ready).toMatchObject({
+      bucket,
+      created: true,
+      conditional_create: false,
+      conditional_replace: false,
+    })
+    await client.send(new HeadBucketCommand({ Bucket: bucket }))
+
+    // Past one part, so the multipart path runs: three parts, the last one short.
+    const bytes = randomBytes(2 * 16 * 1024 * 1024 + 4321)
+    const digest = fake.up.addBlob(REPO, bytes)
+    const res = await mirror.get(blobPath(digest))
+    expect(res.status).toBe(200)
+    expect(sha256(res.body)).toBe(digest)
+    expect(await published(mirror, digest)).toMatchObject({ outcome: 'published' })
+    expect(sha256(await objectBytes(bucket, bucketKey('pc/', digest)))).toBe(digest)
+    // Only the blob: the probe's object is gone, and no upload is left open.
+    expect(await keys(bucket)).toEqual([bucketKey('pc/', digest)])
+    expect(await uploads(bucket)).toEqual([])
+
+    const stats = await mirror.get('/_pullcache/stats')
+    expect(JSON.parse(stats.body.toString()).storage).toEqual({
+      type: 's3',
+      endpoint: s3.server.endpoint,
+      bucket,
+      prefix: 'pc/',
+      capabilities: { conditional_create: false, conditional_replace: false, presigned_get: false },
+    })
+  })
+
+  test('a node with an empty data dir serves a blob from the bucket with no upstream request', async () => {
+    const bucket = newBucket()
+    const env = s3.server.env(bucket)
+    const first = await fake.mirror({ env })
+    const small = randomBytes(200 * 1024)
+    const big = randomBytes(20 * 1024 * 1024)
+    const digests = [fake.up.addBlob(REPO, small), fake.up.addBlob(REPO, big)]
+    for (const digest of digests) {
+      expect(sha256((await first.get(blobPath(digest))).body)).toBe(digest)
+      await published(first, digest)
+    }
+
+    fake.up.reset()
+    const second = await fake.mirror({ env })
+    for (const digest of digests) {
+      const head = await second.head(blobPath(digest))
+      expect(head.status).toBe(200)
+      const res = await second.get(blobPath(digest))
+      expect(res.status).toBe(200)
+      expect(sha256(res.body)).toBe(digest)
+      // Admitted to the hot tier: the next GET is a local hit.
+      expect((await second.get(blobPath(digest))).headers['x-pullcache-cache']).toBe('hit')
+    }
+    expect(second.logs.filter((l) => l.event === 'store.blob_committed').map((l) => l.source)).toEqual([
+      'bucket',
+      'bucket',
+    ])
+    expect(fake.up.requests).toEqual([])
+  })
+
+  test('a fill cut midway or with the wrong bytes leaves nothing in the bucket', async () => {
+    const bucket = newBucket()
+    const mirror = await fake.mirror({ env: s3.server.env(bucket) })
+    const cut = fake.up.addBlob(REPO, randomBytes(20 * 1024 * 1024))
+    const corrupt = fake.up.addBlob(REPO, randomBytes(20 * 1024 * 1024))
+    fake.up.fault({ path: `/blobs/${cut}`, host: 'cdn' }, { kind: 'cut', afterBytes: 18 * 1024 * 1024 })
+    fake.up.fault({ path: `/blobs/${corrupt}`, host: 'cdn' }, { kind: 'corrupt' })
+    for (const digest of [cut, corrupt]) {
+      const res = await mirror.get(blobPath(digest)).catch(() => undefined)
+      if (res !== undefined) expect(sha256(res.body)).not.toBe(digest)
+    }
+    await waitFor(() => mirror.logs.filter((l) => l.event === 'store.blob_fill_failed').length === 2, {
+      what: 'both fills to fail',
+    })
+    expect(mirror.logs.filter((l) => l.event === 'store.blob_published')).toEqual([])
+    expect(await keys(bucket)).toEqual([])
+    expect(await uploads(bucket)).toEqual([])
+  })
+
+  test('a publish whose bytes do not hash to the digest aborts its upload', async () => {
+    const bucket = newBucket()
+    const tier = new S3Tier(settings(bucket))
+    try {
+      await tier.start()
+      const bytes = randomBytes(40 * 1024 * 1024)
+      const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+      bytes[bytes.length - 1]! ^= 0xff // what the file holds now is not what its name says
+      const source = {
+        size: bytes.length,
+        read: async (buffer: Buffer, offset: number, length: number, position: number) => ({
+          bytesRead: bytes.copy(buffer, offset, position, position + length),
+        }),
+      }
+      await expect(tier.publish(digest, source)).rejects.toBeInstanceOf(BlobMismatch)
+      // Three parts were sent; none of them became an object, and the upload is gone.
+      expect(await keys(bucket)).toEqual([])
+      expect(await uploads(bucket)).toEqual([])
+    } finally {
+      tier.close()
+    }
+  })
+
+  test('the janitor aborts multipart uploads left behind, and only those older than its age', async () => {
+    const bucket = newBucket()
+    const tier = new S3Tier(settings(bucket))
+    try {
+      await tier.start()
+      const Key = bucketKey('pc/', `sha256:${'ab'.repeat(32)}`)
+      await client.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key }))
+      expect(await tier.abortStaleUploads(3_600_000)).toBe(0)
+      expect(await uploads(bucket)).toHaveLength(1)
+      // Swift's upload times have whole seconds: wait past one so the upload is older than 0 ms.
+      await new Promise((r) => setTimeout(r, 1100))
+      expect(await tier.abortStaleUploads(0)).toBe(1)
+      expect(await uploads(bucket)).toEqual([])
+    } finally {
+      tier.close()
+    }
+  })
+
+  test('a bucket that cannot be reached costs no pull: upstream and the hot tier serve', async () => {
+    // A port that was free a moment ago: nothing answers there.
+    const port = await new Promise<number>((resolve) => {
+      const probe = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = probe.address() as { port: number }
+        probe.close(() => resolve(port))
+      })
+    })
+    const mirror = await fake.mirror({
+      env: { ...s3.server.env(newBucket()), PULLCACHE_S3_ENDPOINT: `http://127.0.0.1:${port}` },
+    })
+    expect(mirror.logs.some((l) => l.event === 'storage.bucket_unreachable')).toBe(true)
+    const digest = fake.up.addBlob(REPO, randomBytes(1024 * 1024))
+    const cold = await mirror.get(blobPath(digest))
+    expect(cold.status).toBe(200)
+    expect(sha256(cold.body)).toBe(digest)
+    const warm = await mirror.get(blobPath(digest))
+    expect(warm.headers['x-pullcache-cache']).toBe('hit')
+    expect(fake.up.count('GET', `/blobs/${digest}`, 'cdn')).toBe(1)
+    await waitFor(() => mirror.logs.find((l) => l.event === 'store.bucket_failed' && l.op === 'publish'), {
+      what: 'the failed publish to be logged',
+      timeoutMs: 30_000,
+    })
+  })
+})
