@@ -5,7 +5,10 @@
 // the bucket; a bucket that cannot be reached costs no pull.
 
 import { createHash, randomBytes } from 'node:crypto'
+import { readFile, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import {
   CreateMultipartUploadCommand,
   GetObjectCommand,
@@ -20,8 +23,10 @@ import { S3Tier } from '../../src/store/s3-storage.js'
 import { bucketKey } from '../../src/store/shared-tier.js'
 import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { startCli } from '../support/run-cli.js'
 import { useS3Server } from '../support/s3-server.js'
 import type { TestMirror } from '../support/start-mirror.js'
+import { tmpRoot } from '../support/tmp.js'
 import { waitFor } from '../support/wait-for.js'
 
 const REPO = 'library/bucketed'
@@ -192,6 +197,55 @@ describe('S3 storage', () => {
     } finally {
       tier.close()
     }
+  })
+
+  test('`serve` on local storage never loads the AWS SDK; on S3 storage it does', async () => {
+    // A module hook in the served process notes every @aws-sdk module it resolves.
+    const dir = await tmpRoot()
+    await writeFile(
+      join(dir, 'hooks.mjs'),
+      `import { appendFileSync } from 'node:fs'
+export async function resolve(specifier, context, next) {
+  const found = await next(specifier, context)
+  if (found.url.includes('/@aws-sdk/')) appendFileSync(${JSON.stringify(join(dir, 'loaded'))}, found.url + '\\n')
+  return found
+}
+`,
+    )
+    await writeFile(
+      join(dir, 'register.mjs'),
+      `import { register } from 'node:module'\nregister('./hooks.mjs', import.meta.url)\n`,
+    )
+    const loaded = () => readFile(join(dir, 'loaded'), 'utf8').catch(() => '')
+    const serve = async (env: Record<string, string>, until: string) => {
+      const child = startCli(['serve'], {
+        env: {
+          NODE_OPTIONS: `--import ${pathToFileURL(join(dir, 'register.mjs')).href}`,
+          PULLCACHE_LISTEN: '127.0.0.1:0',
+          PULLCACHE_DATA_DIR: await tmpRoot(),
+          PULLCACHE_UPSTREAM: fake.up.url,
+          ...env,
+        },
+      })
+      try {
+        const listening = await waitFor(() => child.lines.find((l) => l.event === 'listening'), {
+          what: 'serve to listen',
+          timeoutMs: 30_000,
+        })
+        const digest = fake.up.addBlob(REPO, randomBytes(64 * 1024))
+        const res = await fetch(`${listening.url as string}${blobPath(digest)}`)
+        expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(digest)
+        await waitFor(() => child.lines.some((l) => l.event === until), { what: until, timeoutMs: 30_000 })
+        child.signal('SIGTERM')
+        expect(await child.exited).toBe(0)
+      } finally {
+        await child.kill()
+      }
+    }
+    await serve({}, 'store.blob_committed')
+    expect(await loaded()).toBe('')
+    await serve(s3.server.env(newBucket()), 'store.blob_published')
+    expect(await loaded()).toContain('/@aws-sdk/client-s3/')
   })
 
   test('a bucket that cannot be reached costs no pull: upstream and the hot tier serve', async () => {
