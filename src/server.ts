@@ -328,9 +328,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await index.stopCheckpoints()
       // Events of the last responses and evictions get a short while to go out.
       await notifier.close()
-      // Uploads to the bucket of blobs already committed here are let finish: a blob left out
-      // is fetched again by the next node that misses it.
-      await shared?.close(store.publishesDone())
+      // Uploads to the bucket of blobs committed here get the grace period to finish: a blob
+      // left out is fetched again by the next node that misses it.
+      await shared?.close(store.publishesDone(), graceMs)
       await upstream.close().catch(() => {})
       // The last write: index and files agree, the next start need not check. Not after a
       // reconciliation that was stopped halfway: the next start runs it again.

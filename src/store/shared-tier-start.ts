@@ -14,8 +14,12 @@ export async function openSharedTier(settings: BucketSettings): Promise<SharedTi
 /** The shared tier as a running server holds it: opened, probed, its janitor scheduled. */
 export interface RunningSharedTier {
   tier: SharedTier
-  /** Stops the janitor, waits for `publishesDone`, and lets go of the connections. */
-  close(publishesDone: Promise<void>): Promise<void>
+  /**
+   * Stops the janitor, waits for `publishesDone` up to `graceMs`, and lets go of the connections:
+   * an upload still running then fails and is aborted (or left to the next janitor), and the
+   * blob is published by the next node that fetches it.
+   */
+  close(publishesDone: Promise<void>, graceMs: number): Promise<void>
 }
 
 /** How often the janitor looks for abandoned multipart uploads. */
@@ -58,9 +62,11 @@ export async function startSharedTier(
   timer.unref()
   return {
     tier,
-    async close(publishesDone) {
+    async close(publishesDone, graceMs) {
       clearInterval(timer)
-      await publishesDone
+      let timeout: NodeJS.Timeout | undefined
+      await Promise.race([publishesDone, new Promise((r) => (timeout = setTimeout(r, graceMs)))])
+      clearTimeout(timeout)
       tier.close()
     },
   }

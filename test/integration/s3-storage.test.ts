@@ -6,7 +6,7 @@
 
 import { createHash, randomBytes } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
+import { connect, createServer, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import {
@@ -248,6 +248,45 @@ export async function resolve(specifier, context, next) {
     expect(await loaded()).toContain('/@aws-sdk/client-s3/')
   })
 
+  test('a bucket that goes away while serving: the hot tier and upstream serve, nothing waits on it', async () => {
+    const bucket = newBucket()
+    const port = Number(new URL(s3.server.endpoint).port)
+    const proxy = await cuttableProxy(port)
+    try {
+      const env = { ...s3.server.env(bucket), PULLCACHE_S3_ENDPOINT: `http://127.0.0.1:${proxy.port}` }
+      const mirror = await fake.mirror({ env })
+      const before = fake.up.addBlob(REPO, randomBytes(512 * 1024))
+      expect(sha256((await mirror.get(blobPath(before))).body)).toBe(before)
+      await published(mirror, before)
+
+      proxy.cut()
+      const after = fake.up.addBlob(REPO, randomBytes(512 * 1024))
+      const started = Date.now()
+      const cold = await mirror.get(blobPath(after))
+      expect(sha256(cold.body)).toBe(after)
+      expect(Date.now() - started).toBeLessThan(5_000)
+      const warm = await mirror.get(blobPath(before))
+      expect(warm.headers['x-pullcache-cache']).toBe('hit')
+      await waitFor(
+        () =>
+          mirror.logs.find(
+            (l) => l.event === 'store.bucket_failed' && l.op === 'publish' && l.digest === after,
+          ),
+        { what: 'the failed publish to be logged', timeoutMs: 30_000 },
+      )
+      // A node that never held the blob fetches it from upstream while the bucket is away.
+      const other = await fake.mirror({ env })
+      fake.up.reset()
+      expect(sha256((await other.get(blobPath(before))).body)).toBe(before)
+      expect(fake.up.count('GET', `/blobs/${before}`, 'cdn')).toBe(1)
+      // Nothing half-written: the bucket holds the one blob published before the cut.
+      expect(await keys(bucket)).toEqual([bucketKey('', before)])
+      expect(await uploads(bucket)).toEqual([])
+    } finally {
+      await proxy.close()
+    }
+  })
+
   test('a bucket that cannot be reached costs no pull: upstream and the hot tier serve', async () => {
     // A port that was free a moment ago: nothing answers there.
     const port = await new Promise<number>((resolve) => {
@@ -273,3 +312,36 @@ export async function resolve(specifier, context, next) {
     })
   })
 })
+
+/** A TCP proxy to 127.0.0.1:`target` that can be cut: open connections dropped, new ones refused. */
+async function cuttableProxy(target: number): Promise<{ port: number; cut(): void; close(): Promise<void> }> {
+  const sockets = new Set<Socket>()
+  const server = createServer((client) => {
+    const upstream = connect(target, '127.0.0.1')
+    for (const socket of [client, upstream]) {
+      sockets.add(socket)
+      socket.on('error', () => {})
+      socket.on('close', () => {
+        sockets.delete(socket)
+        client.destroy()
+        upstream.destroy()
+      })
+    }
+    client.pipe(upstream).pipe(client)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as { port: number }
+  let closed: Promise<void> | undefined
+  const cut = () => {
+    closed ??= new Promise((resolve) => server.close(() => resolve()))
+    for (const socket of sockets) socket.destroy()
+  }
+  return {
+    port,
+    cut,
+    async close() {
+      cut()
+      await closed
+    },
+  }
+}
