@@ -227,8 +227,18 @@ export class BlobLookup {
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)
-            this.metrics.upstreamBytes.inc(fill.received)
+            if (source === 'upstream') this.metrics.upstreamBytes.inc(fill.received)
             if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
+            if (
+              fill.state === 'failed' &&
+              source === 'bucket' &&
+              fill.error instanceof UpstreamError &&
+              fill.error.kind === 'INVALID'
+            ) {
+              // The next request fetches it from upstream, and its publish replaces the object.
+              this.store.distrustShared(digest)
+              this.log.warn('store.bucket_blob_invalid', { digest, error: fill.error })
+            }
             if (
               fill.state === 'failed' &&
               !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')

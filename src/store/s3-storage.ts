@@ -91,10 +91,14 @@ export class S3Tier implements SharedTier {
     }
   }
 
-  async publish(digest: string, source: PublishSource): Promise<'published' | 'present'> {
-    // A node that served it from the bucket, or another node, may have published it already;
-    // identical bytes either way, so a HEAD saves the upload and nothing more.
-    if ((await this.stat(digest)) === source.size) return 'present'
+  async publish(
+    digest: string,
+    source: PublishSource,
+    opts: { replace?: boolean } = {},
+  ): Promise<'published' | 'present'> {
+    // Another node may have published it already; identical bytes either way, so a HEAD saves
+    // the upload and nothing more. Not when the object there is known not to verify.
+    if (!opts.replace && (await this.stat(digest)) === source.size) return 'present'
     const key = bucketKey(this.prefix, digest)
     if (source.size <= PART_SIZE) {
       const hash = createHash('sha256')

@@ -58,9 +58,14 @@ export interface SharedTier {
   /**
    * Publishes a committed local blob: reads it, hashes what it reads, and completes the object
    * only when sha256 and size match; aborts the upload otherwise. Resolves whether it published
-   * or was already there; rejects (after the abort) when it could not.
+   * or was already there; rejects (after the abort) when it could not. With `replace`, an object
+   * already there is written over (its bytes did not verify).
    */
-  publish(digest: string, source: PublishSource): Promise<'published' | 'present'>
+  publish(
+    digest: string,
+    source: PublishSource,
+    opts?: { replace?: boolean },
+  ): Promise<'published' | 'present'>
   /** Aborts multipart uploads under the prefix started more than `olderThanMs` ago; how many. */
   abortStaleUploads(olderThanMs: number): Promise<number>
   /** Lets go of connections. */

@@ -48,6 +48,8 @@ export class Store {
   /** The bucket behind the local hot tier (store/shared-tier.ts), when S3 storage is configured. */
   readonly shared: SharedTier | undefined
   private sharedDownUntil = 0
+  /** Digests whose bytes in the shared tier did not verify: not read from there again. */
+  private readonly sharedDistrusted = new Set<string>()
   private readonly publishing = new Set<Promise<unknown>>()
 
   constructor(blobs: BlobStorage, index: IndexDb, shared?: SharedTier) {
@@ -66,6 +68,7 @@ export class Store {
     signal: AbortSignal,
   ): Promise<{ body: Readable; size: number } | undefined> {
     if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
+    if (this.sharedDistrusted.has(digest)) return undefined
     try {
       return await this.shared.get(digest, signal)
     } catch (err) {
@@ -74,9 +77,21 @@ export class Store {
     }
   }
 
+  /**
+   * The shared tier's bytes for `digest` did not verify (damaged, or written by something other
+   * than pullcache): they are not read again, and the next publish of the blob, from bytes
+   * verified here, replaces them.
+   */
+  distrustShared(digest: string): void {
+    // A bound, not a cache policy: this many damaged objects means something else is wrong.
+    if (this.sharedDistrusted.size >= 10_000) this.sharedDistrusted.clear()
+    this.sharedDistrusted.add(digest)
+  }
+
   /** The size of a blob in the shared tier, as fromShared() decides whether to ask. */
   async sizeInShared(digest: string): Promise<number | undefined> {
     if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
+    if (this.sharedDistrusted.has(digest)) return undefined
     try {
       return await this.shared.stat(digest)
     } catch (err) {
@@ -96,8 +111,12 @@ export class Store {
     const run = (async () => {
       const opened = await this.blobs.openBlob(digest)
       if (opened === undefined) return 'absent' as const
+      const replace = this.sharedDistrusted.has(digest)
       try {
-        return await shared.publish(digest, { size: opened.size, read: (...a) => opened.handle.read(...a) })
+        const source = { size: opened.size, read: opened.handle.read.bind(opened.handle) }
+        const outcome = await shared.publish(digest, source, { replace })
+        if (replace) this.sharedDistrusted.delete(digest)
+        return outcome
       } finally {
         await opened.handle.close()
       }

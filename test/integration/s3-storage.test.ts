@@ -15,6 +15,7 @@ import {
   HeadBucketCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
@@ -137,6 +138,29 @@ describe('S3 storage', () => {
       'bucket',
     ])
     expect(fake.up.requests).toEqual([])
+  })
+
+  test('an object in the bucket that does not verify is refused, fetched from upstream and replaced', async () => {
+    const bucket = newBucket()
+    const mirror = await fake.mirror({ env: s3.server.env(bucket) })
+    const bytes = randomBytes(300 * 1024)
+    const digest = fake.up.addBlob(REPO, bytes)
+    const damaged = Buffer.from(bytes)
+    damaged[1000]! ^= 0xff
+    await client.send(new PutObjectCommand({ Bucket: bucket, Key: bucketKey('', digest), Body: damaged }))
+
+    // The bucket's bytes are caught at the end: the client is cut, never given a clean end.
+    const first = await mirror.get(blobPath(digest)).catch(() => undefined)
+    if (first !== undefined) expect(sha256(first.body)).not.toBe(digest)
+    expect(fake.up.requests).toEqual([])
+    await waitFor(() => mirror.logs.find((l) => l.event === 'store.bucket_blob_invalid'), {
+      what: 'the damaged object to be noticed',
+    })
+    const second = await mirror.get(blobPath(digest))
+    expect(sha256(second.body)).toBe(digest)
+    expect(fake.up.count('GET', `/blobs/${digest}`, 'cdn')).toBe(1)
+    expect(await published(mirror, digest)).toMatchObject({ outcome: 'published' })
+    expect(sha256(await objectBytes(bucket, bucketKey('', digest)))).toBe(digest)
   })
 
   test('a fill cut midway or with the wrong bytes leaves nothing in the bucket', async () => {
