@@ -173,11 +173,11 @@ export class BlobLookup {
 
     if (method === 'HEAD') {
       // The shared tier first, then upstream's HEAD: no download for a client that only asked.
-      const shared = await this.store.sizeInShared(digest).catch((err: unknown) => {
+      const shared = await this.store.statInShared(digest).catch((err: unknown) => {
         this.log.warn('store.bucket_failed', { digest, op: 'stat', error: err })
         return undefined
       })
-      if (shared !== undefined) return { kind: 'remote', size: shared, cache: 'miss' }
+      if (shared !== undefined) return { kind: 'remote', size: shared.size, cache: 'miss' }
       try {
         const { size } = await this.flights.bounded((signal) =>
           this.upstream.headBlob(name.upstream, digest, signal),
@@ -204,7 +204,7 @@ export class BlobLookup {
       () => clearTimeout(timer),
     )
     // Where the bytes came from: a blob from the shared tier is not published back to it.
-    let source: 'bucket' | 'upstream' = 'upstream'
+    let source = 'upstream' as 'bucket' | 'upstream'
     void this.upstream
       .fetchLimit(() =>
         fill.run({
@@ -223,7 +223,7 @@ export class BlobLookup {
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted({ digest, size, repo: name.upstream })
             this.log.info('store.blob_committed', { digest, size, repo: name.upstream, source })
-            if (source === 'upstream') this.publish(digest)
+            if (source === 'upstream') this.publish(digest, !this.upstream.hasCredentials)
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)
@@ -250,14 +250,16 @@ export class BlobLookup {
       )
       .catch((err: unknown) => this.log.error('store.blob_fill_crashed', { digest, error: err }))
     await this.settledReady(fill)
-    return { kind: 'fill', fill, cache: 'miss' }
+    // From the bucket it is a hit of the shared cache: no upstream request, and (for the
+    // accounting) no proof that upstream has it under this name.
+    return { kind: 'fill', fill, cache: source === 'bucket' ? 'hit' : 'miss' }
   }
 
   /** Puts a blob just fetched from upstream into the shared tier, behind its clients. */
-  private publish(digest: string): void {
+  private publish(digest: string, anonymous: boolean): void {
     if (this.store.shared === undefined) return
     const started = Date.now()
-    this.store.publish(digest).then(
+    this.store.publish(digest, { anonymous }).then(
       (outcome) => this.log.info('store.blob_published', { digest, outcome, ms: Date.now() - started }),
       (err: unknown) => this.log.warn('store.bucket_failed', { digest, op: 'publish', error: err }),
     )

@@ -22,7 +22,9 @@ import {
   type BucketCapabilities,
   type BucketSettings,
   bucketKey,
+  FETCHED_ANONYMOUSLY,
   type PublishSource,
+  type SharedStat,
   type SharedTier,
 } from './shared-tier.js'
 
@@ -60,12 +62,13 @@ export class S3Tier implements SharedTier {
     return { created, capabilities: this.capabilities }
   }
 
-  async stat(digest: string): Promise<number | undefined> {
+  async stat(digest: string): Promise<SharedStat | undefined> {
     try {
       const res = await this.client.send(
         new HeadObjectCommand({ Bucket: this.bucket, Key: bucketKey(this.prefix, digest) }),
       )
-      return res.ContentLength
+      if (res.ContentLength === undefined) return undefined
+      return { size: res.ContentLength, anonymous: res.Metadata?.fetched === FETCHED_ANONYMOUSLY.fetched }
     } catch (err) {
       if (isMissing(err)) return undefined
       throw err
@@ -94,23 +97,32 @@ export class S3Tier implements SharedTier {
   async publish(
     digest: string,
     source: PublishSource,
-    opts: { replace?: boolean } = {},
+    opts: { replace?: boolean; anonymous: boolean },
   ): Promise<'published' | 'present'> {
     // Another node may have published it already; identical bytes either way, so a HEAD saves
-    // the upload and nothing more. Not when the object there is known not to verify.
-    if (!opts.replace && (await this.stat(digest)) === source.size) return 'present'
+    // the upload. Not when the object there is known not to verify, nor to mark as anonymous
+    // an object whose bytes were (also) fetched with an account.
+    const there = opts.replace ? undefined : await this.stat(digest)
+    if (there?.size === source.size && (there.anonymous || !opts.anonymous)) return 'present'
     const key = bucketKey(this.prefix, digest)
+    const Metadata: Record<string, string> = opts.anonymous ? { ...FETCHED_ANONYMOUSLY } : {}
     if (source.size <= PART_SIZE) {
       const hash = createHash('sha256')
       const body = await readPart(source, 0, source.size, hash)
       checkDigest(digest, hash, source.size, body.length)
       await this.client.send(
-        new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length }),
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          Body: body,
+          ContentLength: body.length,
+          Metadata,
+        }),
       )
       return 'published'
     }
     const { UploadId } = await this.client.send(
-      new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key }),
+      new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, Metadata }),
     )
     if (UploadId === undefined) throw new Error(`bucket started no multipart upload for ${digest}`)
     try {

@@ -9,8 +9,13 @@
 //
 // Layout in the bucket, drawn once here (keys are built in bucketKey()):
 //
-//   <prefix>blobs/sha256/<first 2 hex>/<64 hex>    complete and verified, or absent
+//   <prefix>blobs/sha256/<first 2 hex>/<64 hex>    complete and verified, or absent;
+//                                                   x-amz-meta-fetched: "anonymous" when the
+//                                                   node fetched it without an upstream account
 //
+// That mark is what lets a node that never fetched a blob hand it to an anonymous client: a
+// blob some node fetched with an upstream account may be private, so without the mark the
+// mirror's visibility rules ask upstream, as they do for any blob of unknown origin.
 // A blob object is never half-written: a multipart upload is completed (or a small blob PUT)
 // only after the bytes read back from the committed file hashed to the digest; anything else
 // aborts it, and a janitor aborts uploads a dead process left behind. "Not in the bucket" is a
@@ -51,26 +56,36 @@ export interface SharedTier {
    * small object of its own that it removes. Rejects when the bucket cannot be reached.
    */
   start(): Promise<{ created: boolean; capabilities: BucketCapabilities }>
-  /** A blob's size in the bucket, or undefined when it is not there. */
-  stat(digest: string): Promise<number | undefined>
+  /** A blob's size in the bucket and whether it was fetched anonymously, or undefined. */
+  stat(digest: string): Promise<SharedStat | undefined>
   /** A blob's bytes from the bucket, or undefined when it is not there; `signal` aborts it. */
   get(digest: string, signal: AbortSignal): Promise<{ body: Readable; size: number } | undefined>
   /**
    * Publishes a committed local blob: reads it, hashes what it reads, and completes the object
    * only when sha256 and size match; aborts the upload otherwise. Resolves whether it published
    * or was already there; rejects (after the abort) when it could not. With `replace`, an object
-   * already there is written over (its bytes did not verify).
+   * already there is written over (its bytes did not verify). `anonymous`: fetched without an
+   * upstream account (see the layout above).
    */
   publish(
     digest: string,
     source: PublishSource,
-    opts?: { replace?: boolean },
+    opts: { replace?: boolean; anonymous: boolean },
   ): Promise<'published' | 'present'>
   /** Aborts multipart uploads under the prefix started more than `olderThanMs` ago; how many. */
   abortStaleUploads(olderThanMs: number): Promise<number>
   /** Lets go of connections. */
   close(): void
 }
+
+export interface SharedStat {
+  size: number
+  /** Fetched without an upstream account: anonymous pulls may read it. */
+  anonymous: boolean
+}
+
+/** The object metadata that marks a blob fetched without an upstream account. */
+export const FETCHED_ANONYMOUSLY = { fetched: 'anonymous' } as const
 
 /** A committed local blob to publish: its size, and positional reads of its bytes. */
 export interface PublishSource {

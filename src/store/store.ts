@@ -18,7 +18,7 @@
 import type { Readable } from 'node:stream'
 import type { BlobHandle, BlobStat, BlobStorage, BlobWriter, Detached } from './blob-storage.js'
 import type { IndexDb } from './index-db.js'
-import type { SharedTier } from './shared-tier.js'
+import type { SharedStat, SharedTier } from './shared-tier.js'
 
 /** What reconcile() did with one digest. */
 export type Settled = 'adopted' | 'dropped' | 'removed' | 'measured' | 'agreed' | 'absent'
@@ -88,8 +88,8 @@ export class Store {
     this.sharedDistrusted.add(digest)
   }
 
-  /** The size of a blob in the shared tier, as fromShared() decides whether to ask. */
-  async sizeInShared(digest: string): Promise<number | undefined> {
+  /** A blob in the shared tier (size; fetched anonymously?), asked as fromShared() asks. */
+  async statInShared(digest: string): Promise<SharedStat | undefined> {
     if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
     if (this.sharedDistrusted.has(digest)) return undefined
     try {
@@ -105,7 +105,7 @@ export class Store {
    * the upload (an eviction meanwhile does not cut it). Resolves with what happened: 'absent'
    * when there is no shared tier or the file went before it could be opened.
    */
-  publish(digest: string): Promise<'published' | 'present' | 'absent'> {
+  publish(digest: string, opts: { anonymous: boolean }): Promise<'published' | 'present' | 'absent'> {
     const shared = this.shared
     if (shared === undefined) return Promise.resolve('absent')
     const run = (async () => {
@@ -114,7 +114,7 @@ export class Store {
       const replace = this.sharedDistrusted.has(digest)
       try {
         const source = { size: opened.size, read: opened.handle.read.bind(opened.handle) }
-        const outcome = await shared.publish(digest, source, { replace })
+        const outcome = await shared.publish(digest, source, { replace, anonymous: opts.anonymous })
         if (replace) this.sharedDistrusted.delete(digest)
         return outcome
       } finally {

@@ -147,7 +147,15 @@ describe('S3 storage', () => {
     const digest = fake.up.addBlob(REPO, bytes)
     const damaged = Buffer.from(bytes)
     damaged[1000]! ^= 0xff
-    await client.send(new PutObjectCommand({ Bucket: bucket, Key: bucketKey('', digest), Body: damaged }))
+    // Marked as a node without an upstream account marks what it publishes.
+    await client.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: bucketKey('', digest),
+        Body: damaged,
+        Metadata: { fetched: 'anonymous' },
+      }),
+    )
 
     // The bucket's bytes are caught at the end: the client is cut, never given a clean end.
     const first = await mirror.get(blobPath(digest)).catch(() => undefined)
@@ -161,6 +169,37 @@ describe('S3 storage', () => {
     expect(fake.up.count('GET', `/blobs/${digest}`, 'cdn')).toBe(1)
     expect(await published(mirror, digest)).toMatchObject({ outcome: 'published' })
     expect(sha256(await objectBytes(bucket, bucketKey('', digest)))).toBe(digest)
+  })
+
+  test('a blob in the bucket not marked as fetched anonymously reaches an anonymous client only if upstream says so', async () => {
+    const bucket = newBucket()
+    const mirror = await fake.mirror({ env: s3.server.env(bucket) })
+    // As a node with an upstream account leaves them: no mark. One upstream has under REPO,
+    // one it does not (a private repository's layer, say).
+    const listed = randomBytes(100 * 1024)
+    const listedDigest = fake.up.addBlob(REPO, listed)
+    const unlisted = randomBytes(100 * 1024)
+    const unlistedDigest = sha256(unlisted)
+    for (const [digest, body] of [
+      [listedDigest, listed],
+      [unlistedDigest, unlisted],
+    ] as const) {
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: bucketKey('', digest), Body: body }))
+    }
+    fake.up.reset()
+    const ok = await mirror.get(blobPath(listedDigest))
+    expect(ok.status).toBe(200)
+    expect(sha256(ok.body)).toBe(listedDigest)
+    expect(ok.headers['x-pullcache-cache']).toBe('hit')
+    // Upstream was asked whether anonymous pulls may have it (a 401 challenge, then the HEAD
+    // with an anonymous token); the bytes came from the bucket.
+    expect(fake.up.count('HEAD', blobPath(listedDigest))).toBe(2)
+    expect(fake.up.count('GET', blobPath(listedDigest))).toBe(0)
+    expect(fake.up.count('GET', `/blobs/${listedDigest}`, 'cdn')).toBe(0)
+
+    const refused = await mirror.get(blobPath(unlistedDigest))
+    expect(refused.status).toBe(404)
+    expect(JSON.parse(refused.body.toString()).errors[0].code).toBe('BLOB_UNKNOWN')
   })
 
   test('a fill cut midway or with the wrong bytes leaves nothing in the bucket', async () => {
@@ -196,7 +235,7 @@ describe('S3 storage', () => {
           bytesRead: bytes.copy(buffer, offset, position, position + length),
         }),
       }
-      await expect(tier.publish(digest, source)).rejects.toBeInstanceOf(BlobMismatch)
+      await expect(tier.publish(digest, source, { anonymous: true })).rejects.toBeInstanceOf(BlobMismatch)
       // Three parts were sent; none of them became an object, and the upload is gone.
       expect(await keys(bucket)).toEqual([])
       expect(await uploads(bucket)).toEqual([])
