@@ -32,7 +32,8 @@ export function createS3Client(settings: BucketSettings): S3Client {
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
     maxAttempts: 2,
-    requestHandler: { connectionTimeout: 2000, requestTimeout: 30_000 },
+    // An idle limit, not a total one: a blob of gigabytes streams for minutes, and must.
+    requestHandler: { connectionTimeout: 2000, socketTimeout: 30_000 },
   })
 }
 
