@@ -165,6 +165,18 @@ export function parseNetwork(text: string): { address: string; prefix: number; f
   return { address: m[1]!, prefix, family }
 }
 
+/** An S3 endpoint: http or https, no credentials in it. */
+export const bucketEndpoint = z.string().transform((text, ctx) => {
+  const url = httpUrl(
+    text,
+    ctx,
+    'an S3 endpoint',
+    'AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the key files',
+  )
+  return url === undefined ? z.NEVER : url.href.replace(/\/$/, '')
+})
+writtenAs(bucketEndpoint, (href) => href)
+
 /**
  * Where a notification endpoint receives its events: http or https, no credentials in the URL
  * (they would end up in logs; a token goes in the endpoint's headers, which are never printed).

@@ -5,6 +5,7 @@
 
 import { z } from 'zod'
 import {
+  bucketEndpoint,
   DOCKER_HUB,
   duration,
   listen,
@@ -148,6 +149,45 @@ const schema = z
         peers: z.array(nodeUrl).prefault([]),
         // A file with the secret the nodes present to each other (or PULLCACHE_CLUSTER_SECRET).
         secret_file: z.string().min(1).nullable().default(null),
+      })
+      .prefault({}),
+    // Where blob bytes live: the local data dir alone, or an S3-compatible bucket behind it (the
+    // data dir then is the hot tier and the index; store/shared-tier.ts). The keys are a secret's
+    // neighbours, never the secret: credentials come from AWS_ACCESS_KEY_ID and
+    // AWS_SECRET_ACCESS_KEY or from the files named here.
+    storage: z
+      .strictObject({
+        type: z.enum(['local', 's3']).default('local'),
+        s3: z
+          .strictObject({
+            // null: AWS S3 itself, by region.
+            endpoint: bucketEndpoint.nullable().default(null),
+            bucket: z
+              .string()
+              .regex(
+                /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/,
+                'a bucket name of 3-63 lowercase letters, digits, "." or "-"',
+              )
+              .nullable()
+              .default(null),
+            // Keys go under it: "<prefix>blobs/sha256/..."; "" for the bucket's root.
+            prefix: z
+              .string()
+              .regex(/^([A-Za-z0-9._-]+\/)*$/, 'path segments each ending in "/", like "pullcache/"')
+              .default(''),
+            region: z.string().min(1).default('us-east-1'),
+            // Bucket in the path (http://host/bucket/key), as MinIO, Ceph and Swift want by default.
+            force_path_style: z.boolean().default(false),
+            access_key_id_file: z.string().min(1).nullable().default(null),
+            secret_access_key_file: z.string().min(1).nullable().default(null),
+            // Multipart uploads older than this are a dead process's: the janitor aborts them.
+            abandoned_upload_age: timerDuration('abort uploads still being written').prefault('6h'),
+          })
+          .prefault({}),
+      })
+      .refine((s) => s.type !== 's3' || s.s3.bucket !== null, {
+        message: 'S3 storage needs a bucket (storage.s3.bucket or PULLCACHE_S3_BUCKET)',
+        path: ['s3', 'bucket'],
       })
       .prefault({}),
     log: z

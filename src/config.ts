@@ -11,13 +11,20 @@ import { type ClientAuth, tlsProblems } from './tls.js'
 
 type Parsed = z.output<typeof schema>
 
-export interface Config extends Omit<Parsed, 'upstream' | 'upstreams' | 'tls' | 'cluster'> {
+export interface Config extends Omit<Parsed, 'upstream' | 'upstreams' | 'tls' | 'cluster' | 'storage'> {
   upstream: Parsed['upstream'] & { password: string | null }
+  /** With the bucket's keys when they are given (else the SDK looks for them itself, e.g. a role). */
+  storage: Parsed['storage'] & { credentials: BucketCredentials | null }
   /** secret: what the nodes present to each other (never in the file, never logged). */
   cluster: Parsed['cluster'] & { secret: string | null }
   upstreams: (Parsed['upstreams'][number] & { password: string | null })[]
   /** client_auth as it applies: its default depends on client_ca. */
   tls: Omit<Parsed['tls'], 'client_auth'> & { client_auth: ClientAuth }
+}
+
+export interface BucketCredentials {
+  accessKeyId: string
+  secretAccessKey: string
 }
 
 /** A tag pattern as the config holds it (cache.pins, cache.tag_freshness_rules), compiled. */
@@ -70,6 +77,14 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_NODE_URL: 'cluster.node_url',
   PULLCACHE_PEERS: 'cluster.peers',
   PULLCACHE_CLUSTER_SECRET_FILE: 'cluster.secret_file',
+  PULLCACHE_STORAGE: 'storage.type',
+  PULLCACHE_S3_ENDPOINT: 'storage.s3.endpoint',
+  PULLCACHE_S3_BUCKET: 'storage.s3.bucket',
+  PULLCACHE_S3_PREFIX: 'storage.s3.prefix',
+  PULLCACHE_S3_REGION: 'storage.s3.region',
+  PULLCACHE_S3_FORCE_PATH_STYLE: 'storage.s3.force_path_style',
+  PULLCACHE_S3_ACCESS_KEY_ID_FILE: 'storage.s3.access_key_id_file',
+  PULLCACHE_S3_SECRET_ACCESS_KEY_FILE: 'storage.s3.secret_access_key_file',
 }
 
 const NUMERIC_KEYS = new Set([
@@ -77,7 +92,13 @@ const NUMERIC_KEYS = new Set([
   'upstream.connections',
   'limits.max_connections',
 ])
-const BOOLEAN_KEYS = new Set(['log.access', 'offline', 'upstream.library_prefix', 'auth.anonymous'])
+const BOOLEAN_KEYS = new Set([
+  'log.access',
+  'offline',
+  'upstream.library_prefix',
+  'auth.anonymous',
+  'storage.s3.force_path_style',
+])
 /** Comma-separated lists in the environment. */
 const LIST_KEYS = new Set(['admin.allow', 'cluster.peers'])
 
@@ -161,6 +182,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     problems,
     'secret',
   )
+  const credentials = result.success ? bucketCredentials(result.data.storage, env, problems) : null
   const tls = result.success ? tlsOf(result.data.tls) : undefined
   // The files are read now, so a missing file or a key of another certificate stops the start
   // with the other config problems (and shows in `config check`), not at the first handshake.
@@ -195,6 +217,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     upstreams,
     cluster: { ...parsed.cluster, secret: clusterSecret },
     tls,
+    storage: { ...parsed.storage, credentials },
   }
   return deepFreeze(config)
 }
@@ -214,6 +237,45 @@ function addEnvEndpoint(raw: Record<string, unknown>, url: string, problems: str
 /** The tls section with client_auth's default applied. */
 function tlsOf(parsed: Parsed['tls']): Config['tls'] {
   return { ...parsed, client_auth: parsed.client_auth ?? (parsed.client_ca === null ? 'none' : 'optional') }
+}
+
+/**
+ * The bucket's keys: the standard AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the files
+ * named in storage.s3 (systemd's LoadCredential=), the pair from one place. Neither: null, and
+ * the SDK's own chain (a profile, an instance role) is left to find them. Only for S3 storage.
+ */
+function bucketCredentials(
+  storage: Parsed['storage'],
+  env: NodeJS.ProcessEnv,
+  problems: string[],
+): BucketCredentials | null {
+  if (storage.type !== 's3') return null
+  const { access_key_id_file: idFile, secret_access_key_file: secretFile } = storage.s3
+  const fromEnv = [env.AWS_ACCESS_KEY_ID, env.AWS_SECRET_ACCESS_KEY]
+  const files = [idFile, secretFile]
+  const read = (file: string, key: string) => {
+    try {
+      return readFileSync(file, 'utf8').trim()
+    } catch (err) {
+      problems.push(`storage.s3.${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
+      return ''
+    }
+  }
+  if (files.some((f) => f !== null)) {
+    if (idFile === null || secretFile === null) {
+      problems.push('storage.s3: name both key files (access_key_id_file and secret_access_key_file)')
+      return null
+    }
+    return {
+      accessKeyId: read(idFile, 'access_key_id_file'),
+      secretAccessKey: read(secretFile, 'secret_access_key_file'),
+    }
+  }
+  const [accessKeyId, secretAccessKey] = fromEnv
+  if (accessKeyId && secretAccessKey) return { accessKeyId, secretAccessKey }
+  if (accessKeyId || secretAccessKey)
+    problems.push('storage.s3: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither')
+  return null
 }
 
 /**

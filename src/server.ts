@@ -26,6 +26,7 @@ import { BlobStore } from './store/blob-store.js'
 import { Evictor, policyFrom } from './store/eviction.js'
 import { IndexDb } from './store/index-db.js'
 import { type BackgroundReconcile, reconcileInBackground } from './store/reconcile.js'
+import { bucketSettings, startSharedTier } from './store/shared-tier-start.js'
 import { Store } from './store/store.js'
 import { lockStore } from './store/store-lock.js'
 import {
@@ -78,7 +79,14 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   // After a clean stop the index is trusted as it is; otherwise it is reconciled with the files
   // in the background once the server listens (store/reconcile.ts).
   const trusted = index.takeCleanMark()
-  const store = new Store(blobs, index)
+  const shared =
+    config.storage.type === 's3'
+      ? await startSharedTier(bucketSettings(config.storage), {
+          log,
+          abandonedUploadAgeMs: config.storage.s3.abandoned_upload_age,
+        })
+      : undefined
+  const store = new Store(blobs, index, shared?.tier)
   log.info('store.opened', {
     data_dir: root,
     removed_temp_files: removedTemp,
@@ -309,6 +317,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await index.stopCheckpoints()
       // Events of the last responses and evictions get a short while to go out.
       await notifier.close()
+      // Uploads to the bucket of blobs committed here get the grace period to finish: a blob
+      // left out is fetched again by the next node that misses it.
+      await shared?.close(store.publishesDone(), graceMs)
       membership?.close()
       await Promise.allSettled(mirrors.all.map((m) => m.upstream.close()))
       // The last write: index and files agree, the next start need not check. Not after a
@@ -348,6 +359,7 @@ const RESTART_KEYS = [
   'log.level',
   'log.access',
   'cluster.node_url',
+  'storage',
 ]
 
 /**

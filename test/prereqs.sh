@@ -2,7 +2,8 @@
 # Installs what pullcache's tests need on Debian or Ubuntu: a real upstream registry
 # (distribution, Debian package docker-registry), real clients (skopeo, dockerd from docker.io,
 # containerd's ctr), apache2-utils' htpasswd for client accounts, a browser for the status
-# page's test (chromium), nginx as a load balancer, and the build tools for better-sqlite3's
+# page's test (chromium), nginx as a load balancer, an S3 server (OpenStack Swift's S3 API with
+# memcached, started by test/support/s3-server.sh), and the build tools for better-sqlite3's
 # native addon.
 # Packages already present are not installed again; nothing is downloaded from outside the
 # distribution's archive.
@@ -18,6 +19,9 @@ command -v ctr >/dev/null || need+=(containerd)
 command -v chromium >/dev/null || need+=(chromium)
 # The real `htpasswd -B` makes the client accounts file in the access tests.
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+# S3 storage's tests run a real S3 server: Swift's proxy with its s3api middleware, and memcached.
+[ -f /usr/lib/python3/dist-packages/swift/common/middleware/s3api/s3api.py ] || need+=(python3-swift)
+command -v memcached >/dev/null || need+=(memcached)
 command -v openssl >/dev/null || need+=(openssl)
 # nginx as the load balancer in front of several nodes (test/e2e/cluster-nginx.test.ts runs its
 # own on a loopback port; a system nginx the package may start is not used). Debian puts it in

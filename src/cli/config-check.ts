@@ -67,6 +67,13 @@ function secretNote(config: Config): string | undefined {
         : `upstream.password_file (${config.upstream.password_file})`
     notes.push(`the upstream password is not printed; it comes from ${from}`)
   }
+  if (config.storage.credentials !== null) {
+    const from =
+      config.storage.s3.access_key_id_file === null
+        ? 'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment'
+        : 'the files storage.s3.access_key_id_file and secret_access_key_file name'
+    notes.push(`the bucket's keys are not printed; they come from ${from}`)
+  }
   // Header values often carry a token: the headers are left out, their endpoints named.
   const withHeaders = config.notifications.endpoints.filter((e) => Object.keys(e.headers).length > 0)
   if (withHeaders.length > 0) {

@@ -12,6 +12,7 @@ import {
   liveUpstream,
   type StatsReport,
   statsReport,
+  storageReport,
 } from '../mirror/stats-report.js'
 import type { IndexDb } from '../store/index-db.js'
 import type { Store } from '../store/store.js'
@@ -45,7 +46,7 @@ export function serverStats(
 ): StatsReport {
   const now = Date.now()
   const view = viewer.user === null ? anonymousView(mirrors.root, deps.index) : undefined
-  return statsReport({
+  const report = statsReport({
     index: deps.index,
     since,
     view,
@@ -58,6 +59,7 @@ export function serverStats(
     uptimeSeconds: Math.floor((now - startedAt) / 1000),
     now,
   })
+  return { ...report, storage: storageReport(deps.store) }
 }
 
 /** Routes to mount at ADMIN_PREFIX. */

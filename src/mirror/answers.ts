@@ -24,7 +24,8 @@ export interface ManifestAnswer {
 
 export type BlobAnswer =
   | { kind: 'file'; handle: BlobHandle; size: number; allocated: number; cache: Outcome; release: () => void }
-  | { kind: 'fill'; fill: Fill; cache: 'miss' | 'coalesced' }
+  // 'hit': filled from the shared tier (the bucket), not from upstream.
+  | { kind: 'fill'; fill: Fill; cache: 'hit' | 'miss' | 'coalesced' }
   | { kind: 'remote'; size: number; cache: 'miss' }
 
 export interface TagListAnswer {

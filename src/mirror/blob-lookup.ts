@@ -172,7 +172,12 @@ export class BlobLookup {
     }
 
     if (method === 'HEAD') {
-      // Answer HEAD from upstream's HEAD: no download for a client that only asked about it.
+      // The shared tier first, then upstream's HEAD: no download for a client that only asked.
+      const shared = await this.store.statInShared(digest).catch((err: unknown) => {
+        this.log.warn('store.bucket_failed', { digest, op: 'stat', error: err })
+        return undefined
+      })
+      if (shared !== undefined) return { kind: 'remote', size: shared.size, cache: 'miss' }
       try {
         const { size } = await this.flights.bounded((signal) =>
           this.upstream.headBlob(name.upstream, digest, signal),
@@ -198,19 +203,43 @@ export class BlobLookup {
       () => clearTimeout(timer),
       () => clearTimeout(timer),
     )
+    // Where the bytes came from: a blob from the shared tier is not published back to it.
+    let source = 'upstream' as 'bucket' | 'upstream'
     void this.upstream
       .fetchLimit(() =>
         fill.run({
-          open: (signal) => this.upstream.getBlob(name.upstream, digest, signal),
+          open: async (signal) => {
+            const fromBucket = await this.store.fromShared(digest, signal).catch((err: unknown) => {
+              if (!signal.aborted) this.log.warn('store.bucket_failed', { digest, op: 'get', error: err })
+              return undefined
+            })
+            if (fromBucket !== undefined) {
+              source = 'bucket'
+              return fromBucket
+            }
+            return this.upstream.getBlob(name.upstream, digest, signal)
+          },
           onCommit: (size) => {
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted({ digest, size, repo: name.upstream })
-            this.log.info('store.blob_committed', { digest, size, repo: name.upstream })
+            this.log.info('store.blob_committed', { digest, size, repo: name.upstream, source })
+            if (source === 'upstream') this.publish(digest, !this.upstream.hasCredentials)
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)
-            this.metrics.upstreamBytes.inc({ upstream: this.upstream.host }, fill.received)
+            if (source === 'upstream')
+              this.metrics.upstreamBytes.inc({ upstream: this.upstream.host }, fill.received)
             if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
+            if (
+              fill.state === 'failed' &&
+              source === 'bucket' &&
+              fill.error instanceof UpstreamError &&
+              fill.error.kind === 'INVALID'
+            ) {
+              // The next request fetches it from upstream, and its publish replaces the object.
+              this.store.distrustShared(digest)
+              this.log.warn('store.bucket_blob_invalid', { digest, error: fill.error })
+            }
             if (
               fill.state === 'failed' &&
               !(fill.error instanceof UpstreamError && fill.error.kind === 'NOT_FOUND')
@@ -222,7 +251,19 @@ export class BlobLookup {
       )
       .catch((err: unknown) => this.log.error('store.blob_fill_crashed', { digest, error: err }))
     await this.settledReady(fill)
-    return { kind: 'fill', fill, cache: 'miss' }
+    // From the bucket it is a hit of the shared cache: no upstream request, and (for the
+    // accounting) no proof that upstream has it under this name.
+    return { kind: 'fill', fill, cache: source === 'bucket' ? 'hit' : 'miss' }
+  }
+
+  /** Puts a blob just fetched from upstream into the shared tier, behind its clients. */
+  private publish(digest: string, anonymous: boolean): void {
+    if (this.store.shared === undefined) return
+    const started = Date.now()
+    this.store.publish(digest, { anonymous }).then(
+      (outcome) => this.log.info('store.blob_published', { digest, outcome, ms: Date.now() - started }),
+      (err: unknown) => this.log.warn('store.bucket_failed', { digest, op: 'publish', error: err }),
+    )
   }
 
   private async settledReady(fill: Fill): Promise<void> {

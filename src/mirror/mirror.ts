@@ -62,6 +62,7 @@ export class Mirror {
   /** What anonymous clients may read. */
   readonly visibility: Visibility
   private readonly index: IndexDb
+  private readonly store: Store
   private readonly log: Logger
   private readonly flights: Flights
   private readonly blobs: BlobLookup
@@ -72,6 +73,7 @@ export class Mirror {
   constructor(opts: MirrorOptions) {
     this.upstream = opts.upstream
     this.index = opts.index
+    this.store = opts.store
     this.log = opts.log
     this.flights = new Flights(opts.upstream.headerTimeoutMs)
     this.blobs = new BlobLookup({
@@ -170,10 +172,18 @@ export class Mirror {
       )
         return true
     }
-    const held =
+    let held =
       kind === 'blob'
         ? this.blobs.fillFor(digest) !== undefined || this.index.getBlob(digest) !== undefined
         : this.flights.has(`manifest\0${digest}`) || this.manifests.cachedManifest(digest) !== undefined
+    if (!held && kind === 'blob' && this.store.shared !== undefined) {
+      // The bucket would serve it without asking upstream, and any node on the bucket may have
+      // fetched it with an account: public only when marked as fetched anonymously. A bucket
+      // that does not answer now is not asked by the fill either.
+      const shared = await this.store.statInShared(digest).catch(() => undefined)
+      if (shared?.anonymous) return true
+      held = shared !== undefined
+    }
     if (!held) return true
     return this.visibility.digestReadable(name.upstream, digest, kind)
   }

@@ -18,6 +18,7 @@ import {
   type Totals,
   tagStats,
 } from '../store/stats.js'
+import type { Store } from '../store/store.js'
 import { VERSION } from '../version.js'
 import type { Mirror } from './mirror.js'
 
@@ -83,6 +84,11 @@ export interface StatsReport {
   upstream: UpstreamReport
   /** Every upstream, the root first, each with the totals of requests for its repositories. */
   upstreams: UpstreamShare[]
+  /**
+   * Where blobs live: the local store alone, or a bucket behind it with what its start-up probe
+   * found (null when the bucket could not be probed). Absent when no running server was asked.
+   */
+  storage?: StorageReport
 }
 
 /** One upstream's part: its condition and its requests' totals. */
@@ -90,6 +96,38 @@ export interface UpstreamShare extends UpstreamReport {
   /** The registry name clients use for it ("docker.io", "ghcr.io"). */
   host: string
   totals: Totals
+}
+
+export type StorageReport =
+  | { type: 'local' }
+  | {
+      type: 's3'
+      endpoint: string | null
+      bucket: string
+      prefix: string
+      capabilities: {
+        conditional_create: boolean
+        conditional_replace: boolean
+        presigned_get: boolean
+      } | null
+    }
+
+/** The storage part of the stats document, from the store of a running server. */
+export function storageReport(store: Store): StorageReport {
+  const shared = store.shared
+  if (shared === undefined) return { type: 'local' }
+  const found = shared.capabilities
+  return {
+    ...shared.describe,
+    capabilities:
+      found === undefined
+        ? null
+        : {
+            conditional_create: found.conditionalCreate,
+            conditional_replace: found.conditionalReplace,
+            presigned_get: found.presignedGet,
+          },
+  }
 }
 
 /** An upstream as the report gets it: its host, its names' prefix in the index, its condition. */

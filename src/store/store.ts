@@ -15,8 +15,10 @@
 // fresh look at the row, statNow at the file): a commit puts the file before the row, and an
 // eviction takes both in one step, so neither can fall between a look and the write it decides.
 
+import type { Readable } from 'node:stream'
 import type { BlobHandle, BlobStat, BlobStorage, BlobWriter, Detached } from './blob-storage.js'
 import type { IndexDb } from './index-db.js'
+import type { SharedStat, SharedTier } from './shared-tier.js'
 
 /** What reconcile() did with one digest. */
 export type Settled = 'adopted' | 'dropped' | 'removed' | 'measured' | 'agreed' | 'absent'
@@ -37,13 +39,97 @@ export interface Eviction<T extends Evictable> {
   failed: { blob: T; error: unknown; restoreError?: unknown }[]
 }
 
+/** After the bucket failed to answer, it is not asked again for this long: misses go upstream. */
+const SHARED_BACKOFF_MS = 30_000
+
 export class Store {
   readonly blobs: BlobStorage
   readonly index: IndexDb
+  /** The bucket behind the local hot tier (store/shared-tier.ts), when S3 storage is configured. */
+  readonly shared: SharedTier | undefined
+  private sharedDownUntil = 0
+  /** Digests whose bytes in the shared tier did not verify: not read from there again. */
+  private readonly sharedDistrusted = new Set<string>()
+  private readonly publishing = new Set<Promise<unknown>>()
 
-  constructor(blobs: BlobStorage, index: IndexDb) {
+  constructor(blobs: BlobStorage, index: IndexDb, shared?: SharedTier) {
     this.blobs = blobs
     this.index = index
+    this.shared = shared
+  }
+
+  /**
+   * A blob's bytes from the shared tier for a local miss, or undefined when it has none, has no
+   * such blob, or failed lately (then the caller goes upstream: a bucket that is down costs one
+   * timeout per backoff period, not one per pull). A failure is rethrown once, for the log.
+   */
+  async fromShared(
+    digest: string,
+    signal: AbortSignal,
+  ): Promise<{ body: Readable; size: number } | undefined> {
+    if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
+    if (this.sharedDistrusted.has(digest)) return undefined
+    try {
+      return await this.shared.get(digest, signal)
+    } catch (err) {
+      if (!signal.aborted) this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
+      throw err
+    }
+  }
+
+  /**
+   * The shared tier's bytes for `digest` did not verify (damaged, or written by something other
+   * than pullcache): they are not read again, and the next publish of the blob, from bytes
+   * verified here, replaces them.
+   */
+  distrustShared(digest: string): void {
+    // A bound, not a cache policy: this many damaged objects means something else is wrong.
+    if (this.sharedDistrusted.size >= 10_000) this.sharedDistrusted.clear()
+    this.sharedDistrusted.add(digest)
+  }
+
+  /** A blob in the shared tier (size; fetched anonymously?), asked as fromShared() asks. */
+  async statInShared(digest: string): Promise<SharedStat | undefined> {
+    if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
+    if (this.sharedDistrusted.has(digest)) return undefined
+    try {
+      return await this.shared.stat(digest)
+    } catch (err) {
+      this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
+      throw err
+    }
+  }
+
+  /**
+   * Publishes a committed blob to the shared tier from its local file, which is held open for
+   * the upload (an eviction meanwhile does not cut it). Resolves with what happened: 'absent'
+   * when there is no shared tier or the file went before it could be opened.
+   */
+  publish(digest: string, opts: { anonymous: boolean }): Promise<'published' | 'present' | 'absent'> {
+    const shared = this.shared
+    if (shared === undefined) return Promise.resolve('absent')
+    const run = (async () => {
+      const opened = await this.blobs.openBlob(digest)
+      if (opened === undefined) return 'absent' as const
+      const replace = this.sharedDistrusted.has(digest)
+      try {
+        const source = { size: opened.size, read: opened.handle.read.bind(opened.handle) }
+        const outcome = await shared.publish(digest, source, { replace, anonymous: opts.anonymous })
+        if (replace) this.sharedDistrusted.delete(digest)
+        return outcome
+      } finally {
+        await opened.handle.close()
+      }
+    })()
+    const tracked = run.catch(() => {})
+    this.publishing.add(tracked)
+    void tracked.finally(() => this.publishing.delete(tracked))
+    return run
+  }
+
+  /** Resolves when the publishes started so far have ended, for a clean stop. */
+  async publishesDone(): Promise<void> {
+    await Promise.all([...this.publishing])
   }
 
   openBlob(digest: string): Promise<{ handle: BlobHandle; size: number; allocated: number } | undefined> {

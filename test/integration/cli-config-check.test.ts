@@ -147,6 +147,25 @@ describe('pullcache config check', () => {
     }
   })
 
+  test("the bucket's keys are not printed, and the note says where they come from", async () => {
+    const r = await runCli(['config', 'check'], {
+      env: {
+        PULLCACHE_STORAGE: 's3',
+        PULLCACHE_S3_BUCKET: 'pullcache-blobs',
+        PULLCACHE_S3_ENDPOINT: 'http://127.0.0.1:6280',
+        AWS_ACCESS_KEY_ID: 'AKID-7f3a',
+        AWS_SECRET_ACCESS_KEY: 'secret-51c9',
+      },
+    })
+    expect(r.code).toBe(0)
+    expect(r.stdout + r.stderr).not.toMatch(/AKID-7f3a|secret-51c9/)
+    expect(r.stderr).toContain("the bucket's keys are not printed; they come from AWS_ACCESS_KEY_ID")
+    expect(JSON.parse(r.stdout).storage).toMatchObject({
+      type: 's3',
+      s3: { bucket: 'pullcache-blobs', endpoint: 'http://127.0.0.1:6280' },
+    })
+  })
+
   test('what it prints is a file --config loads back to the same configuration', async () => {
     const dir = await tmpRoot()
     try {

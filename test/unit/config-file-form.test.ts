@@ -106,6 +106,19 @@ const EVERYTHING = {
   index: { flush_interval: '250ms', accounting_retention: '90d' },
   auth: { htpasswd: '/etc/pullcache/htpasswd', anonymous: false },
   admin: { allow: ['10.0.0.0/8', '::1'] },
+  storage: {
+    type: 's3',
+    s3: {
+      endpoint: 'http://127.0.0.1:6280',
+      bucket: 'pullcache-blobs',
+      prefix: 'site-a/',
+      region: 'eu-west-1',
+      force_path_style: true,
+      access_key_id_file: null,
+      secret_access_key_file: null,
+      abandoned_upload_age: '12h',
+    },
+  },
   log: { level: 'debug', access: false },
   // The secret file is read at load: the round trip below puts one in its place.
   cluster: {

@@ -266,3 +266,75 @@ describe('config', () => {
       ).toBe(true)
   })
 })
+
+describe('storage', () => {
+  const s3Env = {
+    PULLCACHE_STORAGE: 's3',
+    PULLCACHE_S3_ENDPOINT: 'http://127.0.0.1:6280/',
+    PULLCACHE_S3_BUCKET: 'pullcache-blobs',
+    PULLCACHE_S3_PREFIX: 'site-a/',
+    PULLCACHE_S3_REGION: 'eu-west-1',
+    PULLCACHE_S3_FORCE_PATH_STYLE: '1',
+  }
+
+  test('local by default, with no credentials looked for', () => {
+    const c = loadConfig({ env: { AWS_ACCESS_KEY_ID: 'only-one' } })
+    expect(c.storage.type).toBe('local')
+    expect(c.storage.credentials).toBeNull()
+  })
+
+  test('S3 from the environment, keys from the standard AWS variables, never in the file form', () => {
+    const c = loadConfig({ env: { ...s3Env, AWS_ACCESS_KEY_ID: 'AKID', AWS_SECRET_ACCESS_KEY: 'sekrit' } })
+    expect(c.storage).toMatchObject({
+      type: 's3',
+      s3: {
+        endpoint: 'http://127.0.0.1:6280',
+        bucket: 'pullcache-blobs',
+        prefix: 'site-a/',
+        region: 'eu-west-1',
+        force_path_style: true,
+      },
+      credentials: { accessKeyId: 'AKID', secretAccessKey: 'sekrit' },
+    })
+    const printed = JSON.stringify(fileForm(c))
+    expect(printed).not.toContain('AKID')
+    expect(printed).not.toContain('sekrit')
+  })
+
+  test('keys from files (systemd credentials), trailing newline dropped', async () => {
+    const dir = await tmpRoot('pullcache-conf')
+    await writeFile(join(dir, 'id'), 'AKID-FILE\n')
+    await writeFile(join(dir, 'secret'), 'sekrit-file\n')
+    const c = loadConfig({
+      env: {
+        ...s3Env,
+        PULLCACHE_S3_ACCESS_KEY_ID_FILE: join(dir, 'id'),
+        PULLCACHE_S3_SECRET_ACCESS_KEY_FILE: join(dir, 'secret'),
+      },
+    })
+    expect(c.storage.credentials).toEqual({ accessKeyId: 'AKID-FILE', secretAccessKey: 'sekrit-file' })
+  })
+
+  test('what cannot work is refused at once: no bucket, half a key pair, a key in the URL', () => {
+    expect(problems(() => loadConfig({ env: { PULLCACHE_STORAGE: 's3' } }))).toEqual([
+      'storage.s3.bucket: S3 storage needs a bucket (storage.s3.bucket or PULLCACHE_S3_BUCKET)',
+    ])
+    expect(problems(() => loadConfig({ env: { ...s3Env, AWS_ACCESS_KEY_ID: 'AKID' } }))).toEqual([
+      'storage.s3: set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither',
+    ])
+    const found = problems(() =>
+      loadConfig({
+        env: {
+          ...s3Env,
+          PULLCACHE_S3_ENDPOINT: 'http://AKID:sekrit@127.0.0.1:6280',
+          PULLCACHE_S3_PREFIX: '/x',
+        },
+      }),
+    )
+    expect(found).toHaveLength(2)
+    expect(found.join('\n')).not.toContain('sekrit')
+    expect(problems(() => loadConfig({ env: { ...s3Env, PULLCACHE_STORAGE: 'nfs' } }))[0]).toMatch(
+      /^storage\.type:/,
+    )
+  })
+})

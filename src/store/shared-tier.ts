@@ -1,0 +1,102 @@
+// The shared tier: blobs in an S3-compatible bucket, behind the local store. The local data dir
+// stays what it is (the hot tier and the node's index: synchronous looks, positional reads,
+// the budget); the bucket holds what must outlive a node and what other nodes may serve.
+//
+//   read   local hot tier -> bucket (fetched through the mirror's fill, verified again and
+//          admitted to the hot tier) -> upstream
+//   fill   upstream -> verified local commit (clients released) -> published to the bucket from
+//          the committed file, behind the clients, completed only when its sha256 and size match
+//
+// Layout in the bucket, drawn once here (keys are built in bucketKey()):
+//
+//   <prefix>blobs/sha256/<first 2 hex>/<64 hex>    complete and verified, or absent;
+//                                                   x-amz-meta-fetched: "anonymous" when the
+//                                                   node fetched it without an upstream account
+//
+// That mark is what lets a node that never fetched a blob hand it to an anonymous client: a
+// blob some node fetched with an upstream account may be private, so without the mark the
+// mirror's visibility rules ask upstream, as they do for any blob of unknown origin.
+// A blob object is never half-written: a multipart upload is completed (or a small blob PUT)
+// only after the bytes read back from the committed file hashed to the digest; anything else
+// aborts it, and a janitor aborts uploads a dead process left behind. "Not in the bucket" is a
+// miss whatever the index says, and a duplicate publish writes identical bytes, so nothing
+// here depends on a lock or on conditional writes.
+//
+// The AWS SDK is loaded only when S3 storage is configured (store/shared-tier-start.ts imports
+// store/s3-storage.ts dynamically), so a node on local storage never holds it in memory.
+
+import type { Readable } from 'node:stream'
+
+/** What a start-up probe found the store can do; conditional writes are used only where true. */
+export interface BucketCapabilities {
+  /** PUT with If-None-Match: * refuses to replace an object (412). */
+  conditionalCreate: boolean
+  /** PUT with If-Match: <etag> replaces only that version (and refuses another). */
+  conditionalReplace: boolean
+  /** A presigned GET URL reads the object without other credentials. */
+  presignedGet: boolean
+}
+
+export interface BucketSettings {
+  endpoint: string | null
+  bucket: string
+  prefix: string
+  region: string
+  forcePathStyle: boolean
+  credentials: { accessKeyId: string; secretAccessKey: string } | null
+}
+
+export interface SharedTier {
+  /** Where the tier is, for logs and stats: never credentials. */
+  readonly describe: { type: 's3'; endpoint: string | null; bucket: string; prefix: string }
+  /** The last probe's findings, or undefined before (or without) a successful one. */
+  readonly capabilities: BucketCapabilities | undefined
+  /**
+   * Creates the bucket when it is missing (and the keys may), then probes what it can do, with a
+   * small object of its own that it removes. Rejects when the bucket cannot be reached.
+   */
+  start(): Promise<{ created: boolean; capabilities: BucketCapabilities }>
+  /** A blob's size in the bucket and whether it was fetched anonymously, or undefined. */
+  stat(digest: string): Promise<SharedStat | undefined>
+  /** A blob's bytes from the bucket, or undefined when it is not there; `signal` aborts it. */
+  get(digest: string, signal: AbortSignal): Promise<{ body: Readable; size: number } | undefined>
+  /**
+   * Publishes a committed local blob: reads it, hashes what it reads, and completes the object
+   * only when sha256 and size match; aborts the upload otherwise. Resolves whether it published
+   * or was already there; rejects (after the abort) when it could not. With `replace`, an object
+   * already there is written over (its bytes did not verify). `anonymous`: fetched without an
+   * upstream account (see the layout above).
+   */
+  publish(
+    digest: string,
+    source: PublishSource,
+    opts: { replace?: boolean; anonymous: boolean },
+  ): Promise<'published' | 'present'>
+  /** Aborts multipart uploads under the prefix started more than `olderThanMs` ago; how many. */
+  abortStaleUploads(olderThanMs: number): Promise<number>
+  /** Lets go of connections. */
+  close(): void
+}
+
+export interface SharedStat {
+  size: number
+  /** Fetched without an upstream account: anonymous pulls may read it. */
+  anonymous: boolean
+}
+
+/** The object metadata that marks a blob fetched without an upstream account. */
+export const FETCHED_ANONYMOUSLY = { fetched: 'anonymous' } as const
+
+/** A committed local blob to publish: its size, and positional reads of its bytes. */
+export interface PublishSource {
+  size: number
+  read(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>
+}
+
+/** The bucket's key of a blob under `prefix` (which ends in '/' when not empty). */
+export function bucketKey(prefix: string, digest: string): string {
+  const hex = digest.slice('sha256:'.length)
+  if (!digest.startsWith('sha256:') || !/^[0-9a-f]{64}$/.test(hex))
+    throw new Error(`not a sha256 digest: ${digest}`)
+  return `${prefix}blobs/sha256/${hex.slice(0, 2)}/${hex}`
+}

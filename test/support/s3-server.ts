@@ -1,0 +1,91 @@
+// A real S3 server (test/support/s3-server.sh: Swift's S3 API) for one test file: started in
+// beforeAll with its own state dir, stopped and removed in afterAll. Each file gets its own, on
+// five free ports of 6200-6299 (the script's range): a base is picked at random and another
+// tried when the script finds one taken, so files run side by side never share a server.
+
+import { execFile } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { afterAll, beforeAll } from 'vitest'
+
+const SCRIPT = join(import.meta.dirname, 's3-server.sh')
+const run = promisify(execFile)
+
+export interface S3Server {
+  endpoint: string
+  accessKeyId: string
+  secretAccessKey: string
+  region: string
+  /** Seconds the start took (config, rings, five daemons, all answering). */
+  startSeconds: number
+  /** The env a pullcache needs to keep its blobs in `bucket` on this server. */
+  env(bucket: string, prefix?: string): Record<string, string>
+}
+
+export async function startS3Server(): Promise<S3Server & { stop(): Promise<void> }> {
+  const state = await mkdtemp(join(tmpdir(), 'pullcache-s3-'))
+  const stop = async () => {
+    await run('bash', [SCRIPT, 'stop'], { env: { ...process.env, S3_STATE: state } }).catch(() => {})
+    await rm(state, { recursive: true, force: true, maxRetries: 3 })
+  }
+  const started = Date.now()
+  for (let attempt = 0; ; attempt++) {
+    const base = 6200 + 5 * Math.floor(Math.random() * 19) // 6200..6290: the base and 4 more
+    try {
+      const { stdout } = await run('bash', [SCRIPT, 'start'], {
+        env: { ...process.env, S3_STATE: state, S3_PORT: String(base) },
+      })
+      const vars = Object.fromEntries(
+        stdout
+          .trim()
+          .split('\n')
+          .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+      )
+      const server = {
+        endpoint: vars.S3_ENDPOINT!,
+        accessKeyId: vars.S3_ACCESS_KEY_ID!,
+        secretAccessKey: vars.S3_SECRET_ACCESS_KEY!,
+        region: vars.S3_REGION!,
+        startSeconds: (Date.now() - started) / 1000,
+      }
+      return {
+        ...server,
+        env: (bucket, prefix = '') => ({
+          PULLCACHE_STORAGE: 's3',
+          PULLCACHE_S3_ENDPOINT: server.endpoint,
+          PULLCACHE_S3_BUCKET: bucket,
+          PULLCACHE_S3_PREFIX: prefix,
+          PULLCACHE_S3_REGION: server.region,
+          PULLCACHE_S3_FORCE_PATH_STYLE: 'true',
+          AWS_ACCESS_KEY_ID: server.accessKeyId,
+          AWS_SECRET_ACCESS_KEY: server.secretAccessKey,
+        }),
+        stop,
+      }
+    } catch (err) {
+      // Exit 3: a port was taken (another file's server, or anything else); try other ports.
+      if ((err as { code?: unknown }).code === 3 && attempt < 10) continue
+      await stop()
+      throw err
+    }
+  }
+}
+
+/** One S3 server for the test file that calls this (at its top level). */
+export function useS3Server(): { readonly server: S3Server } {
+  let server: Awaited<ReturnType<typeof startS3Server>> | undefined
+  beforeAll(async () => {
+    server = await startS3Server()
+  })
+  afterAll(async () => {
+    await server?.stop()
+  })
+  return {
+    get server() {
+      if (server === undefined) throw new Error('the S3 server starts in beforeAll')
+      return server
+    },
+  }
+}
