@@ -272,4 +272,7 @@ export const otherUpstream = z.strictObject({
   library_prefix: z.boolean().default(false),
   // This registry's tag freshness; unset: cache.tag_freshness (tag_freshness_rules apply first).
   tag_freshness: duration.optional(),
+  // The most of cache.max_size the blobs only this registry's repositories use may take (0.25:
+  // a quarter); over it, its least recently used blobs go first. Unset: no share of its own.
+  budget_share: z.number().gt(0).max(1).optional(),
 })

@@ -216,6 +216,26 @@ const schema = z
         }
         seen.add(host)
       })
+      // Shares are of cache.max_size: without a budget there is nothing to share, and together
+      // they cannot be more than all of it.
+      const shares = list.map((e) => (e as { budget_share?: unknown } | null)?.budget_share)
+      const given = shares.filter((s): s is number => typeof s === 'number')
+      const maxSize = (config.cache as { max_size?: unknown } | undefined)?.max_size
+      if (given.length > 0 && (maxSize === null || maxSize === undefined)) {
+        const i = shares.findIndex((s) => typeof s === 'number')
+        ctx.addIssue({
+          code: 'custom',
+          path: ['upstreams', i, 'budget_share'],
+          message: 'a budget share is a share of cache.max_size, which is not set',
+        })
+      }
+      if (given.reduce((a, b) => a + b, 0) > 1) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['upstreams'],
+          message: 'the budget shares of the upstreams add up to more than 1',
+        })
+      }
     },
     { when: () => true },
   )

@@ -92,7 +92,14 @@ export function buildMirrors(config: Config, deps: UpstreamDeps): Mirrors {
 }
 
 /** The keys of an `upstreams` entry a reload applies; any other change needs a restart. */
-const RELOADABLE = new Set(['username', 'password_file', 'password', 'tag_freshness', 'rate_limit_reserve'])
+const RELOADABLE = new Set([
+  'username',
+  'password_file',
+  'password',
+  'tag_freshness',
+  'rate_limit_reserve',
+  'budget_share',
+])
 
 /** Whether the upstreams list differs in what only a restart applies. */
 export function upstreamsNeedRestart(a: Config, b: Config): boolean {

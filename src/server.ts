@@ -23,7 +23,8 @@ import { evictEvents, fillEvent } from './notify/events.js'
 import { metricCounters, Notifier } from './notify/notifier.js'
 import { buildMirrors, reloadUpstreams, upstreamsNeedRestart } from './server-upstreams.js'
 import { BlobStore } from './store/blob-store.js'
-import { Evictor, policyFrom } from './store/eviction.js'
+import { Evictor } from './store/eviction.js'
+import { budgetShares, policyFrom } from './store/eviction-policy.js'
 import { IndexDb } from './store/index-db.js'
 import { type BackgroundReconcile, reconcileInBackground } from './store/reconcile.js'
 import { bucketSettings, startSharedTier } from './store/shared-tier-start.js'
@@ -135,7 +136,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     store,
     log,
     metrics,
-    policy: policyFrom(config.cache),
+    policy: policyFrom(config.cache, budgetShares(config)),
     inUse: (digest) => mirrors.isInUse(digest),
     onEvicted: (blobs) => {
       for (const event of evictEvents(blobs)) notifier.emit(event)
@@ -256,9 +257,12 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     // Against the start's config too: the upstreams made then are the ones running.
     if (upstreamsNeedRestart(config, next)) needRestart.push('upstreams')
     changed.push(...reloadUpstreams(mirrors, current, next))
-    const policy = (c: Config) => ({ ...policyFrom(c.cache), pins: c.cache.pins.map((p) => p.text) })
+    const policy = (c: Config) => ({
+      ...policyFrom(c.cache, budgetShares(c)),
+      pins: c.cache.pins.map((p) => p.text),
+    })
     if (differs(policy(next), policy(current))) {
-      evictor.setPolicy(policyFrom(next.cache))
+      evictor.setPolicy(policyFrom(next.cache, budgetShares(next)))
       changed.push('cache.eviction')
     }
     if (next.offline !== current.offline) {

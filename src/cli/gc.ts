@@ -8,7 +8,8 @@ import { join, resolve } from 'node:path'
 import { humanBytes } from '../human-bytes.js'
 import { createLogger, silentLogger } from '../log.js'
 import { BlobStore } from '../store/blob-store.js'
-import { type EvictionPlan, Evictor, policyFrom } from '../store/eviction.js'
+import { type EvictionPlan, Evictor } from '../store/eviction.js'
+import { budgetShares, policyFrom } from '../store/eviction-policy.js'
 import { IndexDb } from '../store/index-db.js'
 import { Store } from '../store/store.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, parseCommand } from './args.js'
@@ -52,7 +53,7 @@ export async function gc(args: string[]): Promise<number> {
     const evictor = new Evictor({
       store: new Store(new BlobStore(root), index),
       log: values.json ? silentLogger : createLogger('warn'),
-      policy: policyFrom(config.cache),
+      policy: policyFrom(config.cache, budgetShares(config)),
     })
     const plan = evictor.plan()
     if (values['dry-run']) {

@@ -23,24 +23,23 @@
 // one costs a counted Docker Hub pull to get it back.
 
 import pLimit from 'p-limit'
-import type { TagPattern } from '../config.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
+import { pinnedDigests, pinnedDigestsPaged } from './eviction-pins.js'
+import type { BudgetShare, EvictionPolicy } from './eviction-policy.js'
 import type { IndexDb } from './index-db.js'
-import { type EvictionQueries, TAG_PAGE, type TagKey } from './index-eviction.js'
+import type { AgedBlob, EvictionQueries } from './index-eviction.js'
 import type { Store } from './store.js'
-
-export interface EvictionPolicy {
-  maxSize: number | null
-  highWater: number
-  lowWater: number
-  maxUnusedAgeMs: number | null
-  pins: readonly TagPattern[]
-}
 
 export interface EvictionPlan {
   /** `size` is the blob's length, `allocated` what its file takes on disk. */
-  blobs: { digest: string; size: number; allocated: number; lastAccess: number; reason: 'size' | 'age' }[]
+  blobs: {
+    digest: string
+    size: number
+    allocated: number
+    lastAccess: number
+    reason: 'size' | 'age' | 'share'
+  }[]
   manifests: { digest: string; lastAccess: number }[]
   tags: { registry: string; repo: string; tag: string }[]
   /** Bytes on disk the plan frees. */
@@ -123,11 +122,18 @@ export class Evictor {
     return maxSize !== null && this.index.storeTotals().allocated > maxSize * highWater
   }
 
+  /** Registries whose own blobs take more than their share, with those blobs' bytes. */
+  private sharesOver(): { share: BudgetShare; bytes: number }[] {
+    return (this.policy.shares ?? [])
+      .map((share) => ({ share, bytes: this.queries.ownBytes(share.registry, share.prefix) }))
+      .filter(({ share, bytes }) => bytes > share.bytes)
+  }
+
   /** What eviction would remove now, without removing anything. */
   plan(now = Date.now()): EvictionPlan {
     // Last-access times of recent requests are still in the write buffer.
     this.index.flush()
-    const pinned = this.pinnedDigests()
+    const pinned = pinnedDigests(this.queries, this.policy.pins)
     const { maxSize, highWater, lowWater, maxUnusedAgeMs } = this.policy
     const blobs: EvictionPlan['blobs'] = []
     const chosen = new Set<string>()
@@ -150,6 +156,20 @@ export class Evictor {
         blobs.push({ ...row, reason: 'size' })
         chosen.add(row.digest)
         remaining -= row.allocated
+      }
+    }
+
+    for (const { share, bytes } of this.sharesOver()) {
+      let own = bytes
+      for (const row of this.queries.ownOldest(share.registry, share.prefix, -1)) {
+        if (own <= share.bytes * lowWater) break
+        if (pinned.has(row.digest)) continue
+        if (!chosen.has(row.digest)) {
+          blobs.push({ ...row, reason: 'share' })
+          chosen.add(row.digest)
+          remaining -= row.allocated
+        }
+        own -= row.allocated
       }
     }
 
@@ -195,14 +215,19 @@ export class Evictor {
     // Read to the end (one row): an iterator left open keeps the statement busy, and the
     // connection then refuses every write of this run.
     const ageDue = maxUnusedAgeMs !== null && [...this.queries.oldest(now - maxUnusedAgeMs, 1)].length > 0
-    if (!ageDue && !this.overBudget()) return result
+    const sharesOver = this.sharesOver()
+    if (!ageDue && !this.overBudget() && sharesOver.length === 0) return result
     // Last-access times of recent requests are still in the write buffer.
     this.index.flush()
-    const pinned = await this.pinnedDigestsPaged()
-    const walk = async (cutoff: number | null, reason: 'age' | 'size', done: () => boolean) => {
+    const pinned = await pinnedDigestsPaged(this.queries, this.policy.pins)
+    const walk = async (
+      pageAfter: (after: Cursor | undefined) => AgedBlob[],
+      reason: 'age' | 'size' | 'share',
+      done: () => boolean,
+    ) => {
       let after: Cursor | undefined
       while (!done()) {
-        const page = [...this.queries.oldest(cutoff, BATCH, after)]
+        const page = pageAfter(after)
         if (page.length === 0) break
         const looked = await this.evictPage(
           page.map((b) => ({ ...b, reason })),
@@ -218,10 +243,30 @@ export class Evictor {
         await new Promise((resolve) => setImmediate(resolve))
       }
     }
-    if (maxUnusedAgeMs !== null) await walk(now - maxUnusedAgeMs, 'age', () => false)
+    const oldest = (cutoff: number | null) => (after: Cursor | undefined) => [
+      ...this.queries.oldest(cutoff, BATCH, after),
+    ]
+    if (maxUnusedAgeMs !== null) await walk(oldest(now - maxUnusedAgeMs), 'age', () => false)
     if (maxSize !== null && this.overBudget()) {
       const target = maxSize * lowWater
-      await walk(null, 'size', () => this.index.storeTotals().allocated <= target)
+      await walk(oldest(null), 'size', () => this.index.storeTotals().allocated <= target)
+    }
+    // A registry over its share gives up its own least recently used blobs, down to the low
+    // mark of its share; the bytes are counted as they go, one query per registry and run.
+    for (const { share, bytes } of sharesOver) {
+      const target = share.bytes * lowWater
+      const freedBefore = result.bytes
+      const left = () => bytes - (result.bytes - freedBefore) - target
+      // A page holds no more than the share still has to give: eight blobs can be most of it.
+      const page = (after: Cursor | undefined) => {
+        let sum = 0
+        return this.queries.ownOldest(share.registry, share.prefix, BATCH, after).filter((b) => {
+          if (sum >= left()) return false
+          sum += b.allocated
+          return true
+        })
+      }
+      await walk(page, 'share', () => left() <= 0)
     }
     if (maxUnusedAgeMs !== null) {
       let skipped = 0
@@ -314,7 +359,7 @@ export class Evictor {
   async execute(plan: EvictionPlan): Promise<EvictionResult> {
     const result: EvictionResult = { blobs: 0, bytes: 0, manifests: 0, tags: 0, skippedInUse: 0, errors: 0 }
     if (plan.blobs.length + plan.manifests.length === 0) return result
-    const pinned = this.pinnedDigests()
+    const pinned = pinnedDigests(this.queries, this.policy.pins)
     for (let i = 0; i < plan.blobs.length; i += BATCH) {
       await this.evictPage(plan.blobs.slice(i, i + BATCH), pinned, result)
       await new Promise((resolve) => setImmediate(resolve))
@@ -327,66 +372,5 @@ export class Evictor {
     }
     this.logResult(result)
     return result
-  }
-
-  /** Digests of pinned tags' manifests and everything they reference, recursively. */
-  private pinnedDigests(): Set<string> {
-    const pinned = new Set<string>()
-    if (this.policy.pins.length === 0) return pinned
-    const roots: string[] = []
-    for (const t of this.queries.allTags()) {
-      if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
-    }
-    return this.withReferences(roots)
-  }
-
-  /**
-   * The same for the server: tags are read in pages (keyset on the primary key) with a yield
-   * between pages, so a hundred thousand tags do not stall requests while patterns are tested.
-   */
-  private async pinnedDigestsPaged(): Promise<Set<string>> {
-    if (this.policy.pins.length === 0) return new Set()
-    const roots: string[] = []
-    let after: TagKey = { registry: '', repo: '', tag: '' }
-    for (;;) {
-      const rows = this.queries.tagPage(after)
-      for (const t of rows) {
-        if (this.policy.pins.some((p) => p.test(t.repo, t.tag))) roots.push(t.digest)
-      }
-      if (rows.length < TAG_PAGE) break
-      const last = rows.at(-1)!
-      after = { registry: last.registry, repo: last.repo, tag: last.tag }
-      await new Promise((resolve) => setImmediate(resolve))
-    }
-    return this.withReferences(roots)
-  }
-
-  /** Manifests and everything they reference, down through indexes. */
-  private withReferences(roots: string[]): Set<string> {
-    const pinned = new Set<string>()
-    const stack = [...roots]
-    while (stack.length > 0) {
-      const digest = stack.pop()!
-      if (pinned.has(digest)) continue
-      pinned.add(digest)
-      for (const child of this.queries.children(digest)) stack.push(child)
-    }
-    return pinned
-  }
-}
-
-export function policyFrom(cache: {
-  max_size: number | null
-  high_water: number
-  low_water: number
-  max_unused_age: number | null
-  pins: readonly TagPattern[]
-}): EvictionPolicy {
-  return {
-    maxSize: cache.max_size,
-    highWater: cache.high_water,
-    lowWater: cache.low_water,
-    maxUnusedAgeMs: cache.max_unused_age,
-    pins: cache.pins,
   }
 }

@@ -22,6 +22,17 @@ export interface TagKey {
   tag: string
 }
 
+/**
+ * The blobs only one upstream registry's repositories brought in (upstreams[i] with a budget
+ * share): linked to a repository under its name prefix ("ghcr.io/"), and to none outside it.
+ * @registry registry key, @start @end the prefix's range of repository names. A blob another registry's
+ * repositories also use is not this one's to give up.
+ */
+const OWN_BLOBS = `FROM blobs b
+  WHERE b.digest IN (SELECT digest FROM repo_links WHERE registry = @registry AND kind = 'blob' AND repo >= @start AND repo < @end)
+    AND NOT EXISTS (SELECT 1 FROM repo_links o
+      WHERE o.digest = b.digest AND NOT (o.registry = @registry AND o.repo >= @start AND o.repo < @end))`
+
 /** Tags read per page by the server's pin walk. */
 export const TAG_PAGE = 2000
 
@@ -60,6 +71,28 @@ export class EvictionQueries {
     ) as IterableIterator<AgedBlob>
   }
 
+  /** Bytes on disk of the blobs only this prefix's repositories use (OWN_BLOBS). */
+  ownBytes(registry: string, prefix: string): number {
+    return this.stmt.ownBytes.pluck().get({ registry, start: prefix, end: prefixEnd(prefix) }) as number
+  }
+
+  /** Those blobs least recently used first, after the cursor when given. */
+  ownOldest(
+    registry: string,
+    prefix: string,
+    limit: number,
+    after?: { lastAccess: number; digest: string },
+  ): AgedBlob[] {
+    return this.stmt.ownOldest.all({
+      registry,
+      start: prefix,
+      end: prefixEnd(prefix),
+      afterAccess: after?.lastAccess ?? Number.MIN_SAFE_INTEGER,
+      afterDigest: after?.digest ?? '',
+      limit,
+    }) as AgedBlob[]
+  }
+
   /** Every manifest last used before `before`, oldest first. */
   unusedManifests(before: number): { digest: string; last_access: number }[] {
     return this.stmt.unusedManifests.all(before) as { digest: string; last_access: number }[]
@@ -91,9 +124,19 @@ export class EvictionQueries {
   }
 }
 
+/** The first name after every name that starts with `prefix` ("ghcr.io/" -> "ghcr.io0"). */
+function prefixEnd(prefix: string): string {
+  return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)
+}
+
 function prepare(db: Database.Database) {
   return {
     oldest: db.prepare(OLDEST_SQL),
+    ownBytes: db.prepare(`SELECT coalesce(sum(coalesce(b.allocated, b.size)), 0) ${OWN_BLOBS}`),
+    ownOldest: db.prepare(
+      `SELECT b.digest, b.size, coalesce(b.allocated, b.size) AS allocated, b.last_access AS lastAccess ${OWN_BLOBS}
+       AND (b.last_access, b.digest) > (@afterAccess, @afterDigest) ORDER BY b.last_access, b.digest LIMIT @limit`,
+    ),
     unusedManifests: db.prepare(
       'SELECT digest, last_access FROM manifests WHERE last_access < ? ORDER BY last_access',
     ),

@@ -84,6 +84,7 @@ const EVERYTHING = {
       connections: 8,
       rate_limit_reserve: 3,
       library_prefix: true,
+      budget_share: 0.3,
       tag_freshness: '10m',
     },
   ],
