@@ -32,6 +32,7 @@ import {
   header,
   kindOfStatus,
   MAX_ERROR_BODY,
+  manifestHeadOf,
   mediaTypeOf,
   type Response,
   readLimited,
@@ -252,13 +253,7 @@ export class Upstream {
   async headManifest(repo: string, reference: string, signal?: AbortSignal): Promise<ManifestHead> {
     const res = await this.manifestRequest('HEAD', repo, reference, signal)
     await res.body.dump()
-    const length = header(res.headers, 'content-length')
-    return {
-      digest: header(res.headers, 'docker-content-digest'),
-      mediaType: mediaTypeOf(res.headers),
-      size: length === undefined ? undefined : Number(length),
-      ageMs: ageOf(res.headers),
-    }
+    return manifestHeadOf(res.headers)
   }
 
   /** GET a manifest's exact bytes. On Docker Hub this is the request that counts as a pull. */

@@ -22,7 +22,7 @@ import {
   Upstream,
   type UpstreamOptions,
 } from './client.js'
-import { ageOf, header, mediaTypeOf, readLimited } from './response.js'
+import { ageOf, header, manifestHeadOf, mediaTypeOf, readLimited } from './response.js'
 
 /** Says that a request comes from another node of the cluster, and is not to be relayed on. */
 export const RELAY_HEADER = 'x-pullcache-relay'
@@ -87,13 +87,7 @@ export class ClusterUpstream extends Upstream {
     const got = await this.viaOwner(this.manifestKey(repo, reference), signal, async (owner) => {
       const res = await this.relay(owner, 'HEAD', manifestPath(repo, reference), ACCEPT_MANIFESTS, signal)
       await res.body.dump()
-      const length = header(res.headers, 'content-length')
-      return {
-        digest: header(res.headers, 'docker-content-digest'),
-        mediaType: mediaTypeOf(res.headers),
-        size: length === undefined ? undefined : Number(length),
-        ageMs: ageOf(res.headers),
-      }
+      return manifestHeadOf(res.headers)
     })
     return got ?? super.headManifest(repo, reference, signal)
   }

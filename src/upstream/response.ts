@@ -72,3 +72,22 @@ export function upstreamMessage(bytes: Buffer): string | undefined {
   }
   return undefined
 }
+
+/**
+ * What a manifest answer's headers say: its digest, type and size, and how old the answer was
+ * (a central pullcache's Age). For upstream's answers and a cluster owner's alike.
+ */
+export function manifestHeadOf(headers: IncomingHttpHeaders): {
+  digest: string | undefined
+  mediaType: string
+  size: number | undefined
+  ageMs: number
+} {
+  const length = header(headers, 'content-length')
+  return {
+    digest: header(headers, 'docker-content-digest'),
+    mediaType: mediaTypeOf(headers),
+    size: length === undefined ? undefined : Number(length),
+    ageMs: ageOf(headers),
+  }
+}
