@@ -253,14 +253,9 @@ function bucketCredentials(
   const { access_key_id_file: idFile, secret_access_key_file: secretFile } = storage.s3
   const fromEnv = [env.AWS_ACCESS_KEY_ID, env.AWS_SECRET_ACCESS_KEY]
   const files = [idFile, secretFile]
-  const read = (file: string, key: string) => {
-    try {
-      return readFileSync(file, 'utf8').trim()
-    } catch (err) {
-      problems.push(`storage.s3.${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
-      return ''
-    }
-  }
+  // Key files may end in a newline or stray blanks; no key has either.
+  const read = (file: string, key: string) =>
+    readSecretFile(file, `storage.s3.${key}`, problems)?.trim() ?? ''
   if (files.some((f) => f !== null)) {
     if (idFile === null || secretFile === null) {
       problems.push('storage.s3: name both key files (access_key_id_file and secret_access_key_file)')
@@ -293,12 +288,16 @@ function readPassword(
     if (file !== null) problems.push(`${at}: set the ${what} by environment or by file, not both`)
     return fromEnv
   }
-  if (file === null) return null
+  return file === null ? null : readSecretFile(file, `${at}.${what}_file`, problems)
+}
+
+/** A secret's file, read at load; `key` names it in the problem when it cannot be read. */
+function readSecretFile(file: string, key: string, problems: string[]): string | null {
   try {
     // A trailing newline is what editors and `echo` leave; it is never part of a secret.
     return readFileSync(file, 'utf8').replace(/\r?\n$/, '')
   } catch (err) {
-    problems.push(`${at}.${what}_file: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
+    problems.push(`${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`)
     return null
   }
 }

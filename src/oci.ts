@@ -42,6 +42,20 @@ export interface RepoName {
 }
 
 /**
+ * The key the index files every tag and repository under: the root upstream's host (as its URL
+ * has it). The other registries share it (mirror/mirrors.ts) and keep their repositories under
+ * namePrefixOf(host), so none of their names can be a Docker Hub name.
+ */
+export function registryKeyOf(url: string | URL): string {
+  return new URL(url).host
+}
+
+/** How another registry's repositories start in the index: "ghcr.io/" for ghcr.io/org/app. */
+export function namePrefixOf(host: string): string {
+  return `${host}/`
+}
+
+/**
  * Whether a name's first path component names a registry rather than a Docker Hub namespace:
  * a host has a '.' or a port, or is "localhost"; a Docker Hub namespace has neither.
  */

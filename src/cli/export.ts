@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { humanBytes } from '../human-bytes.js'
+import { registryKeyOf } from '../oci.js'
 import { InvalidReference, isDockerHubReference, parseImageReference } from '../prefetch/reference.js'
 import { type ImageRequest, planExport, writeArchive } from '../store/archive-export.js'
 import { BlobStore } from '../store/blob-store.js'
@@ -73,8 +74,8 @@ export async function exportArchive(args: string[]): Promise<number> {
   const root = resolve(config.data_dir)
   const dbPath = join(root, 'index.db')
   if (!existsSync(dbPath)) throw new CliExit(EXIT_FAILED, `no pullcache store at ${root}`)
-  // Tags are keyed by the upstream's host, as the mirror records them (upstream/client.ts).
-  const registry = new URL(config.upstream.url).host
+  // Tags are keyed as the mirror records them.
+  const registry = registryKeyOf(config.upstream.url)
   const index = new IndexDb(dbPath, { readonly: true })
   const store = new Store(new BlobStore(root), index)
   try {

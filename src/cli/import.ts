@@ -7,6 +7,7 @@ import { createReadStream } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { humanBytes } from '../human-bytes.js'
+import { registryKeyOf } from '../oci.js'
 import { ArchiveError } from '../store/archive.js'
 import { importArchive } from '../store/archive-import.js'
 import { BlobStore } from '../store/blob-store.js'
@@ -50,8 +51,8 @@ export async function importArchiveCommand(args: string[]): Promise<number> {
   }
   const config = configFrom(values)
   const root = resolve(config.data_dir)
-  // The registry this pullcache records and looks tags up under (upstream/client.ts).
-  const mirrored = new URL(config.upstream.url).host
+  // The registry this pullcache records and looks tags up under.
+  const mirrored = registryKeyOf(config.upstream.url)
 
   const input = createReadStream(file)
   await new Promise<void>((ok, fail) => {

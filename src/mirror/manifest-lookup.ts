@@ -107,6 +107,9 @@ export class ManifestLookup {
     const known = this.index.getTag(registry, name.upstream, tag)
     const cached = known ? this.cachedManifest(known.digest) : undefined
     let found: ManifestAnswer
+    // When upstream last confirmed the tag (sent on as Age): the row read above, unless a
+    // revalidation below writes a newer one.
+    let checkedAt = known?.last_checked
 
     if (known && cached && Date.now() - known.last_checked < this.freshnessFor(name.upstream, tag)) {
       found = answer(cached, 'hit')
@@ -134,6 +137,7 @@ export class ManifestLookup {
         found = known && cached ? await deadline(revalidation, this.revalidateTimeoutMs) : await revalidation
         // The leader's download served this request too (see manifestByDigest).
         if (joined && found.cache === 'miss') found = { ...found, cache: 'coalesced' }
+        checkedAt = this.index.getTag(registry, name.upstream, tag)?.last_checked
       } catch (err) {
         if (err instanceof UpstreamError && err.kind === 'NOT_FOUND') {
           // Upstream says the tag is gone; so is our mapping. Not a failure to hide.
@@ -149,7 +153,6 @@ export class ManifestLookup {
       }
     }
     const negotiated = await this.negotiate(name, found, accepted, method)
-    const checkedAt = this.index.getTag(registry, name.upstream, tag)?.last_checked
     return checkedAt === undefined ? negotiated : { ...negotiated, checkedAt }
   }
 

@@ -4,6 +4,7 @@
 // from the running server, or from the config alone when there is none (the CLI).
 
 import type { Config } from '../config.js'
+import { namePrefixOf } from '../oci.js'
 import type { IndexDb } from '../store/index-db.js'
 import {
   hourlyStats,
@@ -238,7 +239,7 @@ export function configuredUpstreams(config: Config): UpstreamPart[] {
     { host: config.upstream.host, namePrefix: '', report: configuredUpstream(config, config.upstream.url) },
     ...config.upstreams.map((u) => ({
       host: u.host,
-      namePrefix: `${u.host}/`,
+      namePrefix: namePrefixOf(u.host),
       report: configuredUpstream(config, u.url),
     })),
   ]

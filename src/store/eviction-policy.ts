@@ -3,6 +3,7 @@
 // share of the budget (upstreams[i].budget_share), made from the config.
 
 import type { Config, TagPattern } from '../config.js'
+import { namePrefixOf, registryKeyOf } from '../oci.js'
 
 export interface EvictionPolicy {
   maxSize: number | null
@@ -29,9 +30,9 @@ export interface BudgetShare {
  * keeps them.
  */
 export function budgetShares(config: Config): { registry: string; prefix: string; share: number }[] {
-  const registry = new URL(config.upstream.url).host
+  const registry = registryKeyOf(config.upstream.url)
   return config.upstreams.flatMap((u) =>
-    u.budget_share === undefined ? [] : [{ registry, prefix: `${u.host}/`, share: u.budget_share }],
+    u.budget_share === undefined ? [] : [{ registry, prefix: namePrefixOf(u.host), share: u.budget_share }],
   )
 }
 

@@ -20,7 +20,7 @@ import pLimit, { type LimitFunction } from 'p-limit'
 import { UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { Metrics } from '../metrics.js'
-import { MANIFEST_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPES } from '../oci.js'
+import { MANIFEST_TYPES, MAX_MANIFEST_BYTES, MEDIA_TYPES, namePrefixOf, registryKeyOf } from '../oci.js'
 import type { Via } from '../via.js'
 import { anonymousAccess, anonymousHas } from './anonymous-access.js'
 import type { Credentials } from './auth.js'
@@ -28,12 +28,11 @@ import { type PingResult, ReadinessPing } from './ping.js'
 import { followRedirects, isLocalOrigin } from './redirects.js'
 import { fetchReferrers } from './referrers-api.js'
 import {
-  ageOf,
   header,
   kindOfStatus,
   MAX_ERROR_BODY,
+  manifestBodyOf,
   manifestHeadOf,
-  mediaTypeOf,
   type Response,
   readLimited,
   upstreamMessage,
@@ -121,8 +120,8 @@ export class Upstream {
   constructor(opts: UpstreamOptions) {
     this.origin = new URL(opts.url)
     this.host = opts.host
-    this.registry = opts.registry ?? this.origin.host
-    this.namePrefix = opts.prefixedNames ? `${opts.host}/` : ''
+    this.registry = opts.registry ?? registryKeyOf(this.origin)
+    this.namePrefix = opts.prefixedNames ? namePrefixOf(opts.host) : ''
     this.libraryPrefix = opts.libraryPrefix
     this.headerTimeoutMs = opts.headerTimeoutMs
     this.fetchLimit = pLimit(opts.maxConcurrentFetches)
@@ -262,12 +261,7 @@ export class Upstream {
     const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
     if (bytes === undefined)
       throw new UpstreamError('INVALID', `manifest ${repo}:${reference} is larger than 4 MiB`)
-    return {
-      bytes,
-      mediaType: mediaTypeOf(res.headers),
-      digest: header(res.headers, 'docker-content-digest'),
-      ageMs: ageOf(res.headers),
-    }
+    return manifestBodyOf(res.headers, bytes)
   }
 
   async headBlob(repo: string, digest: string, signal?: AbortSignal): Promise<{ size: number }> {

@@ -22,7 +22,7 @@ import {
   Upstream,
   type UpstreamOptions,
 } from './client.js'
-import { ageOf, header, manifestHeadOf, mediaTypeOf, readLimited } from './response.js'
+import { header, manifestBodyOf, manifestHeadOf, readLimited } from './response.js'
 
 /** Says that a request comes from another node of the cluster, and is not to be relayed on. */
 export const RELAY_HEADER = 'x-pullcache-relay'
@@ -97,12 +97,7 @@ export class ClusterUpstream extends Upstream {
       const res = await this.relay(owner, 'GET', manifestPath(repo, reference), ACCEPT_MANIFESTS, signal)
       const bytes = await readLimited(res, MAX_MANIFEST_BYTES)
       if (bytes === undefined) throw new RelayFailed(`manifest ${repo}:${reference} is larger than 4 MiB`)
-      return {
-        bytes,
-        mediaType: mediaTypeOf(res.headers),
-        digest: header(res.headers, 'docker-content-digest'),
-        ageMs: ageOf(res.headers),
-      }
+      return manifestBodyOf(res.headers, bytes)
     })
     return got ?? super.getManifest(repo, reference, signal)
   }

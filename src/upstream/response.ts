@@ -91,3 +91,12 @@ export function manifestHeadOf(headers: IncomingHttpHeaders): {
     ageMs: ageOf(headers),
   }
 }
+
+/** A manifest's bytes with what the answer's headers say of them (manifestHeadOf, but the size). */
+export function manifestBodyOf(
+  headers: IncomingHttpHeaders,
+  bytes: Buffer,
+): { bytes: Buffer; digest: string | undefined; mediaType: string; ageMs: number } {
+  const { digest, mediaType, ageMs } = manifestHeadOf(headers)
+  return { bytes, digest, mediaType, ageMs }
+}
