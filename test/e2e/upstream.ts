@@ -49,15 +49,37 @@ export type UpstreamOptions = {
   privateRepos?: readonly string[]
 }
 
-export async function startUpstream(options: UpstreamOptions = {}): Promise<Upstream> {
-  const openssl = requireBinary('openssl')
-  const dir = await makeTempDir('upstream')
+/** What a start made, taken down last first by close(), its temp dir last of all. */
+interface Owned {
+  add(closer: () => Promise<void>): void
+  close(): Promise<void>
+}
+
+/**
+ * Runs `start` in a new temp dir; what it adds to `owned` is closed by the close() it hands out,
+ * or at once when the start fails halfway.
+ */
+async function startInDir<T>(label: string, start: (dir: string, owned: Owned) => Promise<T>): Promise<T> {
+  const dir = await makeTempDir(label)
   const closers: (() => Promise<void>)[] = [() => removeDir(dir)]
-  const close = async () => {
-    for (const closer of closers.reverse()) await closer().catch(() => {})
-    closers.length = 0
+  const owned: Owned = {
+    add: (closer) => closers.push(closer),
+    async close() {
+      for (const closer of closers.reverse()) await closer().catch(() => {})
+      closers.length = 0
+    },
   }
   try {
+    return await start(dir, owned)
+  } catch (error) {
+    await owned.close()
+    throw error
+  }
+}
+
+export function startUpstream(options: UpstreamOptions = {}): Promise<Upstream> {
+  const openssl = requireBinary('openssl')
+  return startInDir('upstream', async (dir, owned) => {
     const signing = await createSigningMaterial(dir, openssl)
     const tokens = await startTokenServer({
       signing,
@@ -69,16 +91,16 @@ export async function startUpstream(options: UpstreamOptions = {}): Promise<Upst
         ? {}
         : { expiresInSeconds: options.tokenExpiresInSeconds }),
     })
-    closers.push(() => tokens.close())
+    owned.add(() => tokens.close())
     const registry = await startRegistry(dir, {
       realm: tokens.realm,
       service: SERVICE,
       issuer: ISSUER,
       rootCertBundle: signing.certPath,
     })
-    closers.push(() => registry.close())
+    owned.add(() => registry.close())
     const proxy = await startCountingProxy(registry.url)
-    closers.push(() => proxy.close())
+    owned.add(() => proxy.close())
     return {
       url: proxy.url,
       proxy,
@@ -94,12 +116,9 @@ export async function startUpstream(options: UpstreamOptions = {}): Promise<Upst
         await Promise.all([registry.start(), tokens.start()])
         await proxy.start()
       },
-      close,
+      close: owned.close,
     }
-  } catch (error) {
-    await close()
-    throw error
-  }
+  })
 }
 
 /** A registry that is not Docker Hub: Basic auth from an htpasswd file, behind a counting proxy. */
@@ -112,21 +131,12 @@ export type BasicUpstream = {
 }
 
 /** `htpasswd`: a bcrypt htpasswd file (accounts.ts writeHtpasswd) whose accounts may pull and push. */
-export async function startBasicUpstream(htpasswd: string): Promise<BasicUpstream> {
-  const dir = await makeTempDir('basic-upstream')
-  const closers: (() => Promise<void>)[] = [() => removeDir(dir)]
-  const close = async () => {
-    for (const closer of closers.reverse()) await closer().catch(() => {})
-    closers.length = 0
-  }
-  try {
+export function startBasicUpstream(htpasswd: string): Promise<BasicUpstream> {
+  return startInDir('basic-upstream', async (dir, owned) => {
     const registry = await startRegistry(dir, { htpasswd })
-    closers.push(() => registry.close())
+    owned.add(() => registry.close())
     const proxy = await startCountingProxy(registry.url)
-    closers.push(() => proxy.close())
-    return { url: proxy.url, proxy, registry, close }
-  } catch (error) {
-    await close()
-    throw error
-  }
+    owned.add(() => proxy.close())
+    return { url: proxy.url, proxy, registry, close: owned.close }
+  })
 }
