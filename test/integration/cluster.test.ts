@@ -6,34 +6,17 @@
 // gives nothing that anonymous clients may not read.
 
 import { createHash } from 'node:crypto'
-import { createServer } from 'node:net'
 import { describe, expect, test } from 'vitest'
 import { Membership } from '../../src/cluster/membership.js'
 import { createLogger } from '../../src/log.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { freePorts } from '../support/free-ports.js'
 import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
 
 const REPO = 'library/clustered'
 const SECRET = 'cluster-secret-3b8e51d0c2'
 const ACCEPT = 'application/vnd.docker.distribution.manifest.v2+json'
-
-/** Ports the OS has free now, for nodes that must know each other's URLs before they start. */
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<ReturnType<typeof createServer>>((resolve) => {
-          const s = createServer()
-          s.listen(0, '127.0.0.1', () => resolve(s))
-        }),
-    ),
-  )
-  const ports = servers.map((s) => (s.address() as { port: number }).port)
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
-  return ports
-}
 
 /** Exchanges upstream answered (a 401 challenge round trip before a token is not one). */
 function exchanges(fake: ReturnType<typeof useFakeUpstream>, method: string, path: string): number {
