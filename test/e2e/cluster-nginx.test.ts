@@ -1,11 +1,17 @@
 // Three pullcache nodes as one cache behind nginx, round robin, with conf/nginx-cluster.conf as
-// the README ships it (only the addresses are this test's). Real clients pull through nginx:
-// skopeo, containerd's ctr and dockerd. Whichever node a request lands on, each blob reaches
-// the registry once for the whole cluster: its owner fetches it, the other nodes relay.
+// the README ships it (only the addresses are this test's), sharing one S3 bucket (a real S3
+// server: test/support/s3-server.sh). Real clients pull through nginx: skopeo, containerd's ctr
+// and dockerd. Whichever node a request lands on, each blob reaches the registry once for the
+// whole cluster: its owner fetches it, the other nodes relay, and the bucket ends up holding
+// every blob, verified, so a node that joins with an empty disk serves them without the registry.
+import { createHash } from 'node:crypto'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { bucketKey } from '../../src/store/shared-tier.js'
+import { useS3Server } from '../support/s3-server.js'
 import { waitFor } from '../support/wait-for.js'
 import { type Containerd, startPrivateContainerd } from './containerd.js'
 import { type Dockerd, startDockerd } from './dockerd.js'
@@ -17,6 +23,9 @@ import { startUpstream, type Upstream } from './upstream.js'
 
 const NGINX_CONF = fileURLToPath(new URL('../../conf/nginx-cluster.conf', import.meta.url))
 const SECRET = 'e2e-cluster-secret-6f0d2a'
+const BUCKET = 'pullcache-e2e-cluster'
+
+const s3 = useS3Server()
 
 let work: string
 let upstream: Upstream
@@ -83,6 +92,7 @@ beforeAll(async () => {
           PULLCACHE_NODE_URL: urls[i]!,
           PULLCACHE_PEERS: urls.join(','),
           PULLCACHE_CLUSTER_SECRET: SECRET,
+          ...s3.server.env(BUCKET),
         },
       }),
     )
@@ -182,5 +192,44 @@ describe('three nodes behind nginx, round robin', () => {
       }
       expect(upstream.proxy.count({ kind: 'blob', status: 'success' }), upstream.proxy.describe()).toBe(0)
     })
+  })
+
+  it('the bucket holds every blob the cluster fetched, verified; a new node with an empty disk serves them', async () => {
+    const { server } = s3
+    const client = new S3Client({
+      endpoint: server.endpoint,
+      region: server.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
+    })
+    try {
+      for (const blob of images.flatMap((i) => i.blobs)) {
+        // Published behind the clients, after the local commit: it may land a moment later.
+        const bytes = await waitFor(
+          () =>
+            client
+              .send(new GetObjectCommand({ Bucket: BUCKET, Key: bucketKey('', blob.digest) }))
+              .then(async (res) => Buffer.from((await res.Body?.transformToByteArray()) ?? []))
+              .catch(() => undefined),
+          { timeoutMs: 20_000, what: `${blob.digest} in the bucket` },
+        )
+        expect(`sha256:${createHash('sha256').update(bytes).digest('hex')}`).toBe(blob.digest)
+      }
+    } finally {
+      client.destroy()
+    }
+
+    const fresh = await startPullcache({ upstream: upstream.url, env: s3.server.env(BUCKET) })
+    try {
+      upstream.proxy.reset()
+      const image = images[0]!
+      const layout = await createSkopeo(join(work, 'skopeo-fresh')).then((s) =>
+        s.pull(`${fresh.url.slice('http://'.length)}/${image.name}:v1`, join(work, 'pulled-fresh')),
+      )
+      expect(layoutProblems(layout, image, 'amd64')).toEqual([])
+      expect(upstream.proxy.count({ kind: 'blob', status: 'success' }), upstream.proxy.describe()).toBe(0)
+    } finally {
+      await fresh.close()
+    }
   })
 })
