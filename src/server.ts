@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { createApp } from './app.js'
 import { Membership } from './cluster/membership.js'
+import { memberSources } from './cluster/sources-from-config.js'
 import type { Config } from './config.js'
 import { Access } from './http/access.js'
 import { createLimitedServer, requestError, type Server } from './http/limits.js'
@@ -102,7 +103,12 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const membership =
     config.cluster.node_url === null
       ? undefined
-      : new Membership({ self: config.cluster.node_url, peers: config.cluster.peers, log })
+      : new Membership({
+          self: config.cluster.node_url,
+          peers: config.cluster.peers,
+          sources: await memberSources(config, config.cluster.node_url, log),
+          log,
+        })
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()
@@ -301,6 +307,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   let closing: Promise<void> | undefined
   const close = (graceMs = config.shutdown_grace) => {
     closing ??= (async () => {
+      // First: the others stop counting this node (its heartbeat goes), before it stops answering.
+      await membership?.leave()
       const closed = new Promise<void>((r) => server.close(() => r()))
       // Keep-alive clients (dockerd, containerd) hold their connection open after a response;
       // close each as soon as it falls idle, not only those idle at the start.
@@ -363,6 +371,8 @@ const RESTART_KEYS = [
   'log.level',
   'log.access',
   'cluster.node_url',
+  'cluster.peers_dns',
+  'cluster.peers_from_bucket',
   'storage',
 ]
 
