@@ -10,8 +10,7 @@ import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { createApp } from './app.js'
-import { Membership } from './cluster/membership.js'
-import { memberSources } from './cluster/sources-from-config.js'
+import { startMembership } from './cluster/start-membership.js'
 import type { Config } from './config.js'
 import { Access } from './http/access.js'
 import { createLimitedServer, requestError, type Server } from './http/limits.js'
@@ -100,15 +99,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   // This process's Via id: what it adds upstream, and what it refuses when it comes back.
   const via = new Via()
   // In a cluster, keys another node owns are asked of it (upstream/cluster-upstream.ts).
-  const membership =
-    config.cluster.node_url === null
-      ? undefined
-      : new Membership({
-          self: config.cluster.node_url,
-          peers: config.cluster.peers,
-          sources: await memberSources(config, config.cluster.node_url, log),
-          log,
-        })
+  const membership = await startMembership(config, log)
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()

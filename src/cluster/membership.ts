@@ -18,6 +18,8 @@ import type { FoundBy, MemberSource } from './member-source.js'
 
 const PROBE_MS = 2_000
 const PROBE_TIMEOUT_MS = 1_000
+/** How long a stopping node tries to tell the others it leaves. */
+const LEAVE_TIMEOUT_MS = 3_000
 
 export interface MembershipOptions {
   /** This node's URL as the others reach it. */
@@ -47,6 +49,8 @@ export class Membership {
   private readonly named = new Map<FoundBy, string[]>()
   /** Sources whose last ask failed, so a failure is logged once, not every round. */
   private readonly failing = new Set<FoundBy>()
+  /** Sources found not to name this node, so that is logged once. */
+  private readonly strangers = new Set<FoundBy>()
   private readonly sources: readonly MemberSource[]
   private readonly down = new Set<string>()
   private readonly timer: NodeJS.Timeout
@@ -144,8 +148,15 @@ export class Membership {
     await Promise.all(
       this.sources.map(async (source) => {
         try {
-          this.named.set(source.name, await source.discover())
+          const urls = await source.discover()
+          this.named.set(source.name, urls)
           if (this.failing.delete(source.name)) this.log.info('cluster.source_ok', { source: source.name })
+          // A DNS name that does not resolve to node_url: this node would count itself as
+          // another node. Said once, for the operator to set node_url as the name resolves it.
+          if (!urls.includes(this.self) && !this.strangers.has(source.name)) {
+            this.strangers.add(source.name)
+            this.log.warn('cluster.self_not_named', { source: source.name, self: this.self, named: urls })
+          }
         } catch (err) {
           if (this.failing.has(source.name)) return
           this.failing.add(source.name)
@@ -180,16 +191,22 @@ export class Membership {
    */
   async leave(): Promise<void> {
     clearInterval(this.timer)
-    await this.round
-    await Promise.all(
-      this.sources.map((source) =>
-        source
-          .leave()
-          .catch((err: unknown) =>
-            this.log.warn('cluster.leave_failed', { source: source.name, error: err }),
-          ),
-      ),
-    )
+    const left = (async () => {
+      await this.round
+      await Promise.all(
+        this.sources.map((source) =>
+          source
+            .leave()
+            .catch((err: unknown) =>
+              this.log.warn('cluster.leave_failed', { source: source.name, error: err }),
+            ),
+        ),
+      )
+    })()
+    // An unreachable bucket must not hold the stop up: the heartbeat then ages out instead.
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([left, new Promise((r) => (timer = setTimeout(r, LEAVE_TIMEOUT_MS)))])
+    clearTimeout(timer)
   }
 
   close(): void {

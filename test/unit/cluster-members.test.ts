@@ -196,4 +196,40 @@ describe('Membership with sources', () => {
     expect(m.live()).toEqual([self])
     expect(m.clustered).toBe(true)
   })
+
+  test('a source that does not name this node is said once: node_url is not how the others see it', async () => {
+    const self = await healthyNode()
+    const lines: Record<string, unknown>[] = []
+    const log = createLogger('warn', (line) => lines.push(JSON.parse(line) as Record<string, unknown>))
+    const dns = fakeSource('dns', ['http://10.9.9.9:5000'])
+    const m = new Membership({ self, peers: [], sources: [dns], log, probeMs: 60_000 })
+    started.push(m)
+    const round = () => (m as unknown as { probe(): Promise<void> }).probe()
+    await round()
+    await round()
+    expect(lines.filter((l) => l.event === 'cluster.self_not_named')).toEqual([
+      expect.objectContaining({ source: 'dns', self, named: ['http://10.9.9.9:5000'] }),
+    ])
+  })
+
+  test('leaving waits for the round under way, then lets each source tell the others', async () => {
+    const self = await healthyNode()
+    const events: string[] = []
+    const source: MemberSource = {
+      name: 'bucket',
+      async discover() {
+        events.push('discover')
+        await new Promise((r) => setTimeout(r, 50))
+        events.push('discovered')
+        return [self]
+      },
+      async leave() {
+        events.push('leave')
+      },
+    }
+    const m = new Membership({ self, peers: [], sources: [source], log: quiet, probeMs: 60_000 })
+    started.push(m)
+    await m.leave()
+    expect(events).toEqual(['discover', 'discovered', 'leave'])
+  })
 })
