@@ -147,6 +147,11 @@ const schema = z
         node_url: nodeUrl.nullable().default(null),
         // Every node of the cluster (this one may be listed too); reloaded on SIGHUP.
         peers: z.array(nodeUrl).prefault([]),
+        // A DNS name whose A/AAAA records are the nodes (a Kubernetes headless Service), resolved
+        // every probe round: "http://pullcache.ns.svc:5000"; node_url is then the node's address.
+        peers_dns: nodeUrl.nullable().default(null),
+        // Nodes find each other by heartbeats in the bucket (<prefix>members/); needs S3 storage.
+        peers_from_bucket: z.boolean().default(false),
         // A file with the secret the nodes present to each other (or PULLCACHE_CLUSTER_SECRET).
         secret_file: z.string().min(1).nullable().default(null),
       })

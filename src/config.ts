@@ -76,6 +76,8 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_TLS_CLIENT_AUTH: 'tls.client_auth',
   PULLCACHE_NODE_URL: 'cluster.node_url',
   PULLCACHE_PEERS: 'cluster.peers',
+  PULLCACHE_PEERS_DNS: 'cluster.peers_dns',
+  PULLCACHE_PEERS_FROM_BUCKET: 'cluster.peers_from_bucket',
   PULLCACHE_CLUSTER_SECRET_FILE: 'cluster.secret_file',
   PULLCACHE_STORAGE: 'storage.type',
   PULLCACHE_S3_ENDPOINT: 'storage.s3.endpoint',
@@ -98,6 +100,7 @@ const BOOLEAN_KEYS = new Set([
   'upstream.library_prefix',
   'auth.anonymous',
   'storage.s3.force_path_style',
+  'cluster.peers_from_bucket',
 ])
 /** Comma-separated lists in the environment. */
 const LIST_KEYS = new Set(['admin.allow', 'cluster.peers'])
@@ -209,6 +212,17 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   if (parsed.cluster.peers.length > 0 && (parsed.cluster.node_url === null || clusterSecret === null)) {
     throw new ConfigError([
       'cluster: with peers, this node needs its own URL (cluster.node_url) and the secret the nodes share (cluster.secret_file or PULLCACHE_CLUSTER_SECRET)',
+    ])
+  }
+  const found = parsed.cluster.peers_dns !== null || parsed.cluster.peers_from_bucket
+  if (found && (parsed.cluster.node_url === null || clusterSecret === null)) {
+    throw new ConfigError([
+      'cluster: with peers_dns or peers_from_bucket, this node needs its own URL as the others reach it (cluster.node_url) and the secret the nodes share (cluster.secret_file or PULLCACHE_CLUSTER_SECRET)',
+    ])
+  }
+  if (parsed.cluster.peers_from_bucket && parsed.storage.type !== 's3') {
+    throw new ConfigError([
+      'cluster.peers_from_bucket: heartbeats live in the bucket, which needs S3 storage (storage.type "s3")',
     ])
   }
   const config: Config = {

@@ -10,7 +10,7 @@ import { hostname } from 'node:os'
 import { join, resolve } from 'node:path'
 import { getRequestListener } from '@hono/node-server'
 import { createApp } from './app.js'
-import { Membership } from './cluster/membership.js'
+import { startMembership } from './cluster/start-membership.js'
 import type { Config } from './config.js'
 import { Access } from './http/access.js'
 import { createLimitedServer, requestError, type Server } from './http/limits.js'
@@ -99,10 +99,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   // This process's Via id: what it adds upstream, and what it refuses when it comes back.
   const via = new Via()
   // In a cluster, keys another node owns are asked of it (upstream/cluster-upstream.ts).
-  const membership =
-    config.cluster.node_url === null
-      ? undefined
-      : new Membership({ self: config.cluster.node_url, peers: config.cluster.peers, log })
+  const membership = await startMembership(config, log)
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()
@@ -301,6 +298,8 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   let closing: Promise<void> | undefined
   const close = (graceMs = config.shutdown_grace) => {
     closing ??= (async () => {
+      // First: the others stop counting this node (its heartbeat goes), before it stops answering.
+      await membership?.leave()
       const closed = new Promise<void>((r) => server.close(() => r()))
       // Keep-alive clients (dockerd, containerd) hold their connection open after a response;
       // close each as soon as it falls idle, not only those idle at the start.
@@ -363,6 +362,8 @@ const RESTART_KEYS = [
   'log.level',
   'log.access',
   'cluster.node_url',
+  'cluster.peers_dns',
+  'cluster.peers_from_bucket',
   'storage',
 ]
 

@@ -10,10 +10,13 @@ import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, pa
 export const CLUSTER_USAGE = `Usage: pullcache cluster check [options]
 
 Asks every node in cluster.peers (and this node, cluster.node_url) for its view of the cluster
-and checks that they agree. Exit status 0: one cluster, every node answering; 1: not so.
+and checks that they agree. With cluster.peers_dns or cluster.peers_from_bucket, the nodes this
+node found that way are asked too. Each node is shown with how it was found (static, dns,
+bucket). Exit status 0: one cluster, every node answering; 1: not so.
 
   --config FILE          JSON config file (env PULLCACHE_CONFIG); the cluster's settings come from
-                         it and from PULLCACHE_NODE_URL, PULLCACHE_PEERS, PULLCACHE_CLUSTER_SECRET(_FILE)
+                         it and from PULLCACHE_NODE_URL, PULLCACHE_PEERS(_DNS, _FROM_BUCKET),
+                         PULLCACHE_CLUSTER_SECRET(_FILE)
   --timeout DUR          how long to wait for each node, in seconds (default 3)
 `
 
@@ -39,22 +42,32 @@ export async function clusterCommand(args: string[]): Promise<number> {
     )
   }
   const { cluster } = configFrom(values)
-  if (cluster.node_url === null || cluster.peers.length === 0 || cluster.secret === null) {
+  const found = cluster.peers_dns !== null || cluster.peers_from_bucket
+  if (cluster.node_url === null || (cluster.peers.length === 0 && !found) || cluster.secret === null) {
     throw new CliExit(
       EXIT_USAGE,
-      'cluster check: this node is not configured as a cluster (cluster.node_url, cluster.peers and the secret)',
+      'cluster check: this node is not configured as a cluster (cluster.node_url, cluster.peers, peers_dns or peers_from_bucket, and the secret)',
     )
   }
-  const expected = [...new Set([cluster.node_url, ...cluster.peers])].sort()
+  const self = cluster.node_url
   const secret = cluster.secret
-  const answers = await Promise.all(expected.map((url) => ask(url, secret, timeoutSeconds * 1000)))
+  const timeoutMs = timeoutSeconds * 1000
+  // Members found by DNS or in the bucket are known to the running nodes, not to the config:
+  // this node's own view names them, and every node is then held to the same set.
+  const own = await ask(self, secret, timeoutMs)
+  const expected = [
+    ...new Set([self, ...cluster.peers, ...(found ? (own.view?.members.map((m) => m.url) ?? []) : [])]),
+  ].sort()
+  const answers = await Promise.all(expected.map((url) => (url === self ? own : ask(url, secret, timeoutMs))))
+  const foundBy = new Map((own.view?.members ?? []).map((m) => [m.url, m.found ?? []]))
 
   const problems: string[] = []
   const lines = answers.map(({ url, view, problem }) => {
-    const me = url === cluster.node_url ? ' (this node)' : ''
+    const me = url === self ? ' (this node)' : ''
+    const how = url === self ? '' : `; found by ${foundBy.get(url)?.join(', ') || 'static'}`
     if (view === undefined) {
       problems.push(`${url}: ${problem}`)
-      return `${url}${me}  no answer: ${problem}`
+      return `${url}${me}  no answer: ${problem}${how}`
     }
     const listed = view.members.map((m) => m.url).sort()
     const live = view.members.filter((m) => m.live).length
@@ -66,7 +79,7 @@ export async function clusterCommand(args: string[]): Promise<number> {
       const down = view.members.filter((m) => !m.live).map((m) => m.url)
       problems.push(`${url} cannot reach ${down.join(', ')}`)
     }
-    return `${url}${me}  pullcache ${view.version}, ${view.members.length} nodes, ${live} answering`
+    return `${url}${me}  pullcache ${view.version}, ${view.members.length} nodes, ${live} answering${how}`
   })
   process.stdout.write(`${lines.join('\n')}\n`)
   if (problems.length === 0) {

@@ -1,9 +1,10 @@
 // GET /_pullcache/cluster: what this node knows of its cluster, for the other nodes and for
-// `pullcache cluster check`: its own URL, the nodes it counts (and which answer), its version.
+// `pullcache cluster check`: its own URL, the nodes it counts (which answer, and how each was
+// found: static list, DNS, bucket heartbeats), its version.
 // Only a caller with the cluster secret gets it: it names every node's internal address.
 
 import { Hono } from 'hono'
-import type { Membership } from '../cluster/membership.js'
+import type { Membership, MemberView } from '../cluster/membership.js'
 import { RegistryError } from '../errors.js'
 import { VERSION } from '../version.js'
 import { PEER, type RegistryEnv } from './access.js'
@@ -13,7 +14,7 @@ export const CLUSTER_PATH = '/cluster'
 export interface ClusterView {
   node_url: string
   version: string
-  members: { url: string; self: boolean; live: boolean }[]
+  members: MemberView[]
 }
 
 export function clusterRoutes(membership: Membership | undefined): Hono<RegistryEnv> {

@@ -3,6 +3,7 @@
 // what the probe found is logged, and a janitor aborts multipart uploads a dead process left.
 
 import type { Logger } from '../log.js'
+import type { MemberBoard } from './member-board.js'
 import type { BucketSettings, SharedTier } from './shared-tier.js'
 
 /** Opens the S3 tier; the SDK is imported now, and only here. */
@@ -93,4 +94,10 @@ export function bucketSettings(storage: {
     forcePathStyle: s3.force_path_style,
     credentials: storage.credentials,
   }
+}
+
+/** The heartbeats of the cluster's nodes in the bucket (cluster.peers_from_bucket); the SDK is imported now. */
+export async function openMemberBoard(settings: BucketSettings): Promise<MemberBoard> {
+  const { S3MemberBoard } = await import('./s3-members.js')
+  return new S3MemberBoard(settings)
 }

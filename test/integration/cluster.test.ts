@@ -8,11 +8,14 @@
 import { createHash } from 'node:crypto'
 import { describe, expect, test } from 'vitest'
 import { Membership } from '../../src/cluster/membership.js'
+import { loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/log.js'
+import { membersAre, type Pullable, Puller } from '../support/cluster-pulls.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { freePorts } from '../support/free-ports.js'
 import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
+import { waitFor } from '../support/wait-for.js'
 
 const REPO = 'library/clustered'
 const SECRET = 'cluster-secret-3b8e51d0c2'
@@ -163,4 +166,66 @@ describe('three nodes, one cache', () => {
     expect(down.code).toBe(1)
     expect(down.stdout).toContain(`${nodes[2]!.url}  no answer`)
   })
+
+  test('a static list edited and reloaded (SIGHUP) during pulls: a node added and one removed cost no pull', async () => {
+    const all: Pullable[] = Array.from({ length: 60 }, (_, i) => ({
+      repo: REPO,
+      tag: `listed${i}`,
+      image: fake.up.addImage(REPO, `listed${i}`, { layers: 1, layerBytes: 96 * 1024 }),
+    }))
+    const ports = await freePorts(3)
+    const urls = ports.map((p) => `http://127.0.0.1:${p}`)
+    const nodeEnv = (i: number, peers: string[]) => ({
+      PULLCACHE_LISTEN: `127.0.0.1:${ports[i]}`,
+      PULLCACHE_NODE_URL: urls[i]!,
+      PULLCACHE_PEERS: peers.join(','),
+      PULLCACHE_CLUSTER_SECRET: SECRET,
+    })
+    const [a, b, c] = urls as [string, string, string]
+    const nodes = [
+      await fake.mirror({ env: nodeEnv(0, [a, b]) }),
+      await fake.mirror({ env: nodeEnv(1, [a, b]) }),
+    ]
+    const reload = (node: TestMirror, i: number, peers: string[]) =>
+      node.server.reload(loadConfig({ env: { ...nodeEnv(i, peers), PULLCACHE_UPSTREAM: fake.up.url } }))
+    await membersAre([a, b], [a, b], { secret: SECRET, what: 'A and B from the list' })
+    const puller = new Puller(all)
+    try {
+      puller.serving = [a, b]
+      puller.phase = 'two nodes'
+      puller.start(2)
+      await waitFor(() => puller.pulls >= 6, { what: 'pulls on two nodes', timeoutMs: 15_000 })
+
+      puller.phase = 'C added'
+      nodes.push(await fake.mirror({ env: nodeEnv(2, [a, b, c]) }))
+      expect(reload(nodes[0]!, 0, [a, b, c]).changed).toContain('cluster.peers')
+      expect(reload(nodes[1]!, 1, [a, b, c]).changed).toContain('cluster.peers')
+      await membersAre([a, b, c], [a, b, c], { secret: SECRET, what: 'every node to list C' })
+      puller.serving = [a, b, c]
+      const before = puller.pulls
+      await waitFor(() => puller.pulls >= before + 6, { what: 'pulls on three nodes', timeoutMs: 15_000 })
+
+      puller.phase = 'B removed'
+      await puller.drain(b)
+      reload(nodes[0]!, 0, [a, c])
+      reload(nodes[2]!, 2, [a, c])
+      await nodes[1]!.close()
+      await membersAre([a, c], [a, c], { secret: SECRET, what: 'A and C without B' })
+      const after = puller.pulls
+      await waitFor(() => puller.pulls >= after + 6, { what: 'pulls without B', timeoutMs: 15_000 })
+      await puller.stop()
+      expect(puller.failures).toEqual([])
+      expect(puller.cuts).toEqual([])
+
+      // cluster check names how each node was found.
+      const check = await runCli(['cluster', 'check'], {
+        env: { PULLCACHE_NODE_URL: a, PULLCACHE_PEERS: [a, c].join(','), PULLCACHE_CLUSTER_SECRET: SECRET },
+      })
+      expect(check.code, check.stdout + check.stderr).toBe(0)
+      expect(check.stdout).toContain(`${c}  pullcache`)
+      expect(check.stdout).toContain('found by static')
+    } finally {
+      await puller.stop()
+    }
+  }, 60_000)
 })

@@ -125,6 +125,8 @@ const EVERYTHING = {
   cluster: {
     node_url: 'http://10.0.0.5:5000',
     peers: ['http://10.0.0.5:5000', 'http://10.0.0.6:5000'],
+    peers_dns: 'http://pullcache.mirrors.svc:5000',
+    peers_from_bucket: true,
     secret_file: '/etc/pullcache/cluster-secret',
   },
   // Headers are a secret (left out of the file form), so the round trip's example has none.

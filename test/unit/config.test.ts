@@ -96,6 +96,8 @@ describe('config', () => {
     expect(config.cluster).toEqual({
       node_url: 'http://10.0.0.5:5000',
       peers: ['http://10.0.0.5:5000', 'http://10.0.0.6:5000'],
+      peers_dns: null,
+      peers_from_bucket: false,
       secret_file: null,
       secret: 's3cret',
     })
@@ -109,6 +111,32 @@ describe('config', () => {
     expect(
       problems(() => loadConfig({ env: { ...env, PULLCACHE_PEERS: 'http://10.0.0.6:5000/v2/' } }))[0],
     ).toMatch(/^cluster\.peers\.0: a cluster node URL must be a root/)
+  })
+
+  test('cluster: members from a DNS name or the bucket, each needing the URL and the secret, the bucket S3 storage', () => {
+    const node = { PULLCACHE_NODE_URL: 'http://10.0.0.5:5000', PULLCACHE_CLUSTER_SECRET: 's3cret' }
+    const dns = loadConfig({ env: { ...node, PULLCACHE_PEERS_DNS: 'http://pullcache.mirrors.svc:5000/' } })
+    expect(dns.cluster).toMatchObject({ peers: [], peers_dns: 'http://pullcache.mirrors.svc:5000' })
+    expect(
+      problems(() => loadConfig({ env: { ...node, PULLCACHE_PEERS_DNS: 'pullcache.mirrors.svc' } }))[0],
+    ).toMatch(/^cluster\.peers_dns: /)
+    expect(
+      problems(() => loadConfig({ env: { PULLCACHE_PEERS_DNS: 'http://pullcache:5000' } }))[0],
+    ).toContain('cluster.node_url')
+    const s3 = {
+      PULLCACHE_STORAGE: 's3',
+      PULLCACHE_S3_BUCKET: 'pullcache',
+      AWS_ACCESS_KEY_ID: 'id',
+      AWS_SECRET_ACCESS_KEY: 'key',
+    }
+    const bucket = loadConfig({ env: { ...node, ...s3, PULLCACHE_PEERS_FROM_BUCKET: '1' } })
+    expect(bucket.cluster).toMatchObject({ peers: [], peers_dns: null, peers_from_bucket: true })
+    expect(
+      problems(() => loadConfig({ env: { ...node, PULLCACHE_PEERS_FROM_BUCKET: 'true' } }))[0],
+    ).toContain('S3 storage')
+    expect(problems(() => loadConfig({ env: { ...s3, PULLCACHE_PEERS_FROM_BUCKET: 'yes' } }))[0]).toContain(
+      'cluster.node_url',
+    )
   })
 
   test('durations and sizes', () => {

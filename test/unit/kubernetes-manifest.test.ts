@@ -3,6 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { describe, expect, test } from 'vitest'
 import { parseAllDocuments } from 'yaml'
+import { DnsMembers } from '../../src/cluster/dns-members.js'
 import { loadConfig } from '../../src/config.js'
 
 const MANIFEST = new URL('../../conf/kubernetes/pullcache.yaml', import.meta.url)
@@ -33,17 +34,30 @@ describe('conf/kubernetes/pullcache.yaml', () => {
     expect(services.some((s) => s.spec.type === 'NodePort')).toBe(true)
   })
 
-  test('its environment loads as three nodes of one cluster, as pod 1 sees it', () => {
-    const pod: Record<string, string> = { POD_NAME: 'pullcache-1', POD_NAMESPACE: 'mirrors' }
+  test('its environment loads as a node that finds the others through the headless Service, as pod 1 sees it', async () => {
+    const pods = ['10.1.0.4', '10.1.0.5', '10.1.0.6']
+    const pod: Record<string, string> = { POD_IP: pods[1]!, POD_NAMESPACE: 'mirrors' }
     const values: Record<string, string> = { PULLCACHE_CLUSTER_SECRET: 'from-the-secret' }
     for (const v of env) {
       if (v.value === undefined) continue
       values[v.name] = v.value.replace(/\$\((\w+)\)/g, (_, name: string) => pod[name] ?? values[name] ?? '')
     }
     const config = loadConfig({ env: values })
-    expect(config.cluster.node_url).toBe('http://pullcache-1.pullcache.mirrors.svc.cluster.local:5000')
-    expect(config.cluster.peers).toHaveLength(set.spec.replicas ?? 1)
-    expect(config.cluster.peers).toContain(config.cluster.node_url)
+    expect(config.cluster.node_url).toBe('http://10.1.0.5:5000')
+    expect(config.cluster.peers).toEqual([])
+    // The name is the headless Service's, in the pod's namespace, at the port node_url has.
+    const headless = docs.find((d) => d.kind === 'Service' && d.spec.clusterIP === 'None')!
+    expect(config.cluster.peers_dns).toBe(`http://${headless.metadata.name}.mirrors.svc.cluster.local:5000`)
+    // Resolved to the pods' IPs, the members are every pod, this one named as it names itself.
+    const resolved: string[] = []
+    const dns = new DnsMembers(config.cluster.peers_dns!, async (host) => {
+      resolved.push(host)
+      return pods.slice(0, set.spec.replicas).map((address) => ({ address, family: 4 }))
+    })
+    const members = await dns.discover()
+    expect(resolved).toEqual([`${headless.metadata.name}.mirrors.svc.cluster.local`])
+    expect(members).toHaveLength(set.spec.replicas ?? 1)
+    expect(members).toContain(config.cluster.node_url)
     expect(config.data_dir).toBe(container.volumeMounts[0]?.mountPath)
   })
 })
