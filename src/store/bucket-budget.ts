@@ -169,7 +169,7 @@ export function startBucketBudget(opts: {
     report,
     async close() {
       clearInterval(timer)
-      await evictor.idle()
+      await evictor.stop()
       store.index.onBlobTouched = undefined
       store.onSharedRead = undefined
       store.sharedBudget = undefined

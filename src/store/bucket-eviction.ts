@@ -82,6 +82,7 @@ export class BucketEvictor {
   private readonly inUse: (digest: string) => boolean
   private readonly beforeRun: () => Promise<void>
   private running: Promise<RunOutcome> | undefined
+  private stopped = false
   /** The last run this node knows of: its own, or the record another evictor wrote. */
   lastRun: BucketRun | undefined
 
@@ -135,6 +136,12 @@ export class BucketEvictor {
     await this.running?.catch(() => {})
   }
 
+  /** No new run, and a run going on stops before its next batch (a server stopping). */
+  async stop(): Promise<void> {
+    this.stopped = true
+    await this.idle()
+  }
+
   /** Reads the record of the last run, as a node that is not the evictor learns of it. */
   async refreshLastRun(): Promise<void> {
     const got = await this.objects.read(`${this.prefix}${LAST_RUN}`)
@@ -150,7 +157,7 @@ export class BucketEvictor {
   }
 
   private async stillEvictor(): Promise<boolean> {
-    if (!this.isEvictor()) return false
+    if (this.stopped || !this.isEvictor()) return false
     const lease = this.lease()
     return lease === undefined || (await lease.acquire())
   }
@@ -159,7 +166,7 @@ export class BucketEvictor {
     const { maxSize, highWater, lowWater, graceMs } = this.budget
     if (maxSize === null) return { ran: false, reason: 'no budget' }
     const startedAt = Date.now()
-    if (!this.isEvictor()) return { ran: false, reason: 'not the evictor' }
+    if (this.stopped || !this.isEvictor()) return { ran: false, reason: 'not the evictor' }
     if (!(await this.stillEvictor())) return { ran: false, reason: 'lease held elsewhere' }
     await this.beforeRun()
 
