@@ -95,7 +95,7 @@ export function createApp({
 
   app.route(ADMIN_PREFIX, adminRoutes(mirrors, admin))
   app.route(ADMIN_PREFIX, healthRoutes(mirrors, admin))
-  app.route(ADMIN_PREFIX, clusterRoutes(cluster))
+  app.route(ADMIN_PREFIX, clusterRoutes(cluster, admin.store))
   app.route('/', statusPageRoutes(mirrors, admin))
 
   app.route('/', registryRoutes(mirrors, access))

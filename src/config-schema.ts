@@ -187,6 +187,26 @@ const schema = z
             secret_access_key_file: z.string().min(1).nullable().default(null),
             // Multipart uploads older than this are a dead process's: the janitor aborts them.
             abandoned_upload_age: timerDuration('abort uploads still being written').prefault('6h'),
+            // The bucket's byte budget for blobs, for the whole cluster (null: unlimited; store/
+            // bucket-eviction.ts). Above high_water * max_size one node deletes the least recently
+            // used blobs until the bucket is under low_water * max_size.
+            max_size: nullableSize.prefault(null),
+            high_water: z.number().gt(0).max(1).default(0.95),
+            low_water: z.number().gt(0).max(1).default(0.85),
+            // A blob used this recently is never deleted: longer than any stream from the bucket.
+            grace: duration.prefault('1h'),
+            // How often each node writes its access journal to the bucket, and how often the
+            // evictor looks at the budget.
+            journal_interval: timerDuration('write the journal in a busy loop').prefault('1m'),
+            eviction_interval: timerDuration('run bucket eviction in a busy loop').prefault('5m'),
+          })
+          .refine((s3) => s3.low_water < s3.high_water, {
+            message: 'low_water must be below high_water',
+            path: ['low_water'],
+            when: ({ value }) => {
+              const v = value as { low_water?: unknown; high_water?: unknown } | undefined
+              return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
+            },
           })
           .prefault({}),
       })

@@ -87,6 +87,7 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_S3_FORCE_PATH_STYLE: 'storage.s3.force_path_style',
   PULLCACHE_S3_ACCESS_KEY_ID_FILE: 'storage.s3.access_key_id_file',
   PULLCACHE_S3_SECRET_ACCESS_KEY_FILE: 'storage.s3.secret_access_key_file',
+  PULLCACHE_S3_MAX_SIZE: 'storage.s3.max_size',
 }
 
 const NUMERIC_KEYS = new Set([

@@ -23,6 +23,7 @@ import { evictEvents, fillEvent } from './notify/events.js'
 import { metricCounters, Notifier } from './notify/notifier.js'
 import { buildMirrors, reloadUpstreams, upstreamsNeedRestart } from './server-upstreams.js'
 import { BlobStore } from './store/blob-store.js'
+import { bucketBudgetFor } from './store/bucket-budget.js'
 import { Evictor } from './store/eviction.js'
 import { budgetShares, policyFrom } from './store/eviction-policy.js'
 import { IndexDb } from './store/index-db.js'
@@ -100,6 +101,9 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
   const via = new Via()
   // In a cluster, keys another node owns are asked of it (upstream/cluster-upstream.ts).
   const membership = await startMembership(config, log)
+  // The bucket's budget for the whole cluster (storage.s3.max_size): journals and the evictor.
+  let bucketPins = config.cache.pins
+  const bucketBudget = await bucketBudgetFor(config, store, root, log, membership, () => bucketPins)
   // Webhooks (notifications.endpoints). The source names this instance; its address is known
   // once the server listens.
   const instanceID = randomUUID()
@@ -290,6 +294,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
     if (notifier.reload(next.notifications.endpoints)) changed.push('notifications')
     if (membership?.setPeers(next.cluster.peers)) changed.push('cluster.peers')
     current = next
+    bucketPins = next.cache.pins
     log.info('config.reloaded', { changed, need_restart: needRestart })
     if (changed.includes('cache.eviction')) void evictor.run().catch((err: unknown) => evictionFailed(err))
     return { changed, needRestart }
@@ -320,6 +325,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await index.stopCheckpoints()
       // Events of the last responses and evictions get a short while to go out.
       await notifier.close()
+      await bucketBudget?.close()
       // Uploads to the bucket of blobs committed here get the grace period to finish: a blob
       // left out is fetched again by the next node that misses it.
       await shared?.close(store.publishesDone(), graceMs)

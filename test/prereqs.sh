@@ -3,7 +3,8 @@
 # (distribution, Debian package docker-registry), real clients (skopeo, dockerd from docker.io,
 # containerd's ctr), apache2-utils' htpasswd for client accounts, a browser for the status
 # page's test (chromium), nginx as a load balancer, an S3 server (OpenStack Swift's S3 API with
-# memcached, started by test/support/s3-server.sh), and the build tools for better-sqlite3's
+# memcached, started by test/support/s3-server.sh), a second one with compare-and-swap (Ceph RGW,
+# test/support/ceph-rgw.sh), and the build tools for better-sqlite3's
 # native addon.
 # Packages already present are not installed again; nothing is downloaded from outside the
 # distribution's archive.
@@ -22,6 +23,12 @@ command -v htpasswd >/dev/null || need+=(apache2-utils)
 # S3 storage's tests run a real S3 server: Swift's proxy with its s3api middleware, and memcached.
 [ -f /usr/lib/python3/dist-packages/swift/common/middleware/s3api/s3api.py ] || need+=(python3-swift)
 command -v memcached >/dev/null || need+=(memcached)
+# The evictor's lease is tested on a store with atomic compare-and-swap: Ceph RADOS Gateway, one
+# monitor, one OSD and radosgw (test/support/ceph-rgw.sh; ceph-common has the tools it runs).
+command -v ceph-mon >/dev/null || need+=(ceph-mon)
+command -v ceph-osd >/dev/null || need+=(ceph-osd)
+command -v radosgw >/dev/null || need+=(radosgw)
+command -v ceph >/dev/null || need+=(ceph-common)
 command -v openssl >/dev/null || need+=(openssl)
 # nginx as the load balancer in front of several nodes (test/e2e/cluster-nginx.test.ts runs its
 # own on a loopback port; a system nginx the package may start is not used). Debian puts it in

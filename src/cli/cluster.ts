@@ -4,6 +4,7 @@
 // nodes, and sees them all answer. Run it on any node, with that node's configuration.
 
 import type { ClusterView } from '../http/cluster-route.js'
+import { humanBytes } from '../human-bytes.js'
 import { PEER_HEADER } from '../upstream/cluster-upstream.js'
 import { CliExit, CONFIG_FLAGS, configFrom, EXIT_FAILED, EXIT_OK, EXIT_USAGE, parseCommand } from './args.js'
 
@@ -79,7 +80,8 @@ export async function clusterCommand(args: string[]): Promise<number> {
       const down = view.members.filter((m) => !m.live).map((m) => m.url)
       problems.push(`${url} cannot reach ${down.join(', ')}`)
     }
-    return `${url}${me}  pullcache ${view.version}, ${view.members.length} nodes, ${live} answering${how}`
+    const line = `${url}${me}  pullcache ${view.version}, ${view.members.length} nodes, ${live} answering${how}`
+    return view.bucket_budget === undefined ? line : `${line}\n  ${bucketLine(view.bucket_budget)}`
   })
   process.stdout.write(`${lines.join('\n')}\n`)
   if (problems.length === 0) {
@@ -88,6 +90,15 @@ export async function clusterCommand(args: string[]): Promise<number> {
   }
   process.stdout.write(`not one cluster:\n  ${problems.join('\n  ')}\n`)
   return EXIT_FAILED
+}
+
+/** The bucket's budget and its last eviction run, as one node sees them. */
+function bucketLine(b: NonNullable<ClusterView['bucket_budget']>): string {
+  const budget = b.max_size === null ? 'no budget' : `budget ${humanBytes(b.max_size)}`
+  const evictor = b.evictor ? ', evicts' : ''
+  if (b.last_run === null) return `bucket: ${budget}${evictor}, no eviction run yet`
+  const r = b.last_run
+  return `bucket: ${humanBytes(r.bytes)} in ${r.objects} blobs, ${budget}${evictor}; last eviction run ${r.at} (${r.deleted} deleted)`
 }
 
 async function ask(url: string, secret: string, timeoutMs: number): Promise<Answer> {

@@ -6,6 +6,8 @@
 import { Hono } from 'hono'
 import type { Membership, MemberView } from '../cluster/membership.js'
 import { RegistryError } from '../errors.js'
+import type { BucketBudgetReport } from '../store/bucket-budget.js'
+import type { Store } from '../store/store.js'
 import { VERSION } from '../version.js'
 import { PEER, type RegistryEnv } from './access.js'
 
@@ -15,16 +17,23 @@ export interface ClusterView {
   node_url: string
   version: string
   members: MemberView[]
+  /** The bucket's budget as this node sees it (storage.s3.max_size), when there is one. */
+  bucket_budget?: BucketBudgetReport
 }
 
-export function clusterRoutes(membership: Membership | undefined): Hono<RegistryEnv> {
+export function clusterRoutes(membership: Membership | undefined, store?: Store): Hono<RegistryEnv> {
   const routes = new Hono<RegistryEnv>()
   routes.get(CLUSTER_PATH, (c) => {
     if (membership === undefined)
       throw new RegistryError('NOT_FOUND', { reason: 'this node is not in a cluster' })
     if (c.get('viewer') !== PEER)
       throw new RegistryError('DENIED', { reason: 'the cluster secret is required' })
-    const view: ClusterView = { node_url: membership.self, version: VERSION, members: membership.members() }
+    const view: ClusterView = {
+      node_url: membership.self,
+      version: VERSION,
+      members: membership.members(),
+      ...(store?.sharedBudget === undefined ? {} : { bucket_budget: store.sharedBudget() }),
+    }
     return c.json(view)
   })
   return routes

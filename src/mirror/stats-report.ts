@@ -5,6 +5,7 @@
 
 import type { Config } from '../config.js'
 import { namePrefixOf } from '../oci.js'
+import type { BucketBudgetReport } from '../store/bucket-budget.js'
 import type { IndexDb } from '../store/index-db.js'
 import {
   hourlyStats,
@@ -111,6 +112,8 @@ export type StorageReport =
         conditional_replace: boolean
         presigned_get: boolean
       } | null
+      /** The bucket's budget and its last eviction run (storage.s3.max_size), when it has one. */
+      budget?: BucketBudgetReport
     }
 
 /** The storage part of the stats document, from the store of a running server. */
@@ -120,6 +123,7 @@ export function storageReport(store: Store): StorageReport {
   const found = shared.capabilities
   return {
     ...shared.describe,
+    ...(store.sharedBudget === undefined ? {} : { budget: store.sharedBudget() }),
     capabilities:
       found === undefined
         ? null

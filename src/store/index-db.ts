@@ -234,8 +234,11 @@ export class IndexDb {
 
   // --- buffered, per-request writes --------------------------------------------------------
 
+  /** Told of each blob touch too (the bucket's access journal, store/bucket-journal.ts). */
+  onBlobTouched: ((digest: string, at: number) => void) | undefined
   touchBlob(digest: string, result: CacheResult, bytesSent: number, now = Date.now()): void {
     this.writes.touchBlob(digest, result, bytesSent, now)
+    this.onBlobTouched?.(digest, now)
   }
 
   touchManifest(digest: string, hit: boolean, now = Date.now()): void {

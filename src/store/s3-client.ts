@@ -98,22 +98,30 @@ export async function probeCapabilities(
     const first = await put('v1')
     const conditionalCreate = (await refused(put('v2', { IfNoneMatch: '*' }))) && (await content()) === 'v1'
     let conditionalReplace = false
-    if (first.ETag !== undefined) {
-      const wrongRefused = await refused(put('v3', { IfMatch: '"00000000000000000000000000000000"' }))
+    let ifMatchBare = false
+    // The ETag as returned first (quoted, as S3 sends it), then without its quotes: Ceph RGW 16
+    // refuses every quoted one, so only the bare form tells whether it compares at all.
+    for (const bare of [false, true]) {
+      if (first.ETag === undefined || conditionalReplace) break
+      const form = (etag: string) => (bare ? etag.replace(/"/g, '') : etag)
+      const { ETag } = bare ? await put('v1') : first
+      if (ETag === undefined) break
+      const wrongRefused = await refused(put('v3', { IfMatch: form('"00000000000000000000000000000000"') }))
       let rightTaken = false
       if (wrongRefused) {
         try {
-          await put('v4', { IfMatch: first.ETag })
+          await put('v4', { IfMatch: form(ETag) })
           rightTaken = (await content()) === 'v4'
         } catch {
           rightTaken = false
         }
       }
       conditionalReplace = wrongRefused && rightTaken
+      ifMatchBare = bare && conditionalReplace
     }
     // Presigned URLs need a signer pullcache does not carry yet (the offload of issue 10, item
     // 3); until it does, they are reported as not available rather than guessed.
-    return { conditionalCreate, conditionalReplace, presignedGet: false }
+    return { conditionalCreate, conditionalReplace, ifMatchBare, presignedGet: false }
   } finally {
     await client.send(new DeleteObjectCommand({ Bucket: bucket, Key })).catch(() => {})
   }

@@ -3,6 +3,7 @@
 // what the probe found is logged, and a janitor aborts multipart uploads a dead process left.
 
 import type { Logger } from '../log.js'
+import type { BucketObjects } from './bucket-objects.js'
 import type { MemberBoard } from './member-board.js'
 import type { BucketSettings, SharedTier } from './shared-tier.js'
 
@@ -10,6 +11,15 @@ import type { BucketSettings, SharedTier } from './shared-tier.js'
 export async function openSharedTier(settings: BucketSettings): Promise<SharedTier> {
   const { S3Tier } = await import('./s3-storage.js')
   return new S3Tier(settings)
+}
+
+/**
+ * The bucket's small objects (journals, lease, last run) for the budget's jobs, on a client of
+ * their own; the SDK is imported here too, only when the bucket has a budget.
+ */
+export async function openBucketObjects(settings: BucketSettings, tier: SharedTier): Promise<BucketObjects> {
+  const { S3BucketObjects } = await import('./s3-bucket-objects.js')
+  return new S3BucketObjects(settings, () => tier.capabilities)
 }
 
 /** The shared tier as a running server holds it: opened, probed, its janitor scheduled. */

@@ -33,6 +33,11 @@ export interface BucketCapabilities {
   conditionalCreate: boolean
   /** PUT with If-Match: <etag> replaces only that version (and refuses another). */
   conditionalReplace: boolean
+  /**
+   * If-Match takes the ETag without its quotes (Ceph RGW 16 matches only that form and refuses
+   * the quoted one); undefined or false: as the store returned it.
+   */
+  ifMatchBare?: boolean
   /** A presigned GET URL reads the object without other credentials. */
   presignedGet: boolean
 }

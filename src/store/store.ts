@@ -17,6 +17,7 @@
 
 import type { Readable } from 'node:stream'
 import type { BlobHandle, BlobStat, BlobStorage, BlobWriter, Detached } from './blob-storage.js'
+import type { BucketBudgetReport } from './bucket-budget.js'
 import type { IndexDb } from './index-db.js'
 import type { SharedStat, SharedTier } from './shared-tier.js'
 
@@ -51,6 +52,12 @@ export class Store {
   /** Digests whose bytes in the shared tier did not verify: not read from there again. */
   private readonly sharedDistrusted = new Set<string>()
   private readonly publishing = new Set<Promise<unknown>>()
+  /** Reads from the shared tier going on now, by digest: the bucket's evictor spares them. */
+  private readonly sharedReads = new Map<string, number>()
+  /** Told of each read from the shared tier as it starts (the bucket's access journal). */
+  onSharedRead: ((digest: string) => void) | undefined
+  /** The shared tier's budget and last eviction run, when it has a budget (store/bucket-budget.ts). */
+  sharedBudget: (() => BucketBudgetReport) | undefined
 
   constructor(blobs: BlobStorage, index: IndexDb, shared?: SharedTier) {
     this.blobs = blobs
@@ -69,12 +76,28 @@ export class Store {
   ): Promise<{ body: Readable; size: number } | undefined> {
     if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
     if (this.sharedDistrusted.has(digest)) return undefined
+    this.onSharedRead?.(digest)
+    this.sharedReads.set(digest, (this.sharedReads.get(digest) ?? 0) + 1)
+    const done = () => {
+      const n = (this.sharedReads.get(digest) ?? 1) - 1
+      if (n > 0) this.sharedReads.set(digest, n)
+      else this.sharedReads.delete(digest)
+    }
     try {
-      return await this.shared.get(digest, signal)
+      const got = await this.shared.get(digest, signal)
+      if (got === undefined) done()
+      else got.body.once('close', done)
+      return got
     } catch (err) {
+      done()
       if (!signal.aborted) this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
       throw err
     }
+  }
+
+  /** Whether a read of `digest` from the shared tier is going on now. */
+  readingShared(digest: string): boolean {
+    return this.sharedReads.has(digest)
   }
 
   /**
