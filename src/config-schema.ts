@@ -22,6 +22,7 @@ import {
   UPSTREAM_CONNECTION,
   upstreamUrl,
 } from './config-fields.js'
+import { redirectLeak } from './redirect-scope.js'
 
 const schema = z
   .strictObject({
@@ -182,12 +183,31 @@ const schema = z
             secret_access_key_file: z.string().min(1).nullable().default(null),
             // Multipart uploads older than this are a dead process's: the janitor aborts them.
             abandoned_upload_age: timerDuration('abort uploads still being written').prefault('6h'),
+            // Offload (store/s3-presign.ts): a GET of a blob the bucket holds is answered with a
+            // 307 to a presigned URL of its object, so the bytes go from the bucket to the client.
+            redirect: z
+              .strictObject({
+                enabled: z.boolean().default(false),
+                // How long a URL handed out works: enough to start the GET, short enough not to
+                // be a pass to keep. S3 (SigV4) allows up to 7 days; an hour is plenty here.
+                ttl: timerDuration('hand out URLs that have already expired')
+                  .refine((ms) => ms >= 1000 && ms <= 3_600_000, { message: 'must be from 1s to 1h' })
+                  .prefault('5m'),
+                // Where clients reach the bucket (a name outside, a proxy in front of it); null:
+                // the endpoint. The URLs are signed for this host.
+                public_endpoint: bucketEndpoint.nullable().default(null),
+              })
+              .prefault({}),
           })
           .prefault({}),
       })
       .refine((s) => s.type !== 's3' || s.s3.bucket !== null, {
         message: 'S3 storage needs a bucket (storage.s3.bucket or PULLCACHE_S3_BUCKET)',
         path: ['s3', 'bucket'],
+      })
+      .refine((s) => s.type === 's3' || !s.s3.redirect.enabled, {
+        message: 'redirects go to the bucket: they need storage.type s3',
+        path: ['s3', 'redirect', 'enabled'],
       })
       .prefault({}),
     log: z
@@ -229,6 +249,8 @@ const schema = z
           message: 'a budget share is a share of cache.max_size, which is not set',
         })
       }
+      const leak = redirectLeak(config)
+      if (leak !== undefined) ctx.addIssue({ code: 'custom', path: leak.path, message: leak.message })
       if (given.reduce((a, b) => a + b, 0) > 1) {
         ctx.addIssue({
           code: 'custom',

@@ -111,6 +111,8 @@ export type StorageReport =
         conditional_replace: boolean
         presigned_get: boolean
       } | null
+      /** Blob GETs sent to the bucket with a presigned URL (storage.s3.redirect) since start. */
+      redirected: number
     }
 
 /** The storage part of the stats document, from the store of a running server. */
@@ -128,6 +130,7 @@ export function storageReport(store: Store): StorageReport {
             conditional_replace: found.conditionalReplace,
             presigned_get: found.presignedGet,
           },
+    redirected: store.redirects,
   }
 }
 

@@ -118,6 +118,7 @@ const EVERYTHING = {
       access_key_id_file: null,
       secret_access_key_file: null,
       abandoned_upload_age: '12h',
+      redirect: { enabled: true, ttl: '2m', public_endpoint: 'https://blobs.example.com' },
     },
   },
   log: { level: 'debug', access: false },
