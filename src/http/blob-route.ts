@@ -9,7 +9,7 @@ import type { BlobAnswer } from '../mirror/answers.js'
 import type { Fill } from '../mirror/blob-fill.js'
 import type { Mirror } from '../mirror/mirror.js'
 import { hostOfHeader, sameOrSubdomain } from '../redirect-scope.js'
-import type { RegistryEnv } from './access.js'
+import { PEER, type RegistryEnv } from './access.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
 import { type ByteRange, parseRange, type RepoName } from './reference.js'
 import { sendBytes } from './send-bytes.js'
@@ -146,11 +146,14 @@ export async function blob(
 /**
  * Whether this GET may be sent to the bucket (`bucketHost`: where, with redirects on). Not when
  * the client already has the bytes (a 304 answers it here), nor when it carries credentials and
- * would carry them on to the bucket's host (src/redirect-scope.ts). A Range GET may go: the
- * presigned URL answers ranges itself.
+ * would carry them on to the bucket's host (src/redirect-scope.ts), nor for another node of the
+ * cluster. A Range GET may go: the presigned URL answers ranges itself.
  */
 function mayRedirect(c: Context<RegistryEnv>, bucketHost: string | undefined, digest: string): boolean {
   if (bucketHost === undefined) return false
+  // A node of the cluster relays the bytes to its own client, and its request carries the
+  // cluster secret, which must not follow it anywhere.
+  if (c.get('viewer') === PEER) return false
   if (matchesEtag(c.req.header('if-none-match'), digest)) return false
   if (c.req.header('authorization') === undefined) return true
   const host = hostOfHeader(c.req.header('host'))

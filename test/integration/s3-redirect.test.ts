@@ -128,17 +128,24 @@ describe('redirects to presigned bucket URLs', () => {
 
   test('a blob only in the hot tier is served here, and so is everything with redirects off', async () => {
     const bucket = newBucket()
-    const mirror = await fake.mirror({ env: redirectEnv(bucket) })
+    const mirror = await fake.mirror({
+      env: redirectEnv(bucket, { PULLCACHE_CLUSTER_SECRET: 'cluster-secret-9a7f' }),
+    })
     const digest = fake.up.addBlob(REPO, randomBytes(200 * 1024))
     expect((await mirror.get(blobPath(REPO, digest))).status).toBe(200)
     await published(mirror, digest)
+    // Another node of the cluster relays the bytes itself, and its secret goes nowhere else.
+    const peer = await mirror.get(blobPath(REPO, digest), { 'x-pullcache-peer': 'cluster-secret-9a7f' })
+    expect(peer.status).toBe(200)
+    expect(sha256(peer.body)).toBe(digest)
+    expect((await mirror.get(blobPath(REPO, digest))).status).toBe(307)
     // As if its publish had not happened yet (or the bucket lost it): not in the bucket.
     await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: bucketKey('', digest) }))
     const local = await mirror.get(blobPath(REPO, digest))
     expect(local.status).toBe(200)
     expect(local.headers['x-pullcache-cache']).toBe('hit')
     expect(sha256(local.body)).toBe(digest)
-    expect((await storage(mirror)).redirected).toBe(0)
+    expect((await storage(mirror)).redirected).toBe(1)
 
     const other = newBucket()
     const off = await fake.mirror({ env: s3.server.env(other) })
