@@ -22,6 +22,7 @@ import {
   UPSTREAM_CONNECTION,
   upstreamUrl,
 } from './config-fields.js'
+import { redirectLeak } from './redirect-scope.js'
 
 const schema = z
   .strictObject({
@@ -199,6 +200,27 @@ const schema = z
             // evictor looks at the budget.
             journal_interval: timerDuration('write the journal in a busy loop').prefault('1m'),
             eviction_interval: timerDuration('run bucket eviction in a busy loop').prefault('5m'),
+            // Offload (store/s3-presign.ts): a GET of a blob the bucket holds is answered with a
+            // 307 to a presigned URL of its object, so the bytes go from the bucket to the client.
+            redirect: z
+              .strictObject({
+                enabled: z.boolean().default(false),
+                // How long a URL handed out works: enough to start the GET, short enough not to
+                // be a pass to keep. S3 (SigV4) allows up to 7 days; an hour is plenty here.
+                ttl: timerDuration('hand out URLs that have already expired')
+                  .refine((ms) => ms >= 1000 && ms <= 3_600_000, { message: 'must be from 1s to 1h' })
+                  .prefault('5m'),
+                // Where clients reach the bucket (a name outside, a proxy in front of it); null:
+                // the endpoint. The URLs are signed for this host.
+                public_endpoint: bucketEndpoint.nullable().default(null),
+              })
+              .prefault({}),
+          })
+          .refine((s3) => !s3.redirect.enabled || s3.max_size === null || s3.grace >= s3.redirect.ttl, {
+            // A URL handed out must still find its object: the evictor spares what was used
+            // within grace, so grace may not be shorter than the URLs' life.
+            message: 'must be at least redirect.ttl, or a blob could go while a presigned URL to it works',
+            path: ['grace'],
           })
           .refine((s3) => s3.low_water < s3.high_water, {
             message: 'low_water must be below high_water',
@@ -213,6 +235,10 @@ const schema = z
       .refine((s) => s.type !== 's3' || s.s3.bucket !== null, {
         message: 'S3 storage needs a bucket (storage.s3.bucket or PULLCACHE_S3_BUCKET)',
         path: ['s3', 'bucket'],
+      })
+      .refine((s) => s.type === 's3' || !s.s3.redirect.enabled, {
+        message: 'redirects go to the bucket: they need storage.type s3',
+        path: ['s3', 'redirect', 'enabled'],
       })
       .prefault({}),
     log: z
@@ -254,6 +280,8 @@ const schema = z
           message: 'a budget share is a share of cache.max_size, which is not set',
         })
       }
+      const leak = redirectLeak(config)
+      if (leak !== undefined) ctx.addIssue({ code: 'custom', path: leak.path, message: leak.message })
       if (given.reduce((a, b) => a + b, 0) > 1) {
         ctx.addIssue({
           code: 'custom',

@@ -88,6 +88,9 @@ const ENV_KEYS: Record<string, string> = {
   PULLCACHE_S3_ACCESS_KEY_ID_FILE: 'storage.s3.access_key_id_file',
   PULLCACHE_S3_SECRET_ACCESS_KEY_FILE: 'storage.s3.secret_access_key_file',
   PULLCACHE_S3_MAX_SIZE: 'storage.s3.max_size',
+  PULLCACHE_S3_REDIRECT: 'storage.s3.redirect.enabled',
+  PULLCACHE_S3_REDIRECT_TTL: 'storage.s3.redirect.ttl',
+  PULLCACHE_S3_PUBLIC_ENDPOINT: 'storage.s3.redirect.public_endpoint',
 }
 
 const NUMERIC_KEYS = new Set([
@@ -102,6 +105,7 @@ const BOOLEAN_KEYS = new Set([
   'auth.anonymous',
   'storage.s3.force_path_style',
   'cluster.peers_from_bucket',
+  'storage.s3.redirect.enabled',
 ])
 /** Comma-separated lists in the environment. */
 const LIST_KEYS = new Set(['admin.allow', 'cluster.peers'])

@@ -91,6 +91,12 @@ export function createMetrics() {
       labelNames: ['outcome'] as const,
       registers,
     }),
+    blobRedirects: new Counter({
+      name: 'pullcache_blob_redirects_total',
+      help: 'Blob GETs answered with a 307 to a presigned bucket URL (storage.s3.redirect): bytes the node did not send.',
+      labelNames: ['upstream'] as const,
+      registers,
+    }),
     inflightFills: new Gauge({
       name: 'pullcache_inflight_fetches',
       help: 'Blob downloads from upstream in progress.',

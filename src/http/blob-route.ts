@@ -8,7 +8,8 @@ import type { Context } from 'hono'
 import type { BlobAnswer } from '../mirror/answers.js'
 import type { Fill } from '../mirror/blob-fill.js'
 import type { Mirror } from '../mirror/mirror.js'
-import type { RegistryEnv } from './access.js'
+import { hostOfHeader, sameOrSubdomain } from '../redirect-scope.js'
+import { PEER, type RegistryEnv } from './access.js'
 import { CACHE_HEADER, noteOf } from './outcome.js'
 import { type ByteRange, parseRange, type RepoName } from './reference.js'
 import { sendBytes } from './send-bytes.js'
@@ -54,7 +55,9 @@ export async function blob(
     settle()
   })
 
-  let found = await mirror.blob(name, digest, method)
+  let found = await mirror.blob(name, digest, method, {
+    offload: method === 'GET' && mayRedirect(c, mirror.redirectHost, digest),
+  })
   if (found.kind === 'fill' && found.fill.size === undefined && !closed) {
     // An upstream that sent no Content-Length: the size is known only once the fill is done.
     // The stored file is opened under a pin, so even a budget smaller than the blob cannot
@@ -65,6 +68,19 @@ export async function blob(
   note.cache = found.cache
   if (closed) {
     settle()
+    return RESPONSE_ALREADY_SENT
+  }
+  if (found.kind === 'redirect') {
+    // The bytes come from the bucket: nothing is sent here but the way there.
+    res.writeHead(307, {
+      Location: found.url,
+      'Docker-Content-Digest': digest,
+      // The URL expires: a cache must not keep it longer than the client takes to follow it.
+      'Cache-Control': 'no-store',
+      'Content-Length': 0,
+      [CACHE_HEADER]: found.cache,
+    })
+    res.end()
     return RESPONSE_ALREADY_SENT
   }
   // From here on the body, if any, is written here: what went out is what was counted.
@@ -125,6 +141,23 @@ export async function blob(
     ).finally(reader.release)
   }
   return RESPONSE_ALREADY_SENT
+}
+
+/**
+ * Whether this GET may be sent to the bucket (`bucketHost`: where, with redirects on). Not when
+ * the client already has the bytes (a 304 answers it here), nor when it carries credentials and
+ * would carry them on to the bucket's host (src/redirect-scope.ts), nor for another node of the
+ * cluster. A Range GET may go: the presigned URL answers ranges itself.
+ */
+function mayRedirect(c: Context<RegistryEnv>, bucketHost: string | undefined, digest: string): boolean {
+  if (bucketHost === undefined) return false
+  // A node of the cluster relays the bytes to its own client, and its request carries the
+  // cluster secret, which must not follow it anywhere.
+  if (c.get('viewer') === PEER) return false
+  if (matchesEtag(c.req.header('if-none-match'), digest)) return false
+  if (c.req.header('authorization') === undefined) return true
+  const host = hostOfHeader(c.req.header('host'))
+  return host !== undefined && !sameOrSubdomain(bucketHost, host)
 }
 
 /** Resolves once the fill has bytes at `position` on disk, or has ended either way. */

@@ -1,5 +1,5 @@
 // What the mirror answers the routes with: a manifest, a blob (a stored file, a fill in
-// progress, or only upstream's size for a HEAD), a tag list, each saying where it came from
+// progress, only upstream's size for a HEAD, or a URL of the bucket's copy to redirect to), a tag list, each saying where it came from
 // (Outcome: hit, miss, coalesced onto another request's fetch, or stale). And the other kind of
 // answer: an upstream failure as the registry error a client gets. Shared by the blob and
 // manifest lookups, the mirror and http/, so it sits below all of them.
@@ -27,6 +27,8 @@ export type BlobAnswer =
   // 'hit': filled from the shared tier (the bucket), not from upstream.
   | { kind: 'fill'; fill: Fill; cache: 'hit' | 'miss' | 'coalesced' }
   | { kind: 'remote'; size: number; cache: 'miss' }
+  // A GET the bucket answers: the client is sent to this presigned URL (the offload).
+  | { kind: 'redirect'; url: string; cache: 'hit' }
 
 export interface TagListAnswer {
   bytes: Buffer

@@ -133,7 +133,28 @@ export class BlobLookup {
     return [...this.fills.values()]
   }
 
-  async blob(name: RepoName, digest: string, method: 'GET' | 'HEAD'): Promise<BlobAnswer> {
+  /**
+   * `offload`: the client may be sent to the bucket for the bytes (a GET the route found fit
+   * for a redirect; see http/blob-route.ts). It is, when the bucket holds the blob whole and no
+   * fill of it is running here: a blob being filled streams from the fill, and one only in the
+   * hot tier (not published yet) is served from it.
+   */
+  async blob(
+    name: RepoName,
+    digest: string,
+    method: 'GET' | 'HEAD',
+    opts: { offload?: boolean } = {},
+  ): Promise<BlobAnswer> {
+    if (opts.offload === true && method === 'GET' && this.fills.get(digest) === undefined) {
+      const url = await this.store.redirectUrl(digest).catch((err: unknown) => {
+        this.log.warn('store.bucket_failed', { digest, op: 'presign', error: err })
+        return undefined
+      })
+      if (url !== undefined) {
+        this.metrics.blobRedirects.inc({ upstream: this.upstream.host })
+        return { kind: 'redirect', url, cache: 'hit' }
+      }
+    }
     const row = this.index.getBlob(digest)
     if (row) {
       const stored = await this.openStored(digest)

@@ -152,8 +152,18 @@ export class Mirror {
     return this.blobs.inflight()
   }
 
-  blob(name: RepoName, digest: string, method: 'GET' | 'HEAD'): Promise<BlobAnswer> {
-    return this.blobs.blob(name, digest, method)
+  blob(
+    name: RepoName,
+    digest: string,
+    method: 'GET' | 'HEAD',
+    opts: { offload?: boolean } = {},
+  ): Promise<BlobAnswer> {
+    return this.blobs.blob(name, digest, method, opts)
+  }
+
+  /** With redirects to the bucket on: the host (no port) clients are sent to. */
+  get redirectHost(): string | undefined {
+    return this.store.shared?.redirectHost
   }
 
   /**

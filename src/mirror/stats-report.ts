@@ -114,6 +114,8 @@ export type StorageReport =
       } | null
       /** The bucket's budget and its last eviction run (storage.s3.max_size), when it has one. */
       budget?: BucketBudgetReport
+      /** Blob GETs sent to the bucket with a presigned URL (storage.s3.redirect) since start. */
+      redirected: number
     }
 
 /** The storage part of the stats document, from the store of a running server. */
@@ -132,6 +134,7 @@ export function storageReport(store: Store): StorageReport {
             conditional_replace: found.conditionalReplace,
             presigned_get: found.presignedGet,
           },
+    redirected: store.redirects,
   }
 }
 

@@ -3,7 +3,8 @@
 // and R2 refuse a PUT with If-None-Match: * over an existing object; stock Swift's S3 API
 // answers 501 to any conditional PUT; some accept the header and ignore it, overwriting. Only a
 // 412 where one is due counts as support, so code that uses conditional writes never trusts a
-// store that only looked as if it did.
+// store that only looked as if it did. Presigned GETs count only when one was fetched and
+// answered the object's bytes (store/s3-presign.ts).
 
 import { randomBytes } from 'node:crypto'
 import {
@@ -76,6 +77,7 @@ export async function probeCapabilities(
   client: S3Client,
   bucket: string,
   prefix: string,
+  presignedGet: (key: string, expected: string) => Promise<boolean>,
 ): Promise<BucketCapabilities> {
   const Key = `${prefix}probe/${randomBytes(8).toString('hex')}`
   const put = (Body: string, extra: { IfNoneMatch?: string; IfMatch?: string } = {}) =>
@@ -96,6 +98,8 @@ export async function probeCapabilities(
   }
   try {
     const first = await put('v1')
+    // First, while the object still holds what was written: the other tests rewrite it.
+    const presigned = await presignedGet(Key, 'v1')
     const conditionalCreate = (await refused(put('v2', { IfNoneMatch: '*' }))) && (await content()) === 'v1'
     let conditionalReplace = false
     let ifMatchBare = false
@@ -119,9 +123,7 @@ export async function probeCapabilities(
       conditionalReplace = wrongRefused && rightTaken
       ifMatchBare = bare && conditionalReplace
     }
-    // Presigned URLs need a signer pullcache does not carry yet (the offload of issue 10, item
-    // 3); until it does, they are reported as not available rather than guessed.
-    return { conditionalCreate, conditionalReplace, ifMatchBare, presignedGet: false }
+    return { conditionalCreate, conditionalReplace, ifMatchBare, presignedGet: presigned }
   } finally {
     await client.send(new DeleteObjectCommand({ Bucket: bucket, Key })).catch(() => {})
   }

@@ -18,6 +18,7 @@ import {
 } from '@aws-sdk/client-s3'
 import { BlobMismatch } from './blob-storage.js'
 import { createS3Client, ensureBucket, isMissing, probeCapabilities } from './s3-client.js'
+import { createPresigner, type Presigner, probePresignedGet } from './s3-presign.js'
 import {
   type BucketCapabilities,
   type BucketSettings,
@@ -43,11 +44,17 @@ export class S3Tier implements SharedTier {
   private readonly client: S3Client
   private readonly bucket: string
   private readonly prefix: string
+  private readonly presigner: Presigner
+  private readonly redirectTtlSeconds: number | null
+  readonly redirectHost: string | undefined
 
   constructor(settings: BucketSettings) {
     this.client = createS3Client(settings)
     this.bucket = settings.bucket
     this.prefix = settings.prefix
+    this.presigner = createPresigner(settings)
+    this.redirectTtlSeconds = settings.redirectTtlSeconds
+    this.redirectHost = settings.redirectTtlSeconds === null ? undefined : this.presigner.host
     this.describe = {
       type: 's3',
       endpoint: settings.endpoint,
@@ -58,7 +65,9 @@ export class S3Tier implements SharedTier {
 
   async start(): Promise<{ created: boolean; capabilities: BucketCapabilities }> {
     const created = await ensureBucket(this.client, this.bucket)
-    this.capabilities = await probeCapabilities(this.client, this.bucket, this.prefix)
+    this.capabilities = await probeCapabilities(this.client, this.bucket, this.prefix, (key, expected) =>
+      probePresignedGet(this.presigner, key, expected),
+    )
     return { created, capabilities: this.capabilities }
   }
 
@@ -163,6 +172,11 @@ export class S3Tier implements SharedTier {
     }
   }
 
+  presignGet(digest: string): Promise<string> {
+    if (this.redirectTtlSeconds === null) return Promise.reject(new Error('redirects are off'))
+    return this.presigner.sign(bucketKey(this.prefix, digest), this.redirectTtlSeconds)
+  }
+
   async abortStaleUploads(olderThanMs: number): Promise<number> {
     const before = Date.now() - olderThanMs
     let aborted = 0
@@ -197,6 +211,7 @@ export class S3Tier implements SharedTier {
 
   close(): void {
     this.client.destroy()
+    this.presigner.close()
   }
 }
 

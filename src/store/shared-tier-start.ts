@@ -56,6 +56,7 @@ export async function startSharedTier(
       conditional_create: capabilities.conditionalCreate,
       conditional_replace: capabilities.conditionalReplace,
       presigned_get: capabilities.presignedGet,
+      redirect: tier.redirectHost === undefined ? 'off' : capabilities.presignedGet ? 'on' : 'unavailable',
     })
   } catch (err) {
     log.error('storage.bucket_unreachable', { ...tier.describe, error: err })
@@ -91,6 +92,7 @@ export function bucketSettings(storage: {
     prefix: string
     region: string
     force_path_style: boolean
+    redirect: { enabled: boolean; ttl: number; public_endpoint: string | null }
   }
   credentials: BucketSettings['credentials']
 }): BucketSettings {
@@ -103,6 +105,8 @@ export function bucketSettings(storage: {
     region: s3.region,
     forcePathStyle: s3.force_path_style,
     credentials: storage.credentials,
+    publicEndpoint: s3.redirect.public_endpoint,
+    redirectTtlSeconds: s3.redirect.enabled ? Math.floor(s3.redirect.ttl / 1000) : null,
   }
 }
 

@@ -6,6 +6,9 @@
 //          admitted to the hot tier) -> upstream
 //   fill   upstream -> verified local commit (clients released) -> published to the bucket from
 //          the committed file, behind the clients, completed only when its sha256 and size match
+//   offload (storage.s3.redirect) a GET of a blob the bucket holds, past the access checks and
+//          with no fill of it running -> 307 to a presigned URL of its object, signed for the
+//          public endpoint, valid for the ttl; the client fetches the bytes there
 //
 // Layout in the bucket, drawn once here (keys are built in bucketKey()):
 //
@@ -49,6 +52,10 @@ export interface BucketSettings {
   region: string
   forcePathStyle: boolean
   credentials: { accessKeyId: string; secretAccessKey: string } | null
+  /** Where clients reach the bucket, for presigned URLs; null: the endpoint. */
+  publicEndpoint: string | null
+  /** How long a presigned URL handed out to a client works; null: redirects are off. */
+  redirectTtlSeconds: number | null
 }
 
 export interface SharedTier {
@@ -77,6 +84,14 @@ export interface SharedTier {
     source: PublishSource,
     opts: { replace?: boolean; anonymous: boolean },
   ): Promise<'published' | 'present'>
+  /** With redirects on: the host (no port) presigned URLs send clients to; else undefined. */
+  readonly redirectHost: string | undefined
+  /**
+   * A URL that GETs the blob's object with no other credentials, signed for the public endpoint
+   * and valid for the redirect ttl. Says nothing of whether the object is there: stat() first.
+   * Rejects when redirects are off.
+   */
+  presignGet(digest: string): Promise<string>
   /** Aborts multipart uploads under the prefix started more than `olderThanMs` ago; how many. */
   abortStaleUploads(olderThanMs: number): Promise<number>
   /** Lets go of connections. */

@@ -58,6 +58,7 @@ export class Store {
   onSharedRead: ((digest: string) => void) | undefined
   /** The shared tier's budget and last eviction run, when it has a budget (store/bucket-budget.ts). */
   sharedBudget: (() => BucketBudgetReport) | undefined
+  private redirected = 0
 
   constructor(blobs: BlobStorage, index: IndexDb, shared?: SharedTier) {
     this.blobs = blobs
@@ -121,6 +122,33 @@ export class Store {
       this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
       throw err
     }
+  }
+
+  /** Presigned URLs handed out to clients (redirects to the bucket) since start. */
+  get redirects(): number {
+    return this.redirected
+  }
+
+  /**
+   * A presigned URL of the blob's object, for a client to fetch it from the bucket itself (the
+   * offload: store/shared-tier.ts), or undefined when the bytes are to be served here: redirects
+   * off, the probe found presigned GETs do not work (or has not run), the bucket failed lately,
+   * its copy did not verify, it does not hold the blob (an object is complete or absent: one
+   * being published is absent), or it holds another size than the local row says.
+   */
+  async redirectUrl(digest: string): Promise<string | undefined> {
+    const shared = this.shared
+    if (shared?.redirectHost === undefined || shared.capabilities?.presignedGet !== true) return undefined
+    const there = await this.statInShared(digest)
+    if (there === undefined) return undefined
+    const row = this.index.getBlob(digest)
+    if (row !== undefined && row.size !== there.size) return undefined
+    const url = await shared.presignGet(digest)
+    this.redirected++
+    // A URL handed out is a read to come: the journal tells the bucket's evictor, whose grace
+    // (no shorter than the URL's ttl) then spares the object until the client has fetched it.
+    this.onSharedRead?.(digest)
+    return url
   }
 
   /**

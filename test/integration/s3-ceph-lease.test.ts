@@ -28,6 +28,8 @@ describe('bucket eviction lease on Ceph RGW', () => {
     region: rgw.server.region,
     forcePathStyle: true,
     credentials: { accessKeyId: rgw.server.accessKeyId, secretAccessKey: rgw.server.secretAccessKey },
+    publicEndpoint: null,
+    redirectTtlSeconds: null,
   })
 
   beforeAll(() => {

@@ -58,6 +58,8 @@ describe('bucket eviction against a byte budget', () => {
     region: s3.server.region,
     forcePathStyle: true,
     credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
+    publicEndpoint: null,
+    redirectTtlSeconds: null,
   })
 
   async function put(bucket: string, body: Buffer): Promise<string> {

@@ -60,6 +60,8 @@ describe('S3 storage', () => {
     region: s3.server.region,
     forcePathStyle: true,
     credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
+    publicEndpoint: null,
+    redirectTtlSeconds: null,
   })
   const objectBytes = async (bucket: string, key: string) => {
     const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }))
@@ -106,7 +108,9 @@ describe('S3 storage', () => {
       endpoint: s3.server.endpoint,
       bucket,
       prefix: 'pc/',
-      capabilities: { conditional_create: false, conditional_replace: false, presigned_get: false },
+      // Swift's S3 API takes presigned GETs (and refuses a forged one), and the probe fetched one.
+      capabilities: { conditional_create: false, conditional_replace: false, presigned_get: true },
+      redirected: 0,
     })
   })
 

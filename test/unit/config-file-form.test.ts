@@ -124,6 +124,7 @@ const EVERYTHING = {
       grace: '2h',
       journal_interval: '30s',
       eviction_interval: '10m',
+      redirect: { enabled: true, ttl: '2m', public_endpoint: 'https://blobs.example.com' },
     },
   },
   log: { level: 'debug', access: false },

@@ -2,6 +2,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, test } from 'vitest'
 import { fileForm, loadConfig } from '../../src/config.js'
+import { hostOfHeader, sameOrSubdomain } from '../../src/redirect-scope.js'
 import { compileTagPattern } from '../../src/tag-pattern.js'
 import { parseDuration, parseSize } from '../../src/units.js'
 import { problems } from '../support/config-problems.js'
@@ -364,5 +365,88 @@ describe('storage', () => {
     expect(problems(() => loadConfig({ env: { ...s3Env, PULLCACHE_STORAGE: 'nfs' } }))[0]).toMatch(
       /^storage\.type:/,
     )
+  })
+
+  test('redirects: off by default, on from the environment with a ttl and a public endpoint', () => {
+    expect(loadConfig({ env: s3Env }).storage.s3.redirect).toEqual({
+      enabled: false,
+      ttl: 300_000,
+      public_endpoint: null,
+    })
+    const c = loadConfig({
+      env: {
+        ...s3Env,
+        PULLCACHE_S3_REDIRECT: '1',
+        PULLCACHE_S3_REDIRECT_TTL: '90s',
+        PULLCACHE_S3_PUBLIC_ENDPOINT: 'https://blobs.example.com/',
+      },
+    })
+    expect(c.storage.s3.redirect).toEqual({
+      enabled: true,
+      ttl: 90_000,
+      public_endpoint: 'https://blobs.example.com',
+    })
+  })
+
+  test("redirects: a ttl past 1h or past the bucket's grace, local storage, or a bucket under the node's own host are refused", async () => {
+    expect(problems(() => loadConfig({ env: { ...s3Env, PULLCACHE_S3_REDIRECT_TTL: '2h' } }))).toEqual([
+      'storage.s3.redirect.ttl: must be from 1s to 1h',
+    ])
+    expect(problems(() => loadConfig({ env: { PULLCACHE_S3_REDIRECT: 'on' } }))).toEqual([
+      'storage.s3.redirect.enabled: redirects go to the bucket: they need storage.type s3',
+    ])
+    // With a bucket budget, a URL handed out must not outlive the evictor's grace.
+    const budget = {
+      ...s3Env,
+      PULLCACHE_S3_REDIRECT: '1',
+      PULLCACHE_S3_MAX_SIZE: '10GiB',
+      PULLCACHE_S3_REDIRECT_TTL: '30m',
+    }
+    const shortGrace = await file({ storage: { s3: { grace: '10m' } } })
+    expect(problems(() => loadConfig({ env: budget, file: shortGrace }))).toEqual([
+      'storage.s3.grace: must be at least redirect.ttl, or a blob could go while a presigned URL to it works',
+    ])
+    expect(loadConfig({ env: { ...budget, PULLCACHE_S3_REDIRECT_TTL: '10m' } }).storage.s3.grace).toBe(
+      3_600_000,
+    )
+    // Clients keep their credentials on a redirect to the same host or a subdomain (moby#50065).
+    const leaks = (publicEndpoint: string | undefined, nodeUrl: string) => {
+      const load = () =>
+        loadConfig({
+          env: {
+            ...s3Env,
+            PULLCACHE_S3_REDIRECT: '1',
+            ...(publicEndpoint === undefined ? {} : { PULLCACHE_S3_PUBLIC_ENDPOINT: publicEndpoint }),
+            PULLCACHE_NODE_URL: nodeUrl,
+          },
+        })
+      try {
+        load()
+        return []
+      } catch {
+        return problems(load)
+      }
+    }
+    expect(leaks('https://blobs.mirror.example.com', 'https://mirror.example.com')[0]).toMatch(
+      /^storage\.s3\.redirect\.public_endpoint: clients would be sent to blobs\.mirror\.example\.com/,
+    )
+    expect(leaks('https://MIRROR.example.com:9000', 'https://mirror.example.com')).toHaveLength(1)
+    expect(leaks(undefined, 'http://127.0.0.1:5000')[0]).toMatch(/^storage\.s3\.endpoint: /)
+    expect(leaks('https://blobs.example.com', 'https://mirror.example.com')).toEqual([])
+    expect(leaks('https://example.com', 'https://mirror.example.com')).toEqual([])
+  })
+})
+
+describe('redirect scope', () => {
+  test("Go's rule: the same host or a subdomain keeps the credentials, ports aside", () => {
+    expect(sameOrSubdomain('mirror.example.com', 'mirror.example.com')).toBe(true)
+    expect(sameOrSubdomain('s3.mirror.example.com', 'mirror.example.com')).toBe(true)
+    expect(sameOrSubdomain('notmirror.example.com', 'mirror.example.com')).toBe(false)
+    expect(sameOrSubdomain('example.com', 'mirror.example.com')).toBe(false)
+    expect(sameOrSubdomain('[::1]', '::1')).toBe(true)
+    expect(sameOrSubdomain('::1', '1')).toBe(false)
+    expect(hostOfHeader('127.0.0.1:5000')).toBe('127.0.0.1')
+    expect(hostOfHeader('[::1]:5000')).toBe('[::1]')
+    expect(hostOfHeader(undefined)).toBeUndefined()
   })
 })
