@@ -26,6 +26,18 @@ export const STREAM_CHUNK = 512 * 1024
 export const EMPTY_DIGEST = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
 /** Upstream chunks are gathered up to this size before one write, to keep syscalls few. */
 const WRITE_BATCH = 1024 * 1024
+/**
+ * Written batches kept in memory for the readers at the download's leading edge: two, because
+ * a reader that keeps up waits at the last byte of one batch and then reads across into the next.
+ */
+const KEPT_BATCHES = 2
+
+/** Upstream chunks that are on disk at [start, end), as they came (not copied). */
+interface KeptBatch {
+  start: number
+  end: number
+  chunks: Buffer[]
+}
 
 type State = 'starting' | 'streaming' | 'committed' | 'failed'
 
@@ -64,6 +76,12 @@ export class Fill {
   private writer: BlobWriter | undefined
   private refs = 1 // the fill's own reference to the writer (its temp file)
   private readonly waiters = new Set<() => void>()
+  /**
+   * The last batches written, oldest first: a reader that keeps up with the download copies its
+   * bytes from here instead of reading them back from the temp file (a read on libuv's pool and a
+   * promise per chunk). The same bytes as on disk, and only bytes already on disk.
+   */
+  private kept: KeptBatch[] = []
   private readonly store: Store
   private body: Readable | undefined
   private aborted: Error | undefined
@@ -132,9 +150,13 @@ export class Fill {
       // One write in flight while the next batch arrives: the network and the disk overlap,
       // and upstream is still paused (backpressure) if the disk falls behind.
       let writing: Promise<void> = Promise.resolve()
+      let batch: Buffer[] = []
       const flush = async () => {
         await writing
+        const kept = { start: this.received - writer.buffered, end: this.received, chunks: batch }
+        batch = []
         writing = writer.flush().then((written) => {
+          if (this.kept.push(kept) > KEPT_BATCHES) this.kept.shift()
           this.written = written
           this.wake()
         })
@@ -143,6 +165,7 @@ export class Fill {
       for await (const chunk of upstream.body) {
         const buf = chunk as Buffer
         writer.write(buf)
+        batch.push(buf)
         this.received += buf.length
         if (this.size !== undefined && this.received > this.size) {
           throw new UpstreamError(
@@ -176,6 +199,8 @@ export class Fill {
       this.settle.readyReject(error)
       this.settle.doneReject(error)
     } finally {
+      // Readers after the end read the file: the batches' memory goes now.
+      this.kept = []
       source.onSettled()
       this.wake()
       await this.release()
@@ -234,12 +259,37 @@ export class Fill {
       const committed = this.state === 'committed'
       const limit = committed ? end + 1 : Math.min(this.written - 1, end)
       if (position < limit) {
-        const n = await this.read(buffer, Math.min(length, limit - position), position)
+        const want = Math.min(length, limit - position)
+        const copied = this.copyKept(buffer, want, position)
+        if (copied > 0) return copied
+        const n = await this.read(buffer, want, position)
         if (n <= 0) throw new Error(`short read of ${this.digest} at ${position}`)
         return n
       }
       await this.changed()
     }
+  }
+
+  /**
+   * Copies up to `length` bytes at `position` from the kept batches into `buffer`; 0 when the
+   * reader is behind them (it reads the file then).
+   */
+  private copyKept(buffer: Buffer, length: number, position: number): number {
+    const first = this.kept[0]
+    if (first === undefined || position < first.start) return 0
+    let copied = 0
+    for (const batch of this.kept) {
+      let at = batch.start
+      for (const chunk of batch.chunks) {
+        const from = position + copied - at
+        if (from < chunk.length && from >= 0) {
+          copied += chunk.copy(buffer, copied, from, Math.min(chunk.length, from + length - copied))
+          if (copied === length) return copied
+        }
+        at += chunk.length
+      }
+    }
+    return copied
   }
 
   /** Resolves at the next progress or state change. */

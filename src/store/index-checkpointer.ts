@@ -1,6 +1,8 @@
 // WAL checkpoints off the event loop, for the server: a worker thread with a connection of its
 // own checkpoints the index every interval, and the server's connection never checkpoints inside
-// a commit while the thread runs.
+// a commit while the thread runs. The thread (a V8 isolate of its own, about 7 MB of resident
+// memory) starts with the server's first write to the index, not with the server: a mirror that
+// has not been used yet has nothing to checkpoint.
 
 import { createRequire } from 'node:module'
 import { Worker } from 'node:worker_threads'
@@ -38,6 +40,8 @@ export class Checkpointer {
   private readonly db: Database.Database
   private readonly path: string
   private checkpointer: Worker | undefined
+  /** Until the first write: the timer that looks for it (see start). */
+  private watch: NodeJS.Timeout | undefined
   /** Checkpoints the thread has reported, for tests and logs. */
   checkpoints = 0
 
@@ -54,9 +58,37 @@ export class Checkpointer {
    * checkpoint is off and a worker thread with its own connection checkpoints every
    * `intervalMs` instead. If that thread fails, `onFailure` is told and the automatic
    * checkpoint comes back, so the WAL never grows without bound.
+   *
+   * The thread itself starts once this connection has written (SQLite's `total_changes()`,
+   * looked at every `intervalMs`): before that, the WAL holds at most what was there when the
+   * server opened the index (a migration, a crash's leftovers), which readers see as they would
+   * after a checkpoint and which the next checkpoint, or the last connection's close, copies back.
    */
   start(intervalMs: number, onFailure: (message: string) => void): void {
-    if (this.checkpointer !== undefined) return
+    if (this.checkpointer !== undefined || this.watch !== undefined) return
+    this.db.pragma('wal_autocheckpoint = 0')
+    const changes = this.db.prepare('SELECT total_changes()').pluck()
+    const before = changes.get()
+    this.watch = setInterval(() => {
+      if (!this.db.open) return this.stopWatching()
+      if (changes.get() === before) return
+      this.stopWatching()
+      this.spawn(intervalMs, onFailure)
+    }, intervalMs)
+    this.watch.unref()
+  }
+
+  /** Whether the checkpointer thread runs (it starts with the first write; see start). */
+  get running(): boolean {
+    return this.checkpointer !== undefined
+  }
+
+  private stopWatching(): void {
+    clearInterval(this.watch)
+    this.watch = undefined
+  }
+
+  private spawn(intervalMs: number, onFailure: (message: string) => void): void {
     const worker = new Worker(CHECKPOINTER, {
       eval: true,
       workerData: {
@@ -82,11 +114,14 @@ export class Checkpointer {
       if (code !== 0) fallBack(`the checkpointer thread exited with code ${code}`)
     })
     this.checkpointer = worker
-    this.db.pragma('wal_autocheckpoint = 0')
   }
 
   /** Stops the checkpointer thread and waits for it to close its connection. */
   async stop(): Promise<void> {
+    if (this.watch !== undefined) {
+      this.stopWatching()
+      if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000')
+    }
     const worker = this.checkpointer
     if (worker === undefined) return
     this.checkpointer = undefined
@@ -101,6 +136,7 @@ export class Checkpointer {
 
   /** Ends a thread still running at once (stop() lets it close cleanly). */
   terminate(): void {
+    this.stopWatching()
     if (this.checkpointer !== undefined) {
       void this.checkpointer.terminate()
       this.checkpointer = undefined

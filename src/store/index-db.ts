@@ -375,10 +375,12 @@ export class IndexDb {
     return this.checkpointer.checkpoints
   }
 
-  /**
-   * Moves WAL checkpoints off the event loop, for the server; if the thread fails, `onFailure`
-   * is told and SQLite's automatic checkpoint comes back.
-   */
+  /** Whether the checkpointer thread runs: it starts with the first write after checkpointInBackground. */
+  get checkpointing(): boolean {
+    return this.checkpointer.running
+  }
+
+  /** WAL checkpoints off the event loop (a thread, from the first write); see index-checkpointer.ts. */
   checkpointInBackground(intervalMs: number, onFailure: (message: string) => void): void {
     this.checkpointer.start(intervalMs, onFailure)
   }

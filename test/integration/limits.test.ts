@@ -25,8 +25,12 @@ const openFds = () =>
       return false
     }
   }).length
-/** Open descriptors once the new server's background work (the checkpointer thread) has settled. */
-async function settledFds(): Promise<number> {
+/**
+ * Open descriptors once the server's background work has settled: the checkpointer thread, which
+ * starts with the index's first write (a cached blob's row) and opens descriptors of its own.
+ */
+async function settledFds(mirror: TestMirror): Promise<number> {
+  await until(() => mirror.server.index.checkpointing, 2_000, 'checkpointer thread started')
   let last = openFds()
   for (let i = 0; i < 30; i++) {
     await sleep(100)
@@ -161,8 +165,7 @@ describe('deadlines', () => {
     const mirror = await fake.mirror({ env: { PULLCACHE_SEND_TIMEOUT: '1s' } })
     // Larger than what the kernel buffers on loopback for a reader that reads nothing.
     const digest = await cachedBlob(mirror, 24 * 1024 * 1024)
-    await sleep(100)
-    const fds = openFds()
+    const fds = await settledFds(mirror)
     const raw = await rawConnect(mirror.url, { read: false })
     raw.socket.write(`GET /v2/${REPO}/blobs/${digest} HTTP/1.1\r\nHost: x\r\n\r\n`)
     await until(() => mirror.server.mirror.isInUse(digest), 2_000, 'response started')
@@ -230,7 +233,7 @@ describe('release however the client leaves', () => {
     test(`${what}: a client gone before the mirror answered leaves no pin and no open file`, async () => {
       const mirror = await fake.mirror()
       const digest = await cachedBlob(mirror, 1024 * 1024)
-      const fds = await settledFds()
+      const fds = await settledFds(mirror)
       const gate = gateMirror(mirror)
       try {
         const raw = await rawConnect(mirror.url)
