@@ -50,7 +50,8 @@ export class IndexDb {
   private readonly db: Database.Database
   private readonly stmt: Statements
   private readonly writes: WriteBuffer
-  private readonly checkpointer: Checkpointer
+  /** WAL checkpoints in a thread (index-checkpointer.ts); tests read its `running`, `checkpoints`. */
+  readonly checkpointer: Checkpointer
   /** The queries behind the stats (store/stats.ts). */
   readonly usage: UsageQueries
   /** The kept referrers lists and the catalog's walk over repositories (index-listings.ts). */
@@ -369,16 +370,6 @@ export class IndexDb {
   }
 
   // --- checkpoints (index-checkpointer.ts) --------------------------------------------------
-
-  /** Checkpoints the checkpointer thread has reported, for tests and logs. */
-  get checkpoints(): number {
-    return this.checkpointer.checkpoints
-  }
-
-  /** Whether the checkpointer thread runs: it starts with the first write after checkpointInBackground. */
-  get checkpointing(): boolean {
-    return this.checkpointer.running
-  }
 
   /** WAL checkpoints off the event loop (a thread, from the first write); see index-checkpointer.ts. */
   checkpointInBackground(intervalMs: number, onFailure: (message: string) => void): void {

@@ -30,7 +30,7 @@ const openFds = () =>
  * starts with the index's first write (a cached blob's row) and opens descriptors of its own.
  */
 async function settledFds(mirror: TestMirror): Promise<number> {
-  await until(() => mirror.server.index.checkpointing, 2_000, 'checkpointer thread started')
+  await until(() => mirror.server.index.checkpointer.running, 2_000, 'checkpointer thread started')
   let last = openFds()
   for (let i = 0; i < 30; i++) {
     await sleep(100)

@@ -131,12 +131,12 @@ describe('checkpoints in a thread of their own', () => {
     expect(index.database.pragma('wal_autocheckpoint', { simple: true })).toBe(0)
     // Nothing written yet, nothing to checkpoint: no thread (its memory is the idle server's).
     await new Promise((r) => setTimeout(r, 100))
-    expect(index.checkpointing).toBe(false)
+    expect(index.checkpointer.running).toBe(false)
     index.database.transaction(() => {
       for (let i = 0; i < 500; i++) index.addBlob(sha256(`blob ${i}`), i, null)
     })()
-    await waitFor(() => index.checkpoints > 0, { what: 'a checkpoint by the worker thread' })
-    expect(index.checkpointing).toBe(true)
+    await waitFor(() => index.checkpointer.checkpoints > 0, { what: 'a checkpoint by the worker thread' })
+    expect(index.checkpointer.running).toBe(true)
     // Everything the WAL held is in the file now: nothing is left for this connection to copy.
     const [left] = index.database.pragma('wal_checkpoint(PASSIVE)') as { log: number; checkpointed: number }[]
     expect(left?.log).toBe(left?.checkpointed)
