@@ -1,8 +1,11 @@
 // GET /_pullcache/cluster: what this node knows of its cluster, for the other nodes and for
 // `pullcache cluster check`: its own URL, the nodes it counts (and which answer), its version.
 // Only a caller with the cluster secret gets it: it names every node's internal address.
+// GET /_pullcache/cluster/stats: this node's own figures, which the others sum into the
+// cluster's totals (src/cluster/totals.ts).
 
-import { Hono } from 'hono'
+import { type Context, Hono } from 'hono'
+import type { NodeFigures } from '../cluster/figures.js'
 import type { Membership } from '../cluster/membership.js'
 import { RegistryError } from '../errors.js'
 import { VERSION } from '../version.js'
@@ -16,15 +19,26 @@ export interface ClusterView {
   members: { url: string; self: boolean; live: boolean }[]
 }
 
-export function clusterRoutes(membership: Membership | undefined): Hono<RegistryEnv> {
+export function clusterRoutes(
+  membership: Membership | undefined,
+  ownFigures: () => Promise<NodeFigures>,
+): Hono<RegistryEnv> {
   const routes = new Hono<RegistryEnv>()
-  routes.get(CLUSTER_PATH, (c) => {
+  const peersOnly = (c: Context<RegistryEnv>) => {
     if (membership === undefined)
       throw new RegistryError('NOT_FOUND', { reason: 'this node is not in a cluster' })
     if (c.get('viewer') !== PEER)
       throw new RegistryError('DENIED', { reason: 'the cluster secret is required' })
-    const view: ClusterView = { node_url: membership.self, version: VERSION, members: membership.members() }
+    return membership
+  }
+  routes.get(CLUSTER_PATH, (c) => {
+    const members = peersOnly(c)
+    const view: ClusterView = { node_url: members.self, version: VERSION, members: members.members() }
     return c.json(view)
+  })
+  routes.get(`${CLUSTER_PATH}/stats`, async (c) => {
+    peersOnly(c)
+    return c.json(await ownFigures(), 200, { 'Cache-Control': 'no-store' })
   })
   return routes
 }
