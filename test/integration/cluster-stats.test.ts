@@ -93,6 +93,14 @@ describe('cluster totals', () => {
       expect(got.status).toBe(200)
       expect(sha256(got.body)).toBe(layer.digest)
     }
+    // A blob upstream does not have, asked of a node that does not own it: the owner's 404.
+    let absent = sha256(Buffer.from('absent'))
+    for (let i = 0; ownerOf(urls, `blob\0${absent}`) === first.url; i++)
+      absent = sha256(Buffer.from(`absent ${i}`))
+    const notFound = await first.get(`/v2/${REPO}/blobs/${absent}`)
+    expect(notFound.status).toBe(404)
+    const absentOwner = ownerOf(urls, `blob\0${absent}`)
+
     const blobGets = fake.up.requests.filter(
       (r) => r.method === 'GET' && r.path.endsWith(layer.digest.slice(7)),
     )
@@ -106,11 +114,14 @@ describe('cluster totals', () => {
     ]
     // Per node: the relaying nodes relayed once each and count the owner's bytes as relay bytes,
     // not upstream bytes; the owner received two relayed requests, a miss and a hit.
+    expect(series(mFirst, 'pullcache_cluster_relays_total{outcome="not_found"}')).toBe(1)
     for (const m of [mFirst, mSecond]) {
       expect(series(m, 'pullcache_cluster_relays_total{outcome="ok"}')).toBe(1)
       expect(series(m, 'pullcache_cluster_relay_bytes_total')).toBe(LAYER_BYTES)
       expect(total(m, 'pullcache_upstream_blob_bytes_total')).toBe(0)
-      expect(total(m, 'pullcache_cluster_relayed_requests_total')).toBe(0)
+      expect(total(m, 'pullcache_cluster_relayed_requests_total')).toBe(
+        m === mSecond && absentOwner === second.url ? 1 : 0,
+      )
       expect(series(m, 'pullcache_cluster_members{state="live"}')).toBe(3)
       expect(series(m, 'pullcache_cluster_members{state="down"}')).toBe(0)
     }
@@ -119,8 +130,8 @@ describe('cluster totals', () => {
     expect(series(mOwner, 'pullcache_cluster_relayed_served_bytes_total')).toBe(2 * LAYER_BYTES)
     expect(total(mOwner, 'pullcache_upstream_blob_bytes_total')).toBe(LAYER_BYTES)
     expect(total(mOwner, 'pullcache_cluster_relays_total')).toBe(0)
-    // The owner's own requests still count all three it answered (its node figures are unchanged).
-    expect(total(mOwner, 'pullcache_requests_total')).toBe(3)
+    // The owner's own requests still count all it answered (its node figures are unchanged).
+    expect(total(mOwner, 'pullcache_requests_total')).toBe(absentOwner === owner.url ? 4 : 3)
 
     // Upstream requests as the nodes' metrics count them (a status page load may add a ping).
     const upstreamRequests = async () => {
@@ -134,23 +145,23 @@ describe('cluster totals', () => {
     const expectTotals = (cluster: ClusterReport | undefined) => {
       expect(cluster?.missing).toEqual([])
       expect(cluster?.totals).toMatchObject({
-        requests: 3,
+        requests: 4,
         hits: 1,
         misses: 2,
-        errors: 0,
+        errors: 1,
         bytes_served: 3 * LAYER_BYTES,
         bytes_from_upstream: LAYER_BYTES,
         upstream_requests: expectedUpstream,
-        relays_sent: 2,
+        relays_sent: 3,
         relay_bytes: 2 * LAYER_BYTES,
-        relays_received: 2,
+        relays_received: 3,
       })
       expect(cluster?.totals.hit_rate).toBeCloseTo(1 / 3)
     }
     for (const node of nodes) {
       const report = await stats(node)
       expectTotals(report.cluster)
-      expect(report.cluster?.node?.requests).toBe(1)
+      expect(report.cluster?.node?.requests).toBe(node === first ? 2 : 1)
       expect(report.cluster?.members.map((m) => m.url)).toEqual([...urls].sort())
     }
     // The status page shows them beside the node's own.
@@ -170,7 +181,7 @@ describe('cluster totals', () => {
     expect(json.code, json.stderr).toBe(0)
     expectTotals((JSON.parse(json.stdout) as StatsReport).cluster)
     const table = await runCli(['stats'], { env })
-    expect(table.stdout).toMatch(/cluster \(3 of 3 nodes\)\s+3\s+33\.3%/)
+    expect(table.stdout).toMatch(/cluster \(3 of 3 nodes\)\s+4\s+33\.3%/)
     expect(table.stdout).not.toContain(SECRET)
 
     // A node that stops is named and left out; the others' figures still add up. (The owner's
@@ -178,24 +189,42 @@ describe('cluster totals', () => {
     await second.close({ wipe: false })
     const after = (await stats(first)).cluster
     expect(after?.missing).toEqual([second.url])
-    expect(after?.totals.requests).toBe(2)
+    expect(after?.totals.requests).toBe(3)
     expect(after?.members.find((m) => m.url === second.url)?.problem).toBeTruthy()
   })
 
-  test('the figures of one node are for the cluster secret only', async () => {
+  test('an owner that does not answer: the request goes upstream from here, the owner is named down', async () => {
     const port = (await freePorts(1))[0]!
+    const self = `http://127.0.0.1:${port}`
+    const dead = 'http://127.0.0.1:1'
     const node = await fake.mirror({
       env: {
         PULLCACHE_LISTEN: `127.0.0.1:${port}`,
-        PULLCACHE_NODE_URL: `http://127.0.0.1:${port}`,
-        PULLCACHE_PEERS: `http://127.0.0.1:${port},http://127.0.0.1:1`,
+        PULLCACHE_NODE_URL: self,
+        PULLCACHE_PEERS: `${self},${dead}`,
         PULLCACHE_CLUSTER_SECRET: SECRET,
       },
     })
+    let digest = fake.up.addBlob(REPO, Buffer.from('owned by the dead node 0'))
+    for (let i = 1; ownerOf([self, dead], `blob\0${digest}`) !== dead; i++) {
+      digest = fake.up.addBlob(REPO, Buffer.from(`owned by the dead node ${i}`))
+    }
+    expect((await node.get(`/v2/${REPO}/blobs/${digest}`)).status).toBe(200)
+    const m = (await node.get('/metrics')).body.toString()
+    expect(series(m, 'pullcache_cluster_relays_total{outcome="fallback"}')).toBe(1)
+    expect(series(m, 'pullcache_cluster_members{state="live"}')).toBe(1)
+    expect(series(m, 'pullcache_cluster_members{state="down"}')).toBe(1)
+    const report = JSON.parse((await node.get('/_pullcache/stats')).body.toString()) as StatsReport
+    expect(report.cluster?.missing).toEqual([dead])
+    expect(report.cluster?.members.find((x) => x.url === dead)?.problem).toMatch(/^down/)
+    expect(report.cluster?.totals).toMatchObject({ requests: 1, misses: 1, relays_sent: 1, relay_bytes: 0 })
+    expect(report.cluster?.totals.bytes_from_upstream).toBeGreaterThan(0)
+
+    // The figures a node gives its peers are for the cluster secret only.
     expect((await node.get('/_pullcache/cluster/stats')).status).toBe(403)
     expect((await node.get('/_pullcache/cluster/stats', { 'x-pullcache-peer': 'guess' })).status).toBe(403)
     const ok = await node.get('/_pullcache/cluster/stats', { 'x-pullcache-peer': SECRET })
     expect(ok.status).toBe(200)
-    expect(JSON.parse(ok.body.toString())).toMatchObject({ requests: 0, hit_rate: null })
+    expect(JSON.parse(ok.body.toString())).toMatchObject({ requests: 1, misses: 1, hit_rate: 0 })
   })
 })
