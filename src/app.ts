@@ -3,7 +3,9 @@
 // are rendered. No I/O happens at import; createApp gets everything it uses.
 
 import { type Context, Hono } from 'hono'
+import { ownFigures } from './cluster/figures.js'
 import type { Membership } from './cluster/membership.js'
+import { ClusterTotals } from './cluster/totals.js'
 import { RegistryError } from './errors.js'
 import { type Access, ANONYMOUS, certificateUser, type RegistryEnv } from './http/access.js'
 import { ADMIN_PREFIX, type AdminDeps, adminRoutes } from './http/admin.js'
@@ -93,10 +95,26 @@ export function createApp({
     return new Response(body, { headers: { 'Content-Type': metrics.registry.contentType } })
   })
 
-  app.route(ADMIN_PREFIX, adminRoutes(mirrors, admin))
+  // In a cluster, the stats and the status page add the cluster's totals to the node's own.
+  if (cluster !== undefined) {
+    metrics.sources.clusterMembers = () => {
+      const members = cluster.members()
+      const live = members.filter((m) => m.live).length
+      return { live, down: members.length - live }
+    }
+  }
+  const own = () => ownFigures(metrics)
+  const withTotals: AdminDeps =
+    cluster === undefined
+      ? admin
+      : {
+          ...admin,
+          cluster: new ClusterTotals({ membership: cluster, secret: admin.config.cluster.secret, own }),
+        }
+  app.route(ADMIN_PREFIX, adminRoutes(mirrors, withTotals))
   app.route(ADMIN_PREFIX, healthRoutes(mirrors, admin))
-  app.route(ADMIN_PREFIX, clusterRoutes(cluster, admin.store))
-  app.route('/', statusPageRoutes(mirrors, admin))
+  app.route(ADMIN_PREFIX, clusterRoutes(cluster, own, admin.store))
+  app.route('/', statusPageRoutes(mirrors, withTotals))
 
   app.route('/', registryRoutes(mirrors, access))
 

@@ -14,6 +14,8 @@ export interface MetricSources {
   storeTotals: () => { blobs: number; bytes: number; allocated: number }
   storeBudget: () => number
   notifyPending: () => { endpoint: string; events: number }[]
+  /** The cluster's nodes by whether this one counts them as answering; none outside a cluster. */
+  clusterMembers: () => { live: number; down: number } | undefined
 }
 
 export function createMetrics() {
@@ -23,6 +25,7 @@ export function createMetrics() {
     storeTotals: () => ({ blobs: 0, bytes: 0, allocated: 0 }),
     storeBudget: () => 0,
     notifyPending: () => [],
+    clusterMembers: () => undefined,
   }
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'pullcache_' })
@@ -188,6 +191,52 @@ export function createMetrics() {
       name: 'pullcache_evicted_bytes_total',
       help: 'Bytes on disk (allocated blocks) freed by evicting blobs.',
       registers,
+    }),
+    ...clusterMetrics(sources, registers),
+  }
+}
+
+/**
+ * A node's part in its cluster (src/upstream/cluster-upstream.ts): the requests it relayed to the
+ * key's owner and what came of them, and the relayed requests it answered as the owner. Per node;
+ * the cluster's totals are in the stats document (src/cluster/figures.ts).
+ */
+function clusterMetrics(sources: MetricSources, registers: Registry[]) {
+  return {
+    relays: new Counter({
+      name: 'pullcache_cluster_relays_total',
+      help: 'Requests relayed to the owning node, by outcome: ok (it answered), not_found (its 404, passed on), fallback (it could not answer; asked upstream from here), failed (the request ended first).',
+      labelNames: ['outcome'] as const,
+      registers,
+    }),
+    relayBytes: new Counter({
+      name: 'pullcache_cluster_relay_bytes_total',
+      help: 'Blob bytes received from owning nodes by relayed requests (not counted as upstream bytes).',
+      registers,
+    }),
+    relayedRequests: new Counter({
+      name: 'pullcache_cluster_relayed_requests_total',
+      help: 'Requests another node relayed here as the owner, by kind and cache result (also counted in pullcache_requests_total).',
+      labelNames: ['kind', 'result'] as const,
+      registers,
+    }),
+    relayedBytes: new Counter({
+      name: 'pullcache_cluster_relayed_served_bytes_total',
+      help: 'Body bytes sent to nodes that relayed a request here (also counted in pullcache_served_bytes_total).',
+      registers,
+    }),
+    members: new Gauge({
+      name: 'pullcache_cluster_members',
+      help: 'Nodes of the cluster, this one included, by state: live (answering) or down.',
+      labelNames: ['state'] as const,
+      registers,
+      collect() {
+        this.reset()
+        const members = sources.clusterMembers()
+        if (members === undefined) return
+        this.set({ state: 'live' }, members.live)
+        this.set({ state: 'down' }, members.down)
+      },
     }),
   }
 }

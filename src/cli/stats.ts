@@ -6,6 +6,8 @@
 
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
+import type { NodeFigures } from '../cluster/figures.js'
+import { askEveryNode } from '../cluster/totals.js'
 import { humanBytes } from '../human-bytes.js'
 import {
   budgetBytes,
@@ -31,9 +33,16 @@ the index of the data dir. Safe to run while pullcache serve is running on it.
   --top N                how many repositories and tags to list (default ${DEFAULT_TOP})
   --json                 print the JSON document GET /_pullcache/stats answers
 
+In a cluster (cluster.node_url, cluster.peers and the secret configured), every node is asked for
+its figures since it started, and the cluster's totals are shown beside this node's (a node that
+does not answer within 3 s is named and left out).
+
 Hit rate: requests answered without downloading the body from upstream for that request (hit,
 coalesced or stale) over all requests answered without an error.
 `
+
+/** How long `pullcache stats` waits for each node of its cluster. */
+const CLUSTER_ASK_TIMEOUT_MS = 3_000
 
 export const STATS_OPTIONS = {
   ...CONFIG_FLAGS,
@@ -85,6 +94,10 @@ export async function stats(args: string[]): Promise<number> {
     index.close()
   }
 
+  const { node_url: self, peers, secret } = config.cluster
+  if (self !== null && secret !== null && peers.length > 0) {
+    report.cluster = await askEveryNode(self, peers, secret, CLUSTER_ASK_TIMEOUT_MS)
+  }
   process.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderTable(report, dataDir))
   return EXIT_OK
 }
@@ -158,6 +171,7 @@ export function renderTable(report: StatsReport, dataDir: string): string {
       '',
     )
   }
+  out.push(...clusterTable(report))
   const s = report.store
   out.push(
     `store: ${s.blobs} blobs, ${humanBytes(s.allocated_bytes)} on disk` +
@@ -166,6 +180,39 @@ export function renderTable(report: StatsReport, dataDir: string): string {
     '',
   )
   return out.join('\n')
+}
+
+/** In a cluster: each node's client figures since it started, and their sum. */
+function clusterTable(report: StatsReport): string[] {
+  const cluster = report.cluster
+  if (cluster === undefined) return []
+  const row = (label: string, f: NodeFigures) => [
+    label,
+    String(f.requests),
+    percent(f.hit_rate),
+    humanBytes(f.bytes_served),
+    humanBytes(f.bytes_from_upstream),
+    String(f.upstream_requests),
+  ]
+  const counted = cluster.members.length - cluster.missing.length
+  const lines = columns([
+    [
+      'cluster, since each node started',
+      'requests',
+      'hit rate',
+      'served',
+      'from upstream',
+      'upstream requests',
+    ],
+    ...cluster.members.flatMap((m) =>
+      m.figures === null ? [] : [row(`${m.url}${m.self ? ' (this node)' : ''}`, m.figures)],
+    ),
+    row(`cluster (${counted} of ${cluster.members.length} nodes)`, cluster.totals),
+  ])
+  for (const m of cluster.members) {
+    if (m.figures === null) lines.push(`not counted: ${m.url}${m.self ? ' (this node)' : ''}: ${m.problem}`)
+  }
+  return [...lines, '']
 }
 
 /** Left-aligned first column, right-aligned numbers, two spaces between columns. */

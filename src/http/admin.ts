@@ -3,6 +3,7 @@
 // parent app, so they are OCI JSON like every other error.
 
 import { Hono } from 'hono'
+import type { ClusterTotals } from '../cluster/totals.js'
 import type { Config } from '../config.js'
 import { RegistryError } from '../errors.js'
 import type { Mirrors } from '../mirror/mirrors.js'
@@ -28,6 +29,8 @@ export interface AdminDeps {
   config: Config
   /** The budget in force now: a SIGHUP may have changed it since the server started. */
   budget?: () => number | null
+  /** In a cluster: the cluster's totals, for the stats document's `cluster` part. */
+  cluster?: ClusterTotals | undefined
 }
 
 /** Routes that know who is asking (set by the app's access middleware). */
@@ -37,13 +40,13 @@ export type ViewerEnv = { Variables: { viewer: Viewer } }
  * The stats document of the running server; `since` in ms since epoch. An anonymous viewer sees
  * by name only the repositories anonymous pulls may read; the totals cover everything.
  */
-export function serverStats(
+export async function serverStats(
   mirrors: Mirrors,
   deps: AdminDeps,
   startedAt: number,
   since: number | undefined,
   viewer: Viewer,
-): StatsReport {
+): Promise<StatsReport> {
   const now = Date.now()
   const view = viewer.user === null ? anonymousView(mirrors.root, deps.index) : undefined
   const report = statsReport({
@@ -59,7 +62,8 @@ export function serverStats(
     uptimeSeconds: Math.floor((now - startedAt) / 1000),
     now,
   })
-  return { ...report, storage: storageReport(deps.store) }
+  const cluster = deps.cluster === undefined ? undefined : await deps.cluster.report()
+  return { ...report, storage: storageReport(deps.store), ...(cluster === undefined ? {} : { cluster }) }
 }
 
 /** Routes to mount at ADMIN_PREFIX. */
@@ -68,9 +72,9 @@ export function adminRoutes(mirrors: Mirrors, deps: AdminDeps): Hono<ViewerEnv> 
   const startedAt = Date.now()
   const admin = new Hono<ViewerEnv>()
 
-  admin.get('/stats', (c) => {
+  admin.get('/stats', async (c) => {
     const since = sinceParam(c.req.query('since'))
-    const report = serverStats(
+    const report = await serverStats(
       mirrors,
       deps,
       startedAt,

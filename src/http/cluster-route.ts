@@ -2,8 +2,11 @@
 // `pullcache cluster check`: its own URL, the nodes it counts (which answer, and how each was
 // found: static list, DNS, bucket heartbeats), its version.
 // Only a caller with the cluster secret gets it: it names every node's internal address.
+// GET /_pullcache/cluster/stats: this node's own figures, which the others sum into the
+// cluster's totals (src/cluster/totals.ts).
 
-import { Hono } from 'hono'
+import { type Context, Hono } from 'hono'
+import type { NodeFigures } from '../cluster/figures.js'
 import type { Membership, MemberView } from '../cluster/membership.js'
 import { RegistryError } from '../errors.js'
 import type { BucketBudgetReport } from '../store/bucket-budget.js'
@@ -21,20 +24,32 @@ export interface ClusterView {
   bucket_budget?: BucketBudgetReport
 }
 
-export function clusterRoutes(membership: Membership | undefined, store?: Store): Hono<RegistryEnv> {
+export function clusterRoutes(
+  membership: Membership | undefined,
+  ownFigures: () => Promise<NodeFigures>,
+  store?: Store,
+): Hono<RegistryEnv> {
   const routes = new Hono<RegistryEnv>()
-  routes.get(CLUSTER_PATH, (c) => {
+  const peersOnly = (c: Context<RegistryEnv>) => {
     if (membership === undefined)
       throw new RegistryError('NOT_FOUND', { reason: 'this node is not in a cluster' })
     if (c.get('viewer') !== PEER)
       throw new RegistryError('DENIED', { reason: 'the cluster secret is required' })
+    return membership
+  }
+  routes.get(CLUSTER_PATH, (c) => {
+    const members = peersOnly(c)
     const view: ClusterView = {
-      node_url: membership.self,
+      node_url: members.self,
       version: VERSION,
-      members: membership.members(),
+      members: members.members(),
       ...(store?.sharedBudget === undefined ? {} : { bucket_budget: store.sharedBudget() }),
     }
     return c.json(view)
+  })
+  routes.get(`${CLUSTER_PATH}/stats`, async (c) => {
+    peersOnly(c)
+    return c.json(await ownFigures(), 200, { 'Cache-Control': 'no-store' })
   })
   return routes
 }

@@ -11,6 +11,8 @@ import type { Metrics } from '../metrics.js'
 import type { Outcome } from '../mirror/answers.js'
 import type { Mirror } from '../mirror/mirror.js'
 import type { Notifier } from '../notify/notifier.js'
+import { RELAY_HEADER } from '../upstream/cluster-upstream.js'
+import { PEER } from './access.js'
 import type { RepoName } from './reference.js'
 
 export const CACHE_HEADER = 'X-Pullcache-Cache'
@@ -95,6 +97,7 @@ export function recordOutcome(
             bytes: result === 'error' ? 0 : bytes,
             ...(note.digest === undefined ? {} : { digest: note.digest }),
             ...(note.tag === undefined ? {} : { tag: note.tag }),
+            ...(relayedByPeer(req, note.user) ? { relayed: true } : {}),
           })
         } catch (err) {
           // Accounting must never take the server down; the response is over either way.
@@ -172,4 +175,9 @@ function notifyPull(
     },
     actor: note.user === undefined ? {} : { name: note.user },
   })
+}
+
+/** A request another node relayed here: the relay header, from a caller that had the secret. */
+function relayedByPeer(req: IncomingMessage, user: string | undefined): boolean {
+  return req.headers[RELAY_HEADER] !== undefined && user === PEER.user
 }

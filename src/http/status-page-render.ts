@@ -8,6 +8,7 @@ import { humanBytes } from '../human-bytes.js'
 import type { StatsReport } from '../mirror/stats-report.js'
 import { type Html, html } from './html.js'
 import { CHART_HOURS, chart } from './status-page-chart.js'
+import { clusterPanel } from './status-page-cluster.js'
 import {
   answered,
   answeredFromCache,
@@ -85,6 +86,7 @@ export function renderStatusPage(report: StatsReport): string {
     </section>
   </div>
   ${upstreamShares(report)}
+  ${clusterPanel(report)}
 
   <section class="panel">
     <h2>Top repositories</h2>

@@ -122,5 +122,6 @@ g:hover rect { opacity: 0.8; }
   .kind .note { grid-column: 1 / -1; text-align: left; margin-top: -8px; }
   .shares .kind { grid-template-columns: minmax(5.5em, 1fr) 1fr 3.8em; }
   .upstream-url { margin-left: 0; width: 100%; }
+  .cluster .wide { display: none; }
 }
 `

@@ -27,7 +27,7 @@ export function statusPageRoutes(mirrors: Mirrors, deps: AdminDeps): Hono<Viewer
     // The badge tells how upstream is now, not at its last pull: wait (a few seconds at most)
     // for the readiness ping, which is sent at most once per 10 s however often pages load.
     await Promise.all(mirrors.all.map((m) => upstreamCheck(m)))
-    const body = renderStatusPage(serverStats(mirrors, deps, startedAt, undefined, c.get('viewer')))
+    const body = renderStatusPage(await serverStats(mirrors, deps, startedAt, undefined, c.get('viewer')))
     return new Response(body, {
       status: 200,
       headers: {

@@ -20,6 +20,11 @@ export interface RequestRecord {
   bytes: number
   digest?: string
   tag?: string
+  /**
+   * Another node of the cluster relayed it here, this node being the owner: its client was
+   * counted by that node, so the cluster's totals leave it out of their client requests.
+   */
+  relayed?: boolean
 }
 
 export class Accounting {
@@ -69,6 +74,10 @@ export class Accounting {
       this.metrics.servedBytes.inc({ upstream, source: fromUpstream ? 'upstream' : 'cache' }, r.bytes)
     }
     if (pullAvoided) this.metrics.hubPullsAvoided.inc({ upstream })
+    if (r.relayed === true) {
+      this.metrics.relayedRequests.inc({ kind: r.kind, result: r.result })
+      if (r.bytes > 0) this.metrics.relayedBytes.inc(r.bytes)
+    }
     this.index.account({
       registry,
       repo: failed && !this.index.hasRepo(registry, r.name.upstream) ? FAILED_REPO : r.name.upstream,

@@ -226,6 +226,8 @@ export class BlobLookup {
     )
     // Where the bytes came from: a blob from the shared tier is not published back to it.
     let source = 'upstream' as 'bucket' | 'upstream'
+    // Bytes a cluster node relayed from the blob's owner: the owner counts its upstream bytes.
+    let fromOwner = false
     void this.upstream
       .fetchLimit(() =>
         fill.run({
@@ -238,7 +240,9 @@ export class BlobLookup {
               source = 'bucket'
               return fromBucket
             }
-            return this.upstream.getBlob(name.upstream, digest, signal)
+            const got = await this.upstream.getBlob(name.upstream, digest, signal)
+            fromOwner = got.fromOwner === true
+            return got
           },
           onCommit: (size) => {
             this.metrics.fills.inc({ outcome: 'committed' })
@@ -248,7 +252,8 @@ export class BlobLookup {
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)
-            if (source === 'upstream')
+            if (source === 'upstream' && fromOwner) this.metrics.relayBytes.inc(fill.received)
+            else if (source === 'upstream')
               this.metrics.upstreamBytes.inc({ upstream: this.upstream.host }, fill.received)
             if (fill.state === 'failed') this.metrics.fills.inc({ outcome: 'failed' })
             if (

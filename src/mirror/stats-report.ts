@@ -3,6 +3,7 @@
 // come from the index (store/stats.ts, where the hit rate is defined); the upstream part comes
 // from the running server, or from the config alone when there is none (the CLI).
 
+import type { ClusterReport } from '../cluster/totals.js'
 import type { Config } from '../config.js'
 import { namePrefixOf } from '../oci.js'
 import type { BucketBudgetReport } from '../store/bucket-budget.js'
@@ -91,6 +92,12 @@ export interface StatsReport {
    * found (null when the bucket could not be probed). Absent when no running server was asked.
    */
   storage?: StorageReport
+  /**
+   * In a cluster: this node's client figures and the cluster's totals over the members that
+   * answered, each since its start (src/cluster/figures.ts says what is counted once). Absent
+   * outside a cluster; `pullcache stats` asks the members when its config names them.
+   */
+  cluster?: ClusterReport
 }
 
 /** One upstream's part: its condition and its requests' totals. */

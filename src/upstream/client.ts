@@ -89,6 +89,8 @@ export interface ManifestBody {
 export interface BlobBody {
   size: number | undefined
   body: Readable
+  /** The bytes come from the cluster node that owns the blob, not from upstream. */
+  fromOwner?: boolean
 }
 
 export class Upstream {

@@ -13,6 +13,7 @@
 import { Agent, type Dispatcher } from 'undici'
 import { networkFailure, UpstreamError } from '../errors.js'
 import type { Logger } from '../log.js'
+import type { Metrics } from '../metrics.js'
 import { MANIFEST_TYPES, MAX_MANIFEST_BYTES } from '../oci.js'
 import type { Via } from '../via.js'
 import {
@@ -53,6 +54,7 @@ export class ClusterUpstream extends Upstream {
   private readonly secret: string
   private readonly relayVia: Via
   private readonly relayLog: Logger
+  private readonly relayMetrics: Metrics
   private readonly agent: Agent
 
   constructor(opts: ClusterUpstreamOptions) {
@@ -61,6 +63,7 @@ export class ClusterUpstream extends Upstream {
     this.secret = opts.secret
     this.relayVia = opts.via
     this.relayLog = opts.log
+    this.relayMetrics = opts.metrics
     this.agent = new Agent({
       connect: { timeout: RELAY_CONNECT_TIMEOUT_MS },
       headersTimeout: opts.headerTimeoutMs,
@@ -78,7 +81,7 @@ export class ClusterUpstream extends Upstream {
     const got = await this.viaOwner(`blob\0${digest}`, signal, async (owner) => {
       const res = await this.relay(owner, 'GET', `/v2/${repo}/blobs/${digest}`, {}, signal)
       const length = header(res.headers, 'content-length')
-      return { size: length === undefined ? undefined : Number(length), body: res.body }
+      return { size: length === undefined ? undefined : Number(length), body: res.body, fromOwner: true }
     })
     return got ?? super.getBlob(repo, digest, signal)
   }
@@ -119,12 +122,23 @@ export class ClusterUpstream extends Upstream {
     if (!this.owners.clustered || this.relayVia.relayed() || this.offline) return undefined
     const owner = this.owners.ownerOf(key)
     if (owner === this.owners.self) return undefined
+    const outcome = (o: 'ok' | 'not_found' | 'failed' | 'fallback') =>
+      this.relayMetrics.relays.inc({ outcome: o })
     try {
-      return await ask(owner)
+      const got = await ask(owner)
+      outcome('ok')
+      return got
     } catch (err) {
-      if (err instanceof UpstreamError) throw err
+      if (err instanceof UpstreamError) {
+        outcome(err.kind === 'NOT_FOUND' ? 'not_found' : 'failed')
+        throw err
+      }
       // The request's own deadline or its client: not the owner's fault.
-      if (signal?.aborted) throw networkFailure(signal.reason)
+      if (signal?.aborted) {
+        outcome('failed')
+        throw networkFailure(signal.reason)
+      }
+      outcome('fallback')
       const reason = err instanceof RelayFailed ? err.message : networkFailure(err, 'owner').message
       // Unreachable owners leave the live set; one that answered badly stays (its upstream may
       // be what failed), and this one request goes upstream from here.
