@@ -16,9 +16,17 @@
 // eviction takes both in one step, so neither can fall between a look and the write it decides.
 
 import type { Readable } from 'node:stream'
-import type { BlobHandle, BlobStat, BlobStorage, BlobWriter, Detached } from './blob-storage.js'
+import { sha256 } from '../oci.js'
+import {
+  type BlobHandle,
+  BlobMismatch,
+  type BlobStat,
+  type BlobStorage,
+  type BlobWriter,
+  type Detached,
+} from './blob-storage.js'
 import type { IndexDb } from './index-db.js'
-import type { SharedStat, SharedTier } from './shared-tier.js'
+import type { SharedManifest, SharedStat, SharedTier } from './shared-tier.js'
 
 /** What reconcile() did with one digest. */
 export type Settled = 'adopted' | 'dropped' | 'removed' | 'measured' | 'agreed' | 'absent'
@@ -48,7 +56,10 @@ export class Store {
   /** The bucket behind the local hot tier (store/shared-tier.ts), when S3 storage is configured. */
   readonly shared: SharedTier | undefined
   private sharedDownUntil = 0
-  /** Digests whose bytes in the shared tier did not verify: not read from there again. */
+  /**
+   * Digests whose bytes in the shared tier did not verify: not read from there again. A
+   * manifest's key is `manifest\0<digest>`, so a blob and a manifest of one digest stay apart.
+   */
   private readonly sharedDistrusted = new Set<string>()
   private readonly publishing = new Set<Promise<unknown>>()
 
@@ -121,10 +132,74 @@ export class Store {
         await opened.handle.close()
       }
     })()
+    this.track(run)
+    return run
+  }
+
+  /**
+   * A manifest's body from the shared tier for a local miss, verified against its digest, asked
+   * as fromShared() asks. 'invalid': the object there does not hash to its key; it is not read
+   * again, and the next publish of the manifest replaces it.
+   */
+  async manifestFromShared(
+    digest: string,
+    signal: AbortSignal,
+  ): Promise<SharedManifest | { invalid: string } | undefined> {
+    const key = `manifest\0${digest}`
+    if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
+    if (this.sharedDistrusted.has(key)) return undefined
+    let got: SharedManifest | undefined
+    try {
+      got = await this.shared.getManifest(digest, signal)
+    } catch (err) {
+      if (err instanceof BlobMismatch) {
+        this.distrustShared(key)
+        return { invalid: err.message }
+      }
+      if (!signal.aborted) this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
+      throw err
+    }
+    if (got === undefined) return undefined
+    const actual = sha256(got.body)
+    if (actual === digest) return got
+    this.distrustShared(key)
+    return { invalid: `its bytes hash to ${actual}` }
+  }
+
+  /** Whether a manifest is in the shared tier (and fetched anonymously), asked as above. */
+  async statManifestInShared(digest: string): Promise<{ anonymous: boolean } | undefined> {
+    if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
+    if (this.sharedDistrusted.has(`manifest\0${digest}`)) return undefined
+    try {
+      return await this.shared.statManifest(digest)
+    } catch (err) {
+      this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
+      throw err
+    }
+  }
+
+  /** Puts a verified manifest in the shared tier, replacing an object that did not verify. */
+  publishManifest(
+    digest: string,
+    body: Buffer,
+    opts: { mediaType: string; anonymous: boolean },
+  ): Promise<'published' | 'present' | 'absent'> {
+    const shared = this.shared
+    if (shared === undefined) return Promise.resolve('absent')
+    const key = `manifest\0${digest}`
+    const replace = this.sharedDistrusted.has(key)
+    const run = shared.publishManifest(digest, body, { ...opts, replace }).then((outcome) => {
+      if (replace) this.sharedDistrusted.delete(key)
+      return outcome
+    })
+    this.track(run)
+    return run
+  }
+
+  private track(run: Promise<unknown>): void {
     const tracked = run.catch(() => {})
     this.publishing.add(tracked)
     void tracked.finally(() => this.publishing.delete(tracked))
-    return run
   }
 
   /** Resolves when the publishes started so far have ended, for a clean stop. */
