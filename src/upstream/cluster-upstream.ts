@@ -78,7 +78,7 @@ export class ClusterUpstream extends Upstream {
     const got = await this.viaOwner(`blob\0${digest}`, signal, async (owner) => {
       const res = await this.relay(owner, 'GET', `/v2/${repo}/blobs/${digest}`, {}, signal)
       const length = header(res.headers, 'content-length')
-      return { size: length === undefined ? undefined : Number(length), body: res.body }
+      return { size: length === undefined ? undefined : Number(length), body: res.body, fromOwner: true }
     })
     return got ?? super.getBlob(repo, digest, signal)
   }
@@ -117,20 +117,28 @@ export class ClusterUpstream extends Upstream {
     ask: (owner: string) => Promise<T>,
   ): Promise<T | undefined> {
     if (!this.owners.clustered || this.relayVia.relayed() || this.offline) return undefined
-    const owner = this.owners.ownerOf(key)
-    if (owner === this.owners.self) return undefined
-    try {
-      return await ask(owner)
-    } catch (err) {
-      if (err instanceof UpstreamError) throw err
-      // The request's own deadline or its client: not the owner's fault.
-      if (signal?.aborted) throw networkFailure(signal.reason)
-      const reason = err instanceof RelayFailed ? err.message : networkFailure(err, 'owner').message
-      // Unreachable owners leave the live set; one that answered badly stays (its upstream may
-      // be what failed), and this one request goes upstream from here.
-      if (!(err instanceof RelayFailed)) this.owners.markDown(owner, reason)
-      this.relayLog.warn('cluster.relay_failed', { owner, key: key.replaceAll('\0', ' '), reason })
-      return undefined
+    // Each turn takes one node out of the live set, and no node is asked twice.
+    const asked = new Set<string>()
+    for (;;) {
+      const owner = this.owners.ownerOf(key)
+      if (owner === this.owners.self || asked.has(owner)) return undefined
+      asked.add(owner)
+      try {
+        return await ask(owner)
+      } catch (err) {
+        if (err instanceof UpstreamError) throw err
+        // The request's own deadline or its client: not the owner's fault.
+        if (signal?.aborted) throw networkFailure(signal.reason)
+        const reason = err instanceof RelayFailed ? err.message : networkFailure(err, 'owner').message
+        this.relayLog.warn('cluster.relay_failed', { owner, key: key.replaceAll('\0', ' '), reason })
+        // One that answered badly stays (its upstream may be what failed), and this one request
+        // goes upstream from here.
+        if (err instanceof RelayFailed) return undefined
+        // An unreachable owner leaves the live set, and the key's next owner is asked: the node
+        // every survivor picks once it finds the same, so a dead filler costs one more fetch for
+        // the cluster, not one per node.
+        this.owners.markDown(owner, reason)
+      }
     }
   }
 
