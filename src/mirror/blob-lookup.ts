@@ -203,8 +203,10 @@ export class BlobLookup {
       () => clearTimeout(timer),
       () => clearTimeout(timer),
     )
-    // Where the bytes came from: a blob from the shared tier is not published back to it.
+    // Where the bytes came from: a blob from the shared tier is not published back to it, nor
+    // one relayed by its owner in the cluster (the owner publishes it).
     let source = 'upstream' as 'bucket' | 'upstream'
+    let fromOwner = false
     void this.upstream
       .fetchLimit(() =>
         fill.run({
@@ -217,13 +219,15 @@ export class BlobLookup {
               source = 'bucket'
               return fromBucket
             }
-            return this.upstream.getBlob(name.upstream, digest, signal)
+            const got = await this.upstream.getBlob(name.upstream, digest, signal)
+            fromOwner = got.fromOwner === true
+            return got
           },
           onCommit: (size) => {
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted({ digest, size, repo: name.upstream })
             this.log.info('store.blob_committed', { digest, size, repo: name.upstream, source })
-            if (source === 'upstream') this.publish(digest, !this.upstream.hasCredentials)
+            if (source === 'upstream' && !fromOwner) this.publish(digest, !this.upstream.hasCredentials)
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)

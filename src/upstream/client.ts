@@ -89,6 +89,11 @@ export interface ManifestBody {
 export interface BlobBody {
   size: number | undefined
   body: Readable
+  /**
+   * Relayed by the cluster node that owns the blob: that node fetched it from upstream and puts
+   * it in the shared tier, so this one does not upload the same bytes again.
+   */
+  fromOwner?: boolean
 }
 
 export class Upstream {
