@@ -328,7 +328,7 @@ export async function startServer(config: Config, log: Logger): Promise<RunningS
       await bucketBudget?.close()
       // Uploads to the bucket of blobs committed here get the grace period to finish: a blob
       // left out is fetched again by the next node that misses it.
-      await shared?.close(store.publishesDone(), graceMs)
+      await shared?.close(store.bucket.publishesDone(), graceMs)
       membership?.close()
       await Promise.allSettled(mirrors.all.map((m) => m.upstream.close()))
       // The last write: index and files agree, the next start need not check. Not after a

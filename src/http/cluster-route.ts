@@ -43,7 +43,7 @@ export function clusterRoutes(
       node_url: members.self,
       version: VERSION,
       members: members.members(),
-      ...(store?.sharedBudget === undefined ? {} : { bucket_budget: store.sharedBudget() }),
+      ...(store?.bucket.sharedBudget === undefined ? {} : { bucket_budget: store.bucket.sharedBudget() }),
     }
     return c.json(view)
   })

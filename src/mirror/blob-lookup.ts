@@ -146,7 +146,7 @@ export class BlobLookup {
     opts: { offload?: boolean } = {},
   ): Promise<BlobAnswer> {
     if (opts.offload === true && method === 'GET' && this.fills.get(digest) === undefined) {
-      const url = await this.store.redirectUrl(digest).catch((err: unknown) => {
+      const url = await this.store.bucket.redirectUrl(digest).catch((err: unknown) => {
         this.log.warn('store.bucket_failed', { digest, op: 'presign', error: err })
         return undefined
       })
@@ -194,7 +194,7 @@ export class BlobLookup {
 
     if (method === 'HEAD') {
       // The shared tier first, then upstream's HEAD: no download for a client that only asked.
-      const shared = await this.store.statInShared(digest).catch((err: unknown) => {
+      const shared = await this.store.bucket.statInShared(digest).catch((err: unknown) => {
         this.log.warn('store.bucket_failed', { digest, op: 'stat', error: err })
         return undefined
       })
@@ -224,15 +224,16 @@ export class BlobLookup {
       () => clearTimeout(timer),
       () => clearTimeout(timer),
     )
-    // Where the bytes came from: a blob from the shared tier is not published back to it.
+    // Where the bytes came from: a blob from the shared tier is not published back to it, nor
+    // one relayed by its owner in the cluster (the owner publishes it).
     let source = 'upstream' as 'bucket' | 'upstream'
-    // Bytes a cluster node relayed from the blob's owner: the owner counts its upstream bytes.
+    // Bytes relayed by the blob's owner: the owner counts them as upstream bytes, not this node.
     let fromOwner = false
     void this.upstream
       .fetchLimit(() =>
         fill.run({
           open: async (signal) => {
-            const fromBucket = await this.store.fromShared(digest, signal).catch((err: unknown) => {
+            const fromBucket = await this.store.bucket.fromShared(digest, signal).catch((err: unknown) => {
               if (!signal.aborted) this.log.warn('store.bucket_failed', { digest, op: 'get', error: err })
               return undefined
             })
@@ -248,7 +249,7 @@ export class BlobLookup {
             this.metrics.fills.inc({ outcome: 'committed' })
             this.onBlobCommitted({ digest, size, repo: name.upstream })
             this.log.info('store.blob_committed', { digest, size, repo: name.upstream, source })
-            if (source === 'upstream') this.publish(digest, !this.upstream.hasCredentials)
+            if (source === 'upstream' && !fromOwner) this.publish(digest, !this.upstream.hasCredentials)
           },
           onSettled: () => {
             if (this.fills.get(digest) === fill) this.fills.delete(digest)
@@ -263,7 +264,7 @@ export class BlobLookup {
               fill.error.kind === 'INVALID'
             ) {
               // The next request fetches it from upstream, and its publish replaces the object.
-              this.store.distrustShared(digest)
+              this.store.bucket.distrustShared(digest)
               this.log.warn('store.bucket_blob_invalid', { digest, error: fill.error })
             }
             if (
@@ -286,7 +287,7 @@ export class BlobLookup {
   private publish(digest: string, anonymous: boolean): void {
     if (this.store.shared === undefined) return
     const started = Date.now()
-    this.store.publish(digest, { anonymous }).then(
+    this.store.bucket.publish(digest, { anonymous }).then(
       (outcome) => this.log.info('store.blob_published', { digest, outcome, ms: Date.now() - started }),
       (err: unknown) => this.log.warn('store.bucket_failed', { digest, op: 'publish', error: err }),
     )

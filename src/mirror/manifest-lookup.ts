@@ -17,6 +17,7 @@ import type { Upstream } from '../upstream/client.js'
 import { asRegistryError, type ManifestAnswer, type Outcome } from './answers.js'
 import type { Flights } from './flights.js'
 import { accepts } from './manifest.js'
+import type { ManifestBucket } from './manifest-bucket.js'
 
 export interface FreshnessRule {
   match: TagPattern
@@ -36,6 +37,8 @@ export interface ManifestLookupOptions {
   tagFreshnessRules: readonly FreshnessRule[]
   revalidateTimeoutMs: number
   manifestMemoryBytes: number
+  /** Manifests by digest in the shared tier, when there is one: read before upstream. */
+  bucket?: ManifestBucket
 }
 
 export class ManifestLookup {
@@ -47,6 +50,7 @@ export class ManifestLookup {
   private tagFreshnessRules: readonly FreshnessRule[]
   private readonly revalidateTimeoutMs: number
   private readonly manifests: LRUCache<string, ManifestRow>
+  private readonly bucket: ManifestBucket | undefined
 
   constructor(opts: ManifestLookupOptions) {
     this.upstream = opts.upstream
@@ -56,6 +60,7 @@ export class ManifestLookup {
     this.tagFreshnessMs = opts.tagFreshnessMs
     this.tagFreshnessRules = opts.tagFreshnessRules
     this.revalidateTimeoutMs = opts.revalidateTimeoutMs
+    this.bucket = opts.bucket
     this.manifests = new LRUCache<string, ManifestRow>({
       maxSize: Math.max(1, opts.manifestMemoryBytes),
       sizeCalculation: (row) => Math.max(1, row.body.length),
@@ -81,6 +86,11 @@ export class ManifestLookup {
     if (cached) return answer(cached, 'hit')
     try {
       if (method === 'HEAD') {
+        // The bucket before upstream: a manifest any node fetched is there for every node.
+        const kept = this.bucket?.enabled
+          ? await this.flights.bounded((signal) => this.fromBucket(digest, signal))
+          : undefined
+        if (kept) return answer(kept, 'hit')
         const head = await this.flights.bounded((signal) =>
           this.upstream.headManifest(name.upstream, digest, signal),
         )
@@ -91,7 +101,8 @@ export class ManifestLookup {
       // Joining another request's GET: served from its download, like a coalesced blob, and
       // not a Docker Hub pull of its own (stats count pulls avoided from this).
       const joined = this.flights.has(`manifest\0${digest}`)
-      return answer(await this.fetchManifest(name, digest), joined ? 'coalesced' : 'miss')
+      const got = await this.fetchManifest(name, digest)
+      return answer(got.row, got.fromBucket ? 'hit' : joined ? 'coalesced' : 'miss')
     } catch (err) {
       throw asRegistryError(err, 'MANIFEST_UNKNOWN')
     }
@@ -130,7 +141,7 @@ export class ManifestLookup {
           .flight(key, (signal) => this.revalidate(name, tag, method, known?.digest, signal))
           .then(async (got) =>
             method === 'GET' && got.bytes === undefined
-              ? answer(await this.fetchManifest(name, got.digest), got.cache)
+              ? answer((await this.fetchManifest(name, got.digest)).row, got.cache)
               : got,
           )
         // With a cached copy in hand, do not wait on a slow upstream for long.
@@ -187,9 +198,11 @@ export class ManifestLookup {
         this.index.setTag(registry, name.upstream, tag, digest, head.mediaType, checkedAt)
         return { digest, mediaType: head.mediaType, size: head.size, bytes: undefined, cache: 'miss' }
       }
-      const row = await this.fetchManifest(name, digest)
+      const { row, fromBucket } = await this.fetchManifest(name, digest)
       this.index.setTag(registry, name.upstream, tag, digest, row.media_type, checkedAt)
-      return answer(row, 'miss')
+      // From the bucket: upstream's HEAD just said this repository has it, and no GET was spent.
+      if (fromBucket) this.index.link(registry, name.upstream, digest, 'manifest')
+      return answer(row, fromBucket ? 'hit' : 'miss')
     }
     // An upstream that does not say the digest on HEAD: GET by tag and hash the bytes ourselves.
     const row = await this.flights.flight(`manifest-tag\0${name.upstream}\0${tag}`, async (signal) => {
@@ -200,12 +213,40 @@ export class ManifestLookup {
     return answer(row, 'miss')
   }
 
-  /** GET by digest from upstream, verify, store. One upstream GET per digest at a time. */
-  private fetchManifest(name: RepoName, digest: string): Promise<ManifestRow> {
+  /**
+   * From the bucket, else GET by digest from upstream; verified and stored either way. One
+   * exchange per digest at a time.
+   */
+  private fetchManifest(name: RepoName, digest: string): Promise<{ row: ManifestRow; fromBucket: boolean }> {
     return this.flights.flight(`manifest\0${digest}`, async (signal) => {
+      const kept = await this.fromBucket(digest, signal)
+      if (kept) return { row: kept, fromBucket: true }
       const got = await this.upstream.getManifest(name.upstream, digest, signal)
-      return this.storeManifest(name, digest, got.bytes, got.mediaType, got.digest)
+      return {
+        row: this.storeManifest(name, digest, got.bytes, got.mediaType, got.digest),
+        fromBucket: false,
+      }
     })
+  }
+
+  /**
+   * A manifest from the bucket (verified there), committed here. Not linked to the repository
+   * asked for: that it was fetched under some name proves nothing about this one.
+   */
+  private async fromBucket(digest: string, signal: AbortSignal): Promise<ManifestRow | undefined> {
+    const got = await this.bucket?.read(digest, signal)
+    if (got === undefined) return undefined
+    const row = this.keep(digest, manifestMediaType(got.body, got.media_type), got.body)
+    this.log.info('store.manifest_committed', { digest, media_type: row.media_type, source: 'bucket' })
+    return row
+  }
+
+  /** Into the index and the memory cache. */
+  private keep(digest: string, mediaType: string, bytes: Buffer): ManifestRow {
+    this.index.addManifest(digest, mediaType, bytes, manifestRefs(bytes))
+    const row: ManifestRow = { digest, media_type: mediaType, size: bytes.length, body: bytes }
+    this.manifests.set(digest, row)
+    return row
   }
 
   private storeManifest(
@@ -221,12 +262,15 @@ export class ManifestLookup {
         detail: { expected: digest, upstream_digest: upstreamDigest ?? null, actual },
       })
     }
-    const mediaType = manifestMediaType(bytes, contentType)
-    this.index.addManifest(digest, mediaType, bytes, manifestRefs(bytes))
+    const row = this.keep(digest, manifestMediaType(bytes, contentType), bytes)
     this.index.link(this.registry, name.upstream, digest, 'manifest')
-    const row: ManifestRow = { digest, media_type: mediaType, size: bytes.length, body: bytes }
-    this.manifests.set(digest, row)
-    this.log.info('store.manifest_committed', { digest, media_type: mediaType, repo: name.upstream })
+    this.log.info('store.manifest_committed', {
+      digest,
+      media_type: row.media_type,
+      repo: name.upstream,
+      source: 'upstream',
+    })
+    this.bucket?.publish(row)
     return row
   }
 

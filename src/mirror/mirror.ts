@@ -35,6 +35,7 @@ import {
 import type { Fill } from './blob-fill.js'
 import { BlobLookup, type CommittedBlob } from './blob-lookup.js'
 import { Flights } from './flights.js'
+import { ManifestBucket } from './manifest-bucket.js'
 import { type FreshnessRule, ManifestLookup } from './manifest-lookup.js'
 import { type ReferrersAnswer, ReferrersLookup } from './referrers.js'
 import { Visibility } from './visibility.js'
@@ -67,6 +68,7 @@ export class Mirror {
   private readonly flights: Flights
   private readonly blobs: BlobLookup
   private readonly manifests: ManifestLookup
+  private readonly manifestBucket: ManifestBucket
   private readonly referrerLookup: ReferrersLookup
   private readonly accounting: Accounting
 
@@ -85,7 +87,13 @@ export class Mirror {
       flights: this.flights,
       onBlobCommitted: opts.onBlobCommitted ?? (() => {}),
     })
+    this.manifestBucket = new ManifestBucket({
+      store: opts.store,
+      log: opts.log,
+      anonymous: () => !opts.upstream.hasCredentials,
+    })
     this.manifests = new ManifestLookup({
+      bucket: this.manifestBucket,
       upstream: opts.upstream,
       index: opts.index,
       log: opts.log,
@@ -190,9 +198,18 @@ export class Mirror {
       // The bucket would serve it without asking upstream, and any node on the bucket may have
       // fetched it with an account: public only when marked as fetched anonymously. A bucket
       // that does not answer now is not asked by the fill either.
-      const shared = await this.store.statInShared(digest).catch(() => undefined)
+      const shared = await this.store.bucket.statInShared(digest).catch(() => undefined)
       if (shared?.anonymous) return true
       held = shared !== undefined
+    }
+    if (kind === 'manifest') {
+      // The same for a manifest the bucket would serve, or served (mirror/manifest-bucket.ts).
+      if (this.manifestBucket.markedAnonymous(digest)) return true
+      if (!held) {
+        const shared = await this.manifestBucket.held(digest)
+        if (shared?.anonymous) return true
+        held = shared !== undefined
+      }
     }
     if (!held) return true
     return this.visibility.digestReadable(name.upstream, digest, kind)

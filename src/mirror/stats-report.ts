@@ -132,7 +132,7 @@ export function storageReport(store: Store): StorageReport {
   const found = shared.capabilities
   return {
     ...shared.describe,
-    ...(store.sharedBudget === undefined ? {} : { budget: store.sharedBudget() }),
+    ...(store.bucket.sharedBudget === undefined ? {} : { budget: store.bucket.sharedBudget() }),
     capabilities:
       found === undefined
         ? null
@@ -141,7 +141,7 @@ export function storageReport(store: Store): StorageReport {
             conditional_replace: found.conditionalReplace,
             presigned_get: found.presignedGet,
           },
-    redirected: store.redirects,
+    redirected: store.bucket.redirects,
   }
 }
 

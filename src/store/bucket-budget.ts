@@ -108,7 +108,7 @@ export function startBucketBudget(opts: {
     log,
   })
   store.index.onBlobTouched = (digest, at) => journal.note(digest, at)
-  store.onSharedRead = (digest) => journal.noteSoon(digest)
+  store.bucket.onSharedRead = (digest) => journal.noteSoon(digest)
   // Three runs' time: a holder renews at every run, so only a dead or partitioned one lapses.
   const lease = new BucketLease({
     objects,
@@ -129,14 +129,14 @@ export function startBucketBudget(opts: {
     isEvictor: opts.isEvictor,
     lease: () => (atomic() ? lease : undefined),
     pinned: () => pinnedDigestsPaged(store.index.eviction, opts.pins()),
-    inUse: (digest) => store.readingShared(digest),
+    inUse: (digest) => store.bucket.readingShared(digest),
     beforeRun: () => journal.flush(),
   })
   const tick = () => {
     const work = opts.isEvictor() ? evictor.run() : evictor.refreshLastRun()
     work.catch((err: unknown) => log.warn('store.bucket_failed', { op: 'eviction', error: err }))
   }
-  store.sharedBudget = () => report()
+  store.bucket.sharedBudget = () => report()
   const timer = setInterval(tick, opts.evictionIntervalMs)
   timer.unref()
   tick()
@@ -171,8 +171,8 @@ export function startBucketBudget(opts: {
       clearInterval(timer)
       await evictor.stop()
       store.index.onBlobTouched = undefined
-      store.onSharedRead = undefined
-      store.sharedBudget = undefined
+      store.bucket.onSharedRead = undefined
+      store.bucket.sharedBudget = undefined
       await journal.close()
       objects.close()
     },

@@ -16,6 +16,7 @@ import {
   type S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3'
+import { MAX_MANIFEST_BYTES, sha256 } from '../oci.js'
 import { BlobMismatch } from './blob-storage.js'
 import { createS3Client, ensureBucket, isMissing, probeCapabilities } from './s3-client.js'
 import { createPresigner, type Presigner, probePresignedGet } from './s3-presign.js'
@@ -24,7 +25,9 @@ import {
   type BucketSettings,
   bucketKey,
   FETCHED_ANONYMOUSLY,
+  manifestKey,
   type PublishSource,
+  type SharedManifest,
   type SharedStat,
   type SharedTier,
 } from './shared-tier.js'
@@ -37,6 +40,8 @@ import {
 export const PART_SIZE = 16 * 1024 * 1024
 /** Bytes read from the local file per read while a part is gathered. */
 const READ_CHUNK = 1024 * 1024
+/** The object metadata (x-amz-meta-media-type) that holds a manifest's media type. */
+const MEDIA_TYPE_META = 'media-type'
 
 export class S3Tier implements SharedTier {
   readonly describe: SharedTier['describe']
@@ -175,6 +180,72 @@ export class S3Tier implements SharedTier {
   presignGet(digest: string): Promise<string> {
     if (this.redirectTtlSeconds === null) return Promise.reject(new Error('redirects are off'))
     return this.presigner.sign(bucketKey(this.prefix, digest), this.redirectTtlSeconds)
+  }
+
+  async getManifest(digest: string, signal?: AbortSignal): Promise<SharedManifest | undefined> {
+    try {
+      const res = await this.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: manifestKey(this.prefix, digest) }),
+        signal === undefined ? {} : { abortSignal: signal },
+      )
+      const body = res.Body as Readable | undefined
+      const size = res.ContentLength ?? 0
+      if (body === undefined) throw new Error(`bucket answered GET of manifest ${digest} without a body`)
+      if (size > MAX_MANIFEST_BYTES) {
+        // No manifest is that large: not what its key says, whatever it is.
+        body.destroy()
+        throw new BlobMismatch(digest, 'unread', size, MAX_MANIFEST_BYTES)
+      }
+      const chunks: Buffer[] = []
+      for await (const chunk of body) chunks.push(chunk as Buffer)
+      return {
+        body: Buffer.concat(chunks),
+        mediaType: res.Metadata?.[MEDIA_TYPE_META] ?? res.ContentType ?? '',
+        anonymous: res.Metadata?.fetched === FETCHED_ANONYMOUSLY.fetched,
+      }
+    } catch (err) {
+      if (isMissing(err)) return undefined
+      throw err
+    }
+  }
+
+  async statManifest(digest: string): Promise<{ anonymous: boolean } | undefined> {
+    try {
+      const res = await this.client.send(
+        new HeadObjectCommand({ Bucket: this.bucket, Key: manifestKey(this.prefix, digest) }),
+      )
+      return { anonymous: res.Metadata?.fetched === FETCHED_ANONYMOUSLY.fetched }
+    } catch (err) {
+      if (isMissing(err)) return undefined
+      throw err
+    }
+  }
+
+  async publishManifest(
+    digest: string,
+    body: Buffer,
+    opts: { mediaType: string; replace?: boolean; anonymous: boolean },
+  ): Promise<'published' | 'present'> {
+    const actual = sha256(body)
+    if (actual !== digest) throw new BlobMismatch(digest, actual, body.length, body.length)
+    // As for blobs: identical bytes either way, unless the object there is distrusted or lacks
+    // the anonymous mark this copy may give it.
+    const there = opts.replace ? undefined : await this.statManifest(digest)
+    if (there !== undefined && (there.anonymous || !opts.anonymous)) return 'present'
+    await this.client.send(
+      new PutObjectCommand({
+        Bucket: this.bucket,
+        Key: manifestKey(this.prefix, digest),
+        Body: body,
+        ContentLength: body.length,
+        ContentType: opts.mediaType,
+        Metadata: {
+          [MEDIA_TYPE_META]: opts.mediaType,
+          ...(opts.anonymous ? FETCHED_ANONYMOUSLY : {}),
+        },
+      }),
+    )
+    return 'published'
   }
 
   async abortStaleUploads(olderThanMs: number): Promise<number> {

@@ -15,7 +15,12 @@
 //   <prefix>blobs/sha256/<first 2 hex>/<64 hex>    complete and verified, or absent;
 //                                                   x-amz-meta-fetched: "anonymous" when the
 //                                                   node fetched it without an upstream account
+//   <prefix>manifests/sha256/<first 2 hex>/<64 hex>  a manifest's body, put only after it hashed
+//                                                   to the digest; its media type in
+//                                                   x-amz-meta-media-type, the same fetched mark
 //
+// Tags are not in the bucket: a tag's owner in the cluster asks upstream once per window and the
+// others follow its answer (with Age), so a record in the bucket would add nothing but staleness.
 // That mark is what lets a node that never fetched a blob hand it to an anonymous client: a
 // blob some node fetched with an upstream account may be private, so without the mark the
 // mirror's visibility rules ask upstream, as they do for any blob of unknown origin.
@@ -92,6 +97,19 @@ export interface SharedTier {
    * Rejects when redirects are off.
    */
   presignGet(digest: string): Promise<string>
+  /** A manifest's body and media type by digest, or undefined; the caller verifies the body. */
+  getManifest(digest: string, signal?: AbortSignal): Promise<SharedManifest | undefined>
+  /** Whether a manifest is in the bucket, and fetched anonymously; undefined when absent. */
+  statManifest(digest: string): Promise<{ anonymous: boolean } | undefined>
+  /**
+   * Puts a manifest's body, after checking that it hashes to `digest` (BlobMismatch otherwise).
+   * Like publish(): 'present' when an object is there already, unless `replace`.
+   */
+  publishManifest(
+    digest: string,
+    body: Buffer,
+    opts: { mediaType: string; replace?: boolean; anonymous: boolean },
+  ): Promise<'published' | 'present'>
   /** Aborts multipart uploads under the prefix started more than `olderThanMs` ago; how many. */
   abortStaleUploads(olderThanMs: number): Promise<number>
   /** Lets go of connections. */
@@ -100,6 +118,14 @@ export interface SharedTier {
 
 export interface SharedStat {
   size: number
+  /** Fetched without an upstream account: anonymous pulls may read it. */
+  anonymous: boolean
+}
+
+/** A manifest as the bucket holds it, not yet verified. */
+export interface SharedManifest {
+  body: Buffer
+  mediaType: string
   /** Fetched without an upstream account: anonymous pulls may read it. */
   anonymous: boolean
 }
@@ -119,4 +145,9 @@ export function bucketKey(prefix: string, digest: string): string {
   if (!digest.startsWith('sha256:') || !/^[0-9a-f]{64}$/.test(hex))
     throw new Error(`not a sha256 digest: ${digest}`)
   return `${prefix}blobs/sha256/${hex.slice(0, 2)}/${hex}`
+}
+
+/** The bucket's key of a manifest body under `prefix`, beside the blobs (see the layout above). */
+export function manifestKey(prefix: string, digest: string): string {
+  return `${prefix}manifests/${bucketKey('', digest).slice('blobs/'.length)}`
 }

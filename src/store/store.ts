@@ -14,12 +14,14 @@
 // Decisions about one digest are taken again in the synchronous step that acts on them (a
 // fresh look at the row, statNow at the file): a commit puts the file before the row, and an
 // eviction takes both in one step, so neither can fall between a look and the write it decides.
+//
+// With S3 storage the bucket sits behind all this, the hot tier's shared tier: what the store
+// reads from it and publishes to it goes through `bucket` (store/shared-access.ts).
 
-import type { Readable } from 'node:stream'
 import type { BlobHandle, BlobStat, BlobStorage, BlobWriter, Detached } from './blob-storage.js'
-import type { BucketBudgetReport } from './bucket-budget.js'
 import type { IndexDb } from './index-db.js'
-import type { SharedStat, SharedTier } from './shared-tier.js'
+import { SharedAccess } from './shared-access.js'
+import type { SharedTier } from './shared-tier.js'
 
 /** What reconcile() did with one digest. */
 export type Settled = 'adopted' | 'dropped' | 'removed' | 'measured' | 'agreed' | 'absent'
@@ -40,147 +42,19 @@ export interface Eviction<T extends Evictable> {
   failed: { blob: T; error: unknown; restoreError?: unknown }[]
 }
 
-/** After the bucket failed to answer, it is not asked again for this long: misses go upstream. */
-const SHARED_BACKOFF_MS = 30_000
-
 export class Store {
   readonly blobs: BlobStorage
   readonly index: IndexDb
   /** The bucket behind the local hot tier (store/shared-tier.ts), when S3 storage is configured. */
   readonly shared: SharedTier | undefined
-  private sharedDownUntil = 0
-  /** Digests whose bytes in the shared tier did not verify: not read from there again. */
-  private readonly sharedDistrusted = new Set<string>()
-  private readonly publishing = new Set<Promise<unknown>>()
-  /** Reads from the shared tier going on now, by digest: the bucket's evictor spares them. */
-  private readonly sharedReads = new Map<string, number>()
-  /** Told of each read from the shared tier as it starts (the bucket's access journal). */
-  onSharedRead: ((digest: string) => void) | undefined
-  /** The shared tier's budget and last eviction run, when it has a budget (store/bucket-budget.ts). */
-  sharedBudget: (() => BucketBudgetReport) | undefined
-  private redirected = 0
+  /** What the store reads from the bucket and publishes to it (store/shared-access.ts). */
+  readonly bucket: SharedAccess
 
   constructor(blobs: BlobStorage, index: IndexDb, shared?: SharedTier) {
     this.blobs = blobs
     this.index = index
     this.shared = shared
-  }
-
-  /**
-   * A blob's bytes from the shared tier for a local miss, or undefined when it has none, has no
-   * such blob, or failed lately (then the caller goes upstream: a bucket that is down costs one
-   * timeout per backoff period, not one per pull). A failure is rethrown once, for the log.
-   */
-  async fromShared(
-    digest: string,
-    signal: AbortSignal,
-  ): Promise<{ body: Readable; size: number } | undefined> {
-    if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
-    if (this.sharedDistrusted.has(digest)) return undefined
-    this.onSharedRead?.(digest)
-    this.sharedReads.set(digest, (this.sharedReads.get(digest) ?? 0) + 1)
-    const done = () => {
-      const n = (this.sharedReads.get(digest) ?? 1) - 1
-      if (n > 0) this.sharedReads.set(digest, n)
-      else this.sharedReads.delete(digest)
-    }
-    try {
-      const got = await this.shared.get(digest, signal)
-      if (got === undefined) done()
-      else got.body.once('close', done)
-      return got
-    } catch (err) {
-      done()
-      if (!signal.aborted) this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
-      throw err
-    }
-  }
-
-  /** Whether a read of `digest` from the shared tier is going on now. */
-  readingShared(digest: string): boolean {
-    return this.sharedReads.has(digest)
-  }
-
-  /**
-   * The shared tier's bytes for `digest` did not verify (damaged, or written by something other
-   * than pullcache): they are not read again, and the next publish of the blob, from bytes
-   * verified here, replaces them.
-   */
-  distrustShared(digest: string): void {
-    // A bound, not a cache policy: this many damaged objects means something else is wrong.
-    if (this.sharedDistrusted.size >= 10_000) this.sharedDistrusted.clear()
-    this.sharedDistrusted.add(digest)
-  }
-
-  /** A blob in the shared tier (size; fetched anonymously?), asked as fromShared() asks. */
-  async statInShared(digest: string): Promise<SharedStat | undefined> {
-    if (this.shared === undefined || Date.now() < this.sharedDownUntil) return undefined
-    if (this.sharedDistrusted.has(digest)) return undefined
-    try {
-      return await this.shared.stat(digest)
-    } catch (err) {
-      this.sharedDownUntil = Date.now() + SHARED_BACKOFF_MS
-      throw err
-    }
-  }
-
-  /** Presigned URLs handed out to clients (redirects to the bucket) since start. */
-  get redirects(): number {
-    return this.redirected
-  }
-
-  /**
-   * A presigned URL of the blob's object, for a client to fetch it from the bucket itself (the
-   * offload: store/shared-tier.ts), or undefined when the bytes are to be served here: redirects
-   * off, the probe found presigned GETs do not work (or has not run), the bucket failed lately,
-   * its copy did not verify, it does not hold the blob (an object is complete or absent: one
-   * being published is absent), or it holds another size than the local row says.
-   */
-  async redirectUrl(digest: string): Promise<string | undefined> {
-    const shared = this.shared
-    if (shared?.redirectHost === undefined || shared.capabilities?.presignedGet !== true) return undefined
-    const there = await this.statInShared(digest)
-    if (there === undefined) return undefined
-    const row = this.index.getBlob(digest)
-    if (row !== undefined && row.size !== there.size) return undefined
-    const url = await shared.presignGet(digest)
-    this.redirected++
-    // A URL handed out is a read to come: the journal tells the bucket's evictor, whose grace
-    // (no shorter than the URL's ttl) then spares the object until the client has fetched it.
-    this.onSharedRead?.(digest)
-    return url
-  }
-
-  /**
-   * Publishes a committed blob to the shared tier from its local file, which is held open for
-   * the upload (an eviction meanwhile does not cut it). Resolves with what happened: 'absent'
-   * when there is no shared tier or the file went before it could be opened.
-   */
-  publish(digest: string, opts: { anonymous: boolean }): Promise<'published' | 'present' | 'absent'> {
-    const shared = this.shared
-    if (shared === undefined) return Promise.resolve('absent')
-    const run = (async () => {
-      const opened = await this.blobs.openBlob(digest)
-      if (opened === undefined) return 'absent' as const
-      const replace = this.sharedDistrusted.has(digest)
-      try {
-        const source = { size: opened.size, read: opened.handle.read.bind(opened.handle) }
-        const outcome = await shared.publish(digest, source, { replace, anonymous: opts.anonymous })
-        if (replace) this.sharedDistrusted.delete(digest)
-        return outcome
-      } finally {
-        await opened.handle.close()
-      }
-    })()
-    const tracked = run.catch(() => {})
-    this.publishing.add(tracked)
-    void tracked.finally(() => this.publishing.delete(tracked))
-    return run
-  }
-
-  /** Resolves when the publishes started so far have ended, for a clean stop. */
-  async publishesDone(): Promise<void> {
-    await Promise.all([...this.publishing])
+    this.bucket = new SharedAccess(blobs, index, shared)
   }
 
   openBlob(digest: string): Promise<{ handle: BlobHandle; size: number; allocated: number } | undefined> {

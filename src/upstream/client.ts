@@ -89,7 +89,10 @@ export interface ManifestBody {
 export interface BlobBody {
   size: number | undefined
   body: Readable
-  /** The bytes come from the cluster node that owns the blob, not from upstream. */
+  /**
+   * Relayed by the cluster node that owns the blob: that node fetched it from upstream, counts
+   * those bytes and puts them in the shared tier, so this one does neither again.
+   */
   fromOwner?: boolean
 }
 

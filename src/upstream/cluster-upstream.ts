@@ -120,31 +120,44 @@ export class ClusterUpstream extends Upstream {
     ask: (owner: string) => Promise<T>,
   ): Promise<T | undefined> {
     if (!this.owners.clustered || this.relayVia.relayed() || this.offline) return undefined
-    const owner = this.owners.ownerOf(key)
-    if (owner === this.owners.self) return undefined
     const outcome = (o: 'ok' | 'not_found' | 'failed' | 'fallback') =>
       this.relayMetrics.relays.inc({ outcome: o })
-    try {
-      const got = await ask(owner)
-      outcome('ok')
-      return got
-    } catch (err) {
-      if (err instanceof UpstreamError) {
-        outcome(err.kind === 'NOT_FOUND' ? 'not_found' : 'failed')
-        throw err
+    // Each turn takes one node out of the live set, and no node is asked twice.
+    const asked = new Set<string>()
+    for (;;) {
+      const owner = this.owners.ownerOf(key)
+      if (owner === this.owners.self || asked.has(owner)) {
+        if (asked.size > 0) outcome('fallback')
+        return undefined
       }
-      // The request's own deadline or its client: not the owner's fault.
-      if (signal?.aborted) {
-        outcome('failed')
-        throw networkFailure(signal.reason)
+      asked.add(owner)
+      try {
+        const got = await ask(owner)
+        outcome('ok')
+        return got
+      } catch (err) {
+        if (err instanceof UpstreamError) {
+          outcome(err.kind === 'NOT_FOUND' ? 'not_found' : 'failed')
+          throw err
+        }
+        // The request's own deadline or its client: not the owner's fault.
+        if (signal?.aborted) {
+          outcome('failed')
+          throw networkFailure(signal.reason)
+        }
+        const reason = err instanceof RelayFailed ? err.message : networkFailure(err, 'owner').message
+        this.relayLog.warn('cluster.relay_failed', { owner, key: key.replaceAll('\0', ' '), reason })
+        // One that answered badly stays (its upstream may be what failed), and this one request
+        // goes upstream from here.
+        if (err instanceof RelayFailed) {
+          outcome('fallback')
+          return undefined
+        }
+        // An unreachable owner leaves the live set, and the key's next owner is asked: the node
+        // every survivor picks once it finds the same, so a dead filler costs one more fetch for
+        // the cluster, not one per node.
+        this.owners.markDown(owner, reason)
       }
-      outcome('fallback')
-      const reason = err instanceof RelayFailed ? err.message : networkFailure(err, 'owner').message
-      // Unreachable owners leave the live set; one that answered badly stays (its upstream may
-      // be what failed), and this one request goes upstream from here.
-      if (!(err instanceof RelayFailed)) this.owners.markDown(owner, reason)
-      this.relayLog.warn('cluster.relay_failed', { owner, key: key.replaceAll('\0', ' '), reason })
-      return undefined
     }
   }
 

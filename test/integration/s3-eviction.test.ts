@@ -140,7 +140,7 @@ describe('bucket eviction against a byte budget', () => {
       intervalMs: 60_000,
       log,
     })
-    b.store.onSharedRead = (digest) => journalB.noteSoon(digest)
+    b.store.bucket.onSharedRead = (digest) => journalB.noteSoon(digest)
     try {
       // The old ones: the big blob a slow client reads, one that is pinned, one node B keeps
       // using, one node A itself is reading during the first run, and filler.
@@ -160,7 +160,7 @@ describe('bucket eviction against a byte budget', () => {
         isEvictor: () => true,
         lease: () => undefined,
         pinned: async () => new Set([pinned]),
-        inUse: (digest) => a.store.readingShared(digest),
+        inUse: (digest) => a.store.bucket.readingShared(digest),
       })
       expect(await evictor.run()).toMatchObject({ ran: true, run: { deleted: 0 } }) // under high water
 
@@ -179,9 +179,9 @@ describe('bucket eviction against a byte budget', () => {
         if (round === 0) {
           // A slow client on node B starts reading the big blob: its journal says so within a
           // second, and the evictor reads journals before each batch.
-          const got = await b.store.fromShared(big, AbortSignal.timeout(30_000))
+          const got = await b.store.bucket.fromShared(big, AbortSignal.timeout(30_000))
           slow = readSlowly(got!.body, gate)
-          own = await a.store.fromShared(ownRead, AbortSignal.timeout(30_000))
+          own = await a.store.bucket.fromShared(ownRead, AbortSignal.timeout(30_000))
           own!.body.pause()
         }
         await journalB.flush()

@@ -13,6 +13,7 @@ import {
   CreateMultipartUploadCommand,
   GetObjectCommand,
   HeadBucketCommand,
+  HeadObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
@@ -21,7 +22,7 @@ import {
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { BlobMismatch } from '../../src/store/blob-storage.js'
 import { S3Tier } from '../../src/store/s3-storage.js'
-import { bucketKey } from '../../src/store/shared-tier.js'
+import { bucketKey, manifestKey } from '../../src/store/shared-tier.js'
 import { sha256 } from '../support/fake-upstream.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { startCli } from '../support/run-cli.js'
@@ -142,6 +143,74 @@ describe('S3 storage', () => {
       'bucket',
     ])
     expect(fake.up.requests).toEqual([])
+  })
+
+  test('manifests by digest land in the bucket; a node with an empty data dir serves them, no upstream request', async () => {
+    const bucket = newBucket()
+    const env = s3.server.env(bucket, 'pc/')
+    const first = await fake.mirror({ env })
+    const image = fake.up.addImage(REPO, 'm1')
+    const accept = { accept: image.mediaType }
+    // By tag: the body's digest is what lands in the bucket, beside the blobs, and no tag does.
+    const byTag = await first.get(`/v2/${REPO}/manifests/m1`, accept)
+    expect(byTag.headers['docker-content-digest']).toBe(image.manifestDigest)
+    await waitFor(
+      () =>
+        first.logs.find((l) => l.event === 'store.manifest_published' && l.digest === image.manifestDigest),
+      { what: 'the manifest to be published' },
+    )
+    const key = manifestKey('pc/', image.manifestDigest)
+    expect(key).toBe(
+      `pc/manifests/sha256/${image.manifestDigest.slice(7, 9)}/${image.manifestDigest.slice(7)}`,
+    )
+    expect(sha256(await objectBytes(bucket, key))).toBe(image.manifestDigest)
+    const meta = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }))
+    expect(meta.Metadata).toEqual({ 'media-type': image.mediaType, fetched: 'anonymous' })
+    expect((await keys(bucket)).filter((k) => !k?.startsWith('pc/blobs/'))).toEqual([key])
+
+    fake.up.reset()
+    const second = await fake.mirror({ env })
+    const path = `/v2/${REPO}/manifests/${image.manifestDigest}`
+    const head = await second.head(path, accept)
+    expect(head.status).toBe(200)
+    expect(head.headers['content-type']).toBe(image.mediaType)
+    const got = await second.get(path, accept)
+    expect(got.status).toBe(200)
+    expect(got.headers['content-type']).toBe(image.mediaType)
+    expect(sha256(got.body)).toBe(image.manifestDigest)
+    expect(fake.up.requests).toEqual([])
+    expect(second.logs.filter((l) => l.event === 'store.manifest_committed').map((l) => l.source)).toEqual([
+      'bucket',
+    ])
+  })
+
+  test('a manifest object that does not verify is refused, fetched from upstream and replaced', async () => {
+    const bucket = newBucket()
+    const mirror = await fake.mirror({ env: s3.server.env(bucket) })
+    const image = fake.up.addImage(REPO, 'm2')
+    const key = manifestKey('', image.manifestDigest)
+    const damaged = Buffer.from(image.manifest)
+    damaged[damaged.length - 2]! ^= 0x01
+    await client.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: key,
+        Body: damaged,
+        Metadata: { fetched: 'anonymous', 'media-type': image.mediaType },
+      }),
+    )
+    fake.up.reset()
+    const got = await mirror.get(`/v2/${REPO}/manifests/${image.manifestDigest}`, { accept: image.mediaType })
+    expect(got.status).toBe(200)
+    expect(sha256(got.body)).toBe(image.manifestDigest)
+    expect(mirror.logs.some((l) => l.event === 'store.bucket_manifest_invalid')).toBe(true)
+    expect(fake.up.count('GET', `/v2/${REPO}/manifests/${image.manifestDigest}`)).toBeGreaterThanOrEqual(1)
+    expect(
+      await waitFor(() => mirror.logs.find((l) => l.event === 'store.manifest_published'), {
+        what: 'the replacing publish',
+      }),
+    ).toMatchObject({ outcome: 'published' })
+    expect(sha256(await objectBytes(bucket, key))).toBe(image.manifestDigest)
   })
 
   test('an object in the bucket that does not verify is refused, fetched from upstream and replaced', async () => {
