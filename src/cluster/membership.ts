@@ -3,8 +3,8 @@
 // The nodes are a static list (cluster.peers, reloaded on SIGHUP), the nodes that sources name
 // (a DNS name, the bucket's heartbeats: cluster/member-source.ts), asked at the start of every
 // round, plus this node (cluster.node_url). Each peer is probed at /_pullcache/healthz every
-// PROBE_MS; a peer that does not answer within PROBE_TIMEOUT_MS, or that a relay could not
-// reach, is out until a probe finds it again. Static peers start in: a node that comes up must
+// PROBE_MS; a peer that misses PROBE_MISSES_DOWN probes in a row (no answer within
+// PROBE_TIMEOUT_MS), or that a relay could not reach, is out until a probe finds it again. Static peers start in: a node that comes up must
 // not move every key away from members it has not probed yet. A node a source names for the
 // first time starts out and is probed in the same round: it may still be starting.
 //
@@ -18,6 +18,12 @@ import type { FoundBy, MemberSource } from './member-source.js'
 
 const PROBE_MS = 2_000
 const PROBE_TIMEOUT_MS = 1_000
+/**
+ * Probes in a row a peer must miss before it is counted out. One slow answer from a node busy
+ * streaming is not a node gone, and flapping moves its keys back and forth (each move a second
+ * upstream fetch); a node that is really gone also fails the relays, which count it out at once.
+ */
+const PROBE_MISSES_DOWN = 2
 /** How long a stopping node tries to tell the others it leaves. */
 const LEAVE_TIMEOUT_MS = 3_000
 
@@ -53,6 +59,8 @@ export class Membership {
   private readonly strangers = new Set<FoundBy>()
   private readonly sources: readonly MemberSource[]
   private readonly down = new Set<string>()
+  /** Probes missed in a row, by peer, since its last answer. */
+  private readonly misses = new Map<string, number>()
   private readonly timer: NodeJS.Timeout
   private round: Promise<void> | undefined
 
@@ -84,6 +92,7 @@ export class Membership {
     const staticPeers = this.named.get('static') ?? []
     for (const url of next) if (!before.has(url) && !staticPeers.includes(url)) this.down.add(url)
     for (const url of [...this.down]) if (!next.includes(url)) this.down.delete(url)
+    for (const url of [...this.misses.keys()]) if (!next.includes(url)) this.misses.delete(url)
     this.peers = next
     this.log.info('cluster.members', {
       self: this.self,
@@ -179,8 +188,14 @@ export class Membership {
             return res.ok
           })
           .catch(() => false)
-        if (ok && this.down.delete(url)) this.log.info('cluster.member_up', { url })
-        if (!ok) this.markDown(url, 'health probe failed')
+        if (ok) {
+          this.misses.delete(url)
+          if (this.down.delete(url)) this.log.info('cluster.member_up', { url })
+          return
+        }
+        const missed = (this.misses.get(url) ?? 0) + 1
+        this.misses.set(url, missed)
+        if (missed >= PROBE_MISSES_DOWN) this.markDown(url, `${missed} health probes missed`)
       }),
     )
   }
