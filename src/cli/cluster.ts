@@ -81,8 +81,23 @@ export async function clusterCommand(args: string[]): Promise<number> {
       problems.push(`${url} cannot reach ${down.join(', ')}`)
     }
     const line = `${url}${me}  pullcache ${view.version}, ${view.members.length} nodes, ${live} answering${how}`
-    return view.bucket_budget === undefined ? line : `${line}\n  ${bucketLine(view.bucket_budget)}`
+    const more = [
+      ...(view.bucket === undefined ? [] : [storageLine(view.bucket)]),
+      ...(view.bucket_budget === undefined ? [] : [bucketLine(view.bucket_budget)]),
+    ]
+    return [line, ...more].join('\n  ')
   })
+  // One cache is one bucket: nodes on another bucket (or prefix), or on local disks beside nodes
+  // on a bucket, each fetch and keep their own copies.
+  const buckets = new Set(
+    answers.flatMap(({ view }) =>
+      view === undefined
+        ? []
+        : [view.bucket === undefined ? 'local storage' : `${view.bucket.bucket}/${view.bucket.prefix}`],
+    ),
+  )
+  if (buckets.size > 1)
+    problems.push(`the nodes keep blobs in different places: ${[...buckets].sort().join(', ')}`)
   process.stdout.write(`${lines.join('\n')}\n`)
   if (problems.length === 0) {
     process.stdout.write(`one cluster of ${expected.length} nodes, every node answering\n`)
@@ -90,6 +105,15 @@ export async function clusterCommand(args: string[]): Promise<number> {
   }
   process.stdout.write(`not one cluster:\n  ${problems.join('\n  ')}\n`)
   return EXIT_FAILED
+}
+
+/** The bucket a node uses, and what its probe found the store can do. */
+function storageLine(b: NonNullable<ClusterView['bucket']>): string {
+  const where = `bucket ${b.bucket}${b.prefix === '' ? '' : ` (prefix ${b.prefix})`}${b.endpoint === null ? '' : ` at ${b.endpoint}`}`
+  const c = b.capabilities
+  if (c === null) return `${where}: not reached yet (the start-up probe failed)`
+  const yes = (v: boolean) => (v ? 'yes' : 'no')
+  return `${where}: conditional create ${yes(c.conditionalCreate)}, conditional replace ${yes(c.conditionalReplace)}, presigned GET ${yes(c.presignedGet)}`
 }
 
 /** The bucket's budget and its last eviction run, as one node sees them. */

@@ -10,6 +10,7 @@ import type { NodeFigures } from '../cluster/figures.js'
 import type { Membership, MemberView } from '../cluster/membership.js'
 import { RegistryError } from '../errors.js'
 import type { BucketBudgetReport } from '../store/bucket-budget.js'
+import type { BucketCapabilities } from '../store/shared-tier.js'
 import type { Store } from '../store/store.js'
 import { VERSION } from '../version.js'
 import { PEER, type RegistryEnv } from './access.js'
@@ -22,6 +23,16 @@ export interface ClusterView {
   members: MemberView[]
   /** The bucket's budget as this node sees it (storage.s3.max_size), when there is one. */
   bucket_budget?: BucketBudgetReport
+  /**
+   * The bucket this node keeps blobs in, and what its start-up probe found the store can do
+   * (null: the probe has not succeeded); absent on local storage. Nodes of one cache share it.
+   */
+  bucket?: {
+    endpoint: string | null
+    bucket: string
+    prefix: string
+    capabilities: BucketCapabilities | null
+  }
 }
 
 export function clusterRoutes(
@@ -44,6 +55,16 @@ export function clusterRoutes(
       version: VERSION,
       members: members.members(),
       ...(store?.bucket.sharedBudget === undefined ? {} : { bucket_budget: store.bucket.sharedBudget() }),
+      ...(store?.shared === undefined
+        ? {}
+        : {
+            bucket: {
+              endpoint: store.shared.describe.endpoint,
+              bucket: store.shared.describe.bucket,
+              prefix: store.shared.describe.prefix,
+              capabilities: store.shared.capabilities ?? null,
+            },
+          }),
     }
     return c.json(view)
   })

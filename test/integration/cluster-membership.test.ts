@@ -92,6 +92,10 @@ describe('members that join and leave during pulls', () => {
       expect(check.stdout).toContain('one cluster of 3 nodes, every node answering')
       expect(check.stdout).toContain(`${c}  pullcache`)
       expect(check.stdout).toContain(`3 answering; found by bucket`)
+      // Every node names the one bucket and what the probe found (stock Swift: no conditional PUT).
+      expect(
+        check.stdout.match(/conditional create no, conditional replace no, presigned GET yes/g),
+      ).toHaveLength(3)
       await waitFor(() => puller.pulls >= before + 6, { what: 'pulls on three nodes', timeoutMs: 15_000 })
 
       // SIGKILL: C's heartbeat stays behind until it is too old; the others' probes take C out
