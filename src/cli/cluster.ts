@@ -87,17 +87,8 @@ export async function clusterCommand(args: string[]): Promise<number> {
     ]
     return [line, ...more].join('\n  ')
   })
-  // One cache is one bucket: nodes on another bucket (or prefix), or on local disks beside nodes
-  // on a bucket, each fetch and keep their own copies.
-  const buckets = new Set(
-    answers.flatMap(({ view }) =>
-      view === undefined
-        ? []
-        : [view.bucket === undefined ? 'local storage' : `${view.bucket.bucket}/${view.bucket.prefix}`],
-    ),
-  )
-  if (buckets.size > 1)
-    problems.push(`the nodes keep blobs in different places: ${[...buckets].sort().join(', ')}`)
+  const places = differentPlaces(answers.flatMap(({ view }) => (view === undefined ? [] : [view])))
+  if (places !== undefined) problems.push(places)
   process.stdout.write(`${lines.join('\n')}\n`)
   if (problems.length === 0) {
     process.stdout.write(`one cluster of ${expected.length} nodes, every node answering\n`)
@@ -105,6 +96,20 @@ export async function clusterCommand(args: string[]): Promise<number> {
   }
   process.stdout.write(`not one cluster:\n  ${problems.join('\n  ')}\n`)
   return EXIT_FAILED
+}
+
+/**
+ * One cache is one bucket: nodes on another bucket (or prefix), or on local disks beside nodes
+ * on a bucket, each fetch and keep their own copies. Says so, or undefined when all agree.
+ */
+export function differentPlaces(views: Pick<ClusterView, 'bucket'>[]): string | undefined {
+  const places = new Set(
+    views.map((v) =>
+      v.bucket === undefined ? 'local storage' : `bucket ${v.bucket.bucket}/${v.bucket.prefix}`,
+    ),
+  )
+  if (places.size <= 1) return undefined
+  return `the nodes keep blobs in different places: ${[...places].sort().join(', ')}`
 }
 
 /** The bucket a node uses, and what its probe found the store can do. */
