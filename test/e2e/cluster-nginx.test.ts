@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { bucketKey } from '../../src/store/shared-tier.js'
 import { useS3Server } from '../support/s3-server.js'
@@ -196,12 +196,7 @@ describe('three nodes behind nginx, round robin', () => {
 
   it('the bucket holds every blob the cluster fetched, verified; a new node with an empty disk serves them', async () => {
     const { server } = s3
-    const client = new S3Client({
-      endpoint: server.endpoint,
-      region: server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: server.accessKeyId, secretAccessKey: server.secretAccessKey },
-    })
+    const client = server.client()
     try {
       for (const blob of images.flatMap((i) => i.blobs)) {
         // Published behind the clients, after the local commit: it may land a moment later.

@@ -6,7 +6,7 @@
 // every node must come to list exactly the nodes that are running. (A static list edited and
 // reloaded during pulls: test/integration/cluster.test.ts.)
 
-import { ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3'
+import { ListObjectsV2Command } from '@aws-sdk/client-s3'
 import { describe, expect, test } from 'vitest'
 import { nodeId } from '../../src/cluster/bucket-members.js'
 import { membersAre, type Pullable, Puller, viewOf } from '../support/cluster-pulls.js'
@@ -59,12 +59,7 @@ describe('members that join and leave during pulls', () => {
       return child
     }
     const puller = new Puller(all)
-    const bucket = new S3Client({
-      endpoint: s3.server.endpoint,
-      region: s3.server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
-    })
+    const bucket = s3.server.client()
     try {
       await fake.mirror({ env: env(0) })
       const nodeB = await serve(1)

@@ -7,7 +7,7 @@
 
 import { createHash, randomBytes } from 'node:crypto'
 import { createServer } from 'node:net'
-import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3'
+import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { Membership } from '../../src/cluster/membership.js'
@@ -82,14 +82,7 @@ describe('three nodes on one bucket', () => {
   const children: CliProcess[] = []
 
   beforeAll(() => {
-    client = new S3Client({
-      endpoint: s3.server.endpoint,
-      region: s3.server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    })
+    client = s3.server.client()
   })
   afterAll(() => client?.destroy())
   afterEach(async () => {

@@ -4,7 +4,7 @@
 // new or expired, exactly one evicts and the other deletes nothing.
 
 import { randomBytes } from 'node:crypto'
-import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { createLogger } from '../../src/log.js'
 import { BucketEvictor, type RunOutcome } from '../../src/store/bucket-eviction.js'
@@ -21,26 +21,10 @@ const log = createLogger('error', () => {})
 describe('bucket eviction lease on Ceph RGW', () => {
   const rgw = useCephRgw()
   let client: S3Client
-  const settings = (bucket: string) => ({
-    endpoint: rgw.server.endpoint,
-    bucket,
-    prefix: PREFIX,
-    region: rgw.server.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: rgw.server.accessKeyId, secretAccessKey: rgw.server.secretAccessKey },
-    publicEndpoint: null,
-    redirectTtlSeconds: null,
-  })
+  const settings = (bucket: string) => rgw.server.settings(bucket, PREFIX)
 
   beforeAll(() => {
-    client = new S3Client({
-      endpoint: rgw.server.endpoint,
-      region: rgw.server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: rgw.server.accessKeyId, secretAccessKey: rgw.server.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    })
+    client = rgw.server.client()
   })
   afterAll(() => client?.destroy())
 

@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { createLogger } from '../../src/log.js'
 import { BlobStore } from '../../src/store/blob-store.js'
@@ -40,27 +40,11 @@ describe('bucket eviction against a byte budget', () => {
   let client: S3Client
 
   beforeAll(() => {
-    client = new S3Client({
-      endpoint: s3.server.endpoint,
-      region: s3.server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    })
+    client = s3.server.client()
   })
   afterAll(() => client?.destroy())
 
-  const settings = (bucket: string) => ({
-    endpoint: s3.server.endpoint,
-    bucket,
-    prefix: PREFIX,
-    region: s3.server.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
-    publicEndpoint: null,
-    redirectTtlSeconds: null,
-  })
+  const settings = (bucket: string) => s3.server.settings(bucket, PREFIX)
 
   async function put(bucket: string, body: Buffer): Promise<string> {
     const digest = sha256(body)

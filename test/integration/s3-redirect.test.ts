@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { DeleteObjectCommand, S3Client } from '@aws-sdk/client-s3'
+import { DeleteObjectCommand, type S3Client } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { bucketKey } from '../../src/store/shared-tier.js'
 import { sha256 } from '../support/fake-upstream.js'
@@ -38,12 +38,7 @@ describe('redirects to presigned bucket URLs', () => {
   let client: S3Client
 
   beforeAll(() => {
-    client = new S3Client({
-      endpoint: s3.server.endpoint,
-      region: s3.server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
-    })
+    client = s3.server.client()
   })
   afterAll(() => client?.destroy())
 

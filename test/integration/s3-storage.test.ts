@@ -17,7 +17,7 @@ import {
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
-  S3Client,
+  type S3Client,
 } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
 import { BlobMismatch } from '../../src/store/blob-storage.js'
@@ -43,27 +43,11 @@ describe('S3 storage', () => {
   let client: S3Client
 
   beforeAll(() => {
-    client = new S3Client({
-      endpoint: s3.server.endpoint,
-      region: s3.server.region,
-      forcePathStyle: true,
-      credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-    })
+    client = s3.server.client()
   })
   afterAll(() => client?.destroy())
 
-  const settings = (bucket: string) => ({
-    endpoint: s3.server.endpoint,
-    bucket,
-    prefix: 'pc/',
-    region: s3.server.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.server.accessKeyId, secretAccessKey: s3.server.secretAccessKey },
-    publicEndpoint: null,
-    redirectTtlSeconds: null,
-  })
+  const settings = (bucket: string) => s3.server.settings(bucket, 'pc/')
   const objectBytes = async (bucket: string, key: string) => {
     const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }))
     return Buffer.from(await res.Body!.transformToByteArray())

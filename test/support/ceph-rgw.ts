@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll } from 'vitest'
-import type { S3Server } from './s3-server.js'
+import { type S3Server, s3ServerFrom } from './s3-server.js'
 
 const SCRIPT = join(import.meta.dirname, 'ceph-rgw.sh')
 const run = promisify(execFile)
@@ -38,33 +38,7 @@ export async function startCephRgw(): Promise<S3Server & { stop(): Promise<void>
           CEPH_RGW_DEBUG: '0',
         }),
       })
-      const vars = Object.fromEntries(
-        stdout
-          .trim()
-          .split('\n')
-          .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
-      )
-      const server = {
-        endpoint: vars.S3_ENDPOINT!,
-        accessKeyId: vars.S3_ACCESS_KEY_ID!,
-        secretAccessKey: vars.S3_SECRET_ACCESS_KEY!,
-        region: vars.S3_REGION!,
-        startSeconds: (Date.now() - started) / 1000,
-      }
-      return {
-        ...server,
-        env: (bucket, prefix = '') => ({
-          PULLCACHE_STORAGE: 's3',
-          PULLCACHE_S3_ENDPOINT: server.endpoint,
-          PULLCACHE_S3_BUCKET: bucket,
-          PULLCACHE_S3_PREFIX: prefix,
-          PULLCACHE_S3_REGION: server.region,
-          PULLCACHE_S3_FORCE_PATH_STYLE: 'true',
-          AWS_ACCESS_KEY_ID: server.accessKeyId,
-          AWS_SECRET_ACCESS_KEY: server.secretAccessKey,
-        }),
-        stop,
-      }
+      return { ...s3ServerFrom(stdout, started), stop }
     } catch (err) {
       // Exit 3: a port was taken (another file's server, or anything else); try other ports.
       // The monitor's port is fixed when a state dir is created, so a retry starts afresh.

@@ -8,7 +8,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { S3Client } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll } from 'vitest'
+import type { BucketSettings } from '../../src/store/shared-tier.js'
 
 const SCRIPT = join(import.meta.dirname, 's3-server.sh')
 const run = promisify(execFile)
@@ -22,6 +24,62 @@ export interface S3Server {
   startSeconds: number
   /** The env a pullcache needs to keep its blobs in `bucket` on this server. */
   env(bucket: string, prefix?: string): Record<string, string>
+  /** The settings pullcache's own S3 code takes for `bucket` here (no redirects). */
+  settings(bucket: string, prefix?: string): BucketSettings
+  /** An S3 client of the test's own, to look at what pullcache wrote; the caller destroys it. */
+  client(): S3Client
+}
+
+/**
+ * The server a start script described on stdout (its `S3_*=` lines), as tests use it. The
+ * test's client sends checksums only where the API requires them, as pullcache's does: not
+ * every store takes the SDK's default trailers.
+ */
+export function s3ServerFrom(stdout: string, startedAt: number): S3Server {
+  const vars = Object.fromEntries(
+    stdout
+      .trim()
+      .split('\n')
+      .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
+  )
+  const endpoint = vars.S3_ENDPOINT!
+  const region = vars.S3_REGION!
+  const credentials = { accessKeyId: vars.S3_ACCESS_KEY_ID!, secretAccessKey: vars.S3_SECRET_ACCESS_KEY! }
+  return {
+    endpoint,
+    region,
+    ...credentials,
+    startSeconds: (Date.now() - startedAt) / 1000,
+    env: (bucket, prefix = '') => ({
+      PULLCACHE_STORAGE: 's3',
+      PULLCACHE_S3_ENDPOINT: endpoint,
+      PULLCACHE_S3_BUCKET: bucket,
+      PULLCACHE_S3_PREFIX: prefix,
+      PULLCACHE_S3_REGION: region,
+      PULLCACHE_S3_FORCE_PATH_STYLE: 'true',
+      AWS_ACCESS_KEY_ID: credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: credentials.secretAccessKey,
+    }),
+    settings: (bucket, prefix = '') => ({
+      endpoint,
+      bucket,
+      prefix,
+      region,
+      forcePathStyle: true,
+      credentials: { ...credentials },
+      publicEndpoint: null,
+      redirectTtlSeconds: null,
+    }),
+    client: () =>
+      new S3Client({
+        endpoint,
+        region,
+        forcePathStyle: true,
+        credentials: { ...credentials },
+        requestChecksumCalculation: 'WHEN_REQUIRED',
+        responseChecksumValidation: 'WHEN_REQUIRED',
+      }),
+  }
 }
 
 export async function startS3Server(): Promise<S3Server & { stop(): Promise<void> }> {
@@ -37,33 +95,7 @@ export async function startS3Server(): Promise<S3Server & { stop(): Promise<void
       const { stdout } = await run('bash', [SCRIPT, 'start'], {
         env: { ...process.env, S3_STATE: state, S3_PORT: String(base) },
       })
-      const vars = Object.fromEntries(
-        stdout
-          .trim()
-          .split('\n')
-          .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
-      )
-      const server = {
-        endpoint: vars.S3_ENDPOINT!,
-        accessKeyId: vars.S3_ACCESS_KEY_ID!,
-        secretAccessKey: vars.S3_SECRET_ACCESS_KEY!,
-        region: vars.S3_REGION!,
-        startSeconds: (Date.now() - started) / 1000,
-      }
-      return {
-        ...server,
-        env: (bucket, prefix = '') => ({
-          PULLCACHE_STORAGE: 's3',
-          PULLCACHE_S3_ENDPOINT: server.endpoint,
-          PULLCACHE_S3_BUCKET: bucket,
-          PULLCACHE_S3_PREFIX: prefix,
-          PULLCACHE_S3_REGION: server.region,
-          PULLCACHE_S3_FORCE_PATH_STYLE: 'true',
-          AWS_ACCESS_KEY_ID: server.accessKeyId,
-          AWS_SECRET_ACCESS_KEY: server.secretAccessKey,
-        }),
-        stop,
-      }
+      return { ...s3ServerFrom(stdout, started), stop }
     } catch (err) {
       // Exit 3: a port was taken (another file's server, or anything else); try other ports.
       if ((err as { code?: unknown }).code === 3 && attempt < 10) continue
