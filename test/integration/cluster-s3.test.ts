@@ -6,14 +6,13 @@
 // window (+1 s) for one upstream HEAD per window for the cluster.
 
 import { createHash, randomBytes } from 'node:crypto'
-import { createServer } from 'node:net'
 import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3'
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
-import { Membership } from '../../src/cluster/membership.js'
-import { createLogger } from '../../src/log.js'
 import { bucketKey, manifestKey } from '../../src/store/shared-tier.js'
+import { ownerOf } from '../support/cluster-owner.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { freePorts } from '../support/free-ports.js'
 import { type CliProcess, startCli } from '../support/run-cli.js'
 import { useS3Server } from '../support/s3-server.js'
 import type { TestMirror } from '../support/start-mirror.js'
@@ -28,33 +27,6 @@ let buckets = 0
 const newBucket = () => `pullcache-cluster-${process.pid}-${++buckets}`
 
 const sha256 = (bytes: Uint8Array) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`
-
-/** Ports the OS has free now, for nodes that must know each other's URLs before they start. */
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<ReturnType<typeof createServer>>((resolve) => {
-          const s = createServer()
-          s.listen(0, '127.0.0.1', () => resolve(s))
-        }),
-    ),
-  )
-  const ports = servers.map((s) => (s.address() as { port: number }).port)
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
-  return ports
-}
-
-/** Which node owns `key`, as every node computes it when all are live. */
-function ownerOf(urls: string[], key: string): string {
-  const members = new Membership({ self: urls[0]!, peers: urls, log: createLogger('error', () => {}) })
-  try {
-    return members.ownerOf(key)
-  } finally {
-    members.close()
-  }
-}
 
 /**
  * A GET whose body is hashed as it arrives, never held whole (48 bodies of 200 MB would not fit):

@@ -4,44 +4,18 @@
 // is named and left out; the metrics say per node what was relayed and received.
 
 import { createHash } from 'node:crypto'
-import { createServer } from 'node:net'
 import { describe, expect, test } from 'vitest'
-import { Membership } from '../../src/cluster/membership.js'
 import type { ClusterReport } from '../../src/cluster/totals.js'
-import { createLogger } from '../../src/log.js'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
+import { ownerOf } from '../support/cluster-owner.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
+import { freePorts } from '../support/free-ports.js'
 import { runCli } from '../support/run-cli.js'
 import type { TestMirror } from '../support/start-mirror.js'
 
 const REPO = 'library/counted'
 const SECRET = 'cluster-secret-9a41c7e2'
 const LAYER_BYTES = 1_500_000
-
-async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<ReturnType<typeof createServer>>((resolve) => {
-          const s = createServer()
-          s.listen(0, '127.0.0.1', () => resolve(s))
-        }),
-    ),
-  )
-  const ports = servers.map((s) => (s.address() as { port: number }).port)
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))))
-  return ports
-}
-
-function ownerOf(urls: string[], key: string): string {
-  const members = new Membership({ self: urls[0]!, peers: urls, log: createLogger('error', () => {}) })
-  try {
-    return members.ownerOf(key)
-  } finally {
-    members.close()
-  }
-}
 
 /** Prometheus text -> the value of one series, 0 when absent; labels given in the order exposed. */
 function series(text: string, name: string): number {

@@ -8,8 +8,7 @@ import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { Agent, request } from 'undici'
 import { afterEach, describe, expect, test } from 'vitest'
-import { Membership } from '../../src/cluster/membership.js'
-import { createLogger } from '../../src/log.js'
+import { ownerOf } from '../support/cluster-owner.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { freePorts } from '../support/free-ports.js'
 import { type CliProcess, runCli, startCli } from '../support/run-cli.js'
@@ -59,9 +58,7 @@ describe('a cluster on https with a private CA', () => {
     const image = fake.up.addImage(REPO, 'v1', { layers: 1, layerBytes: 500_000 })
     const layer = image.layers[0]!
     const path = `/v2/${REPO}/blobs/${layer.digest}`
-    const members = new Membership({ self: urls[0]!, peers: urls, log: createLogger('error', () => {}) })
-    const owner = members.ownerOf(`blob\0${layer.digest}`)
-    members.close()
+    const owner = ownerOf(urls, `blob\0${layer.digest}`)
     const [relaying] = urls.filter((u) => u !== owner)
 
     // The client trusts the CA too; it asks the node that does not own the blob first.

@@ -7,9 +7,8 @@
 
 import { createHash } from 'node:crypto'
 import { describe, expect, test } from 'vitest'
-import { Membership } from '../../src/cluster/membership.js'
 import { loadConfig } from '../../src/config.js'
-import { createLogger } from '../../src/log.js'
+import { ownerOf } from '../support/cluster-owner.js'
 import { membersAre, type Pullable, Puller } from '../support/cluster-pulls.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { freePorts } from '../support/free-ports.js'
@@ -29,16 +28,6 @@ function exchanges(fake: ReturnType<typeof useFakeUpstream>, method: string, pat
 }
 
 const sha256 = (bytes: Uint8Array) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`
-
-/** Which node owns `key`, as every node computes it when all are live. */
-function ownerOf(urls: string[], key: string): string {
-  const members = new Membership({ self: urls[0]!, peers: urls, log: createLogger('error', () => {}) })
-  try {
-    return members.ownerOf(key)
-  } finally {
-    members.close()
-  }
-}
 
 describe('three nodes, one cache', () => {
   const fake = useFakeUpstream({ users: { puller: 'pull-pw-7c1e' }, tokenFormat: 'jwt' })
