@@ -6,7 +6,7 @@
 import type { ClusterReport } from '../cluster/totals.js'
 import type { Config } from '../config.js'
 import { namePrefixOf } from '../oci.js'
-import type { BucketBudgetReport } from '../store/bucket-budget.js'
+import type { BucketBudgetReport } from '../store/bucket-objects.js'
 import type { IndexDb } from '../store/index-db.js'
 import {
   hourlyStats,

@@ -11,32 +11,11 @@ import type { Logger } from '../log.js'
 import { type BucketBudget, BucketEvictor, type BucketRun, bucketBudgetOf } from './bucket-eviction.js'
 import { AccessJournal } from './bucket-journal.js'
 import { BucketLease } from './bucket-lease.js'
-import type { BucketObjects } from './bucket-objects.js'
+import type { BucketBudgetReport, BucketObjects } from './bucket-objects.js'
 import { pinnedDigestsPaged } from './eviction-pins.js'
 import type { SharedTier } from './shared-tier.js'
 import { bucketSettings, openBucketObjects } from './shared-tier-start.js'
 import type { Store } from './store.js'
-
-/** The budget as the stats and `cluster check` show it. */
-export interface BucketBudgetReport {
-  max_size: number | null
-  high_water: number
-  low_water: number
-  grace_seconds: number
-  /** Whether this node is the one that evicts (owns the key `evictor`). */
-  evictor: boolean
-  /** Whether eviction also holds a lease object (the store does atomic conditional writes). */
-  lease: boolean
-  /** The last run any node recorded, as far as this node knows: bucket bytes and objects then. */
-  last_run: {
-    node: string
-    at: string
-    bytes: number
-    objects: number
-    deleted: number
-    freed_bytes: number
-  } | null
-}
 
 export interface RunningBucketBudget {
   journal: AccessJournal

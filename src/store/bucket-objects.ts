@@ -27,3 +27,24 @@ export interface BucketObjects {
   remove(keys: readonly string[]): Promise<void>
   close(): void
 }
+
+/** The budget as the stats and `cluster check` show it. */
+export interface BucketBudgetReport {
+  max_size: number | null
+  high_water: number
+  low_water: number
+  grace_seconds: number
+  /** Whether this node is the one that evicts (owns the key `evictor`). */
+  evictor: boolean
+  /** Whether eviction also holds a lease object (the store does atomic conditional writes). */
+  lease: boolean
+  /** The last run any node recorded, as far as this node knows: bucket bytes and objects then. */
+  last_run: {
+    node: string
+    at: string
+    bytes: number
+    objects: number
+    deleted: number
+    freed_bytes: number
+  } | null
+}

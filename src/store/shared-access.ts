@@ -7,7 +7,7 @@
 import type { Readable } from 'node:stream'
 import { sha256 } from '../oci.js'
 import { BlobMismatch, type BlobStorage } from './blob-storage.js'
-import type { BucketBudgetReport } from './bucket-budget.js'
+import type { BucketBudgetReport } from './bucket-objects.js'
 import type { IndexDb } from './index-db.js'
 import type { SharedManifest, SharedStat, SharedTier } from './shared-tier.js'
 
