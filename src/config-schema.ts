@@ -24,6 +24,25 @@ import {
 } from './config-fields.js'
 import { redirectLeak } from './redirect-scope.js'
 
+/**
+ * A budget's marks in order (cache.* and storage.s3.*): checked even when other keys of the
+ * section are wrong, so every problem is reported at once.
+ */
+const lowWaterBelowHigh: [
+  (marks: { low_water: number; high_water: number }) => boolean,
+  { message: string; path: string[]; when: (payload: { value: unknown }) => boolean },
+] = [
+  (marks: { low_water: number; high_water: number }) => marks.low_water < marks.high_water,
+  {
+    message: 'low_water must be below high_water',
+    path: ['low_water'],
+    when: ({ value }: { value: unknown }) => {
+      const v = value as { low_water?: unknown; high_water?: unknown } | undefined
+      return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
+    },
+  },
+]
+
 const schema = z
   .strictObject({
     listen: listen.prefault(':5000'),
@@ -68,15 +87,7 @@ const schema = z
         pins: z.array(tagPattern).prefault([]),
         eviction_interval: timerDuration('run eviction in a busy loop').prefault('1m'),
       })
-      .refine((c) => c.low_water < c.high_water, {
-        message: 'low_water must be below high_water',
-        path: ['low_water'],
-        // Checked even when other cache keys are wrong, so every problem is reported at once.
-        when: ({ value }) => {
-          const v = value as { low_water?: unknown; high_water?: unknown } | undefined
-          return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
-        },
-      })
+      .refine(...lowWaterBelowHigh)
       .prefault({}),
     // What one client connection may hold, and for how long (src/http/limits.ts).
     limits: z
@@ -222,14 +233,7 @@ const schema = z
             message: 'must be at least redirect.ttl, or a blob could go while a presigned URL to it works',
             path: ['grace'],
           })
-          .refine((s3) => s3.low_water < s3.high_water, {
-            message: 'low_water must be below high_water',
-            path: ['low_water'],
-            when: ({ value }) => {
-              const v = value as { low_water?: unknown; high_water?: unknown } | undefined
-              return typeof v?.low_water === 'number' && typeof v.high_water === 'number'
-            },
-          })
+          .refine(...lowWaterBelowHigh)
           .prefault({}),
       })
       .refine((s) => s.type !== 's3' || s.s3.bucket !== null, {

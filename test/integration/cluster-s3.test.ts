@@ -10,7 +10,7 @@ import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/
 import { request } from 'undici'
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest'
 import { bucketKey, manifestKey } from '../../src/store/shared-tier.js'
-import { ownerOf } from '../support/cluster-owner.js'
+import { ownerOf } from '../support/cluster-nodes.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { freePorts } from '../support/free-ports.js'
 import { type CliProcess, startCli } from '../support/run-cli.js'

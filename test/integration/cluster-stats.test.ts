@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto'
 import { describe, expect, test } from 'vitest'
 import type { ClusterReport } from '../../src/cluster/totals.js'
 import type { StatsReport } from '../../src/mirror/stats-report.js'
-import { ownerOf } from '../support/cluster-owner.js'
+import { ownerOf, startNodes } from '../support/cluster-nodes.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { freePorts } from '../support/free-ports.js'
 import { runCli } from '../support/run-cli.js'
@@ -39,21 +39,8 @@ describe('cluster totals', () => {
   test('three client requests, one upstream download, counted once whichever node is asked', async () => {
     const image = fake.up.addImage(REPO, 'v1', { layers: 1, layerBytes: LAYER_BYTES })
     const layer = image.layers[0]!
-    const ports = await freePorts(3)
-    const urls = ports.map((p) => `http://127.0.0.1:${p}`)
-    const nodes: TestMirror[] = []
-    for (const port of ports) {
-      nodes.push(
-        await fake.mirror({
-          env: {
-            PULLCACHE_LISTEN: `127.0.0.1:${port}`,
-            PULLCACHE_NODE_URL: `http://127.0.0.1:${port}`,
-            PULLCACHE_PEERS: urls.join(','),
-            PULLCACHE_CLUSTER_SECRET: SECRET,
-          },
-        }),
-      )
-    }
+    const nodes = await startNodes(fake, 3, SECRET)
+    const urls = nodes.map((n) => n.url)
     const ownerUrl = ownerOf(urls, `blob\0${layer.digest}`)
     const owner = nodes.find((n) => n.url === ownerUrl)!
     const [first, second] = nodes.filter((n) => n !== owner) as [TestMirror, TestMirror]

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto'
 import { describe, expect, test } from 'vitest'
 import { loadConfig } from '../../src/config.js'
-import { ownerOf } from '../support/cluster-owner.js'
+import { ownerOf, startNodes } from '../support/cluster-nodes.js'
 import { membersAre, type Pullable, Puller } from '../support/cluster-pulls.js'
 import { useFakeUpstream } from '../support/fake-upstream-fixture.js'
 import { freePorts } from '../support/free-ports.js'
@@ -32,25 +32,7 @@ const sha256 = (bytes: Uint8Array) => `sha256:${createHash('sha256').update(byte
 describe('three nodes, one cache', () => {
   const fake = useFakeUpstream({ users: { puller: 'pull-pw-7c1e' }, tokenFormat: 'jwt' })
 
-  async function startCluster(extraEnv: Record<string, string> = {}): Promise<TestMirror[]> {
-    const ports = await freePorts(3)
-    const urls = ports.map((p) => `http://127.0.0.1:${p}`)
-    const nodes: TestMirror[] = []
-    for (const port of ports) {
-      nodes.push(
-        await fake.mirror({
-          env: {
-            PULLCACHE_LISTEN: `127.0.0.1:${port}`,
-            PULLCACHE_NODE_URL: `http://127.0.0.1:${port}`,
-            PULLCACHE_PEERS: urls.join(','),
-            PULLCACHE_CLUSTER_SECRET: SECRET,
-            ...extraEnv,
-          },
-        }),
-      )
-    }
-    return nodes
-  }
+  const startCluster = (extraEnv: Record<string, string> = {}) => startNodes(fake, 3, SECRET, extraEnv)
 
   test('48 concurrent cold GETs spread over the nodes: one upstream GET, every body verified; then warm everywhere', async () => {
     const image = fake.up.addImage(REPO, 'v1', { layers: 1, layerBytes: 3_000_000 })
