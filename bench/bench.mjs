@@ -37,15 +37,18 @@ import { fileURLToPath } from 'node:url'
 import { buildUpstreamData } from './lib/data.mjs'
 import {
   abRequests,
+  cpuSeconds,
   curlGet,
   DOCKER_ACCEPT,
   median,
   parallelGets,
   peakRss,
   rssOf,
+  timedShell,
   withCpu,
   wrkGet,
 } from './lib/measure.mjs'
+import { pullcacheNodeFlags } from './lib/node-flags.mjs'
 import {
   answers,
   childrenOf,
@@ -139,11 +142,18 @@ async function startRegistry(name, { port, storage, remote }) {
   })
 }
 
-async function startCountingProxy(name, target) {
+async function startCountingProxy(name, target, { redirectBlobs = false } = {}) {
   const d = await startDaemon(
     name,
     process.execPath,
-    [join(ROOT, 'bench', 'counting-proxy.mjs'), '--target', target, '--listen', '127.0.0.1:0'],
+    [
+      join(ROOT, 'bench', 'counting-proxy.mjs'),
+      '--target',
+      target,
+      '--listen',
+      '127.0.0.1:0',
+      ...(redirectBlobs ? ['--redirect-blobs'] : []),
+    ],
     { env: cleanEnv({}), logDir, ready: listeningLine },
   )
   const url = d.ready
@@ -175,16 +185,21 @@ async function startPullcache(port, dataDir, upstream) {
       `--cpu-prof-name=pullcache-${++profileRun}.cpuprofile`,
     )
   }
-  return startDaemon('pullcache', process.execPath, [...nodeArgs, MAIN, 'serve'], {
-    env: cleanEnv({
-      PULLCACHE_LISTEN: `127.0.0.1:${port}`,
-      PULLCACHE_DATA_DIR: dataDir,
-      PULLCACHE_UPSTREAM: upstream,
-      PULLCACHE_ACCESS_LOG: 'false',
-    }),
-    logDir,
-    ready: listeningLine,
-  })
+  return startDaemon(
+    'pullcache',
+    process.execPath,
+    [...pullcacheNodeFlags(BUILT_FROM), ...nodeArgs, MAIN, 'serve'],
+    {
+      env: cleanEnv({
+        PULLCACHE_LISTEN: `127.0.0.1:${port}`,
+        PULLCACHE_DATA_DIR: dataDir,
+        PULLCACHE_UPSTREAM: upstream,
+        PULLCACHE_ACCESS_LOG: 'false',
+      }),
+      logDir,
+      ready: listeningLine,
+    },
+  )
 }
 
 /**
@@ -265,10 +280,13 @@ const nginxCache = (name, port, upstream) =>
 log(`work dir ${WORK}`)
 const t0 = performance.now()
 // pullcache runs from a copy of dist/ taken now, so a rebuild while the bench runs (npm run build
-// in the same tree) cannot change the code under measurement halfway.
+// in the same tree) cannot change the code under measurement halfway. BENCH_DIST names another
+// build's dist/ to measure instead (an A/B of two builds with the same bench).
 const APP = join(WORK, 'app')
+const DIST = process.env.BENCH_DIST ? resolve(process.env.BENCH_DIST) : join(ROOT, 'dist')
+const BUILT_FROM = dirname(DIST)
 mkdirSync(APP, { recursive: true })
-cpSync(join(ROOT, 'dist'), join(APP, 'dist'), { recursive: true })
+cpSync(DIST, join(APP, 'dist'), { recursive: true, preserveTimestamps: true })
 cpSync(join(ROOT, 'package.json'), join(APP, 'package.json'))
 symlinkSync(join(ROOT, 'node_modules'), join(APP, 'node_modules'))
 const MAIN = join(APP, 'dist', 'main.js')
@@ -276,7 +294,7 @@ const dataDir = join(WORK, 'data')
 mkdirSync(dataDir, { recursive: true })
 log(`writing random blobs of ${BLOB_SIZE / MiB} MiB and the upstream registry's storage`)
 // One warm blob, and one cold blob per cold measurement (each mirror GETs each once).
-const coldCount = C.coldRuns + C.coalescedRuns + (opts.link > 0 ? 2 : 0)
+const coldCount = 1 + C.coldRuns + C.coalescedRuns + (opts.link > 0 ? 2 : 0)
 const data = buildUpstreamData(join(dataDir, 'upstream-storage'), dataDir, BLOB_SIZE, coldCount)
 const digest = data.blob.digest
 const blobPath = `/v2/${data.blob.repo}/blobs/${digest}`
@@ -293,9 +311,11 @@ const upstream = await startRegistry('upstream', {
 })
 const upstreamUrl = `http://127.0.0.1:${upstreamPort}`
 const cp = {
-  pullcache: await startCountingProxy('proxy-pullcache', upstreamUrl),
-  distribution: await startCountingProxy('proxy-distribution', upstreamUrl),
-  direct: await startCountingProxy('proxy-direct', upstreamUrl),
+  // Blob bodies go straight from the registry to whoever follows a redirect (Docker Hub sends
+  // them from its CDN); nginx's proxy_cache does not follow one, so its proxy carries them.
+  pullcache: await startCountingProxy('proxy-pullcache', upstreamUrl, { redirectBlobs: true }),
+  distribution: await startCountingProxy('proxy-distribution', upstreamUrl, { redirectBlobs: true }),
+  direct: await startCountingProxy('proxy-direct', upstreamUrl, { redirectBlobs: true }),
   nginxCache: await startCountingProxy('proxy-nginx-cache', upstreamUrl),
 }
 
@@ -393,10 +413,14 @@ async function blobGets(proxy) {
 
 /** Cold blobs are handed out in order; every cold measurement gets one nobody has asked for yet. */
 let coldUsed = 0
+/** The upstream's file of each cold blob, by the path it is asked for. */
+const coldFiles = new Map()
 function nextColdBlob() {
   const blob = data.coldBlobs[coldUsed++]
   if (!blob) throw new Error('bench: ran out of cold blobs')
-  return `/v2/${blob.repo}/blobs/${blob.digest}`
+  const path = `/v2/${blob.repo}/blobs/${blob.digest}`
+  coldFiles.set(path, blob.path)
+  return path
 }
 
 /**
@@ -409,6 +433,15 @@ async function settle() {
     const open = await Promise.all(Object.values(cp).map(async (p) => (await p.counts()).open))
     if (open.every((n) => n === 0)) break
     await sleep(100)
+  }
+  // A redirected body passes no proxy: wait, bounded, until the mirrors are idle (distribution
+  // goes on storing a blob after its client has it), 10 ms of CPU or less in 200 ms.
+  const pids = Object.values(mirrors).flatMap((m) => m.pids())
+  for (let i = 0, before = cpuSeconds(pids); i < 300; i++) {
+    await sleep(200)
+    const now = cpuSeconds(pids)
+    if (now - before <= 0.01) break
+    before = now
   }
   await run('sync', [], { timeoutMs: 60_000 })
 }
@@ -432,10 +465,37 @@ async function directOnce(url) {
   return curlGet(url, BLOB_SIZE)
 }
 
+/**
+ * What a pull straight from the upstream costs when the client keeps the blob, as a mirror
+ * must: curl writes it to a new file, which is then fsynced. Wall and the client's CPU.
+ */
+async function directToDiskOnce(url) {
+  await settle()
+  const file = join(WORK, 'to-disk.blob')
+  const r = await timedShell(`curl -sfL -o '${file}' '${url}' && sync '${file}'`)
+  await run('rm', ['-f', file])
+  return { ...r, speed: BLOB_SIZE / r.wall, ok: true }
+}
+
+/**
+ * The kernel's part of keeping a blob, alone: dd copies the upstream's file of it (in the page
+ * cache) to a new file and fsyncs it. On a VM whose new page-cache pages are expensive this is
+ * most of a cold GET's CPU for every server that stores the blob; it moves from minute to minute.
+ */
+async function writeFloorOnce(path) {
+  await settle()
+  const file = join(WORK, 'floor.blob')
+  const r = await timedShell(`dd if='${coldFiles.get(path)}' of='${file}' bs=1M conv=fsync status=none`)
+  await run('rm', ['-f', file])
+  return { ...r, speed: BLOB_SIZE / r.wall, ok: true }
+}
+
 async function coldPhase(runs) {
   const steps = {
     direct: (path) => directOnce(`${cp.direct.url}${path}`),
     registry: (path) => directOnce(`${upstreamUrl}${path}`),
+    toDisk: (path) => directToDiskOnce(`${cp.direct.url}${path}`),
+    floor: (path) => writeFloorOnce(path),
     pullcache: (path) => coldOnce('pullcache', path),
     distribution: (path) => coldOnce('distribution', path),
     nginxCache: (path) => coldOnce('nginxCache', path),
@@ -487,6 +547,14 @@ const summarizeCoalesced = (runs) => ({
 })
 
 {
+  // A mirror in service has filled blobs before: one fill each, not measured, so that the first
+  // measured one does not pay pullcache's JIT compiling the fill path (8-9 CPU s per GB once).
+  const warmUp = nextColdBlob()
+  for (const name of ['pullcache', 'distribution', 'nginxCache']) {
+    log(`cold path warm-up, ${name}`)
+    await settle()
+    await curlGet(`${mirrors[name].url}${warmUp}`, BLOB_SIZE)
+  }
   const cold = await coldPhase(C.coldRuns)
   for (const [k, v] of Object.entries(cold)) R.cold[k] = summarizeCold(v)
   const runs = { pullcache: [], distribution: [] }
@@ -737,6 +805,11 @@ function render(r) {
         '-',
       ],
       ['1 client: MB/s / direct', ...C3.map((n) => x(r.cold[n].speed / r.cold.direct.speed)), '-'],
+      [
+        '1 client: MB/s / direct into a file (fsynced)',
+        ...C3.map((n) => x(r.cold[n].speed / r.cold.toDisk.speed)),
+        '-',
+      ],
       ['upstream blob GETs per cold GET', ...C3.map((n) => r.cold[n].upstreamGets.join(', ')), '-'],
       [
         `${r.config.parallel} clients at once: upstream blob GETs`,
@@ -782,6 +855,17 @@ function render(r) {
       ],
     ],
   )
+  if (r.cold.toDisk && r.cold.floor) {
+    lines.push(
+      'References in the same rounds: a client pulling straight from the upstream into a file it',
+      `then fsyncs (curl + sync): ${spreadOf(r.cold.toDisk, r.cold.toDisk.speed)} MB/s, ` +
+        `${cpu(r.cold.toDisk.cpuPerGB)} CPU s per GB on the client's side. The kernel's part of ` +
+        `keeping the blob alone (dd of the blob's file into a new file, fsynced): ` +
+        `${spreadOf(r.cold.floor, r.cold.floor.speed)} MB/s, ${cpu(r.cold.floor.cpuPerGB)} CPU s per GB; ` +
+        `per round ${r.cold.floor.runs.map((f) => cpu(f.cpu / (BLOB_SIZE / 1e9))).join(', ')}.`,
+      '',
+    )
+  }
   if (r.slowLink) {
     const k = r.slowLink
     table(
@@ -900,6 +984,17 @@ function render(r) {
     '≤ 1.2×',
     coRatio <= 1.2 && r.coalesced.pullcache.ok ? 'PASS' : 'MISS',
   ])
+  if (r.cold.toDisk && r.cold.floor) {
+    lines.push(
+      'References in the same rounds: a client pulling straight from the upstream into a file it',
+      `then fsyncs (curl + sync): ${spreadOf(r.cold.toDisk, r.cold.toDisk.speed)} MB/s, ` +
+        `${cpu(r.cold.toDisk.cpuPerGB)} CPU s per GB on the client's side. The kernel's part of ` +
+        `keeping the blob alone (dd of the blob's file into a new file, fsynced): ` +
+        `${spreadOf(r.cold.floor, r.cold.floor.speed)} MB/s, ${cpu(r.cold.floor.cpuPerGB)} CPU s per GB; ` +
+        `per round ${r.cold.floor.runs.map((f) => cpu(f.cpu / (BLOB_SIZE / 1e9))).join(', ')}.`,
+      '',
+    )
+  }
   if (r.slowLink) {
     const k = r.slowLink
     const ratio = k.coalesced.pullcache.wall / k.cold.pullcache.wall
@@ -974,12 +1069,14 @@ async function machine() {
     nginx: `nginx ${await version(existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx', ['-v'], /nginx\/(\S+)/)}`,
     curl: await version('curl', ['--version'], /^curl (\S+)/),
     wrk: await version('wrk', ['-v'], /wrk (\S+)/),
-    // What was measured: dist/ is built from this tree (read-only git queries).
-    distBuilt: statSync(join(ROOT, 'dist', 'main.js'))
+    // What was measured: the dist/ copied at the start, built from the tree it came from
+    // (read-only git queries).
+    distBuilt: statSync(join(APP, 'dist', 'main.js'))
       .mtime.toISOString()
       .replace('T', ' ')
       .slice(0, 19),
-    commit: await version('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], /(\S+)/),
-    dirty: (await version('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src'], /([\s\S]*)/)) !== '',
+    commit: await version('git', ['-C', BUILT_FROM, 'rev-parse', '--short', 'HEAD'], /(\S+)/),
+    dirty:
+      (await version('git', ['-C', BUILT_FROM, 'status', '--porcelain', '--', 'src'], /([\s\S]*)/)) !== '',
   }
 }

@@ -15,6 +15,8 @@
 //                   (seconds since pullcache started) for bench/profile-summary.mjs --after/--before
 //   --direct        also GET each blob straight from the upstream first (wall only)
 //   --proxy         put bench/counting-proxy.mjs between the registry and pullcache, as bench/run does
+//   --gap S         idle S seconds before each cold GET, as a mirror between pulls is (and bench/run's
+//                   mirrors between measurements): V8 shrinks an idle heap, and the next GET pays for it
 // Everything it writes goes under a temp dir that is removed at the end (BENCH_KEEP=1 keeps it).
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
@@ -22,11 +24,12 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { buildUpstreamData } from './lib/data.mjs'
 import { cpuSeconds, curlGet, median } from './lib/measure.mjs'
+import { pullcacheNodeFlags } from './lib/node-flags.mjs'
 import { answers, freePort, listeningLine, removeTree, startDaemon } from './lib/procs.mjs'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const MiB = 1024 * 1024
-const o = { runs: 4, size: 200, profile: null, direct: false, mains: [], nodeArgs: [], proxy: false }
+const o = { runs: 4, size: 200, profile: null, direct: false, mains: [], nodeArgs: [], proxy: false, gap: 0 }
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i]
   if (a === '--runs') o.runs = Number(process.argv[++i])
@@ -34,6 +37,7 @@ for (let i = 2; i < process.argv.length; i++) {
   else if (a === '--profile') o.profile = resolve(process.argv[++i])
   else if (a === '--direct') o.direct = true
   else if (a === '--proxy') o.proxy = true
+  else if (a === '--gap') o.gap = Number(process.argv[++i])
   else if (a === '--main') o.mains.push(resolve(process.argv[++i]))
   else if (a === '--node-arg') o.nodeArgs.push(process.argv[++i])
   else {
@@ -91,6 +95,8 @@ try {
     const nodeArgs = o.profile
       ? ['--cpu-prof', `--cpu-prof-dir=${o.profile}`, `--cpu-prof-name=${name}.cpuprofile`]
       : []
+    // As users run it (npm start's flags, from the tree the build is in), then the options'.
+    nodeArgs.unshift(...pullcacheNodeFlags(dirname(dirname(main))))
     nodeArgs.push(...o.nodeArgs)
     const startedAt = performance.now()
     const d = await startDaemon(name, process.execPath, [...nodeArgs, main, 'serve'], {
@@ -136,6 +142,7 @@ try {
     // Rotated, so that no build always meets the machine first.
     for (let j = 0; j < servers.length; j++) {
       const s = servers[(i + j) % servers.length]
+      if (o.gap > 0) await new Promise((res) => setTimeout(res, o.gap * 1000))
       const row = await measured(s, path)
       s.rows.push(row)
       log(`${s.name} cold ${i + 1}: ${JSON.stringify(row)}`)

@@ -3,7 +3,12 @@
 // apart. Bodies are streamed, never buffered. Optionally the bodies it passes on are throttled to
 // a shared rate (a stand-in for an internet link), see --rate.
 //
-//   node bench/counting-proxy.mjs --target http://127.0.0.1:PORT [--listen 127.0.0.1:0] [--rate MBps]
+// With --redirect-blobs, a blob GET is counted and answered with a 307 to the registry's own URL
+// for it, the way Docker Hub hands blob bodies to its CDN: the bytes then go from the registry
+// to the mirror without this proxy (a Node process) spending CPU on them beside the mirror. Not
+// while a rate is set: the throttle has to carry the bytes.
+//
+//   node bench/counting-proxy.mjs --target http://127.0.0.1:PORT [--listen 127.0.0.1:0] [--rate MBps] [--redirect-blobs]
 //
 // Prints one JSON line {"event":"listening","url":...} once it listens. Its own endpoints:
 //   GET  /_bench/counts   {"total":N,"byKind":{"blob GET":N,"manifest HEAD":N,...},"bytes":N,"open":N}
@@ -12,8 +17,11 @@
 //   POST /_bench/rate?mbps=N   sets the throttle (0: none)
 import { Agent, createServer, request } from 'node:http'
 
+const argv = process.argv.slice(2)
+const redirectBlobs = argv.includes('--redirect-blobs')
 const args = new Map()
-for (let i = 2; i < process.argv.length; i += 2) args.set(process.argv[i], process.argv[i + 1])
+const valued = argv.filter((a) => a !== '--redirect-blobs')
+for (let i = 0; i < valued.length; i += 2) args.set(valued[i], valued[i + 1])
 const target = args.get('--target')
 if (!target) {
   process.stderr.write('usage: counting-proxy.mjs --target URL [--listen HOST:PORT] [--rate MBps]\n')
@@ -99,8 +107,14 @@ const server = createServer((req, res) => {
     control(req, res, path)
     return
   }
-  const key = `${kindOf(path)} ${req.method}`
+  const kind = kindOf(path)
+  const key = `${kind} ${req.method}`
   counts.set(key, (counts.get(key) ?? 0) + 1)
+  if (redirectBlobs && rateBytesPerSec <= 0 && kind === 'blob' && req.method === 'GET') {
+    res.writeHead(307, { location: new URL(rawUrl, target).href, 'content-length': 0 }).end()
+    req.resume()
+    return
+  }
   open++
   res.once('close', () => {
     open--

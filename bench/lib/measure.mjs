@@ -27,12 +27,28 @@ export async function curlGet(url, size, { headers = [] } = {}) {
 }
 
 async function curlOnce(url, headers) {
-  const args = ['-s', '-o', '/dev/null', '--max-time', '300']
+  const args = ['-s', '-L', '-o', '/dev/null', '--max-time', '300']
   for (const h of headers) args.push('-H', h)
   args.push('-w', '%{http_code} %{size_download} %{time_total} %{speed_download}', url)
   const { stdout, endedAt } = await run('curl', args, { timeoutMs: 310_000 })
   const [status, bytes, secs, speed] = stdout.trim().split(' ').map(Number)
   return { status, bytes, secs, speed, endedAt }
+}
+
+/**
+ * A shell command line under bash, timed: `wall` in seconds and `cpu`, the user + system seconds
+ * of everything it ran (bash's `times` for its children), for the references that are not
+ * servers (a client writing to disk, dd).
+ */
+export async function timedShell(line, { timeoutMs = 310_000 } = {}) {
+  const t0 = performance.now()
+  const { code, stdout, stderr, endedAt } = await run('bash', ['-c', `${line} >/dev/null || exit 1; times`], {
+    timeoutMs,
+  })
+  if (code !== 0) throw new Error(`bench: ${line} failed: ${stderr.slice(-300)}`)
+  const children = stdout.trim().split('\n').at(-1)
+  const secs = [...children.matchAll(/(\d+)m([\d.]+)s/g)].map((m) => Number(m[1]) * 60 + Number(m[2]))
+  return { wall: (endedAt - t0) / 1000, cpu: secs[0] + secs[1] }
 }
 
 /**
