@@ -984,17 +984,6 @@ function render(r) {
     '≤ 1.2×',
     coRatio <= 1.2 && r.coalesced.pullcache.ok ? 'PASS' : 'MISS',
   ])
-  if (r.cold.toDisk && r.cold.floor) {
-    lines.push(
-      'References in the same rounds: a client pulling straight from the upstream into a file it',
-      `then fsyncs (curl + sync): ${spreadOf(r.cold.toDisk, r.cold.toDisk.speed)} MB/s, ` +
-        `${cpu(r.cold.toDisk.cpuPerGB)} CPU s per GB on the client's side. The kernel's part of ` +
-        `keeping the blob alone (dd of the blob's file into a new file, fsynced): ` +
-        `${spreadOf(r.cold.floor, r.cold.floor.speed)} MB/s, ${cpu(r.cold.floor.cpuPerGB)} CPU s per GB; ` +
-        `per round ${r.cold.floor.runs.map((f) => cpu(f.cpu / (BLOB_SIZE / 1e9))).join(', ')}.`,
-      '',
-    )
-  }
   if (r.slowLink) {
     const k = r.slowLink
     const ratio = k.coalesced.pullcache.wall / k.cold.pullcache.wall
