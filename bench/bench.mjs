@@ -60,6 +60,7 @@ import {
   startDaemon,
   trackPidsIn,
 } from './lib/procs.mjs'
+import { startRegistry as startRegistryIn } from './lib/registry.mjs'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const MiB = 1024 * 1024
@@ -118,28 +119,15 @@ function cleanEnv(extra) {
 // Servers
 
 async function startRegistry(name, { port, storage, remote }) {
-  mkdirSync(storage, { recursive: true })
-  const config = join(WORK, `${name}.yml`)
-  // JSON is YAML. Distribution's usual cache config; proxy mode only when `remote` is given.
-  writeFileSync(
-    config,
-    JSON.stringify({
-      version: 0.1,
-      log: { level: 'warn', accesslog: { disabled: true }, formatter: 'text' },
-      storage: {
-        filesystem: { rootdirectory: storage },
-        cache: { blobdescriptor: 'inmemory' },
-        maintenance: { uploadpurging: { enabled: false } },
-      },
-      http: { addr: `127.0.0.1:${port}`, secret: 'pullcache-bench-secret' },
-      ...(remote ? { proxy: { remoteurl: remote } } : {}),
-    }),
-  )
-  return startDaemon(name, 'docker-registry', ['serve', config], {
-    env: cleanEnv({}),
+  const { daemon } = await startRegistryIn(name, {
+    configDir: WORK,
     logDir,
-    ready: answers(`http://127.0.0.1:${port}/v2/`),
+    storage,
+    port,
+    remote,
+    env: cleanEnv({}),
   })
+  return daemon
 }
 
 async function startCountingProxy(name, target, { redirectBlobs = false } = {}) {

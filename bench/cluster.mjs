@@ -22,23 +22,15 @@
 //
 // Everything it writes goes under a temp dir that is removed at the end (BENCH_KEEP=1 keeps it).
 import { execFile } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import { buildUpstreamData } from './lib/data.mjs'
 import { cpuSeconds, median } from './lib/measure.mjs'
-import {
-  answers,
-  childrenOf,
-  freePort,
-  listeningLine,
-  removeTree,
-  run,
-  sleep,
-  startDaemon,
-} from './lib/procs.mjs'
+import { childrenOf, freePort, listeningLine, removeTree, run, sleep, startDaemon } from './lib/procs.mjs'
+import { startRegistry } from './lib/registry.mjs'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const S3_SCRIPT = join(ROOT, 'test', 'support', 's3-server.sh')
@@ -66,24 +58,13 @@ try {
   // Three new blobs a round: one per cold case.
   log(`writing ${3 * o.rounds} random blobs of ${o.size} MiB under ${work}`)
   const data = buildUpstreamData(join(work, 'upstream'), work, size, 3 * o.rounds)
-  const upPort = await freePort()
-  const config = join(work, 'upstream.yml')
-  writeFileSync(
-    config,
-    JSON.stringify({
-      version: 0.1,
-      log: { level: 'warn', accesslog: { disabled: true } },
-      storage: { filesystem: { rootdirectory: join(work, 'upstream') } },
-      http: { addr: `127.0.0.1:${upPort}`, secret: 'pullcache-bench-secret' },
-    }),
-  )
-  const upstream = `http://127.0.0.1:${upPort}`
-  daemons.push(
-    await startDaemon('upstream', 'docker-registry', ['serve', config], {
-      logDir,
-      ready: answers(`${upstream}/v2/`),
-    }),
-  )
+  const upstreamRegistry = await startRegistry('upstream', {
+    configDir: work,
+    logDir,
+    storage: join(work, 'upstream'),
+  })
+  daemons.push(upstreamRegistry.daemon)
+  const upstream = upstreamRegistry.url
   const s3 = await startS3()
   s3Started = true
   const s3Pids = () => {

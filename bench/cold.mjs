@@ -18,14 +18,15 @@
 //   --gap S         idle S seconds before each cold GET, as a mirror between pulls is (and bench/run's
 //                   mirrors between measurements): V8 shrinks an idle heap, and the next GET pays for it
 // Everything it writes goes under a temp dir that is removed at the end (BENCH_KEEP=1 keeps it).
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { buildUpstreamData } from './lib/data.mjs'
 import { cpuSeconds, curlGet, median } from './lib/measure.mjs'
 import { pullcacheNodeFlags } from './lib/node-flags.mjs'
-import { answers, freePort, listeningLine, removeTree, startDaemon } from './lib/procs.mjs'
+import { freePort, listeningLine, removeTree, startDaemon } from './lib/procs.mjs'
+import { startRegistry } from './lib/registry.mjs'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const MiB = 1024 * 1024
@@ -55,24 +56,13 @@ const daemons = []
 try {
   log(`writing ${o.runs} random blobs of ${o.size} MiB under ${work}`)
   const data = buildUpstreamData(join(work, 'upstream'), work, size, o.runs)
-  const upPort = await freePort()
-  const config = join(work, 'upstream.yml')
-  writeFileSync(
-    config,
-    JSON.stringify({
-      version: 0.1,
-      log: { level: 'warn', accesslog: { disabled: true } },
-      storage: { filesystem: { rootdirectory: join(work, 'upstream') } },
-      http: { addr: `127.0.0.1:${upPort}`, secret: 'pullcache-bench-secret' },
-    }),
-  )
-  const registry = `http://127.0.0.1:${upPort}`
-  daemons.push(
-    await startDaemon('upstream', 'docker-registry', ['serve', config], {
-      logDir,
-      ready: answers(`${registry}/v2/`),
-    }),
-  )
+  const upstreamRegistry = await startRegistry('upstream', {
+    configDir: work,
+    logDir,
+    storage: join(work, 'upstream'),
+  })
+  daemons.push(upstreamRegistry.daemon)
+  const registry = upstreamRegistry.url
   // Through the bench's counting proxy (a Node server), as bench/run has it, or straight.
   let upstream = registry
   if (o.proxy) {

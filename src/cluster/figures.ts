@@ -13,17 +13,14 @@
 // coalesced follower) its node recorded, whatever the owner answered it from.
 
 import type { Metrics } from '../metrics.js'
+import type { OutcomeCounts } from '../store/index-usage.js'
 import { hitRate } from '../store/stats.js'
 
-/** One node's figures, or the cluster's sum of them; field names are an interface. */
-export interface NodeFigures {
-  /** Client requests answered (relayed requests received left out). */
-  requests: number
-  hits: number
-  misses: number
-  coalesced: number
-  stale: number
-  errors: number
+/**
+ * One node's figures, or the cluster's sum of them; field names are an interface. The outcome
+ * counts are the client requests answered (relayed requests received left out).
+ */
+export interface NodeFigures extends OutcomeCounts {
   /** Body bytes sent to clients (not to relaying nodes). */
   bytes_served: number
   /** Requests sent to the upstream registry (tokens, pings and CDN redirects included). */

@@ -16,14 +16,18 @@ const SUMS = `
   coalesce(sum(bytes_upstream), 0) AS bytes_from_upstream,
   coalesce(sum(pulls_avoided), 0) AS pulls_avoided`
 
-/** Accounting summed over some rows. */
-export interface UsageSums {
+/** Requests counted by their outcome: the part of every report the hit rate is made of. */
+export interface OutcomeCounts {
   requests: number
   hits: number
   misses: number
   coalesced: number
   stale: number
   errors: number
+}
+
+/** Accounting summed over some rows. */
+export interface UsageSums extends OutcomeCounts {
   bytes_from_cache: number
   bytes_from_upstream: number
   /** Manifest GETs answered without a manifest GET upstream: Docker Hub pulls not spent. */

@@ -10,8 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { afterAll, beforeAll } from 'vitest'
-import { type S3Server, s3ServerFrom } from './s3-server.js'
+import { type S3Server, s3ServerFrom, serverPerFile } from './s3-server.js'
 
 const SCRIPT = join(import.meta.dirname, 'ceph-rgw.sh')
 const run = promisify(execFile)
@@ -55,17 +54,5 @@ export async function startCephRgw(): Promise<S3Server & { stop(): Promise<void>
 
 /** One Ceph RGW for the test file that calls this (at its top level). */
 export function useCephRgw(): { readonly server: S3Server } {
-  let server: Awaited<ReturnType<typeof startCephRgw>> | undefined
-  beforeAll(async () => {
-    server = await startCephRgw()
-  }, 120_000)
-  afterAll(async () => {
-    await server?.stop()
-  })
-  return {
-    get server() {
-      if (server === undefined) throw new Error('Ceph RGW starts in beforeAll')
-      return server
-    },
-  }
+  return serverPerFile(startCephRgw, 'Ceph RGW', 120_000)
 }

@@ -107,16 +107,28 @@ export async function startS3Server(): Promise<S3Server & { stop(): Promise<void
 
 /** One S3 server for the test file that calls this (at its top level). */
 export function useS3Server(): { readonly server: S3Server } {
-  let server: Awaited<ReturnType<typeof startS3Server>> | undefined
+  return serverPerFile(startS3Server, 'the S3 server')
+}
+
+/**
+ * A server started by `start` before the calling test file's tests and stopped after them;
+ * `what` names it in the error of a test that asks for it too early.
+ */
+export function serverPerFile(
+  start: () => Promise<S3Server & { stop(): Promise<void> }>,
+  what: string,
+  startTimeoutMs?: number,
+): { readonly server: S3Server } {
+  let server: Awaited<ReturnType<typeof start>> | undefined
   beforeAll(async () => {
-    server = await startS3Server()
-  })
+    server = await start()
+  }, startTimeoutMs)
   afterAll(async () => {
     await server?.stop()
   })
   return {
     get server() {
-      if (server === undefined) throw new Error('the S3 server starts in beforeAll')
+      if (server === undefined) throw new Error(`${what} starts in beforeAll`)
       return server
     },
   }
