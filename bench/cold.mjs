@@ -17,20 +17,36 @@
 //   --proxy         put bench/counting-proxy.mjs between the registry and pullcache, as bench/run does
 //   --gap S         idle S seconds before each cold GET, as a mirror between pulls is (and bench/run's
 //                   mirrors between measurements): V8 shrinks an idle heap, and the next GET pays for it
+//   --floors        after each round, in the same rotated order, what the same blob costs from the
+//                   same registry with less than a mirror does (bench/lib/floor-child.mjs): curl to
+//                   /dev/null; node over a raw socket + sha256; node's http client + sha256; undici
+//                   + sha256 (the fill's way in) and without the hash; sha256 alone; first touch
+//                   of fresh memory. At the end, resident memory of node alone and with the
+//                   dependencies imported, beside pullcache's own after start
 // Everything it writes goes under a temp dir that is removed at the end (BENCH_KEEP=1 keeps it).
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { buildUpstreamData } from './lib/data.mjs'
-import { cpuSeconds, curlGet, median } from './lib/measure.mjs'
+import { cpuSeconds, curlGet, median, rssOf, timedShell } from './lib/measure.mjs'
 import { pullcacheNodeFlags } from './lib/node-flags.mjs'
-import { freePort, listeningLine, removeTree, startDaemon } from './lib/procs.mjs'
+import { freePort, listeningLine, removeTree, run, sleep, startDaemon } from './lib/procs.mjs'
 import { startRegistry } from './lib/registry.mjs'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const MiB = 1024 * 1024
-const o = { runs: 4, size: 200, profile: null, direct: false, mains: [], nodeArgs: [], proxy: false, gap: 0 }
+const o = {
+  runs: 4,
+  size: 200,
+  profile: null,
+  direct: false,
+  mains: [],
+  nodeArgs: [],
+  proxy: false,
+  gap: 0,
+  floors: false,
+}
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i]
   if (a === '--runs') o.runs = Number(process.argv[++i])
@@ -38,6 +54,7 @@ for (let i = 2; i < process.argv.length; i++) {
   else if (a === '--profile') o.profile = resolve(process.argv[++i])
   else if (a === '--direct') o.direct = true
   else if (a === '--proxy') o.proxy = true
+  else if (a === '--floors') o.floors = true
   else if (a === '--gap') o.gap = Number(process.argv[++i])
   else if (a === '--main') o.mains.push(resolve(process.argv[++i]))
   else if (a === '--node-arg') o.nodeArgs.push(process.argv[++i])
@@ -103,22 +120,33 @@ try {
     daemons.push(d)
     servers.push({ name, main, pid: d.pid, url: `http://127.0.0.1:${port}`, startedAt, rows: [], warm: [] })
   }
+  if (o.floors) {
+    // As bench/run reads it: one second after the server is up.
+    await sleep(1000)
+    for (const s of servers) s.idleRss = rssOf([s.pid])
+  }
+  const floors = new Map()
   const since = (s) => ((performance.now() - s.startedAt) / 1000).toFixed(2)
   /** One GET through `s`; CPU of its process over the GET and the fill's commit after it. */
   const measured = async (s, path) => {
     const from = since(s)
     const cpu0 = cpuSeconds([s.pid])
     const threads0 = threadTicks(s.pid)
+    const faults0 = minorFaults(s.pid)
     const r = await curlGet(`${s.url}${path}`, size)
     // The fill fsyncs and commits after the last byte is out; its CPU belongs to the GET.
     await new Promise((res) => setTimeout(res, 300))
     const cpu = cpuSeconds([s.pid]) - cpu0
     const threads = threadTicks(s.pid)
+    const faults = minorFaults(s.pid) - faults0
     for (const [k, v] of threads) threads.set(k, (v - (threads0.get(k) ?? 0)) / 100)
     return {
       ok: r.ok,
       mbps: r.speed / 1e6,
       cpuPerGB: cpu / (size / 1e9),
+      // Pages the process touched for the first time (all threads): page-cache pages of the
+      // temp file and fresh anonymous memory; each is a fault the kernel serves.
+      faultsPerMiB: faults / (size / MiB),
       from,
       to: since(s),
       // CPU seconds by thread (user and system apart): the main thread, then libuv's and V8's.
@@ -126,6 +154,8 @@ try {
     }
   }
   const directs = []
+  // The floors read the first cold blob, which pullcache has by the end of the first round.
+  const first = data.coldBlobs[0]
   for (const [i, b] of data.coldBlobs.entries()) {
     const path = `/v2/${b.repo}/blobs/${b.digest}`
     if (o.direct) directs.push((await curlGet(`${upstream}${path}`, size)).speed / 1e6)
@@ -137,9 +167,10 @@ try {
       s.rows.push(row)
       log(`${s.name} cold ${i + 1}: ${JSON.stringify(row)}`)
     }
+    if (o.floors)
+      await floorRound(floors, i, `${registry}/v2/${first.repo}/blobs/${first.digest}`, first.path)
   }
   // The same processes serving a blob they now have: the cost of the client side alone.
-  const first = data.coldBlobs[0]
   for (let i = 0; i < Math.max(2, o.runs - 1); i++) {
     for (let j = 0; j < servers.length; j++) {
       const s = servers[(i + j) % servers.length]
@@ -175,13 +206,21 @@ try {
           2,
         )} CPU s/GB${ok ? '' : ' (ERRORS)'}`,
     )
+    if (o.floors) log(`${s.name}: resident memory 1 s after start ${(s.idleRss / 1e6).toFixed(1)} MB`)
     if (o.profile)
       log(`${s.name} profile window, cold GETs 2..: --after ${later[0].from} --before ${later.at(-1).to}`)
   }
+  if (o.floors) await floorReport(floors, spread)
 } finally {
   for (const d of daemons.reverse()) await d.stop()
   if (process.env.BENCH_KEEP === '1') log(`kept ${work}`)
   else removeTree(work)
+}
+
+/** Minor page faults of a process so far, all its threads (/proc/PID/stat field 10). */
+function minorFaults(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7])
 }
 
 /** Clock ticks by thread name (comm), user+system and each apart, for one process. */
@@ -198,4 +237,71 @@ function threadTicks(pid) {
     } catch {}
   }
   return out
+}
+
+/** A floor measurement in a node process of its own, with pullcache's node flags; its JSON lines. */
+async function floorChild(...args) {
+  const child = join(ROOT, 'bench', 'lib', 'floor-child.mjs')
+  const { code, stdout, stderr } = await run(
+    process.execPath,
+    [...pullcacheNodeFlags(ROOT), child, ...args],
+    {
+      timeoutMs: 300_000,
+    },
+  )
+  if (code !== 0) throw new Error(`floor-child ${args.join(' ')} failed: ${stderr.slice(-500)}`)
+  return stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line))
+}
+
+/** One round of the floors (see --floors), rotated by `round`; adds to `floors` by name. */
+async function floorRound(floors, round, url, file) {
+  const size = o.size * MiB
+  const measures = [
+    [
+      'curl to /dev/null',
+      async () => [{ ...(await timedShell(`curl -s -o /dev/null ${url}`)), bytes: size }],
+    ],
+    ['node, raw socket + sha256', () => floorChild('read', 'net', url, size)],
+    ["node's http client + sha256", () => floorChild('read', 'http', url, size)],
+    ["undici + sha256 (the fill's way in)", () => floorChild('read', 'undici', url, size)],
+    ['undici, no hash', () => floorChild('read', 'undici-nohash', url, size)],
+    ['sha256 alone, bytes in memory', () => floorChild('hash', file)],
+    [
+      'first touch of fresh memory',
+      async () => (await floorChild('touch', size)).filter((r) => r.pass === 'first'),
+    ],
+  ]
+  for (let j = 0; j < measures.length; j++) {
+    const [name, measure] = measures[(round + j) % measures.length]
+    const got = floors.get(name) ?? { cpuPerGB: [], mbps: [] }
+    for (const r of await measure()) {
+      got.cpuPerGB.push(r.cpu / (r.bytes / 1e9))
+      got.mbps.push(r.bytes / 1e6 / r.wall)
+    }
+    floors.set(name, got)
+  }
+}
+
+/** The floors' figures, then node's resident memory with and without the dependencies. */
+async function floorReport(floors, spread) {
+  log('floors, same blob, same registry, rounds rotated (CPU s/GB; MB/s):')
+  for (const [name, got] of floors) {
+    log(`  ${name}: ${spread(got.cpuPerGB, 2)} CPU s/GB; ${spread(got.mbps, 0)} MB/s`)
+  }
+  // The design card's fixed dependencies, then everything serve loads from node_modules.
+  const fixed = ['hono', '@hono/node-server', 'undici', 'better-sqlite3', 'lru-cache', 'p-limit']
+  const sets = [
+    // floor-child.mjs itself has node's http, net and crypto loaded, as serve has.
+    ['node with its http, net and crypto modules', []],
+    ['node + hono, @hono/node-server, undici, better-sqlite3, lru-cache, p-limit', fixed],
+    ['the same + zod, prom-client, bcryptjs', [...fixed, 'zod', 'prom-client', 'bcryptjs']],
+  ]
+  for (const [name, modules] of sets) {
+    const rss = []
+    for (let i = 0; i < 3; i++) rss.push((await floorChild('rss', ...modules))[0].rss / 1e6)
+    log(`  resident memory, ${name}: ${spread(rss, 1)} MB`)
+  }
 }
