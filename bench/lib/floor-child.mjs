@@ -34,43 +34,35 @@ async function timed(work) {
   return { cpu: cpuNow() - c0, wall: (performance.now() - t0) / 1000, bytes }
 }
 
-/** The whole response over a raw socket (status line and headers included), hashed. */
-function rawGet(url) {
+/** Hashes what `stream` emits, in flowing mode; resolves with the byte count at its end. */
+function hashStream(stream) {
   return new Promise((resolve, reject) => {
-    const u = new URL(url)
-    const socket = net.connect(Number(u.port), u.hostname)
     const hash = createHash('sha256')
     let n = 0
-    socket.write(`GET ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\n\r\n`)
-    socket.on('data', (chunk) => {
+    stream.on('data', (chunk) => {
       hash.update(chunk)
       n += chunk.length
     })
-    socket.on('end', () => {
+    stream.on('end', () => {
       hash.digest()
       resolve(n)
     })
-    socket.on('error', reject)
+    stream.on('error', reject)
   })
 }
 
+/** The whole response over a raw socket (status line and headers included), hashed. */
+function rawGet(url) {
+  const u = new URL(url)
+  const socket = net.connect(Number(u.port), u.hostname)
+  socket.write(`GET ${u.pathname} HTTP/1.1\r\nHost: ${u.host}\r\nConnection: close\r\n\r\n`)
+  return hashStream(socket)
+}
+
+/** The body through node's own http client, hashed. */
 function httpGet(url, agent) {
   return new Promise((resolve, reject) => {
-    http
-      .get(url, { agent }, (res) => {
-        const hash = createHash('sha256')
-        let n = 0
-        res.on('data', (chunk) => {
-          hash.update(chunk)
-          n += chunk.length
-        })
-        res.on('end', () => {
-          hash.digest()
-          resolve(n)
-        })
-        res.on('error', reject)
-      })
-      .on('error', reject)
+    http.get(url, { agent }, (res) => hashStream(res).then(resolve, reject)).on('error', reject)
   })
 }
 
