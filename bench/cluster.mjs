@@ -27,10 +27,9 @@ import { cpus, loadavg, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
-import { buildUpstreamData } from './lib/data.mjs'
 import { cpuSeconds, median } from './lib/measure.mjs'
 import { childrenOf, freePort, listeningLine, removeTree, run, sleep, startDaemon } from './lib/procs.mjs'
-import { startRegistry } from './lib/registry.mjs'
+import { startUpstream } from './lib/registry.mjs'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const S3_SCRIPT = join(ROOT, 'test', 'support', 's3-server.sh')
@@ -57,14 +56,17 @@ let s3Started = false
 try {
   // Three new blobs a round: one per cold case.
   log(`writing ${3 * o.rounds} random blobs of ${o.size} MiB under ${work}`)
-  const data = buildUpstreamData(join(work, 'upstream'), work, size, 3 * o.rounds)
-  const upstreamRegistry = await startRegistry('upstream', {
-    configDir: work,
+  const {
+    data,
+    daemon: registryDaemon,
+    url: upstream,
+  } = await startUpstream({
+    work,
     logDir,
-    storage: join(work, 'upstream'),
+    size,
+    count: 3 * o.rounds,
   })
-  daemons.push(upstreamRegistry.daemon)
-  const upstream = upstreamRegistry.url
+  daemons.push(registryDaemon)
   const s3 = await startS3()
   s3Started = true
   const s3Pids = () => {

@@ -20,19 +20,18 @@
 //   --floors        after each round, in the same rotated order, what the same blob costs from the
 //                   same registry with less than a mirror does (bench/lib/floor-child.mjs): curl to
 //                   /dev/null; node over a raw socket + sha256; node's http client + sha256; undici
-//                   + sha256 (the fill's way in) and without the hash; sha256 alone; first touch
-//                   of fresh memory. At the end, resident memory of node alone and with the
+//                   + sha256 (the fill's way in) and without the hash; sha256 alone; fresh memory
+//                   written, first and again. At the end, resident memory of node alone and with the
 //                   dependencies imported, beside pullcache's own after start
 // Everything it writes goes under a temp dir that is removed at the end (BENCH_KEEP=1 keeps it).
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { buildUpstreamData } from './lib/data.mjs'
 import { cpuSeconds, curlGet, median, rssOf, timedShell } from './lib/measure.mjs'
 import { pullcacheNodeFlags } from './lib/node-flags.mjs'
-import { freePort, listeningLine, removeTree, run, sleep, startDaemon } from './lib/procs.mjs'
-import { startRegistry } from './lib/registry.mjs'
+import { freePort, listeningLine, procStat, removeTree, run, sleep, startDaemon } from './lib/procs.mjs'
+import { startUpstream } from './lib/registry.mjs'
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const MiB = 1024 * 1024
@@ -72,14 +71,12 @@ const log = (m) => process.stderr.write(`[cold] ${m}\n`)
 const daemons = []
 try {
   log(`writing ${o.runs} random blobs of ${o.size} MiB under ${work}`)
-  const data = buildUpstreamData(join(work, 'upstream'), work, size, o.runs)
-  const upstreamRegistry = await startRegistry('upstream', {
-    configDir: work,
-    logDir,
-    storage: join(work, 'upstream'),
-  })
-  daemons.push(upstreamRegistry.daemon)
-  const registry = upstreamRegistry.url
+  const {
+    data,
+    daemon: registryDaemon,
+    url: registry,
+  } = await startUpstream({ work, logDir, size, count: o.runs })
+  daemons.push(registryDaemon)
   // Through the bench's counting proxy (a Node server), as bench/run has it, or straight.
   let upstream = registry
   if (o.proxy) {
@@ -219,8 +216,7 @@ try {
 
 /** Minor page faults of a process so far, all its threads (/proc/PID/stat field 10). */
 function minorFaults(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7])
+  return Number(procStat(pid).fields[7])
 }
 
 /** Clock ticks by thread name (comm), user+system and each apart, for one process. */
@@ -228,9 +224,7 @@ function threadTicks(pid) {
   const out = new Map()
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      const { comm, fields: f } = procStat(`${pid}/task/${tid}`)
       const name = tid === String(pid) ? 'main' : process.env.COLD_TIDS === '1' ? `${comm}#${tid}` : comm
       out.set(`${name} user`, (out.get(`${name} user`) ?? 0) + Number(f[11]))
       out.set(`${name} sys`, (out.get(`${name} sys`) ?? 0) + Number(f[12]))
@@ -258,7 +252,6 @@ async function floorChild(...args) {
 
 /** One round of the floors (see --floors), rotated by `round`; adds to `floors` by name. */
 async function floorRound(floors, round, url, file) {
-  const size = o.size * MiB
   const measures = [
     [
       'curl to /dev/null',
@@ -269,19 +262,17 @@ async function floorRound(floors, round, url, file) {
     ["undici + sha256 (the fill's way in)", () => floorChild('read', 'undici', url, size)],
     ['undici, no hash', () => floorChild('read', 'undici-nohash', url, size)],
     ['sha256 alone, bytes in memory', () => floorChild('hash', file)],
-    [
-      'first touch of fresh memory',
-      async () => (await floorChild('touch', size)).filter((r) => r.pass === 'first'),
-    ],
+    // Two lines, each named in its `as`: the first write of fresh memory, then the same again.
+    ['fresh memory', () => floorChild('touch', size)],
   ]
   for (let j = 0; j < measures.length; j++) {
     const [name, measure] = measures[(round + j) % measures.length]
-    const got = floors.get(name) ?? { cpuPerGB: [], mbps: [] }
     for (const r of await measure()) {
+      const got = floors.get(r.as ?? name) ?? { cpuPerGB: [], mbps: [] }
       got.cpuPerGB.push(r.cpu / (r.bytes / 1e9))
       got.mbps.push(r.bytes / 1e6 / r.wall)
+      floors.set(r.as ?? name, got)
     }
-    floors.set(name, got)
   }
 }
 

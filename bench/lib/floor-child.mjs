@@ -13,6 +13,7 @@
 //                                        first, not measured)
 //   floor-child.mjs touch SIZE           writes SIZE bytes of memory never touched before, then the
 //                                        same bytes again: what a page fault costs this machine
+//                                        (each line names its measure in `as`)
 //   floor-child.mjs rss MODULE...        imports the modules (better-sqlite3 also opens a database,
 //                                        which loads its addon), waits 1 s, prints VmRSS in bytes
 import { createHash } from 'node:crypto'
@@ -114,8 +115,8 @@ else if (what === 'hash') {
   for (let i = 0; i < 3; i++) print(await timed(hashAll))
 } else if (what === 'touch') {
   const buffer = Buffer.allocUnsafeSlow(Number(args[0]))
-  print({ ...(await timed(async () => buffer.fill(1).length)), pass: 'first' })
-  print({ ...(await timed(async () => buffer.fill(2).length)), pass: 'again' })
+  print({ ...(await timed(async () => buffer.fill(1).length)), as: 'first touch of fresh memory' })
+  print({ ...(await timed(async () => buffer.fill(2).length)), as: 'the same memory written again' })
 } else if (what === 'rss') {
   for (const name of args) {
     const module = await import(name)

@@ -1,6 +1,6 @@
 // Measurements: curl for blob bodies, wrk and ab for manifest requests per second, /proc for RSS.
 import { readFileSync, writeFileSync } from 'node:fs'
-import { run } from './procs.mjs'
+import { procStat, run } from './procs.mjs'
 
 export const DOCKER_ACCEPT = [
   'application/vnd.docker.distribution.manifest.v2+json',
@@ -115,8 +115,7 @@ export function cpuSeconds(pids) {
   let ticks = 0
   for (const pid of pids) {
     try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      const { fields } = procStat(pid)
       ticks += Number(fields[11]) + Number(fields[12])
     } catch {}
   }

@@ -52,11 +52,21 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   })
 }
 
+/**
+ * A process's or thread's /proc stat file (`path`: "PID" or "PID/task/TID"): its command name and
+ * the fields after it, so that fields[0] is the state (field 3 in proc(5)) and fields[k] is field
+ * k + 3. Throws if the process is gone.
+ */
+export function procStat(path) {
+  const stat = readFileSync(`/proc/${path}/stat`, 'utf8')
+  const close = stat.lastIndexOf(')')
+  return { comm: stat.slice(stat.indexOf('(') + 1, close), fields: stat.slice(close + 2).split(' ') }
+}
+
 /** Start time of a process in clock ticks since boot (/proc/PID/stat field 22), or null. */
 export function startTime(pid) {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null
+    return procStat(pid).fields[19] ?? null
   } catch {
     return null
   }
@@ -67,9 +77,7 @@ export function childrenOf(pid) {
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
     try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8')
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
-      if (ppid === pid) out.push(Number(name))
+      if (Number(procStat(name).fields[1]) === pid) out.push(Number(name))
     } catch {}
   }
   return out

@@ -3,6 +3,7 @@
 // every bench, so the upstream they measure against is the same one.
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { buildUpstreamData } from './data.mjs'
 import { answers, freePort, startDaemon } from './procs.mjs'
 
 /**
@@ -35,4 +36,15 @@ export async function startRegistry(name, { configDir, logDir, storage, port, re
     ready: answers(`${url}/v2/`),
   })
   return { daemon, url }
+}
+
+/**
+ * The upstream of the cold and cluster benches, under `work`: `count` + 1 random blobs of `size`
+ * bytes written into its storage (bench/lib/data.mjs), then a registry serving them.
+ */
+export async function startUpstream({ work, logDir, size, count }) {
+  const storage = join(work, 'upstream')
+  const data = buildUpstreamData(storage, work, size, count)
+  const { daemon, url } = await startRegistry('upstream', { configDir: work, logDir, storage })
+  return { data, daemon, url }
 }
