@@ -11,12 +11,13 @@ import { fileURLToPath } from 'node:url'
 import { GetObjectCommand } from '@aws-sdk/client-s3'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { bucketKey } from '../../src/store/shared-tier.js'
+import { freePort, freePorts } from '../support/free-ports.js'
 import { useS3Server } from '../support/s3-server.js'
 import { waitFor } from '../support/wait-for.js'
 import { type Containerd, startPrivateContainerd } from './containerd.js'
 import { type Dockerd, startDockerd } from './dockerd.js'
 import { AMD64, createImage, manifestFor, type TestImage } from './images.js'
-import { type Daemon, freePort, makeTempDir, removeDir, requireBinary, startDaemon } from './processes.js'
+import { type Daemon, makeTempDir, removeDir, requireBinary, startDaemon } from './processes.js'
 import { type Pullcache, startPullcache } from './pullcache.js'
 import { createSkopeo, layoutProblems } from './skopeo.js'
 import { startUpstream, type Upstream } from './upstream.js'
@@ -81,7 +82,7 @@ beforeAll(async () => {
     images.push(image)
   }
 
-  const ports = [await freePort(), await freePort(), await freePort()]
+  const ports = await freePorts(3)
   const urls = ports.map((p) => `http://127.0.0.1:${p}`)
   for (const [i, port] of ports.entries()) {
     nodes.push(

@@ -7,7 +7,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { accessSync, constants } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 
@@ -43,19 +42,6 @@ export function requireBinary(name: string, preferred: readonly string[] = []): 
     `e2e prerequisite missing: '${name}' is not installed (apt-get install -y ${pkg}). ` +
       'The end-to-end tests never skip; install it or do not run test/e2e.',
   )
-}
-
-/** A port the OS considers free right now, for binaries that need a fixed port in their config. */
-export async function freePort(): Promise<number> {
-  const server = createServer()
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', resolve)
-  })
-  const address = server.address()
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  if (address === null || typeof address === 'string') throw new Error('could not obtain a free port')
-  return address.port
 }
 
 /** Short paths on purpose: dockerd nests unix sockets under these and sun_path is 108 bytes. */

@@ -10,6 +10,7 @@ import { readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Agent, request } from 'undici'
+import { freePort } from '../support/free-ports.js'
 import { MAIN_JS } from '../support/run-cli.js'
 import { waitFor } from '../support/wait-for.js'
 import { type Daemon, makeTempDir, removeDir, startDaemon } from './processes.js'
@@ -117,7 +118,8 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
   const lines: LogLine[] = []
   const raw: string[] = []
   let daemon: Daemon | undefined
-  let listen = '127.0.0.1:0'
+  // A port the OS does not hand out by itself, so a restart finds it still free.
+  let listen = `127.0.0.1:${await freePort()}`
   let url = ''
   let extraEnv: Record<string, string> = {}
 

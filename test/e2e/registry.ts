@@ -6,8 +6,9 @@
 //   <dir>/storage/      registry data, kept across stop()/start()
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { freePort } from '../support/free-ports.js'
 import { waitFor } from '../support/wait-for.js'
-import { type Daemon, freePort, requireBinary, startDaemon } from './processes.js'
+import { type Daemon, requireBinary, startDaemon } from './processes.js'
 
 /** Token auth the way Docker Hub does it, or Basic auth from an htpasswd file (bcrypt entries). */
 export type RegistryAuth =

@@ -11,7 +11,8 @@ import { existsSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { type Daemon, freePort, requireBinary, startDaemon } from '../e2e/processes.js'
+import { type Daemon, requireBinary, startDaemon } from '../e2e/processes.js'
+import { freePort } from '../support/free-ports.js'
 
 export type ServerKind = 'pullcache' | 'distribution'
 export const SERVER_KINDS: readonly ServerKind[] = ['pullcache', 'distribution']
