@@ -13,6 +13,7 @@
 //    stopped reading pin 200 small chunks and a few big ones instead of 200 MiB.
 
 import type { ServerResponse } from 'node:http'
+import { BufferPool } from '../buffer-pool.js'
 import { STREAM_CHUNK } from '../mirror/blob-fill.js'
 
 /** Where the bytes come from: a positional read that may wait (a fill still downloading). */
@@ -35,25 +36,9 @@ const SMALL = 64 * 1024
 /** Big chunks that may wait in stalled writes at once, across all responses (16 MiB). */
 const STALLED_BIG_MAX = 32
 
-class Pool {
-  readonly size: number
-  private readonly keep: number
-  private readonly free: Buffer[] = []
-  constructor(size: number, keep: number) {
-    this.size = size
-    this.keep = keep
-  }
-  take(): Buffer {
-    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size)
-  }
-  give(buffer: Buffer): void {
-    if (this.free.length < this.keep) this.free.push(buffer)
-  }
-}
-
 // Kept for reuse across responses; more than this are left to the collector.
-const bigPool = new Pool(BIG, 16)
-const smallPool = new Pool(SMALL, 64)
+const bigPool = new BufferPool(BIG, 16)
+const smallPool = new BufferPool(SMALL, 64)
 let stalledBig = 0
 
 /** For tests and diagnostics: big chunks now waiting on clients that have not taken them. */

@@ -11,6 +11,7 @@
 // digest that is not the empty blob's fails the fill before anything is answered.
 
 import type { Readable } from 'node:stream'
+import { BufferPool } from '../buffer-pool.js'
 import { isNetworkError, networkFailure, UpstreamError } from '../errors.js'
 import { BlobMismatch, type BlobWriter } from '../store/blob-storage.js'
 import type { Store } from '../store/store.js'
@@ -24,19 +25,27 @@ import type { BlobBody } from '../upstream/client.js'
 export const STREAM_CHUNK = 512 * 1024
 /** The digest of zero bytes: the one blob an empty upstream body can be. */
 export const EMPTY_DIGEST = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
-/** Upstream chunks are gathered up to this size before one write, to keep syscalls few. */
+/**
+ * Upstream's chunks are copied into buffers of this size, each written with one write when full.
+ * The copy costs less than keeping the chunks: a chunk kept until its batch is written and read
+ * by followers outlives V8's young generation, so only major GCs free them, and glibc then hands
+ * the freed pages back, to fault in again for the next ones (BENCHMARKS.md, "the cold path").
+ */
 const WRITE_BATCH = 1024 * 1024
+/** Batch buffers kept for the next fills: what four fills at full speed hold at once. */
+const batches = new BufferPool(WRITE_BATCH, 16)
 /**
  * Written batches kept in memory for the readers at the download's leading edge: two, because
  * a reader that keeps up waits at the last byte of one batch and then reads across into the next.
  */
 const KEPT_BATCHES = 2
 
-/** Upstream chunks that are on disk at [start, end), as they came (not copied). */
+/** Upstream bytes that are on disk at [start, end): `bytes`, a view of a pooled batch buffer. */
 interface KeptBatch {
   start: number
   end: number
-  chunks: Buffer[]
+  bytes: Buffer
+  buffer: Buffer
 }
 
 type State = 'starting' | 'streaming' | 'committed' | 'failed'
@@ -147,16 +156,26 @@ export class Fill {
       this.state = 'streaming'
       this.settle.readyResolve()
 
-      // One write in flight while the next batch arrives: the network and the disk overlap,
-      // and upstream is still paused (backpressure) if the disk falls behind.
+      // One write in flight while the next batch fills: the network and the disk overlap, and
+      // upstream is paused (backpressure) if the disk falls behind. A batch buffer goes back to
+      // the pool only once written and out of `kept`; after a failure none does, as a write
+      // may still hold it.
       let writing: Promise<void> = Promise.resolve()
-      let batch: Buffer[] = []
+      let batch = batches.take()
+      let filled = 0
       const flush = async () => {
         await writing
-        const kept = { start: this.received - writer.buffered, end: this.received, chunks: batch }
-        batch = []
+        const kept = {
+          start: this.received - filled,
+          end: this.received,
+          bytes: batch.subarray(0, filled),
+          buffer: batch,
+        }
+        writer.write(kept.bytes)
+        batch = batches.take()
+        filled = 0
         writing = writer.flush().then((written) => {
-          if (this.kept.push(kept) > KEPT_BATCHES) this.kept.shift()
+          if (this.kept.push(kept) > KEPT_BATCHES) batches.give(this.kept.shift()!.buffer)
           this.written = written
           this.wake()
         })
@@ -164,19 +183,23 @@ export class Fill {
       }
       for await (const chunk of upstream.body) {
         const buf = chunk as Buffer
-        writer.write(buf)
-        batch.push(buf)
-        this.received += buf.length
-        if (this.size !== undefined && this.received > this.size) {
+        if (this.size !== undefined && this.received + buf.length > this.size) {
           throw new UpstreamError(
             'INVALID',
             `blob ${this.digest}: upstream sent more than ${this.size} bytes`,
           )
         }
-        if (writer.buffered >= WRITE_BATCH) await flush()
+        for (let at = 0; at < buf.length; ) {
+          const n = buf.copy(batch, filled, at)
+          at += n
+          filled += n
+          this.received += n
+          if (filled === batch.length) await flush()
+        }
       }
-      if (writer.buffered > 0) await flush()
+      if (filled > 0) await flush()
       await writing
+      batches.give(batch)
 
       const { allocated } = await writer.commit().catch((err: unknown) => {
         if (!(err instanceof BlobMismatch)) throw err
@@ -199,7 +222,9 @@ export class Fill {
       this.settle.readyReject(error)
       this.settle.doneReject(error)
     } finally {
-      // Readers after the end read the file: the batches' memory goes now.
+      // Readers after the end read the file: the batches' memory goes now, back to the pool
+      // if every write is done (copyKept reads them synchronously, so no reader holds one).
+      if (this.state === 'committed') for (const kept of this.kept) batches.give(kept.buffer)
       this.kept = []
       source.onSettled()
       this.wake()
@@ -278,15 +303,11 @@ export class Fill {
     const first = this.kept[0]
     if (first === undefined || position < first.start) return 0
     let copied = 0
-    for (const batch of this.kept) {
-      let at = batch.start
-      for (const chunk of batch.chunks) {
-        const from = position + copied - at
-        if (from < chunk.length && from >= 0) {
-          copied += chunk.copy(buffer, copied, from, Math.min(chunk.length, from + length - copied))
-          if (copied === length) return copied
-        }
-        at += chunk.length
+    for (const { start, bytes } of this.kept) {
+      const from = position + copied - start
+      if (from < bytes.length && from >= 0) {
+        copied += bytes.copy(buffer, copied, from, Math.min(bytes.length, from + length - copied))
+        if (copied === length) return copied
       }
     }
     return copied

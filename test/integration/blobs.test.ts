@@ -63,6 +63,32 @@ describe('blobs', () => {
     expect(results.filter((r) => r === 'coalesced')).toHaveLength(9)
   })
 
+  test('fills at once and one after the other, in chunks across write batches: every follower gets its own blob', async () => {
+    // Fills copy upstream's chunks into pooled batch buffers (src/mirror/blob-fill.ts) that
+    // followers read while they are kept and the next fills reuse: a buffer reused too early
+    // shows here as another blob's bytes in some client's body.
+    mirror = await fake.mirror()
+    const blobs = [5 * 1024 * 1024 + 3, 4 * 1024 * 1024 + 11, 3 * 1024 * 1024 + 7].map((size) => {
+      const digest = fake.up.addBlob(REPO, randomBytes(size))
+      fake.up.fault(
+        { path: `/blobs/${digest}`, host: 'cdn' },
+        { kind: 'slow', chunkBytes: 300_001, delayMs: 5 },
+      )
+      return digest
+    })
+    const pull = (digest: string) =>
+      Promise.all(Array.from({ length: 5 }, () => mirror.get(blobPath(digest))))
+    const together = await Promise.all([pull(blobs[0]!), pull(blobs[1]!)])
+    const after = await pull(blobs[2]!)
+    for (const [i, bodies] of [...together, after].entries()) {
+      for (const b of bodies) {
+        expect(b.status).toBe(200)
+        expect(sha256(b.body)).toBe(blobs[i])
+      }
+      expect(cdnGets(blobs[i]!)).toBe(1)
+    }
+  })
+
   test('a follower arriving mid-download streams what is already written without waiting for the end', async () => {
     mirror = await fake.mirror()
     const bytes = randomBytes(4 * 1024 * 1024)
