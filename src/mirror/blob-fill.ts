@@ -32,8 +32,12 @@ export const EMPTY_DIGEST = 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b
  * the freed pages back, to fault in again for the next ones (BENCHMARKS.md, "the cold path").
  */
 const WRITE_BATCH = 1024 * 1024
-/** Batch buffers kept for the next fills: what four fills at full speed hold at once. */
-const batches = new BufferPool(WRITE_BATCH, 16)
+/**
+ * Batch buffers kept for the next fills: what one fill holds at most (one filling, one being
+ * written, KEPT_BATCHES kept). Fills at once take more and leave them to the collector, so an idle
+ * mirror keeps 4 MiB here, not a burst's worth.
+ */
+const batches = new BufferPool(WRITE_BATCH, 4)
 /**
  * Written batches kept in memory for the readers at the download's leading edge: two, because
  * a reader that keeps up waits at the last byte of one batch and then reads across into the next.
