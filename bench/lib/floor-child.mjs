@@ -5,8 +5,9 @@
 //                                        MODE net (a raw socket, HTTP/1.1 by hand, nothing parsed:
 //                                        the least node can do to take bytes in), http (node's own
 //                                        client), undici (request() and the body's async iterator,
-//                                        as the fill takes a blob in); each hashed with sha256, or
-//                                        undici-nohash; prints cpu (s, all threads), wall (s), bytes
+//                                        as the fill takes a blob in), undici-dispatch (a dispatch
+//                                        handler: chunks straight to the hash, no Readable); each
+//                                        hashed with sha256, or undici-nohash; prints cpu (s, all threads), wall (s), bytes
 //                                        of each (warm: a long-running mirror's JIT and heap are)
 //   floor-child.mjs hash FILE            sha256 over the file's bytes in memory, 1 MiB at a time,
 //                                        three times after one unmeasured pass (the file is read
@@ -90,6 +91,35 @@ async function read(mode, url, size) {
       hash.digest()
       return n
     }
+    close = () => agent.close()
+  } else if (mode === 'undici-dispatch') {
+    const { Agent } = await import('undici')
+    const agent = new Agent()
+    const u = new URL(url)
+    get = () =>
+      new Promise((resolve, reject) => {
+        const hash = createHash('sha256')
+        let n = 0
+        agent.dispatch(
+          { origin: u.origin, path: u.pathname, method: 'GET' },
+          {
+            // undici tells its newer handler interface by these two, which have nothing to do here.
+            onRequestStart() {},
+            onResponseStart() {},
+            onResponseData(_controller, chunk) {
+              hash.update(chunk)
+              n += chunk.length
+            },
+            onResponseEnd() {
+              hash.digest()
+              resolve(n)
+            },
+            onResponseError(_controller, error) {
+              reject(error)
+            },
+          },
+        )
+      })
     close = () => agent.close()
   } else throw new Error(`floor-child: unknown mode ${mode}`)
   for (let i = 0; i < 2; i++) await get()
