@@ -754,6 +754,9 @@ function render(r) {
             `${mb(r.rss[n].peak)}${r.rss[n].processes > 1 ? ` (${r.rss[n].processes} processes)` : ''}${flag(r.rss[n].ok)}`,
         ),
       ],
+      // What the server held already when the streams began: a peak can be memory kept from
+      // the phases before (the allocator does not give back everything a cold fill touched).
+      [`RSS before those ${r.config.rssStreams} streams, MB`, ...W.map((n) => mb(r.rss[n].before))],
       [`${r.config.rssStreams} clients, aggregate MB/s`, ...W.map((n) => mbs(r.rss[n].aggregate))],
       [
         'CPU s per GB sent: 1 / 16 / 32 clients',
