@@ -44,10 +44,9 @@ const batches = new BufferPool(WRITE_BATCH, 4)
  */
 const KEPT_BATCHES = 2
 
-/** Upstream bytes that are on disk at [start, end): `bytes`, a view of a pooled batch buffer. */
+/** Upstream bytes on disk from `start`: `bytes`, a view of the pooled batch `buffer`. */
 interface KeptBatch {
   start: number
-  end: number
   bytes: Buffer
   buffer: Buffer
 }
@@ -171,7 +170,6 @@ export class Fill {
         await writing
         const kept = {
           start: this.received - filled,
-          end: this.received,
           bytes: batch.subarray(0, filled),
           buffer: batch,
         }
