@@ -5,7 +5,8 @@
 //                                        MODE net (a raw socket, HTTP/1.1 by hand, nothing parsed:
 //                                        the least node can do to take bytes in), http (node's own
 //                                        client), undici (request() and the body's async iterator,
-//                                        as the fill takes a blob in), undici-dispatch (a dispatch
+//                                        as the fill took a blob in), undici-data (request() and
+//                                        the body's 'data' events), undici-dispatch (a dispatch
 //                                        handler: chunks straight to the hash, no Readable); each
 //                                        hashed with sha256, or undici-nohash; prints cpu (s, all threads), wall (s), bytes
 //                                        of each (warm: a long-running mirror's JIT and heap are)
@@ -90,6 +91,14 @@ async function read(mode, url, size) {
       }
       hash.digest()
       return n
+    }
+    close = () => agent.close()
+  } else if (mode === 'undici-data') {
+    const { Agent, request } = await import('undici')
+    const agent = new Agent()
+    get = async () => {
+      const res = await request(url, { dispatcher: agent })
+      return hashStream(res.body)
     }
     close = () => agent.close()
   } else if (mode === 'undici-dispatch') {

@@ -81,8 +81,13 @@ export interface BlobWriter {
   read(buffer: Buffer, length: number, position: number): Promise<number>
   /**
    * Flushes, then checks sha256 and size: on a mismatch the partial blob is removed and
-   * BlobMismatch thrown; otherwise the bytes are made durable and the blob put in place
-   * atomically. Reads keep working after a commit, until close().
+   * BlobMismatch thrown. Nothing more may be written after it. Once it resolves, the bytes
+   * written are the blob's, though not durable yet nor in the store.
+   */
+  verify(): Promise<void>
+  /**
+   * Verifies (unless verify() did already), then makes the bytes durable and puts the blob in
+   * place atomically. Reads keep working after a commit, until close().
    */
   commit(): Promise<BlobStat>
   /** Removes the partial blob; nothing once committed. */

@@ -214,7 +214,8 @@ class LocalBlobWriter implements BlobWriter {
   private readonly hash: Hash = createHash('sha256')
   private batch: Buffer[] = []
   private writing: Promise<number> = Promise.resolve(0)
-  private state: 'open' | 'committed' | 'aborted' = 'open'
+  private state: 'open' | 'verifying' | 'committed' | 'aborted' = 'open'
+  private verifying: Promise<void> | undefined
 
   constructor(store: BlobStore, digest: string, size: number | undefined, path: string, handle: FileHandle) {
     this.store = store
@@ -251,13 +252,23 @@ class LocalBlobWriter implements BlobWriter {
     return bytesRead
   }
 
-  async commit(): Promise<BlobStat> {
+  verify(): Promise<void> {
+    this.verifying ??= this.check()
+    return this.verifying
+  }
+
+  private async check(): Promise<void> {
+    this.state = 'verifying'
     await this.flush()
     const actual = `sha256:${this.hash.digest('hex')}`
     if (actual !== this.digest || (this.size !== undefined && this.received !== this.size)) {
       await this.abort()
       throw new BlobMismatch(this.digest, actual, this.received, this.size)
     }
+  }
+
+  async commit(): Promise<BlobStat> {
+    await this.verify()
     await this.handle.sync()
     const target = this.store.path(this.digest)
     const dir = join(target, '..')

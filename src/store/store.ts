@@ -79,6 +79,7 @@ export class Store {
       write: (chunk) => writer.write(chunk),
       flush: () => writer.flush(),
       read: (buffer, length, position) => writer.read(buffer, length, position),
+      verify: () => writer.verify(),
       async commit() {
         const stat = await writer.commit()
         index.addBlob(digest, stat.size, stat.allocated)

@@ -10,14 +10,25 @@ import { loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/log.js'
 import { type RunningServer, startServer } from '../../src/server.js'
 import { tmpRoot } from './tmp.js'
+import { waitFor } from './wait-for.js'
 
 export interface TestMirror {
   url: string
   dataDir: string
   server: RunningServer
   logs: Record<string, unknown>[]
+  /**
+   * A request read to its end. For a whole blob (a GET answered 200), it resolves once the
+   * download the request joined or caused has settled too (see settled()), so the test's next
+   * step sees the store as a client arriving a moment later would.
+   */
   get(path: string, headers?: Record<string, string>): Promise<TestResponse>
   head(path: string, headers?: Record<string, string>): Promise<TestResponse>
+  /**
+   * Waits until no download (of `digest`, when given) is in flight. A client has its last byte
+   * as soon as the blob is verified; the store has it (file and row) once its fill has settled.
+   */
+  settled(digest?: string): Promise<void>
   /** Stops the server; keeps the data dir unless `wipe`. */
   close(opts?: { wipe?: boolean }): Promise<void>
 }
@@ -54,9 +65,23 @@ export async function startMirror(opts: {
   const logs: Record<string, unknown>[] = []
   const log = createLogger('debug', (line) => logs.push(JSON.parse(line) as Record<string, unknown>))
   const server = await startServer(config, log)
+  const settled = async (digest?: string) => {
+    await waitFor(
+      async () => {
+        const fills = server.mirrors.inflight().filter((f) => digest === undefined || f.digest === digest)
+        await Promise.allSettled(fills.map((fill) => fill.done))
+        return fills.length === 0
+      },
+      { what: 'the downloads in flight to settle' },
+    )
+  }
   const call = async (method: 'GET' | 'HEAD', path: string, headers: Record<string, string> = {}) => {
     const res = await request(`${server.url}${path}`, { method, headers })
     const body = Buffer.from(await res.body.arrayBuffer())
+    // A whole blob was sent: its download, if any, is verified and about to be stored.
+    const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(path.split('?')[0]!)
+    if (blob && method === 'GET' && res.statusCode === 200 && headers.range === undefined)
+      await settled(blob[1])
     return { status: res.statusCode, headers: res.headers, body }
   }
   return {
@@ -66,6 +91,7 @@ export async function startMirror(opts: {
     logs,
     get: (path, headers) => call('GET', path, headers),
     head: (path, headers) => call('HEAD', path, headers),
+    settled,
     close: async ({ wipe = true } = {}) => {
       await server.close(2_000)
       if (wipe) await rm(dataDir, { recursive: true, force: true })
