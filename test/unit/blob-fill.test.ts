@@ -15,9 +15,10 @@ import { Store } from '../../src/store/store.js'
 import { sha256 } from '../support/sha256.js'
 import { tmpRoot } from '../support/tmp.js'
 
-/** A disk store whose writers' commits wait until `release()`. */
+/** A disk store whose writers' commits wait until `release()`, and whose writes take `writeMs` more. */
 class HeldCommits extends BlobStore {
   committing = 0
+  writeMs = 0
   release!: () => void
   private readonly held = new Promise<void>((resolve) => {
     this.release = resolve
@@ -34,7 +35,11 @@ class HeldCommits extends BlobStore {
         return writer.buffered
       },
       write: (chunk) => writer.write(chunk),
-      flush: () => writer.flush(),
+      flush: async () => {
+        const written = writer.flush()
+        await sleep(this.writeMs)
+        return written
+      },
       read: (buffer, length, position) => writer.read(buffer, length, position),
       verify: () => writer.verify(),
       commit: async () => {
@@ -56,10 +61,10 @@ async function setup(): Promise<{ store: Store; disk: HeldCommits; root: string 
 }
 
 /** Starts a fill of `digest` whose upstream body is `bytes`, in chunks across batch edges. */
-function fill(store: Store, digest: string, bytes: Buffer): Fill {
+function fill(store: Store, digest: string, bytes: Buffer, chunk = 300_001): Fill {
   const f = new Fill(digest, 'library/held', store)
   const chunks: Buffer[] = []
-  for (let at = 0; at < bytes.length; at += 300_001) chunks.push(bytes.subarray(at, at + 300_001))
+  for (let at = 0; at < bytes.length; at += chunk) chunks.push(bytes.subarray(at, at + chunk))
   void f.run({
     open: async () => ({ size: bytes.length, body: Readable.from(chunks) }),
     onCommit: () => {},
@@ -105,6 +110,30 @@ describe('a fill and its readers', () => {
     expect(f.state).toBe('committed')
     expect(existsSync(join(root, 'blobs', 'sha256', hex.slice(0, 2), hex))).toBe(true)
     expect(await store.sizeOf(digest)).toBe(bytes.length)
+  })
+
+  test('a disk slower than upstream paces the download: it never runs more than a batch ahead of the disk', async () => {
+    const { store, disk } = await setup()
+    disk.release()
+    disk.writeMs = 15
+    const bytes = randomBytes(8 * 1024 * 1024 + 3)
+    const digest = sha256(bytes)
+    const f = fill(store, digest, bytes, 64 * 1024)
+    let ahead = 0
+    const watch = (async () => {
+      while (f.state === 'starting' || f.state === 'streaming') {
+        ahead = Math.max(ahead, f.received - f.written)
+        await f.changed()
+      }
+    })()
+    const got = { bytes: 0 }
+    const body = await readAll(f, bytes.length, got)
+    await f.done
+    await watch
+    expect(body.equals(bytes)).toBe(true)
+    // One batch being written and one filling, at most: the body was paused, not buffered.
+    expect(ahead).toBeGreaterThan(0)
+    expect(ahead).toBeLessThanOrEqual(2 * 1024 * 1024)
   })
 
   test('bytes that do not hash to the digest: the reader is cut before its last byte, nothing is committed', async () => {
