@@ -72,7 +72,8 @@ export async function startMirror(opts: {
         await Promise.allSettled(fills.map((fill) => fill.done))
         return fills.length === 0
       },
-      { what: 'the downloads in flight to settle' },
+      // An fsync on a busy disk may take a while; the wait is still bounded.
+      { what: 'the downloads in flight to settle', timeoutMs: 30_000 },
     )
   }
   const call = async (method: 'GET' | 'HEAD', path: string, headers: Record<string, string> = {}) => {
