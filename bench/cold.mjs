@@ -204,6 +204,7 @@ try {
         )} CPU s/GB${ok ? '' : ' (ERRORS)'}`,
     )
     if (o.floors) log(`${s.name}: resident memory 1 s after start ${(s.idleRss / 1e6).toFixed(1)} MB`)
+    log(`${s.name}: resident memory after the rounds ${(rssOf([s.pid]) / 1e6).toFixed(1)} MB`)
     if (o.profile)
       log(`${s.name} profile window, cold GETs 2..: --after ${later[0].from} --before ${later.at(-1).to}`)
   }
