@@ -215,7 +215,7 @@ export class Fill {
         throw new UpstreamError('INVALID', `blob ${this.digest}: ${why}`, { cause: err })
       })
       // The clients have their last bytes now: fsync, rename and the index row are the store's
-      // business, and a client does not wait for them (a 200 MiB fsync is a sixth of a cold GET).
+      // business, and a client does not wait for them (a 200 MiB fsync is a fifth of a cold GET).
       this.size = this.written
       this.verified = true
       this.wake()
