@@ -26,30 +26,19 @@ class HeldCommits extends BlobStore {
 
   override async write(digest: string, size?: number): Promise<BlobWriter> {
     const writer = await super.write(digest, size)
-    return {
-      digest,
-      get received() {
-        return writer.received
-      },
-      get buffered() {
-        return writer.buffered
-      },
-      write: (chunk) => writer.write(chunk),
-      flush: async () => {
-        const written = writer.flush()
-        await sleep(this.writeMs)
-        return written
-      },
-      read: (buffer, length, position) => writer.read(buffer, length, position),
-      verify: () => writer.verify(),
-      commit: async () => {
-        this.committing++
-        await this.held
-        return writer.commit()
-      },
-      abort: () => writer.abort(),
-      close: () => writer.close(),
+    const commit = writer.commit.bind(writer)
+    const flush = writer.flush.bind(writer)
+    writer.commit = async () => {
+      this.committing++
+      await this.held
+      return commit()
     }
+    writer.flush = async () => {
+      const written = flush()
+      await sleep(this.writeMs)
+      return written
+    }
+    return writer
   }
 }
 
