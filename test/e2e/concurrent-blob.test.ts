@@ -68,6 +68,7 @@ describe('concurrent cold blob requests', () => {
   })
 
   it('serves the same blob from the cache afterwards', async () => {
+    await pullcache.stored(0)
     upstream.proxy.reset()
     const again = await getBlob(pullcache.url, big.name, layer.digest)
     expect(again.status).toBe(200)

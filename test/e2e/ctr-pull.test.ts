@@ -96,6 +96,7 @@ describe('containerd (ctr) with pullcache in hosts.toml', () => {
       upstream.proxy.reset()
       const mark = pullcache.mark()
       await pullAndCheck(c, NS)
+      await pullcache.stored(mark)
 
       // Served by pullcache: the tag, the platform manifests and every blob.
       const served = pullcache.accessLogSince(mark)

@@ -73,6 +73,12 @@ export type Pullcache = {
    * so every line of a request answered before (to a client that has exited) is then in `lines`.
    */
   settle(): Promise<void>
+  /**
+   * Waits until every blob downloaded for a GET answered since `mark` (a 200 "miss") is in the
+   * store or has failed. A client has its last byte once the blob is verified; the commit (fsync,
+   * rename, index row) follows, and a request meanwhile joins the download ("coalesced").
+   */
+  stored(mark: number): Promise<void>
   /** SIGTERM, then SIGKILL after `graceMs`; resolves with how the process ended. */
   stop(graceMs?: number): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   /** Start again on the same port and data dir, optionally with more environment. */
@@ -200,6 +206,21 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
     if (ownsDataDir) await removeDir(dataDir)
     throw error
   }
+  const settle = async () => {
+    const path = `/v2/pce2e-settle-${randomBytes(6).toString('hex')}`
+    const mark = lines.length
+    const dispatcher = new Agent(options.ca === undefined ? {} : { connect: { ca: options.ca } })
+    try {
+      const res = await request(`${url}${path}`, { dispatcher, signal: AbortSignal.timeout(10_000) })
+      await res.body.arrayBuffer()
+    } finally {
+      await dispatcher.close()
+    }
+    await waitFor(() => lines.slice(mark).some((l) => l.event === 'request' && l.path === path), {
+      timeoutMs: 10_000,
+      what: `pullcache access line for ${path}`,
+    })
+  }
   return {
     get url() {
       return url
@@ -223,20 +244,27 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
         intervalMs: 25,
         what: `pullcache log line "${event}"`,
       }),
-    async settle() {
-      const path = `/v2/pce2e-settle-${randomBytes(6).toString('hex')}`
-      const mark = lines.length
-      const dispatcher = new Agent(options.ca === undefined ? {} : { connect: { ca: options.ca } })
-      try {
-        const res = await request(`${url}${path}`, { dispatcher, signal: AbortSignal.timeout(10_000) })
-        await res.body.arrayBuffer()
-      } finally {
-        await dispatcher.close()
+    settle,
+    async stored(mark) {
+      await settle()
+      const downloaded = new Set<string>()
+      for (const l of lines.slice(mark).filter(isAccessLine)) {
+        const digest = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(l.path)?.[1]
+        if (digest && l.method === 'GET' && l.status === 200 && l.cache === 'miss') downloaded.add(digest)
       }
-      await waitFor(() => lines.slice(mark).some((l) => l.event === 'request' && l.path === path), {
-        timeoutMs: 10_000,
-        what: `pullcache access line for ${path}`,
-      })
+      for (const digest of downloaded) {
+        await waitFor(
+          () =>
+            lines
+              .slice(mark)
+              .some(
+                (l) =>
+                  (l.event === 'store.blob_committed' || l.event === 'store.blob_fill_failed') &&
+                  l.digest === digest,
+              ),
+          { timeoutMs: 30_000, what: `the commit of ${digest}` },
+        )
+      }
     },
     stop,
     async start(env = {}) {

@@ -116,6 +116,7 @@ describe('containerd (ctr) with a hosts.toml per registry', () => {
       { ref: `${BETA}/${shared.name}:v1`, image: shared },
       { ref: `${BETA}/${onlyBeta.name}:v1`, image: onlyBeta },
     ]
+    const mark = pullcache.mark()
     for (const [i, { ref, image }] of pulls.entries()) {
       const namespace = `pce2e-regs-${i}`
       const result = await containerd.pull(ref, { namespace, platform: 'linux/amd64' })
@@ -138,6 +139,7 @@ describe('containerd (ctr) with a hosts.toml per registry', () => {
     ).toBe(true)
 
     // The same digest from two registries is one file in the store.
+    await pullcache.stored(mark)
     for (const blob of shared.blobs) expect(await copiesOf(blob.digest), blob.digest).toBe(1)
   })
 

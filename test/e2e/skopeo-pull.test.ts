@@ -71,7 +71,9 @@ async function pullEverything(): Promise<void> {
 async function ensureCached(): Promise<void> {
   if (cached) return
   coldPullStarted = Date.now()
+  const mark = pullcache.mark()
   await pullEverything()
+  await pullcache.stored(mark)
   cached = true
 }
 
@@ -90,9 +92,11 @@ describe('skopeo through pullcache', () => {
     coldPullStarted = Date.now()
     upstream.proxy.reset()
     upstream.tokens.reset()
+    const mark = pullcache.mark()
     await pullEverything()
     // One platform only, as a client on an arm64 host would pull it.
     await pullAndCheck(ociIndex, 'tag', ARM64.architecture)
+    await pullcache.stored(mark)
 
     cached = true
 
