@@ -233,8 +233,9 @@ export class Fill {
       this.settle.doneReject(error)
     } finally {
       // Readers after the end read the file: the batches' memory goes now, back to the pool
-      // if every write is done (copyKept reads them synchronously, so no reader holds one).
-      if (this.state === 'committed') for (const kept of this.kept) batches.give(kept.buffer)
+      // once every write is done, as it is from verification on (copyKept reads them
+      // synchronously, so no reader holds one).
+      if (this.verified) for (const kept of this.kept) batches.give(kept.buffer)
       this.kept = []
       source.onSettled()
       this.wake()

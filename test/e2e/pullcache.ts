@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { Agent, request } from 'undici'
 import { freePort } from '../support/free-ports.js'
 import { MAIN_JS } from '../support/run-cli.js'
+import { blobDigestOf } from '../support/sha256.js'
 import { waitFor } from '../support/wait-for.js'
 import { type Daemon, makeTempDir, removeDir, startDaemon } from './processes.js'
 
@@ -249,7 +250,7 @@ export async function startPullcache(options: PullcacheOptions): Promise<Pullcac
       await settle()
       const downloaded = new Set<string>()
       for (const l of lines.slice(mark).filter(isAccessLine)) {
-        const digest = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(l.path)?.[1]
+        const digest = blobDigestOf(l.path)
         if (digest && l.method === 'GET' && l.status === 200 && l.cache === 'miss') downloaded.add(digest)
       }
       for (const digest of downloaded) {

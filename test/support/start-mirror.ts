@@ -9,6 +9,7 @@ import { request } from 'undici'
 import { loadConfig } from '../../src/config.js'
 import { createLogger } from '../../src/log.js'
 import { type RunningServer, startServer } from '../../src/server.js'
+import { blobDigestOf } from './sha256.js'
 import { tmpRoot } from './tmp.js'
 import { waitFor } from './wait-for.js'
 
@@ -80,9 +81,9 @@ export async function startMirror(opts: {
     const res = await request(`${server.url}${path}`, { method, headers })
     const body = Buffer.from(await res.body.arrayBuffer())
     // A whole blob was sent: its download, if any, is verified and about to be stored.
-    const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(path.split('?')[0]!)
-    if (blob && method === 'GET' && res.statusCode === 200 && headers.range === undefined)
-      await settled(blob[1])
+    const digest = blobDigestOf(path)
+    if (digest && method === 'GET' && res.statusCode === 200 && headers.range === undefined)
+      await settled(digest)
     return { status: res.statusCode, headers: res.headers, body }
   }
   return {
