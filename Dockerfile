@@ -51,5 +51,5 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["node", "-e", "const port = (process.env.PULLCACHE_LISTEN || ':5000').split(':').pop(); fetch(`http://127.0.0.1:${port}/_pullcache/healthz`, { signal: AbortSignal.timeout(4000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # The node flags are npm start's (package.json; why in systemd/pullcache.service).
-ENTRYPOINT ["node", "--max-semi-space-size=2", "/opt/pullcache/dist/main.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=2", "--liftoff-only", "/opt/pullcache/dist/main.js"]
 CMD ["serve"]

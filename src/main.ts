@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=2
+#!/usr/bin/env -S node --max-semi-space-size=2 --liftoff-only
 // pullcache's command line: one module per command under cli/, each returning its exit code.
 // Exit codes scripts can rely on: 0 done, 1 failed, 2 bad usage or configuration.
 
