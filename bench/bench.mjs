@@ -1031,6 +1031,16 @@ async function machine() {
   const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')
   const meminfo = readFileSync('/proc/meminfo', 'utf8')
   const memKb = Number(/MemTotal:\s+(\d+)/.exec(meminfo)?.[1] ?? 0)
+  // git's answer about the tree dist/ was built from, or null where that is no git checkout (a
+  // build copied elsewhere for an A/B): its error text is no commit.
+  const git = async (args) => {
+    try {
+      const out = await run('git', ['-C', BUILT_FROM, ...args], { timeoutMs: 10_000 })
+      return out.code === 0 ? out.stdout : null
+    } catch {
+      return null
+    }
+  }
   const version = async (cmd, args, re) => {
     try {
       const out = await run(cmd, args, { timeoutMs: 10_000 })
@@ -1055,8 +1065,7 @@ async function machine() {
       .mtime.toISOString()
       .replace('T', ' ')
       .slice(0, 19),
-    commit: await version('git', ['-C', BUILT_FROM, 'rev-parse', '--short', 'HEAD'], /(\S+)/),
-    dirty:
-      (await version('git', ['-C', BUILT_FROM, 'status', '--porcelain', '--', 'src'], /([\s\S]*)/)) !== '',
+    commit: (await git(['rev-parse', '--short', 'HEAD']))?.trim() ?? 'from outside a git checkout',
+    dirty: ((await git(['status', '--porcelain', '--', 'src'])) ?? '') !== '',
   }
 }
