@@ -47,22 +47,17 @@ let bytes = 0
 let open = 0
 const agent = new Agent({ keepAlive: true, maxSockets: 128 })
 
-// A shared token bucket: every response body through this proxy draws from it.
-let bucketStart = process.hrtime.bigint()
-let bucketBytes = 0
+// A shared token bucket: every response body through this proxy draws from it. `nextFree` is
+// when the bytes passed so far have gone out at the rate. An idle spell buys at most BURST_S of
+// credit (a link sends no faster after one; a little credit makes up for timers that fire late).
+const BURST_S = 0.01
+let nextFree = 0
 /** Milliseconds to wait before `n` more bytes fit the rate, 0 if they fit now. */
 function throttleDelay(n) {
   if (rateBytesPerSec <= 0) return 0
-  bucketBytes += n
-  const elapsed = Number(process.hrtime.bigint() - bucketStart) / 1e9
-  const due = bucketBytes / rateBytesPerSec
-  // Forget history older than a second so an idle period does not buy a burst.
-  if (elapsed > due + 1) {
-    bucketStart = process.hrtime.bigint()
-    bucketBytes = n
-    return 0
-  }
-  return Math.max(0, (due - elapsed) * 1000)
+  const now = Number(process.hrtime.bigint()) / 1e9
+  nextFree = Math.max(nextFree, now - BURST_S) + n / rateBytesPerSec
+  return Math.max(0, (nextFree - now) * 1000)
 }
 
 function kindOf(path) {
@@ -91,8 +86,7 @@ function control(req, res, path) {
   if (path === '/_bench/rate') {
     const mbps = Number(new URL(req.url, 'http://x').searchParams.get('mbps') ?? 0)
     rateBytesPerSec = mbps * 1e6
-    bucketStart = process.hrtime.bigint()
-    bucketBytes = 0
+    nextFree = 0
     res.writeHead(204).end()
     return
   }
