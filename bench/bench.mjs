@@ -21,12 +21,17 @@
 //   --link MBps       upstream link rate for the extra "slow link" cold phase (default 100; 0 skips it)
 //   --profile DIR     run pullcache under `node --cpu-prof`; the profile is written to DIR when the
 //                     bench stops it (summarise with bench/profile-summary.mjs)
+//   --fill-cache      first fill the page cache with other files, leaving 1 GiB free, as on a host
+//                     in service (its memory full of cached files): new page-cache pages then come
+//                     from reclaiming old ones, not from free memory (BENCHMARKS.md, "A host whose
+//                     memory is full of page cache")
 import {
   cpSync,
   existsSync,
   mkdirSync,
   readFileSync,
   rmSync,
+  statfsSync,
   statSync,
   symlinkSync,
   writeFileSync,
@@ -85,7 +90,7 @@ const C = {
 }
 
 function parseArgs(argv) {
-  const o = { runs: 9, quick: false, json: null, link: 100, profile: null }
+  const o = { runs: 9, quick: false, json: null, link: 100, profile: null, fillCache: false }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === '--quick') o.quick = true
@@ -93,6 +98,7 @@ function parseArgs(argv) {
     else if (a === '--json') o.json = resolve(argv[++i])
     else if (a === '--link') o.link = Number(argv[++i])
     else if (a === '--profile') o.profile = resolve(argv[++i])
+    else if (a === '--fill-cache') o.fillCache = true
     else {
       process.stderr.write(`bench.mjs: unknown option ${a}\n`)
       process.exit(2)
@@ -262,6 +268,37 @@ const nginxCache = (name, port, upstream) =>
     ready: answers(`http://127.0.0.1:${port}/v2/`),
   })
 
+/**
+ * Writes files of zeros (fsynced, so their pages are clean and the kernel may take them back)
+ * until 1 GiB of memory is left free. Before the upstream's blobs are written: these pages are
+ * then the oldest, the first the kernel reclaims. Returns the bytes written.
+ */
+async function fillPageCache(dir) {
+  const GiB = 1024 * MiB
+  const freeKb = Number(/MemFree:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0)
+  const files = Math.max(0, Math.floor((freeKb * 1024 - GiB) / GiB))
+  const disk = statfsSync(WORK)
+  // The bench's own data needs about 10 GB besides (BENCHMARKS.md).
+  if (disk.bavail * disk.bsize < files * GiB + 12 * GiB) {
+    throw new Error(`--fill-cache: ${files} GiB of files and the bench's 12 GiB do not fit under ${WORK}`)
+  }
+  log(`filling the page cache: ${files} GiB of other files, 1 GiB of memory left free`)
+  mkdirSync(dir, { recursive: true })
+  for (let i = 0; i < files; i++) {
+    const args = [
+      'if=/dev/zero',
+      `of=${join(dir, `f${i}`)}`,
+      'bs=4M',
+      'count=256',
+      'conv=fsync',
+      'status=none',
+    ]
+    const r = await run('dd', args, { timeoutMs: 300_000 })
+    if (r.code !== 0) throw new Error(`--fill-cache: dd failed: ${r.stderr}`)
+  }
+  return files * GiB
+}
+
 // ---------------------------------------------------------------------------------------------
 // Setup
 
@@ -280,6 +317,7 @@ symlinkSync(join(ROOT, 'node_modules'), join(APP, 'node_modules'))
 const MAIN = join(APP, 'dist', 'main.js')
 const dataDir = join(WORK, 'data')
 mkdirSync(dataDir, { recursive: true })
+const filledCache = opts.fillCache ? await fillPageCache(join(WORK, 'fill')) : 0
 log(`writing random blobs of ${BLOB_SIZE / MiB} MiB and the upstream registry's storage`)
 // One warm blob, and one cold blob per cold measurement (each mirror GETs each once).
 const coldCount = 1 + C.coldRuns + C.coalescedRuns + (opts.link > 0 ? 2 : 0)
@@ -378,7 +416,7 @@ const idleRss = {
 
 const R = {
   machine: await machine(),
-  config: { blobBytes: BLOB_SIZE, ...C, link: opts.link },
+  config: { blobBytes: BLOB_SIZE, ...C, link: opts.link, filledCache },
   cold: {},
   coalesced: {},
   slowLink: null,
@@ -734,6 +772,12 @@ function render(r) {
     `blob ${r.config.blobBytes} bytes (200 MiB); MB = 10^6 bytes; ${r.config.warmRuns} warm single runs, ` +
       `${r.config.parallelRuns} parallel runs, ${r.config.coldRuns} cold runs, ${r.config.coalescedRuns} ` +
       `coalesced runs (medians); bench took ${r.seconds.toFixed(0)} s`,
+    ...(r.config.filledCache
+      ? [
+          `page cache filled first with ${(r.config.filledCache / 1024 ** 3).toFixed(0)} GiB of other files ` +
+            '(--fill-cache): new page-cache pages are reclaimed ones, as on a host in service',
+        ]
+      : []),
     '',
   )
   const W = ['pullcache', 'distribution', 'nginx', 'nginxOff']
