@@ -77,12 +77,13 @@ async function read(mode, url, size) {
     const agent = new http.Agent({ keepAlive: true })
     get = () => httpGet(url, agent)
     close = async () => agent.destroy()
-  } else if (mode === 'undici' || mode === 'undici-nohash') {
+  } else if (mode === 'undici' || mode === 'undici-nohash' || mode === 'undici-data') {
     const { Agent, request } = await import('undici')
     const agent = new Agent()
-    const hashing = mode === 'undici'
+    const hashing = mode !== 'undici-nohash'
     get = async () => {
       const res = await request(url, { dispatcher: agent })
+      if (mode === 'undici-data') return hashStream(res.body)
       const hash = createHash('sha256')
       let n = 0
       for await (const chunk of res.body) {
@@ -91,14 +92,6 @@ async function read(mode, url, size) {
       }
       hash.digest()
       return n
-    }
-    close = () => agent.close()
-  } else if (mode === 'undici-data') {
-    const { Agent, request } = await import('undici')
-    const agent = new Agent()
-    get = async () => {
-      const res = await request(url, { dispatcher: agent })
-      return hashStream(res.body)
     }
     close = () => agent.close()
   } else if (mode === 'undici-dispatch') {

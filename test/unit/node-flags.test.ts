@@ -63,8 +63,9 @@ describe('node flags', () => {
         process.stdout.write(String(peak()))
         server.close()
       })`
+    // The child resolves undici from the project's node_modules.
+    const root = new URL('../../', import.meta.url)
     const peakOf = (flags: string[], waitMs: number) => {
-      const root = new URL('../../', import.meta.url)
       const r = spawnSync(process.execPath, [...flags, '-e', script], {
         encoding: 'utf8',
         cwd: root,
